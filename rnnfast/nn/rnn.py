@@ -1,0 +1,266 @@
+"""Drop-in ``rnnfast.RNN`` / ``GRU`` / ``LSTM``.
+
+Each subclasses its torch.nn counterpart, so the constructor, parameter names and shapes, init,
+``state_dict`` and ``flatten_parameters`` are torch.nn's own; only ``forward`` differs. Per layer and
+direction the input projection for all steps is one GEMM (``F.linear``) and the recurrence runs in the
+selected rnnfast backend. ``backend="torch"`` (and ``auto`` where no fused backend is verified for the
+device) calls torch.nn's forward itself, i.e. cuDNN on CUDA.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from rnnfast import backends
+from rnnfast.functional import _check_tensor
+from rnnfast.ops.recurrence.function import recurrence
+
+__all__ = ["RNN", "GRU", "LSTM", "from_torch"]
+
+
+def _cell(module: nn.RNNBase) -> str:
+    return {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "GRU": "gru", "LSTM": "lstm"}[module.mode]
+
+
+def _autocast_dtype(module: nn.RNNBase, device: torch.device) -> torch.dtype | None:
+    """The dtype torch.nn computes in under autocast, or None to keep the input dtype.
+
+    On CUDA torch.nn casts every RNN to the autocast dtype (cuDNN's RNN is on autocast's lower-precision
+    list); on CPU only the LSTM is (its oneDNN path), GRU and RNN stay in float32.
+    """
+    kind = device.type
+    if kind not in ("cuda", "cpu") or not torch.is_autocast_enabled(kind):
+        return None
+    if kind == "cpu" and module.mode != "LSTM":
+        return None
+    return torch.get_autocast_dtype(kind)
+
+
+class _FusedRNNMixin:
+    """The forward shared by the three modules; mixed in before the torch.nn class."""
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        backends.requested_backend(backend)  # validate the name now, not at the first forward
+        self.backend = backend
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s + (f", backend={self.backend!r}" if self.backend != "auto" else "")
+
+    def to_torch(self) -> nn.RNNBase:
+        """A torch.nn module with the same configuration and parameters (copies)."""
+        base = _TORCH_CLASS[type(self)]
+        m = base(**_config(self), device=self.weight_hh_l0.device, dtype=self.weight_hh_l0.dtype)
+        m.load_state_dict(self.state_dict())
+        return m
+
+    # -- input handling, mirroring torch.nn.RNNBase.forward ------------------------------------------
+
+    def _check_input(self, x: Tensor, batched: bool) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"input: expected a Tensor or PackedSequence, got {type(x).__name__}")
+        if not (x.dtype.is_floating_point):
+            raise TypeError(f"input: expected a floating dtype, got {x.dtype}")
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"input: expected {self.input_size} features in the last dimension, got {x.shape[-1]}")
+        w = self.weight_ih_l0
+        if x.device != w.device:
+            raise RuntimeError(f"input: expected a tensor on {w.device} like the parameters, got {x.device}")
+        if x.shape[1 if (batched and self.batch_first) else 0] == 0:
+            raise ValueError("input: expected at least one time step, got a sequence of length 0")
+
+    def _check_hidden(self, name: str, h, shape: tuple[int, ...], x: Tensor) -> None:
+        if not isinstance(h, Tensor):
+            raise TypeError(f"{name}: expected a Tensor, got {type(h).__name__}")
+        if tuple(h.shape) != shape:
+            raise ValueError(f"{name}: expected shape {shape}, got {tuple(h.shape)}")
+        if h.device != x.device:
+            raise RuntimeError(f"{name}: expected a tensor on {x.device} like the input, got {h.device}")
+        if h.dtype != x.dtype:
+            raise TypeError(f"{name}: expected dtype {x.dtype} like the input, got {h.dtype}")
+
+    def _plan_backend(self, x: Tensor, T: int, B: int, packed: bool) -> str:
+        sizes = {
+            "cell": _cell(self),
+            "T": T,
+            "B": B,
+            "H": self.hidden_size,
+            "P": self.proj_size,
+            "lengths": packed,
+            "reverse": self.bidirectional,
+        }
+        return backends.resolve("module", x.device, x.dtype, sizes, self.backend)
+
+    def forward(self, input, hx=None):  # noqa: A002 (torch.nn's argument name)
+        packed = isinstance(input, PackedSequence)
+        if not packed:
+            batched = isinstance(input, Tensor) and input.dim() == 3
+            if isinstance(input, Tensor) and input.dim() not in (2, 3):
+                raise ValueError(
+                    f"input: expected a 2-D (unbatched) or 3-D (batched) tensor, got {input.dim()}-D "
+                    f"of shape {tuple(input.shape)}"
+                )
+            self._check_input(input, batched)
+            x = input if not batched else (input.transpose(0, 1) if self.batch_first else input)
+            T = x.shape[0]
+            B = x.shape[1] if batched else 1
+        else:
+            batched = True
+            self._check_input(input.data, True)
+            T, B = input.batch_sizes.shape[0], int(input.batch_sizes[0])
+            x = input.data
+
+        name = self._plan_backend(x, T, B, packed)
+        if name == "torch":
+            return super().forward(input, hx)
+
+        sorted_indices = unsorted_indices = lengths = None
+        if packed:
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            # Padded, in the packed (length-sorted) order; the kernels take the lengths.
+            x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
+        elif not batched:
+            x = x.unsqueeze(1)
+
+        D = 2 if self.bidirectional else 1
+        N = self.proj_size if self.proj_size > 0 else self.hidden_size
+        is_lstm = self.mode == "LSTM"
+        if hx is None:
+            zeros = x.new_zeros((self.num_layers * D, B, N))
+            h0 = zeros
+            c0 = x.new_zeros((self.num_layers * D, B, self.hidden_size)) if is_lstm else None
+        else:
+            if is_lstm:
+                if not (isinstance(hx, tuple) and len(hx) == 2):
+                    raise TypeError("hx: expected a tuple (h_0, c_0) for LSTM, got " + type(hx).__name__)
+                h0, c0 = hx
+            else:
+                h0, c0 = hx, None
+            for hname, h, n in (("h_0", h0, N), ("c_0", c0, self.hidden_size)):
+                if h is None:
+                    continue
+                if batched:
+                    self._check_hidden(hname, h, (self.num_layers * D, B, n), x)
+                else:
+                    self._check_hidden(hname, h, (self.num_layers * D, n), x)
+            if not batched:
+                h0 = h0.unsqueeze(1)
+                c0 = c0.unsqueeze(1) if c0 is not None else None
+            if sorted_indices is not None:
+                h0 = h0.index_select(1, sorted_indices)
+                c0 = c0.index_select(1, sorted_indices) if c0 is not None else None
+
+        cast = _autocast_dtype(self, x.device)
+        with torch.autocast(x.device.type, enabled=False) if cast is not None else _nullcontext():
+            y, h_n, c_n = self._layers(x, h0, c0, lengths, name, cast)
+
+        if packed:
+            data = pack_padded_sequence(y, lengths).data
+            out = PackedSequence(data, input.batch_sizes, sorted_indices, unsorted_indices)
+            if unsorted_indices is not None:
+                h_n = h_n.index_select(1, unsorted_indices)
+                c_n = c_n.index_select(1, unsorted_indices) if is_lstm else None
+        else:
+            out = y
+            if not batched:
+                out = out.squeeze(1)
+                h_n = h_n.squeeze(1)
+                c_n = c_n.squeeze(1) if is_lstm else None
+            elif self.batch_first:
+                out = out.transpose(0, 1)
+        return (out, (h_n, c_n)) if is_lstm else (out, h_n)
+
+    def _layers(self, x, h0, c0, lengths, backend, cast):
+        """Run the layer stack on seq-first x (T, B, I); returns y (T, B, D·N), h_n, c_n (L·D, B, ·)."""
+        cell = _cell(self)
+        D = 2 if self.bidirectional else 1
+        dt = cast or x.dtype
+        x = x.to(dt)
+        if lengths is not None:
+            lengths = lengths.to(x.device)
+        hs, cs = [], []
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(D):
+                k = layer * D + d
+                sfx = f"l{layer}" + ("_reverse" if d else "")
+                w_ih = getattr(self, "weight_ih_" + sfx).to(dt)
+                w_hh = getattr(self, "weight_hh_" + sfx).to(dt)
+                b_ih = getattr(self, "bias_ih_" + sfx).to(dt) if self.bias else None
+                b_hh = getattr(self, "bias_hh_" + sfx).to(dt) if self.bias else None
+                w_hr = getattr(self, "weight_hr_" + sfx).to(dt) if self.proj_size > 0 else None
+                gi = F.linear(x, w_ih, b_ih)
+                c_k = c0[k].to(dt) if c0 is not None else None
+                y, h, c = recurrence(cell, gi, h0[k].to(dt), c_k, w_hh, b_hh, w_hr, lengths, bool(d), backend)
+                outs.append(y)
+                hs.append(h)
+                cs.append(c)
+            x = outs[0] if D == 1 else torch.cat(outs, -1)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, training=True)
+        h_n = torch.stack(hs)
+        c_n = torch.stack(cs) if c0 is not None else None
+        return x, h_n, c_n
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+class RNN(_FusedRNNMixin, nn.RNN):
+    """Drop-in :class:`torch.nn.RNN` (tanh or relu) with fused recurrence kernels.
+
+    Same arguments as torch.nn.RNN, plus keyword-only ``backend`` ("auto", "cpu", "triton", "cuda",
+    "reference" or "torch").
+    """
+
+
+class GRU(_FusedRNNMixin, nn.GRU):
+    """Drop-in :class:`torch.nn.GRU` with fused recurrence kernels; see :class:`RNN`."""
+
+
+class LSTM(_FusedRNNMixin, nn.LSTM):
+    """Drop-in :class:`torch.nn.LSTM` (incl. ``proj_size``) with fused recurrence kernels; see :class:`RNN`."""
+
+
+_TORCH_CLASS = {RNN: nn.RNN, GRU: nn.GRU, LSTM: nn.LSTM}
+_RNNFAST_CLASS = {nn.RNN: RNN, nn.GRU: GRU, nn.LSTM: LSTM}
+
+
+def _config(m: nn.RNNBase) -> dict:
+    cfg = dict(
+        input_size=m.input_size,
+        hidden_size=m.hidden_size,
+        num_layers=m.num_layers,
+        bias=m.bias,
+        batch_first=m.batch_first,
+        dropout=float(m.dropout),
+        bidirectional=m.bidirectional,
+    )
+    if m.mode in ("RNN_TANH", "RNN_RELU"):
+        cfg["nonlinearity"] = m.nonlinearity
+    if m.mode == "LSTM":
+        cfg["proj_size"] = m.proj_size
+    return cfg
+
+
+def from_torch(module: nn.RNNBase, *, backend: str = "auto") -> RNN | GRU | LSTM:
+    """The rnnfast module equivalent to a torch.nn RNN/GRU/LSTM, with copies of its parameters."""
+    if isinstance(module, _FusedRNNMixin):
+        raise TypeError(f"module: expected a torch.nn RNN/GRU/LSTM, got an rnnfast {type(module).__name__}")
+    cls = next((c for t, c in _RNNFAST_CLASS.items() if type(module) is t), None)
+    if cls is None:
+        raise TypeError(f"module: expected torch.nn.RNN, GRU or LSTM, got {type(module).__name__}")
+    w = module.weight_hh_l0
+    m = cls(**_config(module), device=w.device, dtype=w.dtype, backend=backend)
+    m.load_state_dict(module.state_dict())
+    m.train(module.training)
+    return m
