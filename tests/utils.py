@@ -1,0 +1,64 @@
+"""Helpers shared by the tests: random inputs for the ops, named comparisons, readable ids."""
+
+from __future__ import annotations
+
+import torch
+
+from rnnfast.ops.recurrence import common
+from rnnfast.ops.recurrence import reference as rec_ref
+
+CELLS = common.CELLS
+
+
+def assert_close(name: str, got: torch.Tensor, want: torch.Tensor, atol: float, rtol: float = 0.0) -> None:
+    """Compare two tensors, naming the tensor and the worst element in the failure message."""
+    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != expected {tuple(want.shape)}"
+    assert got.dtype == want.dtype, f"{name}: dtype {got.dtype} != expected {want.dtype}"
+    assert not torch.isnan(got).any(), f"{name}: contains NaN (an output element was never written?)"
+    diff = (got.double() - want.double()).abs()
+    tol = atol + rtol * want.double().abs()
+    if diff.numel() and (diff > tol).any():
+        i = int((diff - tol).argmax())
+        idx = tuple(int(k) for k in torch.unravel_index(torch.tensor(i), diff.shape))
+        raise AssertionError(
+            f"{name}: max abs diff {diff.max().item():.3e} > atol {atol:g} + rtol {rtol:g}; "
+            f"worst at {idx}: got {got[idx].item():.6g}, expected {want[idx].item():.6g}"
+        )
+
+
+def case_id(**kw) -> str:
+    """'B3-T5-H33'-style ids."""
+    return "-".join(f"{k}{v}" for k, v in kw.items())
+
+
+def recurrence_inputs(cell, T, B, H, P=0, lengths=None, dtype=torch.float64, device="cpu", bias=True, grad=True):
+    """Fresh random inputs of the recurrence op (never zeros). Returns a dict of op arguments."""
+    G = common.GATES[cell]
+    N = P or H
+    g = torch.Generator().manual_seed(1234 + T * 7 + B * 13 + H)
+
+    def r(*shape, scale=0.5):
+        t = (torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * scale
+        return t.to(device=device, dtype=dtype).requires_grad_(grad)
+
+    args = {
+        "gi": r(T, B, G * H, scale=1.0),
+        "h0": r(B, N),
+        "c0": r(B, H) if cell == "lstm" else None,
+        "w_hh": r(G * H, N, scale=1.0 / max(N, 1) ** 0.5),
+        "b_hh": r(G * H) if bias else None,
+        "w_hr": r(P, H, scale=1.0 / max(H, 1) ** 0.5) if P else None,
+        "lengths": None if lengths is None else torch.as_tensor(lengths, dtype=torch.int64, device=device),
+    }
+    return args
+
+
+def oracle(cell, gi, h0, c0, w_hh, b_hh, w_hr, lengths, reverse):
+    """The plain-loop reference of common.py's op contract: (y, h_n, c_n or None)."""
+    if cell == "gru":
+        y, h = rec_ref.gru(gi, h0, w_hh, b_hh, lengths, reverse)
+        return y, h, None
+    if cell == "lstm":
+        return rec_ref.lstm(gi, h0, c0, w_hh, b_hh, w_hr, lengths, reverse)
+    y, h = rec_ref.rnn(gi, h0, w_hh, b_hh, lengths, reverse, nonlinearity=cell[4:])
+    return y, h, None
