@@ -9,4 +9,15 @@ from rnnfast._version import __version__
 from rnnfast.nn.rnn import GRU, LSTM, RNN, from_torch
 from rnnfast.nn.transitions import PAD, REDUCE, SHIFT
 
-__all__ = ["GRU", "LSTM", "RNN", "from_torch", "functional", "backends", "SHIFT", "REDUCE", "PAD", "__version__"]
+__all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
+    "from_torch",
+    "functional",
+    "backends",
+    "SHIFT",
+    "REDUCE",
+    "PAD",
+    "__version__",
+]

@@ -72,7 +72,7 @@ class Backend:
         return impl.supports(torch.device(device), dtype, sizes)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _implementation(backend: str, op: str):
     if backend == "torch":
         if op != "module":
@@ -171,11 +171,30 @@ def requested_backend(backend: str | None) -> str:
     return backend
 
 
-def resolve(op: str, device: torch.device, dtype: torch.dtype, sizes: Sizes, backend: str | None = "auto") -> str:
+def resolve(
+    op: str, device: torch.device, dtype: torch.dtype, sizes: Sizes, backend: str | None = "auto"
+) -> str:
     """Name of the backend that runs ``op`` for these inputs.
 
     A forced backend that cannot serve the call raises :class:`BackendError` with the reason.
+    Under ``torch.compile`` the choice is made once at trace time and baked into the graph (it depends
+    only on static facts: device, dtype, sizes, the environment).
     """
+    if torch.compiler.is_compiling():
+        # Sizes may be symbolic; a backend's choice may depend on them, so specialise on their values.
+        items = tuple((k, int(v) if isinstance(v, torch.SymInt) else v) for k, v in sizes.items())
+        return _resolve_at_trace_time(op, str(device), dtype, items, backend)
+    return _resolve(op, device, dtype, sizes, backend)
+
+
+@torch.compiler.assume_constant_result
+def _resolve_at_trace_time(
+    op: str, device: str, dtype: torch.dtype, items: tuple, backend: str | None
+) -> str:
+    return _resolve(op, torch.device(device), dtype, dict(items), backend)
+
+
+def _resolve(op: str, device: torch.device, dtype: torch.dtype, sizes: Sizes, backend: str | None) -> str:
     if op not in OPS:
         raise ValueError(f"op: expected one of {OPS}, got {op!r}")
     backend = requested_backend(backend)

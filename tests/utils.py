@@ -31,7 +31,9 @@ def case_id(**kw) -> str:
     return "-".join(f"{k}{v}" for k, v in kw.items())
 
 
-def recurrence_inputs(cell, T, B, H, P=0, lengths=None, dtype=torch.float64, device="cpu", bias=True, grad=True):
+def recurrence_inputs(
+    cell, T, B, H, P=0, lengths=None, dtype=torch.float64, device="cpu", bias=True, grad=True
+):
     """Fresh random inputs of the recurrence op (never zeros). Returns a dict of op arguments."""
     G = common.GATES[cell]
     N = P or H

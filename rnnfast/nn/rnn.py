@@ -1,7 +1,8 @@
 """Drop-in ``rnnfast.RNN`` / ``GRU`` / ``LSTM``.
 
-Each subclasses its torch.nn counterpart, so the constructor, parameter names and shapes, init,
-``state_dict`` and ``flatten_parameters`` are torch.nn's own; only ``forward`` differs. Per layer and
+Each is built on ``torch.nn.RNNBase`` exactly as its torch.nn counterpart, so the constructor, parameter
+names and shapes, init, ``state_dict`` and ``flatten_parameters`` are torch.nn's own; only ``forward``
+differs. Per layer and
 direction the input projection for all steps is one GEMM (``F.linear``) and the recurrence runs in the
 selected rnnfast backend. ``backend="torch"`` (and ``auto`` where no fused backend is verified for the
 device) calls torch.nn's forward itself, i.e. cuDNN on CUDA.
@@ -15,7 +16,6 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from rnnfast import backends
-from rnnfast.functional import _check_tensor
 from rnnfast.ops.recurrence.function import recurrence
 
 __all__ = ["RNN", "GRU", "LSTM", "from_torch"]
@@ -66,7 +66,9 @@ class _FusedRNNMixin:
         if not (x.dtype.is_floating_point):
             raise TypeError(f"input: expected a floating dtype, got {x.dtype}")
         if x.shape[-1] != self.input_size:
-            raise ValueError(f"input: expected {self.input_size} features in the last dimension, got {x.shape[-1]}")
+            raise ValueError(
+                f"input: expected {self.input_size} features in the last dimension, got {x.shape[-1]}"
+            )
         w = self.weight_ih_l0
         if x.device != w.device:
             raise RuntimeError(f"input: expected a tensor on {w.device} like the parameters, got {x.device}")
@@ -116,7 +118,7 @@ class _FusedRNNMixin:
 
         name = self._plan_backend(x, T, B, packed)
         if name == "torch":
-            return super().forward(input, hx)
+            return self._torch_forward(input, hx)
 
         sorted_indices = unsorted_indices = lengths = None
         if packed:
@@ -154,9 +156,14 @@ class _FusedRNNMixin:
                 h0 = h0.index_select(1, sorted_indices)
                 c0 = c0.index_select(1, sorted_indices) if c0 is not None else None
 
+        # Under autocast, compute in the dtype torch.nn would use, with autocast itself off inside (the
+        # input GEMMs and the recurrence must agree on one dtype).
         cast = _autocast_dtype(self, x.device)
-        with torch.autocast(x.device.type, enabled=False) if cast is not None else _nullcontext():
-            y, h_n, c_n = self._layers(x, h0, c0, lengths, name, cast)
+        if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                y, h_n, c_n = self._layers(x, h0, c0, lengths, name, cast)
+        else:
+            y, h_n, c_n = self._layers(x, h0, c0, lengths, name, None)
 
         if packed:
             data = pack_padded_sequence(y, lengths).data
@@ -207,28 +214,58 @@ class _FusedRNNMixin:
         return x, h_n, c_n
 
 
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+def _no_proj(cls_name: str, kwargs: dict) -> None:
+    if "proj_size" in kwargs:
+        raise ValueError(f"proj_size: only LSTM has a projection, got proj_size for {cls_name}")
 
 
-class RNN(_FusedRNNMixin, nn.RNN):
+# The modules derive from nn.RNNBase, not from nn.RNN/GRU/LSTM: torch.compile refuses to trace instances of
+# those three classes (it assumes their cuDNN forward), while it traces rnnfast's forward and custom ops fine.
+# Parameters, init, state_dict, flatten_parameters and repr all come from nn.RNNBase unchanged.
+
+
+class RNN(_FusedRNNMixin, nn.RNNBase):
     """Drop-in :class:`torch.nn.RNN` (tanh or relu) with fused recurrence kernels.
 
     Same arguments as torch.nn.RNN, plus keyword-only ``backend`` ("auto", "cpu", "triton", "cuda",
     "reference" or "torch").
     """
 
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        _no_proj("RNN", kwargs)
+        if len(args) > 3:
+            nonlinearity, args = args[3], args[:3] + args[4:]
+        else:
+            nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        super().__init__("RNN_" + nonlinearity.upper(), *args, backend=backend, **kwargs)
 
-class GRU(_FusedRNNMixin, nn.GRU):
+    _torch_forward = nn.RNN.forward
+
+
+class GRU(_FusedRNNMixin, nn.RNNBase):
     """Drop-in :class:`torch.nn.GRU` with fused recurrence kernels; see :class:`RNN`."""
 
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        _no_proj("GRU", kwargs)
+        super().__init__("GRU", *args, backend=backend, **kwargs)
 
-class LSTM(_FusedRNNMixin, nn.LSTM):
-    """Drop-in :class:`torch.nn.LSTM` (incl. ``proj_size``) with fused recurrence kernels; see :class:`RNN`."""
+    _torch_forward = nn.GRU.forward
+
+
+class LSTM(_FusedRNNMixin, nn.RNNBase):
+    """Drop-in :class:`torch.nn.LSTM` (incl. ``proj_size``) with fused recurrence kernels; see ``RNN``."""
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__("LSTM", *args, backend=backend, **kwargs)
+
+    # torch.nn.LSTM's own checks of the (h_0, c_0) tuple, used by its forward (the "torch" backend).
+    get_expected_cell_size = nn.LSTM.get_expected_cell_size
+    check_forward_args = nn.LSTM.check_forward_args
+    permute_hidden = nn.LSTM.permute_hidden
+    _torch_forward = nn.LSTM.forward
 
 
 _TORCH_CLASS = {RNN: nn.RNN, GRU: nn.GRU, LSTM: nn.LSTM}

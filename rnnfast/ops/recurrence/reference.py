@@ -169,7 +169,9 @@ def _step_backward(cell, dh, dc, saved, h_prev, c_prev, h_out, w_hr):
         d_hr = dh  # gradient w.r.t. the projected output; w.r.t. o·tanh(c) it is dh·W_hr
         dh = dh.mm(w_hr)
     dc = dc + dh * o * (1 - tc * tc)
-    d = torch.cat([dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g * g), dh * tc * o * (1 - o)], -1)
+    d = torch.cat(
+        [dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g * g), dh * tc * o * (1 - o)], -1
+    )
     return d, d, None, dc * f, d_hr
 
 
@@ -197,7 +199,14 @@ def backward(cell, grad_y, grad_hn, grad_cn, h0, c0, w_hh, b_hh, w_hr, lengths, 
         dh_t = dh + (gy if m is None else torch.where(m, gy, torch.zeros_like(gy)))
         saved = ws[t] if ws.numel() else None
         d_gi, d_gh, direct, dc_prev, d_hr = _step_backward(
-            cell, dh_t, dc, saved, h_prev_all[t], None if c_prev_all is None else c_prev_all[t], y_acc[t], w_hr
+            cell,
+            dh_t,
+            dc,
+            saved,
+            h_prev_all[t],
+            None if c_prev_all is None else c_prev_all[t],
+            y_acc[t],
+            w_hr,
         )
         dh_prev = d_gh.mm(w_hh)
         if direct is not None:

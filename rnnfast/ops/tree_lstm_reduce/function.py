@@ -62,13 +62,25 @@ def _(grad_h, grad_c, h_l, c_l, h_r, c_r, w_l, b_l, w_r, h_track, w_t, c, ws, ba
     def like(t):
         return h_l.new_empty((0,)) if t is None else h_l.new_empty(t.shape)
 
-    return (like(h_l), like(c_l), like(h_r), like(c_r), like(w_l), like(b_l), like(w_r), like(h_track), like(w_t))
+    return (
+        like(h_l),
+        like(c_l),
+        like(h_r),
+        like(c_r),
+        like(w_l),
+        like(b_l),
+        like(w_r),
+        like(h_track),
+        like(w_t),
+    )
 
 
 class TreeLSTMReduce(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h_l, c_l, h_r, c_r, w_l, b_l, w_r, h_track, w_t, backend):
-        h, c, ws = torch.ops.rnnfast.tree_lstm_reduce_fwd(h_l, c_l, h_r, c_r, w_l, b_l, w_r, h_track, w_t, backend)
+        h, c, ws = torch.ops.rnnfast.tree_lstm_reduce_fwd(
+            h_l, c_l, h_r, c_r, w_l, b_l, w_r, h_track, w_t, backend
+        )
         ctx.save_for_backward(h_l, c_l, h_r, c_r, w_l, b_l, w_r, h_track, w_t, c, ws)
         ctx.backend = backend
         return h, c
@@ -78,12 +90,28 @@ class TreeLSTMReduce(torch.autograd.Function):
     def backward(ctx, grad_h, grad_c):
         h_l, c_l, h_r, c_r, w_l, b_l, w_r, h_track, w_t, c, ws = ctx.saved_tensors
         grads = torch.ops.rnnfast.tree_lstm_reduce_bwd(
-            grad_h.contiguous(), grad_c.contiguous(), h_l, c_l, h_r, c_r, w_l, b_l, w_r, h_track, w_t, c, ws,
+            grad_h.contiguous(),
+            grad_c.contiguous(),
+            h_l,
+            c_l,
+            h_r,
+            c_r,
+            w_l,
+            b_l,
+            w_r,
+            h_track,
+            w_t,
+            c,
+            ws,
             ctx.backend,
         )
         dh_l, dc_l, dh_r, dc_r, dw_l, db_l, dw_r, dh_t, dw_t = grads
         return (
-            dh_l, dc_l, dh_r, dc_r, dw_l,
+            dh_l,
+            dc_l,
+            dh_r,
+            dc_r,
+            dw_l,
             db_l if b_l is not None else None,
             dw_r,
             dh_t if h_track is not None else None,

@@ -9,7 +9,6 @@ Saved for backward (``ws``): lstm_in in the accumulation dtype.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from rnnfast.ops.recurrence.common import acc_dtype

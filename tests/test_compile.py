@@ -1,0 +1,49 @@
+"""torch.compile(fullgraph=True) sees the rnnfast ops as opaque custom ops and still gets the same numbers."""
+
+import pytest
+import torch
+
+import rnnfast
+from tests.utils import assert_close
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["GRU", "LSTM"])
+def test_compile_fullgraph_module(name):
+    torch._dynamo.reset()
+    m = getattr(rnnfast, name)(3, 5, num_layers=2, bidirectional=True, backend="reference")
+    head = torch.nn.Linear(10, 2)
+
+    def step(x):
+        y = m(x)[0]
+        return head(y).sum()
+
+    x = torch.randn(4, 2, 3)
+    eager = step(x)
+    g_eager = torch.autograd.grad(eager, list(m.parameters()))
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    g_comp = torch.autograd.grad(out, list(m.parameters()))
+    assert_close("loss", out, eager, 1e-5)
+    for (n, _), a, b in zip(m.named_parameters(), g_comp, g_eager):
+        assert_close("d" + n, a, b, 1e-5)
+
+
+@pytest.mark.slow
+def test_compile_fullgraph_functional_inductor():
+    torch._dynamo.reset()
+    T, B, H = 4, 2, 5
+    gi, h0 = torch.randn(T, B, 3 * H), torch.randn(B, H)
+    w, b = torch.randn(3 * H, H, requires_grad=True), torch.randn(3 * H)
+    lengths = torch.tensor([4, 2])
+
+    def f(gi, h0, w, b):
+        y, h = rnnfast.functional.gru(torch.tanh(gi), h0, w, b, lengths=lengths, backend="reference")
+        return (y * 2).sum() + h.sum()
+
+    eager = f(gi, h0, w, b)
+    out = torch.compile(f, fullgraph=True)(gi, h0, w, b)
+    assert_close("out", out, eager, 1e-4)
+    (gw,) = torch.autograd.grad(out, [w])
+    (gw_e,) = torch.autograd.grad(eager, [w])
+    assert_close("dw_hh", gw, gw_e, 1e-4)
