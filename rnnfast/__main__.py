@@ -1,0 +1,3 @@
+from rnnfast.cli import main
+
+raise SystemExit(main())

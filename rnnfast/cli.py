@@ -1,0 +1,71 @@
+"""The ``rnnfast`` command: ``info``, ``bench``, ``profile``, ``spinn-train``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import platform
+import sys
+
+import torch
+
+from rnnfast import __version__, backends
+
+# Subcommands whose implementation lives with its subsystem: name -> (module, function, help).
+_DELEGATED = {
+    "bench": ("rnnfast.bench.cli", "main_bench", "benchmark rnnfast against torch.nn and the reference"),
+    "profile": ("rnnfast.bench.cli", "main_profile", "profile one case: Chrome trace + per-kernel table"),
+    "spinn-train": ("rnnfast.spinn_train", "main", "train the SPINN SNLI classifier"),
+}
+
+
+def _format_table(rows: list[dict[str, str]]) -> str:
+    if not rows:
+        return "(empty)"
+    cols = list(rows[0])
+    width = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    lines = [[c for c in cols], ["-" * width[c] for c in cols]] + [[str(r[c]) for c in cols] for r in rows]
+    return "\n".join("  ".join(v.ljust(width[c]) for c, v in zip(cols, vals)).rstrip() for vals in lines)
+
+
+def info(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="rnnfast info", description="Backends, their status and the build.")
+    p.add_argument("--device", default=None, help="device to evaluate support on (default: cuda if present)")
+    args = p.parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    print(f"rnnfast {__version__}  torch {torch.__version__}  python {platform.python_version()}")
+    if torch.cuda.is_available():
+        print(f"CUDA {torch.version.cuda}: {torch.cuda.get_device_name()}")
+    else:
+        print(f"CUDA: not available; CPU: {platform.processor() or platform.machine()}, "
+              f"{torch.get_num_threads()} threads")
+    for name in ("cpu", "triton", "cuda"):
+        ok, why = backends.REGISTRY[name].available()
+        print(f"  {name:7s} {'available' if ok else 'unavailable'}: {why}")
+    env = backends.requested_backend(None)
+    print(f"RNNFAST_BACKEND: {env}   GPU-verified for auto: {sorted(backends.GPU_VERIFIED) or 'none'}")
+    print(f"\nSupport on {device} (float32, sample sizes):")
+    print(_format_table(backends.table(device)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"info": "backends, build status, what auto picks", **{k: v[2] for k, v in _DELEGATED.items()}}
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+        print("usage: rnnfast {" + ",".join(commands) + "} [options]\n")
+        for name, text in commands.items():
+            print(f"  {name:12s} {text}")
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nrnnfast: unknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "info":
+        return info(rest)
+    module, func, _ = _DELEGATED[cmd]
+    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
