@@ -37,8 +37,10 @@ def info(argv: list[str] | None = None) -> int:
     if torch.cuda.is_available():
         print(f"CUDA {torch.version.cuda}: {torch.cuda.get_device_name()}")
     else:
-        print(f"CUDA: not available; CPU: {platform.processor() or platform.machine()}, "
-              f"{torch.get_num_threads()} threads")
+        print(
+            f"CUDA: not available; CPU: {platform.processor() or platform.machine()}, "
+            f"{torch.get_num_threads()} threads"
+        )
     for name in ("cpu", "triton", "cuda"):
         ok, why = backends.REGISTRY[name].available()
         print(f"  {name:7s} {'available' if ok else 'unavailable'}: {why}")
