@@ -1,12 +1,223 @@
-"""Loading of the compiled extension ``rnnfast._C`` (C++ CPU kernels, and CUDA kernels where built)."""
+"""Loading of the compiled kernels: ``rnnfast._C`` (C++ CPU ops) and ``rnnfast._C_cuda`` (CUDA ops).
+
+The ops live in the ``torch.ops.rnnfast_C`` namespace. Loading is lazy: importing rnnfast builds and
+loads nothing; the first use of the ``cpu`` backend (its availability check) does, in this order:
+
+1. the prebuilt ``rnnfast._C`` from ``pip install`` / ``setup.py build_ext``;
+2. if it is missing or does not load (e.g. built against another torch: an ABI mismatch), a just-in-time
+   build of ``csrc/cpu`` with ninja (``torch.utils.cpp_extension``), cached in
+   ``$RNNFAST_CACHE_DIR`` (default ``~/.cache/rnnfast``) per torch version, Python version and a hash of
+   the sources and flags. Concurrent processes serialise on a file lock; the second one finds the build
+   done;
+3. if that fails too: one warning, and :func:`status` reports the reason, so ``auto`` moves on to the
+   next backend.
+
+Environment: ``RNNFAST_NO_JIT=1`` skips step 2; ``RNNFAST_NO_PREBUILT=1`` skips step 1 (forces the JIT
+path); ``RNNFAST_CSRC_DIR`` points the JIT build at another ``csrc`` directory.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import importlib
+import os
+import sys
+import sysconfig
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+# Compiler flags shared by setup.py and the JIT build. No -march: the hot loops carry their own ISA
+# clones (csrc/cpu/common.h), so one build runs on any x86-64 CPU. -fopenmp makes at::parallel_for
+# (an inline OpenMP region in ATen's headers) parallel; it resolves to the libgomp torch already loaded.
+CXX_FLAGS = ["-O3", "-fno-math-errno"] + (["-fopenmp"] if sys.platform.startswith("linux") else [])
+LD_FLAGS = ["-fopenmp"] if sys.platform.startswith("linux") else []
+
+_lock = threading.Lock()
+_state: tuple[bool, str] | None = None
+_cuda_state: bool | None = None
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "0") not in ("", "0")
+
+
+def csrc_dir() -> Path:
+    """The C++ sources: ``$RNNFAST_CSRC_DIR`` or the ``csrc`` next to the package (source checkouts)."""
+    env = os.environ.get("RNNFAST_CSRC_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "csrc"
+
+
+def cpu_sources(root: Path | None = None) -> list[Path]:
+    return sorted((root or csrc_dir()).joinpath("cpu").glob("*.cpp"))
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("RNNFAST_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "rnnfast"
+
+
+def _build_key(sources: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(sources + sorted(sources[0].parent.glob("*.h"))):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    h.update(" ".join(CXX_FLAGS + LD_FLAGS).encode())
+    h.update(sysconfig.get_config_var("SOABI").encode() if sysconfig.get_config_var("SOABI") else b"")
+    return h.hexdigest()[:16]
+
+
+def _ops_present() -> bool:
+    return hasattr(torch.ops.rnnfast_C, "recurrence_fwd")
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def jit_build(build_root: Path | None = None) -> Path:
+    """Build (or find cached) the CPU kernels from sources and load them; returns the library path."""
+    from torch.utils import cpp_extension
+
+    sources = cpu_sources()
+    if not sources:
+        raise FileNotFoundError(f"no C++ sources in {csrc_dir() / 'cpu'}")
+    key = _build_key(sources)
+    py = f"py{sys.version_info[0]}{sys.version_info[1]}"
+    torch_ver = torch.__version__.replace("+", "_")
+    build_dir = (build_root or cache_dir()) / f"cpu-torch{torch_ver}-{py}-{key}"
+    name = f"rnnfast_cpu_{key}"
+    lib = build_dir / f"{name}.so"
+    with _file_lock(build_dir.parent / f".{build_dir.name}.lock"):
+        if not lib.exists():
+            build_dir.mkdir(parents=True, exist_ok=True)
+            print("rnnfast: building CPU kernels (first use, ~1 min)...", file=sys.stderr, flush=True)
+            cpp_extension.load(
+                name=name,
+                sources=[str(s) for s in sources],
+                extra_cflags=CXX_FLAGS,
+                extra_ldflags=LD_FLAGS,
+                build_directory=str(build_dir),
+                is_python_module=False,
+                verbose=_flag("RNNFAST_VERBOSE_BUILD"),
+            )
+            print(f"rnnfast: CPU kernels built in {build_dir}", file=sys.stderr, flush=True)
+        elif not _ops_present():
+            torch.ops.load_library(str(lib))
+    return lib
+
+
+def _register_fakes() -> None:
+    """Shape-only kernels so the ops trace under torch.compile / FakeTensor (and pass opcheck)."""
+    from rnnfast.ops.recurrence import common
+
+    gates = [common.GATES[c] for c in common.CELLS]
+    saved = [common.SAVED[c] for c in common.CELLS]
+
+    @torch.library.register_fake("rnnfast_C::recurrence_fwd")
+    def _(gi, h0, c0, w_hh, b_hh, w_hr, lengths, cell, reverse, need_ws):
+        T, B, GH = gi.shape
+        H = GH // gates[cell]
+        empty = gi.new_empty((0,))
+        c_n = gi.new_empty((B, H)) if c0 is not None else empty
+        ws = gi.new_empty((T, B, saved[cell] * H)) if need_ws else gi.new_empty((0,))
+        return gi.new_empty((T, B, h0.shape[1])), gi.new_empty(h0.shape), c_n, ws
+
+    @torch.library.register_fake("rnnfast_C::recurrence_bwd")
+    def _(grad_y, grad_hn, grad_cn, h0, c0, w_hh, b_hh, w_hr, lengths, y, ws, cell, reverse):
+        def like(t):
+            return y.new_empty((0,)) if t is None else y.new_empty(t.shape)
+
+        T, B = y.shape[:2]
+        return (
+            y.new_empty((T, B, w_hh.shape[0])),
+            y.new_empty(h0.shape),
+            like(c0),
+            like(w_hh),
+            like(b_hh),
+            like(w_hr),
+        )
+
+    @torch.library.register_fake("rnnfast_C::tree_lstm_fwd")
+    def _(lstm_in, c_l, c_r):
+        return lstm_in.new_empty(c_l.shape), lstm_in.new_empty(c_l.shape)
+
+    @torch.library.register_fake("rnnfast_C::tree_lstm_bwd")
+    def _(grad_h, grad_c, lstm_in, c_l, c_r, c):
+        return lstm_in.new_empty(lstm_in.shape), lstm_in.new_empty(c_l.shape), lstm_in.new_empty(c_r.shape)
+
+
+def _load() -> tuple[bool, str]:
+    reasons = []
+    how = None
+    if _ops_present():
+        how = "already loaded"
+    if how is None and not _flag("RNNFAST_NO_PREBUILT"):
+        try:
+            importlib.import_module("rnnfast._C")
+            how = "prebuilt rnnfast._C"
+        except (ImportError, OSError) as e:
+            reasons.append(f"prebuilt rnnfast._C: {e}")
+    if how is None:
+        if _flag("RNNFAST_NO_JIT"):
+            reasons.append("JIT build disabled (RNNFAST_NO_JIT=1)")
+        else:
+            try:
+                lib = jit_build()
+                how = f"JIT-built {lib}"
+            except Exception as e:  # noqa: BLE001 (any build failure means: fall back, with the reason)
+                reasons.append(f"JIT build from {csrc_dir() / 'cpu'} failed: {type(e).__name__}: {e}")
+    if how is None or not _ops_present():
+        if how is not None:
+            reasons.append(f"{how} did not register torch.ops.rnnfast_C")
+        return False, "; ".join(reasons)
+    _register_fakes()
+    return True, f"C++ CPU kernels ({how})"
+
 
 def status() -> tuple[bool, str]:
-    """Whether ``rnnfast._C`` is loaded, and how (or why not)."""
-    return False, "rnnfast._C is not built yet"
+    """Whether the compiled CPU ops are loaded, and how (or why not). Loads them on the first call."""
+    global _state
+    if _state is None:
+        with _lock:
+            if _state is None:
+                state = _load()
+                if not state[0]:
+                    warnings.warn(
+                        f"rnnfast: the C++ CPU kernels are unavailable, falling back: {state[1]}",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
+                _state = state
+    return _state
+
+
+def ensure_loaded() -> None:
+    """Load the CPU ops or raise with the reason they are unavailable."""
+    ok, why = status()
+    if not ok:
+        raise RuntimeError(f"rnnfast: the C++ CPU kernels are unavailable: {why}")
 
 
 def has_cuda_kernels() -> bool:
-    return False
+    """Whether ``rnnfast._C_cuda`` (the CUDA kernels, built when torch and nvcc have CUDA) loads."""
+    global _cuda_state
+    if _cuda_state is None:
+        status()
+        try:
+            importlib.import_module("rnnfast._C_cuda")
+            _cuda_state = True
+        except (ImportError, OSError):
+            _cuda_state = False
+    return _cuda_state

@@ -1,0 +1,95 @@
+// Shared pieces of the CPU kernels: ISA cloning, vectorisable math, output allocation.
+//
+// Portability: a wheel built here must run on any x86-64 CPU, so nothing is compiled with -march.
+// The hot loops (the small matrix products and the per-cell pointwise code) are instead compiled
+// three times with GCC's target_clones (x86-64-v4 = AVX-512, x86-64-v3 = AVX2+FMA, baseline SSE2)
+// and the dynamic loader picks the best one for the running CPU. at::vec::Vectorized cannot do that
+// from an extension: its ISA is fixed when the extension is compiled. Large products go to ATen's
+// GEMM (MKL/oneDNN), which dispatches at run time itself.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
+    !defined(RNNFAST_NO_CLONES)
+#define RNNFAST_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define RNNFAST_CLONES
+#endif
+
+#if defined(__GNUC__)
+#define RNNFAST_INLINE inline __attribute__((always_inline))
+#else
+#define RNNFAST_INLINE inline
+#endif
+
+namespace rnnfast {
+
+// RNNFAST_DEBUG_POISON=1: outputs are filled with NaN when allocated, so an element a kernel forgets to
+// write fails the tests instead of passing with whatever the allocator left there.
+inline bool debug_poison() {
+  static const bool on = [] {
+    const char* v = std::getenv("RNNFAST_DEBUG_POISON");
+    return v != nullptr && v[0] != '\0' && std::strcmp(v, "0") != 0;
+  }();
+  return on;
+}
+
+inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor t = at::empty(sizes, options);
+  if (debug_poison() && t.numel() > 0) {
+    t.fill_(std::numeric_limits<double>::quiet_NaN());
+  }
+  return t;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Elementwise math written with plain arithmetic and bit casts, so that loops calling it vectorise
+// (libm's expf/tanhf are scalar calls). float: Cephes-style exp (range reduction by ln 2 and a
+// degree-6 polynomial, ~2 ulp); double keeps libm for the 1e-12 agreement with the reference.
+
+RNNFAST_INLINE float exp_fast(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
+  // Round x·log2(e) to the nearest integer n by adding 1.5·2^23: n sits in the low mantissa bits.
+  const float shifter = 12582912.0f;
+  float t = x * 1.44269504088896341f + shifter;
+  float n = t - shifter;
+  int32_t ti;
+  std::memcpy(&ti, &t, sizeof(ti));
+  int32_t ni = ti - 0x4B400000;
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t bits = (ni + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+RNNFAST_INLINE float sigmoid_fast(float x) { return 1.0f / (1.0f + exp_fast(-x)); }
+
+RNNFAST_INLINE float tanh_fast(float x) {
+  // 1 - 2/(e^{2x}+1) loses relative accuracy near 0; there an odd Taylor polynomial is exact to float.
+  float big = 1.0f - 2.0f / (exp_fast(2.0f * x) + 1.0f);
+  float x2 = x * x;
+  float small = x * (1.0f + x2 * (-1.0f / 3 + x2 * (2.0f / 15 + x2 * (-17.0f / 315 + x2 * (62.0f / 2835)))));
+  return (x2 < 0.0625f) ? small : big;
+}
+
+RNNFAST_INLINE double sigmoid_fast(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+RNNFAST_INLINE double tanh_fast(double x) { return std::tanh(x); }
+
+}  // namespace rnnfast

@@ -1,0 +1,26 @@
+// Schemas of the compiled ops, declared once; each device registers its kernels with TORCH_LIBRARY_IMPL
+// (CPU: recurrence.cpp, tree_lstm.cpp). Argument conventions: rnnfast/ops/recurrence/common.py, cell codes
+// 0 rnn_tanh, 1 rnn_relu, 2 gru, 3 lstm.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(rnnfast_C, m) {
+  m.def(
+      "recurrence_fwd(Tensor gi, Tensor h0, Tensor? c0, Tensor w_hh, Tensor? b_hh, Tensor? w_hr, "
+      "Tensor? lengths, int cell, bool reverse, bool need_ws) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "recurrence_bwd(Tensor grad_y, Tensor grad_hn, Tensor? grad_cn, Tensor h0, Tensor? c0, Tensor w_hh, "
+      "Tensor? b_hh, Tensor? w_hr, Tensor? lengths, Tensor y, Tensor ws, int cell, bool reverse) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("tree_lstm_fwd(Tensor lstm_in, Tensor c_l, Tensor c_r) -> (Tensor, Tensor)");
+  m.def(
+      "tree_lstm_bwd(Tensor grad_h, Tensor grad_c, Tensor lstm_in, Tensor c_l, Tensor c_r, Tensor c) "
+      "-> (Tensor, Tensor, Tensor)");
+}
+
+// `import rnnfast._C` loads the library (and so runs the registrations above); the module itself is
+// empty: the ops are reached through torch.ops.rnnfast_C.
+extern "C" PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&def);
+}
