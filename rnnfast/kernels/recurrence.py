@@ -61,7 +61,9 @@ def _gate_tile_dot(acc, h, w_ptr, gate, cols, col_mask, ks, k_mask, H, PREC: tl.
 @triton.jit
 def _load_tile(ptr, rows, cols, row_mask, col_mask, ld):
     """ptr[rows, cols] of a row-major (·, ld) matrix, zero outside the masks, upcast by the caller."""
-    return tl.load(ptr + rows[:, None] * ld + cols[None, :], mask=row_mask[:, None] & col_mask[None, :], other=0.0)
+    return tl.load(
+        ptr + rows[:, None] * ld + cols[None, :], mask=row_mask[:, None] & col_mask[None, :], other=0.0
+    )
 
 
 @triton.jit

@@ -118,13 +118,30 @@ def tree_lstm_bwd_kernel(
 
 
 @triton.jit
-def _segment_dot(acc0, acc1, acc2, acc3, acc4, x_ptr, w_ptr, rows, row_mask, cols, col_mask, H, K,
-                 BLOCK_K: tl.constexpr, PREC: tl.constexpr):
+def _segment_dot(
+    acc0,
+    acc1,
+    acc2,
+    acc3,
+    acc4,
+    x_ptr,
+    w_ptr,
+    rows,
+    row_mask,
+    cols,
+    col_mask,
+    H,
+    K,
+    BLOCK_K: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """acc_k (BR, BH) += x[rows, :K] · W[k·H + cols, :K]ᵀ for the five gate chunks k; x (R, K), W (5H, K)."""
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_mask = ks < K
-        x = tl.load(x_ptr + rows[:, None] * K + ks[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+        x = tl.load(
+            x_ptr + rows[:, None] * K + ks[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0
+        )
         wm = k_mask[:, None] & col_mask[None, :]
         w_kc = w_ptr + cols[None, :] * K + ks[:, None]
         acc0 = tl.dot(x, tl.load(w_kc, mask=wm, other=0.0), acc=acc0, input_precision=PREC)
@@ -169,13 +186,16 @@ def tree_lstm_reduce_fwd_kernel(
     f1 = tl.zeros((BLOCK_R, BLOCK_H), dtype=acc_ty)
     f2 = tl.zeros((BLOCK_R, BLOCK_H), dtype=acc_ty)
     o = tl.zeros((BLOCK_R, BLOCK_H), dtype=acc_ty)
-    a, i, f1, f2, o = _segment_dot(a, i, f1, f2, o, hl_ptr, wl_ptr, rows, row_mask, cols, col_mask, H, H,
-                                   BLOCK_K, PREC)
-    a, i, f1, f2, o = _segment_dot(a, i, f1, f2, o, hr_ptr, wr_ptr, rows, row_mask, cols, col_mask, H, H,
-                                   BLOCK_K, PREC)
+    a, i, f1, f2, o = _segment_dot(
+        a, i, f1, f2, o, hl_ptr, wl_ptr, rows, row_mask, cols, col_mask, H, H, BLOCK_K, PREC
+    )
+    a, i, f1, f2, o = _segment_dot(
+        a, i, f1, f2, o, hr_ptr, wr_ptr, rows, row_mask, cols, col_mask, H, H, BLOCK_K, PREC
+    )
     if HAS_TRACK:
-        a, i, f1, f2, o = _segment_dot(a, i, f1, f2, o, ht_ptr, wt_ptr, rows, row_mask, cols, col_mask, H, HT,
-                                       BLOCK_K, PREC)
+        a, i, f1, f2, o = _segment_dot(
+            a, i, f1, f2, o, ht_ptr, wt_ptr, rows, row_mask, cols, col_mask, H, HT, BLOCK_K, PREC
+        )
     if HAS_BIAS:
         a += tl.load(bl_ptr + cols, mask=col_mask, other=0.0).to(acc_ty)[None, :]
         i += tl.load(bl_ptr + H + cols, mask=col_mask, other=0.0).to(acc_ty)[None, :]

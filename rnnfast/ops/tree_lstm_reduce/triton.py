@@ -61,4 +61,14 @@ def backward(grad_h, grad_c, h_l, c_l, h_r, c_r, w_l, b_l, w_r, h_track, w_t, c,
         dh_t, dw_t = d.mm(w_t.to(acc)), d.t().mm(h_track.to(acc))
     else:
         dh_t, dw_t = d.new_empty((0,)), d.new_empty((0,))
-    return (dh_l.to(dt), dc_l, dh_r.to(dt), dc_r, dw_l.to(dt), db_l.to(dt), dw_r.to(dt), dh_t.to(dt), dw_t.to(dt))
+    return (
+        dh_l.to(dt),
+        dc_l,
+        dh_r.to(dt),
+        dc_r,
+        dw_l.to(dt),
+        db_l.to(dt),
+        dw_r.to(dt),
+        dh_t.to(dt),
+        dw_t.to(dt),
+    )
