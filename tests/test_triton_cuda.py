@@ -217,15 +217,17 @@ def _compile(fn, pointers: dict, scalars: dict, constexprs: dict) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("resident", [False, True], ids=["streamed", "resident"])
 @pytest.mark.parametrize("dt", ["fp32", "bf16"])
 @pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "lstm"])
-def test_kernels_compile_for_sm90(cell, dt):
+def test_kernels_compile_for_sm90(cell, dt, resident):
     from rnnfast.kernels import recurrence as K
     from rnnfast.ops.recurrence import common
 
     code, G, S = common.CELL_CODE[cell], common.GATES[cell], common.SAVED[cell]
     prec = "tf32" if dt == "fp32" else "ieee"
-    tiles = dict(BLOCK_B=16, BLOCK_H=64, BLOCK_K=64, PREC=prec)
+    block = 32 if resident else 64
+    tiles = dict(BLOCK_B=16, BLOCK_H=block, BLOCK_K=block, RESIDENT=resident, PREC=prec)
     io = {
         "gi_ptr": dt,
         "w_ptr": dt,
@@ -255,7 +257,7 @@ def test_kernels_compile_for_sm90(cell, dt):
         {"T": 0, "B": 0, "H": 0},
         dict(CELL=code, G=G, S=S, HAS_LEN=True, REVERSE=True, **dict(tiles, PREC="tf32")),
     )
-    if cell != "lstm":
+    if cell != "lstm" or resident:
         return
     from rnnfast.kernels import tree_lstm as TK
 

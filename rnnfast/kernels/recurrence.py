@@ -13,8 +13,11 @@ GPU), then the cell's pointwise math as the epilogue, and writes y_t, ws_t and h
 The state travels through a small ping-pong scratch ``hbuf`` (2, B, H) in the accumulation dtype: step s
 reads buffer s % 2 (in K-tiles, for the GEMM) and writes buffer (s + 1) % 2 (in H-tiles); a CTA barrier
 (``tl.debug_barrier``) between steps makes the writes of all threads visible before the next reads.
-The LSTM cell state is updated in place in ``cbuf`` (B, H): every element is read and written by the
-same thread in the same tile layout, so it needs no barrier.
+When H fits one tile and W_hh's G tiles are small (``RESIDENT``), they are loaded once before the loop
+and stay in registers for all T steps instead of being re-read from L2 every step.
+The LSTM cell state ping-pongs the same way in ``cbuf`` (2, B, H). Updating it in place would be safe
+only if the load and the store of an element were done by the same thread, which Triton's layout choices
+(a dot result's layout vs a load's) do not promise; two buffers make every step read-only on its inputs.
 
 Backward runs the same structure in reverse time, in two phases per step: (1) per H-tile, the gate
 gradients from ``ws`` (written to dgi / dgh, also the input of the weight-gradient GEMM after the loop);
@@ -48,14 +51,23 @@ def tanh(x):
 
 
 @triton.jit
-def _gate_tile_dot(acc, h, w_ptr, gate, cols, col_mask, ks, k_mask, H, PREC: tl.constexpr):
-    """acc (BB, BH) += h (BB, BK) · W_hh[gate·H + cols, ks]ᵀ (BK, BH)."""
-    w = tl.load(
+def _w_tile_t(w_ptr, gate, cols, col_mask, ks, k_mask, H):
+    """W_hh[gate·H + cols, ks]ᵀ as a (BK, BH) tile, zero outside the masks: the forward's B operand."""
+    return tl.load(
         w_ptr + (gate * H + cols[None, :]) * H + ks[:, None],
         mask=col_mask[None, :] & k_mask[:, None],
         other=0.0,
     )
-    return tl.dot(h, w, acc=acc, input_precision=PREC)
+
+
+@triton.jit
+def _w_tile(w_ptr, gate, js, j_mask, ks, k_mask, H):
+    """W_hh[gate·H + js, ks] as a (BH, BK) tile, zero outside the masks: the backward's B operand."""
+    return tl.load(
+        w_ptr + (gate * H + js[:, None]) * H + ks[None, :],
+        mask=j_mask[:, None] & k_mask[None, :],
+        other=0.0,
+    )
 
 
 @triton.jit
@@ -75,7 +87,7 @@ def recurrence_fwd_kernel(
     y_ptr,  # (T, B, H) outputs, input dtype
     ws_ptr,  # (T, B, S·H) saved activations, accumulation dtype (unused without NEED_WS)
     hbuf_ptr,  # (2, B, H) accumulation dtype; hbuf[0] = h0 on entry, hbuf[T % 2] = h_n on exit
-    cbuf_ptr,  # (B, H) accumulation dtype, LSTM only: c0 on entry, c_n on exit
+    cbuf_ptr,  # (2, B, H) accumulation dtype, LSTM only: cbuf[0] = c0 on entry, cbuf[T % 2] = c_n on exit
     T,
     B,
     H,
@@ -89,6 +101,7 @@ def recurrence_fwd_kernel(
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    RESIDENT: tl.constexpr,
     PREC: tl.constexpr,
 ):
     acc_ty = hbuf_ptr.dtype.element_ty
@@ -98,6 +111,19 @@ def recurrence_fwd_kernel(
     if HAS_LEN:
         lens = tl.load(len_ptr + rows, mask=row_mask, other=0)
     GH = G * H
+    if RESIDENT:
+        # H fits one tile: W_hh is loaded once and stays on chip for all T steps.
+        ar_h = tl.arange(0, BLOCK_H)
+        ar_k = tl.arange(0, BLOCK_K)
+        wr0 = _w_tile_t(w_ptr, 0, ar_h, ar_h < H, ar_k, ar_k < H, H)
+        wr1 = wr0
+        wr2 = wr0
+        wr3 = wr0
+        if G >= 3:
+            wr1 = _w_tile_t(w_ptr, 1, ar_h, ar_h < H, ar_k, ar_k < H, H)
+            wr2 = _w_tile_t(w_ptr, 2, ar_h, ar_h < H, ar_k, ar_k < H, H)
+        if G == 4:
+            wr3 = _w_tile_t(w_ptr, 3, ar_h, ar_h < H, ar_k, ar_k < H, H)
     for s in range(T):
         if REVERSE:
             t = T - 1 - s
@@ -125,12 +151,24 @@ def recurrence_fwd_kernel(
                 k_mask = ks < H
                 # The GEMM operand in W_hh's dtype (bf16/fp16 on tensor cores), accumulated in fp32.
                 h = _load_tile(h_cur, rows, ks, row_mask, k_mask, H).to(w_ptr.dtype.element_ty)
-                acc0 = _gate_tile_dot(acc0, h, w_ptr, 0, cols, col_mask, ks, k_mask, H, PREC)
-                if G >= 3:
-                    acc1 = _gate_tile_dot(acc1, h, w_ptr, 1, cols, col_mask, ks, k_mask, H, PREC)
-                    acc2 = _gate_tile_dot(acc2, h, w_ptr, 2, cols, col_mask, ks, k_mask, H, PREC)
-                if G == 4:
-                    acc3 = _gate_tile_dot(acc3, h, w_ptr, 3, cols, col_mask, ks, k_mask, H, PREC)
+                if RESIDENT:
+                    acc0 = tl.dot(h, wr0, acc=acc0, input_precision=PREC)
+                    if G >= 3:
+                        acc1 = tl.dot(h, wr1, acc=acc1, input_precision=PREC)
+                        acc2 = tl.dot(h, wr2, acc=acc2, input_precision=PREC)
+                    if G == 4:
+                        acc3 = tl.dot(h, wr3, acc=acc3, input_precision=PREC)
+                else:
+                    w = _w_tile_t(w_ptr, 0, cols, col_mask, ks, k_mask, H)
+                    acc0 = tl.dot(h, w, acc=acc0, input_precision=PREC)
+                    if G >= 3:
+                        w = _w_tile_t(w_ptr, 1, cols, col_mask, ks, k_mask, H)
+                        acc1 = tl.dot(h, w, acc=acc1, input_precision=PREC)
+                        w = _w_tile_t(w_ptr, 2, cols, col_mask, ks, k_mask, H)
+                        acc2 = tl.dot(h, w, acc=acc2, input_precision=PREC)
+                    if G == 4:
+                        w = _w_tile_t(w_ptr, 3, cols, col_mask, ks, k_mask, H)
+                        acc3 = tl.dot(h, w, acc=acc3, input_precision=PREC)
             if HAS_BIAS:
                 acc0 += tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(acc_ty)[None, :]
                 if G >= 3:
@@ -161,12 +199,13 @@ def recurrence_fwd_kernel(
                 f = sigmoid(_load_tile(gi_t + H, rows, cols, row_mask, col_mask, GH).to(acc_ty) + acc1)
                 g = tanh(_load_tile(gi_t + 2 * H, rows, cols, row_mask, col_mask, GH).to(acc_ty) + acc2)
                 o = sigmoid(_load_tile(gi_t + 3 * H, rows, cols, row_mask, col_mask, GH).to(acc_ty) + acc3)
-                c_rc = cbuf_ptr + rows[:, None] * H + cols[None, :]
-                c_prev = tl.load(c_rc, mask=tile_mask, other=0.0)
+                c_rc = rows[:, None] * H + cols[None, :]
+                c_prev = tl.load(cbuf_ptr + (s % 2) * B * H + c_rc, mask=tile_mask, other=0.0)
                 c = f * c_prev + i * g
                 h_new = o * tanh(c)
-                # Frozen state beyond a row's length: only valid rows update c.
-                tl.store(c_rc, c, mask=valid[:, None] & col_mask[None, :])
+                # Frozen state beyond a row's length.
+                c_keep = tl.where(valid[:, None], c, c_prev)
+                tl.store(cbuf_ptr + ((s + 1) % 2) * B * H + c_rc, c_keep, mask=tile_mask)
                 if NEED_WS:
                     ws_rc = ws_t + rows[:, None] * (S * H) + cols[None, :]
                     tl.store(ws_rc, i, mask=tile_mask)
@@ -194,7 +233,7 @@ def recurrence_bwd_kernel(
     dgi_ptr,  # (T, B, G·H) acc dtype out: gradient w.r.t. gi, zero at invalid steps
     dgh_ptr,  # (T, B, G·H) acc dtype out: gradient w.r.t. h·W_hhᵀ + b_hh (gru; the others alias dgi)
     dhbuf_ptr,  # (2, B, H) acc dtype: dhbuf[0] = grad_hn on entry, dhbuf[T % 2] = dh0 on exit
-    dcbuf_ptr,  # (B, H) acc dtype, lstm only: grad_cn on entry, dc0 on exit
+    dcbuf_ptr,  # (2, B, H) acc dtype, lstm only: dcbuf[0] = grad_cn on entry, dcbuf[T % 2] = dc0 on exit
     T,
     B,
     H,
@@ -206,6 +245,7 @@ def recurrence_bwd_kernel(
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    RESIDENT: tl.constexpr,
     PREC: tl.constexpr,
 ):
     acc_ty = dhbuf_ptr.dtype.element_ty
@@ -215,6 +255,19 @@ def recurrence_bwd_kernel(
     if HAS_LEN:
         lens = tl.load(len_ptr + rows, mask=row_mask, other=0)
     GH = G * H
+    if RESIDENT:
+        # H fits one tile: W_hh is loaded once (upcast) and stays on chip for all T steps.
+        ar_h = tl.arange(0, BLOCK_H)
+        ar_k = tl.arange(0, BLOCK_K)
+        wr0 = _w_tile(w_ptr, 0, ar_h, ar_h < H, ar_k, ar_k < H, H).to(acc_ty)
+        wr1 = wr0
+        wr2 = wr0
+        wr3 = wr0
+        if G >= 3:
+            wr1 = _w_tile(w_ptr, 1, ar_h, ar_h < H, ar_k, ar_k < H, H).to(acc_ty)
+            wr2 = _w_tile(w_ptr, 2, ar_h, ar_h < H, ar_k, ar_k < H, H).to(acc_ty)
+        if G == 4:
+            wr3 = _w_tile(w_ptr, 3, ar_h, ar_h < H, ar_k, ar_k < H, H).to(acc_ty)
     for s in range(T):
         # Reverse of the forward's processing order.
         if REVERSE:
@@ -275,16 +328,17 @@ def recurrence_bwd_kernel(
                 o = tl.load(ws_rc + 3 * H, mask=tile_mask, other=0.0)
                 c = tl.load(ws_rc + 4 * H, mask=tile_mask, other=0.0)
                 c_prev = _load_tile(cprev_ptr + t64 * B * H, rows, cols, row_mask, col_mask, H)
-                dc_rc = dcbuf_ptr + rows[:, None] * H + cols[None, :]
-                dc_old = tl.load(dc_rc, mask=tile_mask, other=0.0)
+                dc_rc = rows[:, None] * H + cols[None, :]
+                dc_old = tl.load(dcbuf_ptr + (s % 2) * B * H + dc_rc, mask=tile_mask, other=0.0)
                 tc = tanh(c)
                 dc = dc_old + dh * o * (1.0 - tc * tc)
                 tl.store(dgi_t + out_rc, tl.where(v, dc * g * i * (1.0 - i), 0.0), mask=tile_mask)
                 tl.store(dgi_t + out_rc + H, tl.where(v, dc * c_prev * f * (1.0 - f), 0.0), mask=tile_mask)
                 tl.store(dgi_t + out_rc + 2 * H, tl.where(v, dc * i * (1.0 - g * g), 0.0), mask=tile_mask)
                 tl.store(dgi_t + out_rc + 3 * H, tl.where(v, dh * tc * o * (1.0 - o), 0.0), mask=tile_mask)
-                # Same thread, same element: the in-place update needs no barrier.
-                tl.store(dc_rc, tl.where(v, dc * f, dc_old), mask=tile_mask)
+                tl.store(
+                    dcbuf_ptr + ((s + 1) % 2) * B * H + dc_rc, tl.where(v, dc * f, dc_old), mask=tile_mask
+                )
         # dgh_t of every tile must be visible before phase 2 reads it across tiles.
         tl.debug_barrier()
         # Phase 2: dh_{t-1} = dgh_t · W_hh (+ dh_t·z for the GRU), per K-tile of h_{t-1}.
@@ -295,14 +349,30 @@ def recurrence_bwd_kernel(
             for j0 in range(0, H, BLOCK_H):
                 js = j0 + tl.arange(0, BLOCK_H)
                 j_mask = js < H
-                for gate in tl.static_range(G):
-                    d = _load_tile(dgh_t + gate * H, rows, js, row_mask, j_mask, GH)
-                    w = tl.load(
-                        w_ptr + (gate * H + js[:, None]) * H + ks[None, :],
-                        mask=j_mask[:, None] & k_mask[None, :],
-                        other=0.0,
-                    ).to(acc_ty)
-                    acc = tl.dot(d, w, acc=acc, input_precision=PREC)
+                d0 = _load_tile(dgh_t, rows, js, row_mask, j_mask, GH)
+                if G >= 3:
+                    d1 = _load_tile(dgh_t + H, rows, js, row_mask, j_mask, GH)
+                    d2 = _load_tile(dgh_t + 2 * H, rows, js, row_mask, j_mask, GH)
+                if G == 4:
+                    d3 = _load_tile(dgh_t + 3 * H, rows, js, row_mask, j_mask, GH)
+                if RESIDENT:
+                    acc = tl.dot(d0, wr0, acc=acc, input_precision=PREC)
+                    if G >= 3:
+                        acc = tl.dot(d1, wr1, acc=acc, input_precision=PREC)
+                        acc = tl.dot(d2, wr2, acc=acc, input_precision=PREC)
+                    if G == 4:
+                        acc = tl.dot(d3, wr3, acc=acc, input_precision=PREC)
+                else:
+                    w = _w_tile(w_ptr, 0, js, j_mask, ks, k_mask, H).to(acc_ty)
+                    acc = tl.dot(d0, w, acc=acc, input_precision=PREC)
+                    if G >= 3:
+                        w = _w_tile(w_ptr, 1, js, j_mask, ks, k_mask, H).to(acc_ty)
+                        acc = tl.dot(d1, w, acc=acc, input_precision=PREC)
+                        w = _w_tile(w_ptr, 2, js, j_mask, ks, k_mask, H).to(acc_ty)
+                        acc = tl.dot(d2, w, acc=acc, input_precision=PREC)
+                    if G == 4:
+                        w = _w_tile(w_ptr, 3, js, j_mask, ks, k_mask, H).to(acc_ty)
+                        acc = tl.dot(d3, w, acc=acc, input_precision=PREC)
             dh_old = _load_tile(dh_cur, rows, ks, row_mask, k_mask, H)
             if CELL == GRU:
                 gy = _load_tile(gy_t, rows, ks, row_mask, k_mask, H).to(acc_ty)

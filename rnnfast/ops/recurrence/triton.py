@@ -18,6 +18,13 @@ from rnnfast.ops.recurrence.common import acc_dtype, empty
 # cuDNN, and auto should not pick it.
 MAX_H = 1024
 BLOCK_B = 16
+# W_hh stays on chip (registers) for the whole loop when H fits one tile and its G tiles take at most this
+# many bytes: 32 KiB is 64 registers a thread at 4 warps, leaving room for the G accumulators.
+RESIDENT_BYTES = 32 * 1024
+
+
+def _resident(G: int, H: int, block: int, dtype: torch.dtype) -> bool:
+    return H <= block and G * block * block * dtype.itemsize <= RESIDENT_BYTES
 
 
 def supports(device: torch.device, dtype: torch.dtype, sizes) -> tuple[bool, str]:
@@ -60,18 +67,21 @@ def forward(cell, gi, h0, c0, w_hh, b_hh, w_hr, lengths, reverse, need_ws):
     ws = launch.alloc(common.ws_shape(cell, T, B, H, need_ws), acc, dev)
     hbuf = torch.empty((2, B, H), dtype=acc, device=dev)
     hbuf[0] = h0
-    cbuf = c0.to(acc).contiguous().clone() if cell == "lstm" else hbuf
+    cbuf = hbuf
+    if cell == "lstm":
+        cbuf = torch.empty((2, B, H), dtype=acc, device=dev)
+        cbuf[0] = c0
     bh = launch.tile(H)
     recurrence_fwd_kernel[_grid(B)](
         gi, w_hh, b, lens, y, ws if need_ws else hbuf, hbuf, cbuf, T, B, H,
         CELL=common.CELL_CODE[cell], G=G, S=common.SAVED[cell],
         HAS_BIAS=b_hh is not None, HAS_LEN=lengths is not None, REVERSE=bool(reverse),
         NEED_WS=bool(need_ws) and common.SAVED[cell] > 0,
-        BLOCK_B=BLOCK_B, BLOCK_H=bh, BLOCK_K=bh,
+        BLOCK_B=BLOCK_B, BLOCK_H=bh, BLOCK_K=bh, RESIDENT=_resident(G, H, bh, dt),
         PREC=launch.dot_precision(dt, torch.backends.cudnn.allow_tf32),
     )  # fmt: skip
     h_n = hbuf[T % 2].to(dt)
-    c_n = cbuf.to(dt) if cell == "lstm" else empty(y)
+    c_n = cbuf[T % 2].to(dt) if cell == "lstm" else empty(y)
     return y, h_n, c_n, ws
 
 
@@ -98,15 +108,18 @@ def backward(cell, grad_y, grad_hn, grad_cn, h0, c0, w_hh, b_hh, w_hr, lengths, 
     dgh = launch.alloc((T, B, G * H), acc, dev) if cell == "gru" else dgi
     dhbuf = torch.empty((2, B, H), dtype=acc, device=dev)
     dhbuf[0] = grad_hn
-    dcbuf = grad_cn.to(acc).contiguous().clone() if cell == "lstm" else dhbuf
+    dcbuf = dhbuf
+    if cell == "lstm":
+        dcbuf = torch.empty((2, B, H), dtype=acc, device=dev)
+        dcbuf[0] = grad_cn
     bh = launch.tile(H)
     recurrence_bwd_kernel[_grid(B)](
         grad_y, w_hh, lens, y, h_prev, c_prev, ws if ws.numel() else dhbuf, dgi, dgh, dhbuf, dcbuf, T, B, H,
         CELL=common.CELL_CODE[cell], G=G, S=common.SAVED[cell],
         HAS_LEN=lengths is not None, REVERSE=bool(reverse),
-        BLOCK_B=BLOCK_B, BLOCK_H=bh, BLOCK_K=bh,
+        BLOCK_B=BLOCK_B, BLOCK_H=bh, BLOCK_K=bh, RESIDENT=_resident(G, H, bh, acc),
         PREC=launch.dot_precision(acc, torch.backends.cudnn.allow_tf32),
     )  # fmt: skip
     dw_hh, db_hh = common.weight_grads(dgh, h_prev, b_hh is not None)
-    dc0 = dcbuf.to(dt) if cell == "lstm" else empty(y)
+    dc0 = dcbuf[T % 2].to(dt) if cell == "lstm" else empty(y)
     return dgi.to(dt), dhbuf[T % 2].to(dt), dc0, dw_hh.to(dt), db_hh.to(dt), empty(y)
