@@ -1,0 +1,295 @@
+"""Triton backend on a CUDA GPU: fp32/fp16/bf16 against a float64 reference, with the error bound set by
+torch's own error at that dtype (cuDNN for the RNN modules, the unfused PyTorch ops for the tree-LSTM):
+ours ≤ 2 × torch's + a small floor. Every GPU test skips with a visible reason without CUDA.
+
+``test_kernels_compile_for_sm90`` needs no GPU: it compiles every kernel specialisation the launchers use
+for an H100 (sm_90) target, catching frontend and lowering errors on CPU-only machines.
+"""
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import rnnfast
+from rnnfast import functional
+from rnnfast.ops.tree_lstm import reference as tree_ref
+from rnnfast.ops.tree_lstm_reduce import reference as reduce_ref
+from tests.utils import CELLS, assert_close, case_id, oracle, recurrence_inputs
+
+triton = pytest.importorskip("triton", reason="triton is not installed")
+
+cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)"
+)
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+DT_IDS = ["f32", "f16", "bf16"]
+# Absolute floor added to the bound, for outputs where torch happens to be (near) exact.
+FLOOR = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def _err(got, want) -> float:
+    return (got.double().cpu() - want.double().cpu()).abs().max().item() if want.numel() else 0.0
+
+
+def _assert_within(name, ours, torchs, dtype):
+    assert ours == ours, f"{name}: NaN in the Triton result"
+    bound = 2 * torchs + FLOOR[dtype]
+    assert ours <= bound, f"{name}: error {ours:.3e} > 2 × torch's {torchs:.3e} + {FLOOR[dtype]:g}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Modules: rnnfast.<RNN|GRU|LSTM>(backend="triton") vs torch.nn (cuDNN) at the same dtype, both vs fp64.
+
+MODULE_CASES = [
+    # (T, B, I, H, layers, bidirectional, packed)
+    (5, 3, 7, 33, 1, False, False),
+    (64, 37, 32, 256, 2, True, False),
+    (128, 16, 64, 300, 1, True, True),
+    (200, 1, 16, 1024, 1, False, False),
+]
+
+
+@cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize(
+    "T,B,I,H,layers,bidir,packed",
+    MODULE_CASES,
+    ids=[case_id(T=c[0], B=c[1], I=c[2], H=c[3], L=c[4], D=int(c[5]) + 1, P=int(c[6])) for c in MODULE_CASES],
+)
+@pytest.mark.parametrize("cls", ["RNN", "GRU", "LSTM"])
+def test_module_vs_cudnn(cls, T, B, I, H, layers, bidir, packed, dtype):
+    dev = "cuda"
+    ref = getattr(torch.nn, cls)(I, H, layers, bidirectional=bidir, dtype=torch.float64)
+    # Round the parameters and inputs to the dtype first: the comparison measures the arithmetic only.
+    state = {k: v.to(dtype).double() for k, v in ref.state_dict().items()}
+    ref.load_state_dict(state)
+    ours = getattr(rnnfast, cls)(I, H, layers, bidirectional=bidir, backend="triton", device=dev, dtype=dtype)
+    ours.load_state_dict(state)
+    theirs = getattr(torch.nn, cls)(I, H, layers, bidirectional=bidir, device=dev, dtype=dtype)
+    theirs.load_state_dict(state)
+    x64 = torch.randn(T, B, I, dtype=torch.float64).to(dtype).double()
+    lengths = torch.randint(1, T + 1, (B,))
+    lengths[0] = T
+
+    def run(m, dt, device):
+        x = x64.to(device=device, dtype=dt, copy=True).requires_grad_()
+        inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
+        out, st = m(inp)
+        if packed:
+            out, _ = pad_packed_sequence(out, total_length=T)
+        st = st if cls == "LSTM" else (st,)
+        g = torch.Generator().manual_seed(5)
+        up = torch.randn(out.shape, generator=g, dtype=torch.float64).to(device=device, dtype=dt)
+        (out * up).sum().add(sum(s.sum() for s in st)).backward()
+        return [out, *st, x.grad] + [p.grad for p in m.parameters()]
+
+    want = run(ref, torch.float64, "cpu")
+    got = run(ours, dtype, dev)
+    torch_got = run(theirs, dtype, dev)
+    names = (
+        ["output", "h_n", "c_n"][: 3 if cls == "LSTM" else 2]
+        + ["dx"]
+        + [n for n, _ in ref.named_parameters()]
+    )
+    for name, o, t, w in zip(names, got, torch_got, want):
+        _assert_within(name, _err(o, w), _err(t, w), dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# The op itself in fp32 with TF32 off: close to the fp64 oracle, every cell, lengths and reverse.
+
+
+@cuda
+@pytest.mark.parametrize("T,B,H,ragged,reverse", [(1, 1, 1, False, False), (9, 19, 70, True, True)])
+@pytest.mark.parametrize("cell", CELLS)
+def test_op_fp32_vs_oracle(cell, T, B, H, ragged, reverse, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    lengths = torch.randint(0, T + 1, (B,)).tolist() if ragged else None
+    a64 = recurrence_inputs(cell, T, B, H, lengths=lengths, dtype=torch.float64)
+    a = {
+        k: (v.detach().float().cuda().requires_grad_() if torch.is_tensor(v) and v.is_floating_point() else v)
+        for k, v in a64.items()
+    }
+    if a["lengths"] is not None:
+        a["lengths"] = a["lengths"].cuda()
+    keys = [k for k in ("gi", "h0", "c0", "w_hh", "b_hh") if a[k] is not None]
+    if cell == "lstm":
+        got = functional.lstm(
+            a["gi"], a["h0"], a["c0"], a["w_hh"], a["b_hh"], None, a["lengths"], reverse, backend="triton"
+        )
+    elif cell == "gru":
+        got = functional.gru(a["gi"], a["h0"], a["w_hh"], a["b_hh"], a["lengths"], reverse, backend="triton")
+    else:
+        got = functional.rnn(
+            a["gi"], a["h0"], a["w_hh"], a["b_hh"], a["lengths"], reverse, cell[4:], backend="triton"
+        )
+    want = [
+        o
+        for o in oracle(
+            cell, *(a64[k] for k in ("gi", "h0", "c0", "w_hh", "b_hh", "w_hr", "lengths")), reverse
+        )
+        if o is not None
+    ]
+    for name, g, w in zip(("y", "h_n", "c_n"), got, want):
+        assert_close(name, g.double().cpu(), w.detach(), atol=1e-4)
+    ups = [torch.randn(w.shape, dtype=torch.float64) for w in want]
+    g_got = torch.autograd.grad(list(got), [a[k] for k in keys], [u.float().cuda() for u in ups])
+    g_want = torch.autograd.grad(want, [a64[k] for k in keys], ups)
+    for k, g, w in zip(keys, g_got, g_want):
+        assert_close("d" + k, g.double().cpu(), w, atol=1e-3)
+
+
+# --------------------------------------------------------------------------------------------------
+# Tree-LSTM composition and the fused reduce vs the unfused PyTorch ops at the same dtype.
+
+
+def _r(*shape, dtype, scale=1.0):
+    return ((torch.rand(*shape, dtype=torch.float64) * 2 - 1) * scale).to(dtype).double()
+
+
+@cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("R,H,HT", [(1, 1, 0), (64, 300, 64), (517, 300, 0), (4096, 128, 32)])
+def test_reduce_vs_torch(R, H, HT, dtype):
+    s = 1.0 / H**0.5
+    args64 = [
+        _r(R, H, dtype=dtype),
+        _r(R, H, dtype=dtype),
+        _r(R, H, dtype=dtype),
+        _r(R, H, dtype=dtype),
+        _r(5 * H, H, dtype=dtype, scale=s),
+        _r(5 * H, dtype=dtype),
+        _r(5 * H, H, dtype=dtype, scale=s),
+        _r(R, HT, dtype=dtype) if HT else None,
+        _r(5 * H, HT, dtype=dtype, scale=1 / max(HT, 1) ** 0.5) if HT else None,
+    ]
+    ups = [torch.randn(R, H, dtype=torch.float64) for _ in range(2)]
+
+    def run(fn, dt, dev):
+        xs = [None if t is None else t.to(device=dev, dtype=dt, copy=True).requires_grad_() for t in args64]
+        outs = fn(*xs)
+        live = [t for t in xs if t is not None]
+        grads = torch.autograd.grad(outs, live, [u.to(device=dev, dtype=dt) for u in ups])
+        return list(outs) + list(grads)
+
+    want = run(reduce_ref.tree_lstm_reduce, torch.float64, "cpu")
+    got = run(lambda *t: functional.tree_lstm_reduce(*t, backend="triton"), dtype, "cuda")
+    torch_got = run(reduce_ref.tree_lstm_reduce, dtype, "cuda")
+    names = ["h", "c", "dh_l", "dc_l", "dh_r", "dc_r", "dw_l", "db_l", "dw_r"] + (
+        ["dh_track", "dw_t"] if HT else []
+    )
+    for name, o, t, w in zip(names, got, torch_got, want):
+        _assert_within(name, _err(o, w), _err(t, w), dtype)
+
+
+@cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("R,H", [(1, 1), (333, 300)])
+def test_tree_lstm_vs_torch(R, H, dtype):
+    args64 = [_r(R, 5 * H, dtype=dtype, scale=2.0), _r(R, H, dtype=dtype), _r(R, H, dtype=dtype)]
+    ups = [torch.randn(R, H, dtype=torch.float64) for _ in range(2)]
+
+    def run(fn, dt, dev):
+        xs = [t.to(device=dev, dtype=dt, copy=True).requires_grad_() for t in args64]
+        outs = fn(*xs)
+        return list(outs) + list(torch.autograd.grad(outs, xs, [u.to(device=dev, dtype=dt) for u in ups]))
+
+    want = run(tree_ref.tree_lstm, torch.float64, "cpu")
+    got = run(lambda *t: functional.tree_lstm(*t, backend="triton"), dtype, "cuda")
+    torch_got = run(tree_ref.tree_lstm, dtype, "cuda")
+    for name, o, t, w in zip(["h", "c", "dlstm_in", "dc_l", "dc_r"], got, torch_got, want):
+        _assert_within(name, _err(o, w), _err(t, w), dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# Compile check for an H100 target: runs on CPU-only machines.
+
+
+def _compile(fn, pointers: dict, scalars: dict, constexprs: dict) -> None:
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = list(fn.arg_names)
+    sig = {**pointers, **{k: "i32" for k in scalars}, **{k: "constexpr" for k in constexprs}}
+    assert set(sig) == set(names), f"signature mismatch: {sorted(set(names) ^ set(sig))}"
+    src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in constexprs.items()})
+    triton.compile(src, target=GPUTarget("cuda", 90, 32))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("resident", [False, True], ids=["streamed", "resident"])
+@pytest.mark.parametrize("dt", ["fp32", "bf16"])
+@pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "lstm"])
+def test_kernels_compile_for_sm90(cell, dt, resident):
+    from rnnfast.kernels import recurrence as K
+    from rnnfast.ops.recurrence import common
+
+    code, G, S = common.CELL_CODE[cell], common.GATES[cell], common.SAVED[cell]
+    prec = "tf32" if dt == "fp32" else "ieee"
+    block = 32 if resident else 64
+    tiles = dict(BLOCK_B=16, BLOCK_H=block, BLOCK_K=block, RESIDENT=resident, PREC=prec)
+    io = {
+        "gi_ptr": dt,
+        "w_ptr": dt,
+        "b_ptr": dt,
+        "len_ptr": "i64",
+        "y_ptr": dt,
+        "ws_ptr": "fp32",
+        "hbuf_ptr": "fp32",
+        "cbuf_ptr": "fp32",
+    }
+    _compile(
+        K.recurrence_fwd_kernel,
+        {k: "*" + v for k, v in io.items()},
+        {"T": 0, "B": 0, "H": 0},
+        dict(CELL=code, G=G, S=S, HAS_BIAS=True, HAS_LEN=True, REVERSE=False, NEED_WS=S > 0, **tiles),
+    )
+    io = {"gy_ptr": dt, "w_ptr": dt, "len_ptr": "i64", "y_ptr": dt}
+    io.update(
+        {
+            k: "fp32"
+            for k in ("hprev_ptr", "cprev_ptr", "ws_ptr", "dgi_ptr", "dgh_ptr", "dhbuf_ptr", "dcbuf_ptr")
+        }
+    )
+    _compile(
+        K.recurrence_bwd_kernel,
+        {k: "*" + v for k, v in io.items()},
+        {"T": 0, "B": 0, "H": 0},
+        dict(CELL=code, G=G, S=S, HAS_LEN=True, REVERSE=True, **dict(tiles, PREC="tf32")),
+    )
+    if cell != "lstm" or resident:
+        return
+    from rnnfast.kernels import tree_lstm as TK
+
+    _compile(
+        TK.tree_lstm_fwd_kernel,
+        {k: "*" + dt for k in ("x_ptr", "cl_ptr", "cr_ptr", "h_ptr", "c_ptr")},
+        {"R": 0, "H": 0},
+        dict(BLOCK_R=16, BLOCK_H=128),
+    )
+    ptrs = {k: "*" + dt for k in ("gh_ptr", "gc_ptr", "cl_ptr", "cr_ptr", "c_ptr", "dcl_ptr", "dcr_ptr")}
+    _compile(
+        TK.tree_lstm_bwd_kernel,
+        {**ptrs, "x_ptr": "*fp32", "d_ptr": "*fp32"},
+        {"R": 0, "H": 0},
+        dict(BLOCK_R=16, BLOCK_H=128),
+    )
+    names = (
+        "hl_ptr",
+        "cl_ptr",
+        "hr_ptr",
+        "cr_ptr",
+        "wl_ptr",
+        "bl_ptr",
+        "wr_ptr",
+        "ht_ptr",
+        "wt_ptr",
+        "h_ptr",
+        "c_ptr",
+    )
+    _compile(
+        TK.tree_lstm_reduce_fwd_kernel,
+        {**{k: "*" + dt for k in names}, "ws_ptr": "*fp32"},
+        {"R": 0, "H": 0, "HT": 0},
+        dict(HAS_BIAS=True, HAS_TRACK=True, BLOCK_R=16, BLOCK_H=32, BLOCK_K=64, PREC=prec),
+    )
