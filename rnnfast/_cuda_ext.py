@@ -70,8 +70,11 @@ def _jit_build() -> str:
         try:
             fresh = not any(build.glob("*.so"))
             if fresh:
-                print(f"rnnfast: compiling the CUDA kernels for sm_{arch} (first use, about a minute) ...",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"rnnfast: compiling the CUDA kernels for sm_{arch} (first use, about a minute) ...",
+                    file=sys.stderr,
+                    flush=True,
+                )
             start = time.perf_counter()
             load(
                 name="rnnfast_C_cuda",
