@@ -1,0 +1,355 @@
+"""The cuda backend of the recurrence op on a CUDA GPU (skipped, with the reason, without one).
+
+Accuracy rule: for every output and every input gradient, the error of the cuda backend against a
+float64 reference is at most twice the error torch.nn (cuDNN) makes on the same problem in the same dtype,
+measured in the same test (plus a small floor of a few ulps of the dtype for problems where cuDNN happens
+to be exact). torch.nn runs the op's problem exactly: input size G·H with W_ih = I and b_ih = 0 (so its
+input projection returns gi unchanged), packed sequences for ``lengths``, and the valid part of every row
+time-reversed for ``reverse``. Float32 comparisons turn TF32 off on both sides.
+
+Both algorithms are covered: ``RNNFAST_CUDA_ALGO=auto`` (the persistent kernels wherever they fit, which
+test_persistent_plan_covers_the_small_shapes checks) and ``stepwise``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import rnnfast
+from rnnfast.ops.recurrence import common
+from rnnfast.ops.recurrence import cuda as cuda_backend
+from tests.utils import CELLS, assert_close, case_id, oracle, recurrence_inputs
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA GPU (the cuda backend runs on the device)"
+    ),
+]
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Tolerance floor, relative to the largest reference magnitude: about two ulps near 1 of each dtype.
+FLOOR = {torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+SHAPES = [(7, 3, 33), (1, 1, 256), (7, 17, 256), (33, 3, 1000)]  # (T, B, H)
+MODES = ("plain", "reverse", "ragged", "ragged_reverse")
+
+
+@pytest.fixture(params=["auto", "stepwise"])
+def algo(request, monkeypatch):
+    monkeypatch.setenv("RNNFAST_CUDA_ALGO", request.param)
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def no_tf32():
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _lengths(mode: str, T: int, B: int) -> list[int] | None:
+    if not mode.startswith("ragged"):
+        return None
+    pattern = [T, max(1, T // 2), 1, max(1, T - 1)]
+    out = [pattern[b % len(pattern)] for b in range(B)]
+    if B == 1:
+        out = [max(1, T - 1)]
+    return out
+
+
+def _flip_valid(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """Reverse, along time, the valid prefix of every row of x (T, B, ...); the padding stays in place."""
+    T, B = x.shape[:2]
+    t = torch.arange(T, device=x.device).unsqueeze(1)
+    n = torch.full((B,), T, device=x.device) if lengths is None else lengths.to(x.device)
+    idx = torch.where(t < n.unsqueeze(0), n.unsqueeze(0) - 1 - t, t)
+    idx = idx.view(T, B, *([1] * (x.dim() - 2))).expand_as(x)
+    return x.gather(0, idx)
+
+
+def _run_rnnfast(cell, a, reverse):
+    F = rnnfast.functional
+    if cell == "gru":
+        y, h = F.gru(a["gi"], a["h0"], a["w_hh"], a["b_hh"], a["lengths"], reverse, backend="cuda")
+        return y, h, None
+    if cell == "lstm":
+        return F.lstm(
+            a["gi"], a["h0"], a["c0"], a["w_hh"], a["b_hh"], None, a["lengths"], reverse, backend="cuda"
+        )
+    y, h = F.rnn(a["gi"], a["h0"], a["w_hh"], a["b_hh"], a["lengths"], reverse, cell[4:], backend="cuda")
+    return y, h, None
+
+
+def _run_torch_nn(cell, a, reverse):
+    """torch.nn (cuDNN) on the op's problem; returns (y, h_n, c_n, leaves in the order of _leaves)."""
+    T, B = a["gi"].shape[:2]
+    H = a["h0"].shape[1]
+    GH = common.GATES[cell] * H
+    cls = {"gru": nn.GRU, "lstm": nn.LSTM}.get(cell)
+    m = cls(GH, H) if cls else nn.RNN(GH, H, nonlinearity=cell[4:])
+    m = m.to(device=a["gi"].device, dtype=a["gi"].dtype)
+    with torch.no_grad():
+        m.weight_ih_l0.copy_(torch.eye(GH))
+        m.bias_ih_l0.zero_()
+        m.weight_hh_l0.copy_(a["w_hh"])
+        m.bias_hh_l0.copy_(a["b_hh"])
+    lengths = a["lengths"]
+    x = _flip_valid(a["gi"], lengths) if reverse else a["gi"]
+    hx = (a["h0"].unsqueeze(0), a["c0"].unsqueeze(0)) if cell == "lstm" else a["h0"].unsqueeze(0)
+    if lengths is not None:
+        x = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
+    out, state = m(x, hx)
+    if lengths is not None:
+        out, _ = pad_packed_sequence(out, total_length=T)
+    y = _flip_valid(out, lengths) if reverse else out
+    h_n, c_n = (state[0][0], state[1][0]) if cell == "lstm" else (state[0], None)
+    leaves = [a["gi"], a["h0"], a["c0"], m.weight_hh_l0, m.bias_hh_l0]
+    return y, h_n, c_n, leaves
+
+
+def _leaves(a):
+    return [a["gi"], a["h0"], a["c0"], a["w_hh"], a["b_hh"]]
+
+
+GRAD_NAMES = ("dgi", "dh0", "dc0", "dw_hh", "db_hh")
+
+
+def _grads(outs, leaves, upstream):
+    """Gradients of Σ y·gy + h_n·ghn (+ c_n·gcn) w.r.t. the leaves that exist (None for the others)."""
+    loss = sum((o.double() * g).sum() for o, g in zip(outs, upstream) if o is not None)
+    present = [t for t in leaves if t is not None]
+    got = iter(torch.autograd.grad(loss, present))
+    return [next(got) if t is not None else None for t in leaves]
+
+
+def _upstream(cell, T, B, H, device):
+    g = torch.Generator().manual_seed(99 + T + B + H)
+    gy = torch.randn(T, B, H, generator=g, dtype=torch.float64).to(device)
+    ghn = torch.randn(B, H, generator=g, dtype=torch.float64).to(device)
+    gcn = torch.randn(B, H, generator=g, dtype=torch.float64).to(device) if cell == "lstm" else None
+    return gy, ghn, gcn
+
+
+def _copy(a, dtype):
+    return {
+        k: (
+            v.detach().to(dtype).requires_grad_()
+            if isinstance(v, torch.Tensor) and v.is_floating_point()
+            else v
+        )
+        for k, v in a.items()
+    }
+
+
+def _check(name, dtype, got, torch_val, want):
+    """got within max(2 x torch.nn's error, floor) of the float64 value want."""
+    want = want.double()
+    torch_err = (torch_val.double() - want).abs().max().item() if want.numel() else 0.0
+    scale = max(1.0, want.abs().max().item()) if want.numel() else 1.0
+    assert_close(name, got.double(), want, atol=max(2.0 * torch_err, FLOOR[dtype] * scale))
+
+
+def _compare(cell, dtype, T, B, H, lengths, reverse):
+    a64 = recurrence_inputs(cell, T, B, H, lengths=lengths, dtype=torch.float64, device="cuda")
+    upstream = _upstream(cell, T, B, H, "cuda")
+    ref = oracle(
+        cell, a64["gi"], a64["h0"], a64["c0"], a64["w_hh"], a64["b_hh"], None, a64["lengths"], reverse
+    )
+    ref_grads = _grads(ref, _leaves(a64), upstream)
+
+    ours_in = _copy(a64, dtype)
+    ours = _run_rnnfast(cell, ours_in, reverse)
+    ours_grads = _grads(ours, _leaves(ours_in), upstream)
+
+    nn_in = _copy(a64, dtype)
+    *nn_out, nn_leaves = _run_torch_nn(cell, nn_in, reverse)
+    nn_grads = _grads(nn_out, nn_leaves, upstream)
+
+    for name, got, tv, want in zip(("y", "h_n", "c_n"), ours, nn_out, ref):
+        if want is not None:
+            assert got.dtype == dtype, f"{name}: dtype {got.dtype}, expected {dtype}"
+            _check(name, dtype, got, tv, want)
+    for name, got, tv, want in zip(GRAD_NAMES, ours_grads, nn_grads, ref_grads):
+        if want is not None:
+            assert got is not None, f"{name}: no gradient"
+            _check(name, dtype, got, tv, want)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=[case_id(T=t, B=b, H=h) for t, b, h in SHAPES])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("cell", CELLS)
+def test_matches_fp64_within_torch_nn_error(cell, dtype, mode, shape, algo):
+    T, B, H = shape
+    _compare(cell, dtype, T, B, H, _lengths(mode, T, B), mode.endswith("reverse"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_long_sequence(cell, dtype, algo):
+    T, B, H = 1024, 3, 256
+    _compare(cell, dtype, T, B, H, [T, 700, 1], reverse=False)
+
+
+def test_zero_length_rows_and_no_bias(algo):
+    """A row with length 0 keeps h0 (y all zero); b_hh absent. float32 against float64 directly."""
+    for cell in CELLS:
+        a64 = recurrence_inputs(
+            cell, 5, 3, 40, lengths=[5, 0, 2], dtype=torch.float64, device="cuda", bias=False
+        )
+        ref = oracle(cell, a64["gi"], a64["h0"], a64["c0"], a64["w_hh"], None, None, a64["lengths"], True)
+        a32 = _copy(a64, torch.float32)
+        ours = _run_rnnfast(cell, a32, True)
+        upstream = _upstream(cell, 5, 3, 40, "cuda")
+        ref_grads = _grads(ref, _leaves(a64), upstream)
+        ours_grads = _grads(ours, _leaves(a32), upstream)
+        for name, got, want in zip(
+            ("y", "h_n", "c_n") + GRAD_NAMES, list(ours) + ours_grads, list(ref) + ref_grads
+        ):
+            if want is not None:
+                assert_close(f"{cell} {name}", got.double(), want, atol=2e-5)
+
+
+def test_persistent_plan_covers_the_small_shapes():
+    ok, why = cuda_backend.supports(torch.device("cuda"), torch.float32, {"cell": "gru", "B": 3, "H": 33})
+    assert ok, why
+    dev = torch.device("cuda")
+    for cell in CELLS:
+        for dtype in DTYPES:
+            for B, H in ((1, 33), (17, 256)):
+                for backward in (False, True):
+                    code, why = cuda_backend.algorithm(cell, dtype, B, H, backward, dev)
+                    assert code == 1, f"{cell} {dtype} B={B} H={H} backward={backward}: {why}"
+    # One CTA per SM: H=1000 fits forward in every dtype on a GPU with >= 100 SMs and 227 KiB shared memory.
+    if torch.cuda.get_device_properties(0).multi_processor_count >= 100:
+        for dtype in DTYPES:
+            code, why = cuda_backend.algorithm("gru", dtype, 17, 1000, False, dev)
+            assert code == 1, f"gru {dtype} H=1000 forward: {why}"
+
+
+@pytest.mark.parametrize("cls", [rnnfast.GRU, rnnfast.LSTM, rnnfast.RNN])
+def test_module_parity(cls, algo):
+    torch.manual_seed(0)
+    m = cls(12, 40, num_layers=2, bidirectional=True, backend="cuda").cuda()
+    ref = m.to_torch()
+    x = torch.randn(9, 4, 12, device="cuda", requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    lengths = torch.tensor([9, 3, 7, 1])
+    for packed in (False, True):
+        inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
+        inp_ref = pack_padded_sequence(x_ref, lengths, enforce_sorted=False) if packed else x_ref
+        out, state = m(inp)
+        out_ref, state_ref = ref(inp_ref)
+        if packed:
+            out, out_ref = out.data, out_ref.data
+        hs = state if isinstance(state, tuple) else (state,)
+        hs_ref = state_ref if isinstance(state_ref, tuple) else (state_ref,)
+        assert_close(f"{cls.__name__} packed={packed} output", out, out_ref, atol=2e-5)
+        for i, (h, hr) in enumerate(zip(hs, hs_ref)):
+            assert_close(f"{cls.__name__} packed={packed} state[{i}]", h, hr, atol=2e-5)
+        loss = out.sum() + sum(h.sum() for h in hs)
+        loss_ref = out_ref.sum() + sum(h.sum() for h in hs_ref)
+        grads = torch.autograd.grad(loss, [x, *m.parameters()])
+        grads_ref = torch.autograd.grad(loss_ref, [x_ref, *ref.parameters()])
+        names = ["x"] + [n for n, _ in m.named_parameters()]
+        for n, g, gr in zip(names, grads, grads_ref):
+            assert_close(f"{cls.__name__} packed={packed} d{n}", g, gr, atol=1e-4, rtol=1e-4)
+
+
+def _fresh(args, seed):
+    g = torch.Generator().manual_seed(seed)
+    for v in args.values():
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            v.copy_((torch.rand(v.shape, generator=g, dtype=torch.float64) - 0.5).to(v.dtype))
+
+
+def _forward(cell, a, reverse=False):
+    return cuda_backend.forward(
+        cell, a["gi"], a["h0"], a["c0"], a["w_hh"], a["b_hh"], None, a["lengths"], reverse, True
+    )
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_cuda_graph_capture_forward(cell, algo):
+    a = recurrence_inputs(
+        cell, 16, 5, 64, lengths=[16, 9, 1, 16, 4], dtype=torch.float16, device="cuda", grad=False
+    )
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture: build, plan cache, cuBLAS handles
+        _forward(cell, a)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = _forward(cell, a)
+    _fresh(a, seed=5)
+    graph.replay()
+    torch.cuda.synchronize()
+    eager = _forward(cell, a)
+    for name, got, want in zip(("y", "h_n", "c_n", "ws"), captured, eager):
+        # ws is unspecified (NaN-poisoned) past each row's length in both runs: compare NaN as equal.
+        torch.testing.assert_close(
+            got, want, rtol=0, atol=0, equal_nan=True, msg=lambda m, n=name: f"{n}: {m}"
+        )
+
+
+def test_two_streams_at_once(algo):
+    cells = ("gru", "lstm")
+    problems = [
+        recurrence_inputs(
+            c, 40, 7, 96 + 32 * i, lengths=None, dtype=torch.bfloat16, device="cuda", grad=False
+        )
+        for i, c in enumerate(cells)
+    ]
+    expected = [_forward(c, a) for c, a in zip(cells, problems)]
+    torch.cuda.synchronize()
+    streams = [torch.cuda.Stream() for _ in cells]
+    for s in streams:
+        s.wait_stream(torch.cuda.current_stream())
+    results = [[] for _ in cells]
+    for _ in range(3):
+        for i, (c, a, s) in enumerate(zip(cells, problems, streams)):
+            with torch.cuda.stream(s):
+                results[i].append(_forward(c, a))
+    torch.cuda.synchronize()
+    for c, exp, runs in zip(cells, expected, results):
+        for k, outs in enumerate(runs):
+            for name, got, want in zip(("y", "h_n", "c_n", "ws"), outs, exp):
+                torch.testing.assert_close(
+                    got,
+                    want,
+                    rtol=0,
+                    atol=0,
+                    equal_nan=True,
+                    msg=lambda m, n=f"{c} run {k} {name}": f"{n}: {m}",
+                )
+
+
+def test_binding_rejects_bad_inputs_by_name():
+    ok, why = cuda_backend.supports(torch.device("cuda"), torch.float16, {"cell": "gru", "B": 2, "H": 8})
+    assert ok, why
+    a = recurrence_inputs("gru", 3, 2, 8, dtype=torch.float16, device="cuda", grad=False)
+    stream = torch.cuda.current_stream().cuda_stream
+    op = torch.ops.rnnfast_C.cuda_recurrence_fwd
+    code = common.CELL_CODE["gru"]
+    with pytest.raises(RuntimeError, match="h0: expected dtype"):
+        op(a["gi"], a["h0"].float(), None, a["w_hh"], a["b_hh"], None, None, code, False, True, 1, stream)
+    with pytest.raises(RuntimeError, match="w_hh: expected shape"):
+        op(a["gi"], a["h0"], None, a["w_hh"][:, :4], a["b_hh"], None, None, code, False, True, 1, stream)
+    with pytest.raises(RuntimeError, match="lengths: expected int64"):
+        bad = torch.ones(2, dtype=torch.int32, device="cuda")
+        op(a["gi"], a["h0"], None, a["w_hh"], a["b_hh"], None, bad, code, False, True, 1, stream)
+    with pytest.raises(RuntimeError, match="w_hr"):
+        op(a["gi"], a["h0"], None, a["w_hh"], a["b_hh"], a["w_hh"], None, code, False, True, 1, stream)
+
+
+def test_supports_refuses_what_is_not_implemented():
+    dev = torch.device("cuda")
+    assert not cuda_backend.supports(dev, torch.float64, {"cell": "gru", "B": 2, "H": 8})[0]
+    ok, why = cuda_backend.supports(dev, torch.float32, {"cell": "lstm", "B": 2, "H": 8, "P": 4})
+    assert not ok and "projection" in why
+    assert not cuda_backend.supports(torch.device("cpu"), torch.float32, {"cell": "gru", "B": 2, "H": 8})[0]
