@@ -31,10 +31,19 @@ class TreeLSTMReduce(nn.Module):
         if (h_track is None) != (w_t is None):
             raise ValueError(
                 "h_track: expected a tensor exactly when the module has a tracker "
-                f"(tracker_size={None if w_t is None else w_t.shape[1]}), got {'None' if h_track is None else 'a tensor'}"
+                f"(tracker_size={None if w_t is None else w_t.shape[1]}), "
+                f"got {'None' if h_track is None else 'a tensor'}"
             )
         return functional.tree_lstm_reduce(
-            h_l, c_l, h_r, c_r, self.left.weight, self.left.bias, self.right.weight, h_track, w_t,
+            h_l,
+            c_l,
+            h_r,
+            c_r,
+            self.left.weight,
+            self.left.bias,
+            self.right.weight,
+            h_track,
+            w_t,
             backend=self.backend,
         )
 
@@ -71,8 +80,14 @@ class SPINN(nn.Module):
     forcing) and their logits returned for a transition loss.
     """
 
-    def __init__(self, d_hidden: int, d_tracker: int | None = None, predict: bool = False, backend: str = "auto",
-                 all_rows: bool = False):
+    def __init__(
+        self,
+        d_hidden: int,
+        d_tracker: int | None = None,
+        predict: bool = False,
+        backend: str = "auto",
+        all_rows: bool = False,
+    ):
         super().__init__()
         if predict and d_tracker is None:
             raise ValueError("predict: transition prediction needs a tracker (d_tracker), got d_tracker=None")
@@ -84,8 +99,14 @@ class SPINN(nn.Module):
         self.backend = backend
         self.all_rows = all_rows
 
-    def forward(self, buffers: Tensor, transitions: Tensor | None, null: Tensor | None = None,
-                lengths: Tensor | None = None, return_c: bool = False):
+    def forward(
+        self,
+        buffers: Tensor,
+        transitions: Tensor | None,
+        null: Tensor | None = None,
+        lengths: Tensor | None = None,
+        return_c: bool = False,
+    ):
         if transitions is None and not self.predict:
             raise ValueError("transitions: required unless the module predicts them (predict=True), got None")
         r = self.reduce
@@ -96,8 +117,16 @@ class SPINN(nn.Module):
             if self.predict:
                 trk += (tr.transition.weight, tr.transition.bias)
         h, c, logits, _ = spinn_encode(
-            buffers, transitions, null, r.left.weight, r.left.bias, r.right.weight, *trk,
-            lengths=lengths, all_rows=self.all_rows, backend=self.backend,
+            buffers,
+            transitions,
+            null,
+            r.left.weight,
+            r.left.bias,
+            r.right.weight,
+            *trk,
+            lengths=lengths,
+            all_rows=self.all_rows,
+            backend=self.backend,
         )
         out = (h, c) if return_c else (h,)
         if self.predict:

@@ -66,7 +66,9 @@ def check_transitions(transitions, B: int, N: int) -> Tensor:
     if not isinstance(transitions, Tensor):
         raise TypeError(f"transitions: expected a torch.Tensor, got {type(transitions).__name__}")
     if transitions.dtype not in _INT_DTYPES:
-        raise TypeError(f"transitions: expected an integer tensor (SHIFT=3, REDUCE=2, PAD=1), got {transitions.dtype}")
+        raise TypeError(
+            f"transitions: expected an integer tensor (SHIFT=3, REDUCE=2, PAD=1), got {transitions.dtype}"
+        )
     if transitions.dim() != 2 or transitions.shape[1] != B:
         raise ValueError(f"transitions: expected shape (T, B={B}), got {tuple(transitions.shape)}")
     tr = transitions.to("cpu", torch.int64)
@@ -152,8 +154,15 @@ def _to_device(p: Plan, device: torch.device) -> Plan:
     views = list(torch.split(flat, [t.numel() for t in parts]))
     T = p.T
     return Plan(
-        p.T, p.B, p.N, views[0].view(T, 3 * p.B), views[2 : 2 + T], views[2 + T : 2 + 2 * T],
-        views[2 + 2 * T :], views[1], p.steps,
+        p.T,
+        p.B,
+        p.N,
+        views[0].view(T, 3 * p.B),
+        views[2 : 2 + T],
+        views[2 + T : 2 + 2 * T],
+        views[2 + 2 * T :],
+        views[1],
+        p.steps,
     )
 
 
@@ -182,7 +191,9 @@ def _lstm_cell(x, h, c, w_ih, w_hh, bias, act_out):
 
 class SpinnEncode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, p: Plan, impl, buffers, null, w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih, b_hh, w_trans, b_trans):
+    def forward(
+        ctx, p: Plan, impl, buffers, null, w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih, b_hh, w_trans, b_trans
+    ):
         T, B = p.T, p.B
         ph, pc = _pools(buffers, null, T)
         H = ph.shape[1]
@@ -256,8 +267,19 @@ class SpinnEncode(torch.autograd.Function):
                 hk, ck = ph.index_select(0, kids), pc.index_select(0, kids)
                 ht = hs[t].index_select(0, rows) if tracker else None
                 g = impl.backward(
-                    dph.index_select(0, out), dpc.index_select(0, out), hk[:R], ck[:R], hk[R:], ck[R:],
-                    w_l, b_l, w_r, ht, w_t, pc.index_select(0, out), ws[t],
+                    dph.index_select(0, out),
+                    dpc.index_select(0, out),
+                    hk[:R],
+                    ck[:R],
+                    hk[R:],
+                    ck[R:],
+                    w_l,
+                    b_l,
+                    w_r,
+                    ht,
+                    w_t,
+                    pc.index_select(0, out),
+                    ws[t],
                 )
                 dh_l, dc_l, dh_r, dc_r, gw_l, gb_l, gw_r, dh_t, gw_t = g
                 dph.index_add_(0, kids, torch.cat([dh_l, dh_r]))
@@ -298,7 +320,20 @@ class SpinnEncode(torch.autograd.Function):
         d_buffers = torch.cat([dph3[1 : N + 1], dpc3[1 : N + 1]], 2).transpose(0, 1)
         d_null = torch.cat([dph3[0], dpc3[0]], 1)
         return (
-            None, None, d_buffers, d_null, dw_l, db_l, dw_r, dw_t, dw_ih, dw_hh, db_ih, db_hh, dw_trans, db_trans,
+            None,
+            None,
+            d_buffers,
+            d_null,
+            dw_l,
+            db_l,
+            dw_r,
+            dw_t,
+            dw_ih,
+            dw_hh,
+            db_ih,
+            db_hh,
+            dw_trans,
+            db_trans,
         )
 
 
@@ -418,9 +453,11 @@ def spinn_encode(
         _check("b_l", b_l, (5 * H,), buffers)
     tracker = w_ih is not None
     if (w_t is None) != (w_ih is None) or (w_ih is None) != (w_hh is None):
-        raise ValueError("w_t, w_ih, w_hh: a tracker needs all three (its LSTMCell and the reduce's track), "
-                         f"got w_t={'set' if w_t is not None else None}, w_ih={'set' if w_ih is not None else None}, "
-                         f"w_hh={'set' if w_hh is not None else None}")
+        raise ValueError(
+            "w_t, w_ih, w_hh: a tracker needs all three (its LSTMCell and the reduce's track), "
+            f"got w_t={'set' if w_t is not None else None}, w_ih={'set' if w_ih is not None else None}, "
+            f"w_hh={'set' if w_hh is not None else None}"
+        )
     if tracker:
         HT = w_hh.shape[-1]
         _check("w_hh", w_hh, (4 * HT, HT), buffers)
@@ -438,8 +475,10 @@ def spinn_encode(
         if b_trans is not None:
             _check("b_trans", b_trans, (w_trans.shape[0],), buffers)
     sizes = {"R": B, "H": H, "HT": HT if tracker else 0}
-    impl = backends.implementation(backends.resolve("tree_lstm_reduce", buffers.device, buffers.dtype, sizes, backend),
-                                   "tree_lstm_reduce")
+    impl = backends.implementation(
+        backends.resolve("tree_lstm_reduce", buffers.device, buffers.dtype, sizes, backend),
+        "tree_lstm_reduce",
+    )
     if transitions is None:
         if w_trans is None or w_trans.shape[0] != 4:
             raise ValueError("transitions: None needs a predicting tracker (w_trans of shape (4, HT))")
@@ -461,6 +500,7 @@ def spinn_encode(
         transitions = predicted
     tr = check_transitions(transitions, B, N)
     p = _to_device(plan(tr, N, all_rows), buffers.device)
-    h, c, logits = SpinnEncode.apply(p, impl, buffers, null, w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih, b_hh,
-                                     w_trans, b_trans)
+    h, c, logits = SpinnEncode.apply(
+        p, impl, buffers, null, w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih, b_hh, w_trans, b_trans
+    )
     return h, c, (logits if w_trans is not None else None), transitions
