@@ -40,25 +40,35 @@ _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 class Plan:
     """Per-step gather/scatter rows of one batch of transitions (all flat rows ``slot·B + b``).
 
-    trk (T, 3B): per example the buffer top, stack top and stack second rows (what the tracker reads).
-    rows[t] (R_t,): the examples that reduce at step t; kids[t] (2R_t,): their left then right children;
-    out[t] (R_t,): where the composed states go. root (B,): the final stack top. ``steps`` lists the
-    steps with a reduce (others only run the tracker).
+    buf (T, B): the buffer top of every example (the tracker's first input);
+    stk (T, 2B): its stack top and second, interleaved per example (so a gather views as (B, 2H)).
+    For the reducing steps ``steps`` (the others only run the tracker), each step t has
+    rows[t] (R_t,): the examples that reduce; pair[t] (2R_t,): their left and right children
+    interleaved (a gather views as (R_t, 2H), the input of one fused GEMM); kids[t] (2R_t,): the same
+    children lefts first, then rights; out[t] (R_t,): where the composed states go; off[t]: the
+    offset of these R_t rows in the packed (ΣR, ·) buffers. root (B,): the final stack top.
     """
 
     T: int
     B: int
     N: int
-    trk: Tensor
-    rows: list[Tensor]
-    kids: list[Tensor]
-    out: list[Tensor]
+    buf: Tensor
+    stk: Tensor
+    rows: dict[int, Tensor]
+    pair: dict[int, Tensor]
+    kids: dict[int, Tensor]
+    out: dict[int, Tensor]
+    off: dict[int, int]
+    total: int
     root: Tensor
-    steps: list[int]
 
     @property
     def slots(self) -> int:
         return 1 + self.N + self.T
+
+    @property
+    def steps(self) -> list[int]:
+        return list(self.off)
 
 
 def check_transitions(transitions, B: int, N: int) -> Tensor:
@@ -110,60 +120,51 @@ def plan(tr: Tensor, N: int, all_rows: bool = False) -> Plan:
     sp = torch.full((B,), 2, dtype=torch.int64)
     bp = torch.zeros(B, dtype=torch.int64)
     n_leaves = (tr == SHIFT).sum(0)
-    trk = torch.empty(T, B, 3, dtype=torch.int64)
-    rows, kids, out, steps = [], [], [], []
+    buf = torch.empty(T, B, dtype=torch.int64)
+    stk = torch.empty(T, B, 2, dtype=torch.int64)
+    rows, pair, kids, out, off = {}, {}, {}, {}, {}
+    total = 0
     for t in range(T):
         top = stack[ar, sp - 1]
         second = stack[ar, sp - 2]
-        buf = torch.where(bp < n_leaves, bp + 1, 0)
-        trk[t] = torch.stack([buf, top, second], 1) * B + ar[:, None]
+        buf[t] = torch.where(bp < n_leaves, bp + 1, 0) * B + ar
+        stk[t] = torch.stack([top, second], 1) * B + ar[:, None]
         shift, red = tr[t] == SHIFT, tr[t] == REDUCE
-        r = red.nonzero().squeeze(1)
         slot = N + 1 + t
-        if r.numel():
-            steps.append(t)
+        if red.any():
             if all_rows:
-                left = torch.where(red, second, 0) * B + ar
-                right = torch.where(red, top, 0) * B + ar
-                rows.append(ar)
-                kids.append(torch.cat([left, right]))
-                out.append(slot * B + ar)
+                r = ar
+                left, right = torch.where(red, second, 0) * B + ar, torch.where(red, top, 0) * B + ar
             else:
-                rows.append(r)
-                kids.append(torch.cat([second[r] * B + r, top[r] * B + r]))
-                out.append(slot * B + r)
-        else:
-            rows.append(r)
-            kids.append(r)
-            out.append(r)
+                r = red.nonzero().squeeze(1)
+                left, right = second[r] * B + r, top[r] * B + r
+            rows[t], out[t], off[t] = r, slot * B + r, total
+            pair[t] = torch.stack([left, right], 1).view(-1)
+            kids[t] = torch.cat([left, right])
+            total += r.numel()
         pos = torch.where(shift, sp, torch.where(red, sp - 2, sp - 1))
         val = torch.where(shift, bp + 1, torch.where(red, torch.full_like(bp, slot), top))
         stack[ar, pos] = val
         sp = sp + shift.long() - red.long()
         bp = bp + shift.long()
     root = stack[ar, sp - 1] * B + ar
-    return Plan(T, B, N, trk.view(T, 3 * B), rows, kids, out, root, steps)
+    return Plan(T, B, N, buf, stk.view(T, 2 * B), rows, pair, kids, out, off, total, root)
 
 
 def _to_device(p: Plan, device: torch.device) -> Plan:
     """One host-to-device copy for the whole plan; the per-step tensors become views of it."""
     if device.type == "cpu":
         return p
-    parts = [p.trk.view(-1), p.root] + p.rows + p.kids + p.out
-    flat = torch.cat(parts).to(device, non_blocking=True)
-    views = list(torch.split(flat, [t.numel() for t in parts]))
-    T = p.T
-    return Plan(
-        p.T,
-        p.B,
-        p.N,
-        views[0].view(T, 3 * p.B),
-        views[2 : 2 + T],
-        views[2 + T : 2 + 2 * T],
-        views[2 + 2 * T :],
-        views[1],
-        p.steps,
-    )
+    steps = p.steps
+    parts = [p.buf.view(-1), p.stk.view(-1), p.root]
+    for t in steps:
+        parts += [p.rows[t], p.pair[t], p.kids[t], p.out[t]]
+    views = iter(torch.split(torch.cat(parts).to(device, non_blocking=True), [t.numel() for t in parts]))
+    buf, stk, root = next(views).view(p.T, p.B), next(views).view(p.T, 2 * p.B), next(views)
+    rows, pair, kids, out = {}, {}, {}, {}
+    for t in steps:
+        rows[t], pair[t], kids[t], out[t] = next(views), next(views), next(views), next(views)
+    return Plan(p.T, p.B, p.N, buf, stk, rows, pair, kids, out, dict(p.off), p.total, root)
 
 
 def _pools(buffers: Tensor, null: Tensor, T: int) -> tuple[Tensor, Tensor]:
@@ -176,11 +177,9 @@ def _pools(buffers: Tensor, null: Tensor, T: int) -> tuple[Tensor, Tensor]:
     return ph, pc
 
 
-def _lstm_cell(x, h, c, w_ih, w_hh, bias, act_out):
-    """One LSTMCell step (gate order i, f, g, o); writes the activated gates into ``act_out`` (B, 4HT)."""
-    HT = h.shape[1]
-    gates = torch.addmm(bias, x, w_ih.t()) if bias is not None else x.mm(w_ih.t())
-    gates.addmm_(h, w_hh.t())
+def _lstm_pointwise(gates, c, act_out):
+    """LSTMCell pointwise part (gate order i, f, g, o); activated gates go to ``act_out`` (B, 4HT)."""
+    HT = c.shape[1]
     torch.sigmoid(gates[:, : 2 * HT], out=act_out[:, : 2 * HT])
     torch.tanh(gates[:, 2 * HT : 3 * HT], out=act_out[:, 2 * HT : 3 * HT])
     torch.sigmoid(gates[:, 3 * HT :], out=act_out[:, 3 * HT :])
@@ -189,66 +188,95 @@ def _lstm_cell(x, h, c, w_ih, w_hh, bias, act_out):
     return o * c.tanh(), c
 
 
+def _lstm_cell(x, h, c, w_ih, w_hh, bias, act_out):
+    gates = torch.addmm(bias, x, w_ih.t()) if bias is not None else x.mm(w_ih.t())
+    gates.addmm_(h, w_hh.t())
+    return _lstm_pointwise(gates, c, act_out)
+
+
 class SpinnEncode(torch.autograd.Function):
+    """The planned loop. Packed buffers over the ΣR reduced rows keep what the weight gradients need,
+    so backward does one GEMM per weight after its loop instead of one per step:
+        xk (ΣR, 2H) the children's h [left, right], xt (ΣR, HT) the tracker h, lstm_in (ΣR, 5H);
+    tracker: xs (T, B, 2H) stack top/second h, acts (T, B, 4HT) activated gates, cs, hs (T, B, HT).
+    The buffer-top part of the tracker's input GEMM runs once over all leaves before the loop.
+    """
+
     @staticmethod
     def forward(
         ctx, p: Plan, impl, buffers, null, w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih, b_hh, w_trans, b_trans
     ):
-        T, B = p.T, p.B
+        T, B, N = p.T, p.B, p.N
         ph, pc = _pools(buffers, null, T)
         H = ph.shape[1]
         tracker = w_ih is not None
-        ws = [None] * T
+        wk = torch.cat([w_l, w_r], 1)  # (5H, 2H): one GEMM over [h_l, h_r]
+        xk = ph.new_empty(p.total, 2 * H)
+        lstm_in = ph.new_empty(p.total, 5 * H)
         if tracker:
             HT = w_hh.shape[1]
+            xt = ph.new_empty(p.total, HT)
+            acts = ph.new_empty(T, B, 4 * HT)
+            cs, hs = ph.new_empty(T, B, HT), ph.new_empty(T, B, HT)
+            xs = ph.new_empty(T, B, 2 * H)
+            w_buf, w_stk = w_ih[:, :H], w_ih[:, H:]
             bias = None if b_ih is None else b_ih + b_hh
-            acts = buffers.new_empty(T, B, 4 * HT)
-            cs = buffers.new_empty(T, B, HT)
-            hs = buffers.new_empty(T, B, HT)
-            h = c = buffers.new_zeros(B, HT)
-        red = set(p.steps)
+            leaves = ph[: (1 + N) * B]
+            g_buf = torch.addmm(bias, leaves, w_buf.t()) if bias is not None else leaves.mm(w_buf.t())
+            h = c = ph.new_zeros(B, HT)
         for t in range(T):
             if tracker:
-                x = ph.index_select(0, p.trk[t]).view(B, 3 * H)
-                h, c = _lstm_cell(x, h, c, w_ih, w_hh, bias, acts[t])
+                torch.index_select(ph, 0, p.stk[t], out=xs[t].view(2 * B, H))
+                gates = g_buf.index_select(0, p.buf[t])
+                gates.addmm_(xs[t], w_stk.t()).addmm_(h, w_hh.t())
+                h, c = _lstm_pointwise(gates, c, acts[t])
                 hs[t], cs[t] = h, c
-            if t in red:
-                rows, kids, out = p.rows[t], p.kids[t], p.out[t]
+            if t in p.off:
+                rows, out, kids, o = p.rows[t], p.out[t], p.kids[t], p.off[t]
                 R = rows.shape[0]
-                hk, ck = ph.index_select(0, kids), pc.index_select(0, kids)
-                ht = hs[t].index_select(0, rows) if tracker else None
-                h_new, c_new, ws[t] = impl.forward(hk[:R], ck[:R], hk[R:], ck[R:], w_l, b_l, w_r, ht, w_t)
+                x, li = xk[o : o + R], lstm_in[o : o + R]
+                torch.index_select(ph, 0, p.pair[t], out=x.view(2 * R, H))
+                ck = pc.index_select(0, kids)
+                if b_l is not None:
+                    torch.addmm(b_l, x, wk.t(), out=li)
+                else:
+                    torch.mm(x, wk.t(), out=li)
+                if tracker:
+                    torch.index_select(hs[t], 0, rows, out=xt[o : o + R])
+                    li.addmm_(xt[o : o + R], w_t.t())
+                h_new, c_new = impl.forward(li, ck[:R], ck[R:])
                 ph.index_copy_(0, out, h_new)
                 pc.index_copy_(0, out, c_new)
         h_root, c_root = ph.index_select(0, p.root), pc.index_select(0, p.root)
         logits = F.linear(hs, w_trans, b_trans) if w_trans is not None else buffers.new_empty((0,))
-        ctx.p, ctx.impl, ctx.ws = p, impl, ws
-        ctx.shape = buffers.shape
-        saved = (ph, pc, w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih, w_trans)
+        ctx.p, ctx.impl = p, impl
+        saved = (ph, pc, xk, lstm_in, wk, w_t, w_ih, w_hh, w_trans)
         if tracker:
-            saved += (acts, cs, hs)
+            saved += (xt, acts, cs, hs, xs)
         ctx.save_for_backward(*saved)
-        ctx.mark_non_differentiable(*(() if w_trans is not None else (logits,)))
+        ctx.flags = (b_l is not None, b_ih is not None)
+        if w_trans is None:
+            ctx.mark_non_differentiable(logits)
         return h_root, c_root, logits
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_h, grad_c, grad_logits):
-        p, impl, ws = ctx.p, ctx.impl, ctx.ws
-        ph, pc, w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih, w_trans, *trk_saved = ctx.saved_tensors
+        p, impl = ctx.p, ctx.impl
+        ph, pc, xk, lstm_in, wk, w_t, w_ih, w_hh, w_trans, *trk_saved = ctx.saved_tensors
+        has_bl, has_bih = ctx.flags
         T, B, N = p.T, p.B, p.N
         H = ph.shape[1]
         tracker = w_ih is not None
         dph, dpc = torch.zeros_like(ph), torch.zeros_like(pc)
         dph.index_add_(0, p.root, grad_h)
         dpc.index_add_(0, p.root, grad_c)
-        dw_l, dw_r = torch.zeros_like(w_l), torch.zeros_like(w_r)
-        db_l = torch.zeros_like(b_l) if b_l is not None else None
-        dw_t = torch.zeros_like(w_t) if w_t is not None else None
+        d_all = lstm_in.new_empty(p.total, 5 * H)
         dw_trans = db_trans = None
         if tracker:
-            acts, cs, hs = trk_saved
+            xt, acts, cs, hs, xs = trk_saved
             HT = hs.shape[2]
+            w_stk = w_ih[:, H:]
             if w_trans is not None and grad_logits is not None:
                 dhs = torch.matmul(grad_logits, w_trans)
                 g2 = grad_logits.reshape(-1, grad_logits.shape[-1])
@@ -259,82 +287,61 @@ class SpinnEncode(torch.autograd.Function):
             dgates = torch.empty_like(acts)
             dh = grad_h.new_zeros(B, HT)
             dc = grad_h.new_zeros(B, HT)
-        red = set(p.steps)
         for t in range(T - 1, -1, -1):
-            if t in red:
-                rows, kids, out = p.rows[t], p.kids[t], p.out[t]
+            if t in p.off:
+                rows, out, kids, o = p.rows[t], p.out[t], p.kids[t], p.off[t]
                 R = rows.shape[0]
-                hk, ck = ph.index_select(0, kids), pc.index_select(0, kids)
-                ht = hs[t].index_select(0, rows) if tracker else None
-                g = impl.backward(
+                ck = pc.index_select(0, kids)
+                d, dc_l, dc_r = impl.backward(
                     dph.index_select(0, out),
                     dpc.index_select(0, out),
-                    hk[:R],
+                    lstm_in[o : o + R],
                     ck[:R],
-                    hk[R:],
                     ck[R:],
-                    w_l,
-                    b_l,
-                    w_r,
-                    ht,
-                    w_t,
                     pc.index_select(0, out),
-                    ws[t],
                 )
-                dh_l, dc_l, dh_r, dc_r, gw_l, gb_l, gw_r, dh_t, gw_t = g
-                dph.index_add_(0, kids, torch.cat([dh_l, dh_r]))
+                d_all[o : o + R] = d
+                dph.index_add_(0, p.pair[t], d.mm(wk).view(2 * R, H))
                 dpc.index_add_(0, kids, torch.cat([dc_l, dc_r]))
-                dw_l += gw_l
-                dw_r += gw_r
-                if db_l is not None:
-                    db_l += gb_l
                 if tracker:
-                    dw_t += gw_t
-                    dhs[t].index_add_(0, rows, dh_t)
+                    dhs[t].index_add_(0, rows, d.mm(w_t))
             if tracker:
                 dh = dh + dhs[t]
-                i, f, g_, o = acts[t].chunk(4, 1)
+                i, f, g_, o_ = acts[t].chunk(4, 1)
                 tc = cs[t].tanh()
-                dct = torch.addcmul(dc, dh * o, 1 - tc * tc)
+                dct = torch.addcmul(dc, dh * o_, 1 - tc * tc)
                 c_prev = cs[t - 1] if t > 0 else torch.zeros_like(dc)
                 dg = dgates[t]
                 torch.mul(dct * g_, i * (1 - i), out=dg[:, :HT])
                 torch.mul(dct * c_prev, f * (1 - f), out=dg[:, HT : 2 * HT])
                 torch.mul(dct * i, 1 - g_ * g_, out=dg[:, 2 * HT : 3 * HT])
-                torch.mul(dh * tc, o * (1 - o), out=dg[:, 3 * HT :])
+                torch.mul(dh * tc, o_ * (1 - o_), out=dg[:, 3 * HT :])
                 dc = dct * f
-                dph.index_add_(0, p.trk[t], dg.mm(w_ih).view(3 * B, H))
+                dph.index_add_(0, p.stk[t], dg.mm(w_stk).view(2 * B, H))
                 dh = dg.mm(w_hh)
-        dw_ih = dw_hh = db_ih = db_hh = None
+        # Weight gradients: one GEMM each over all rows.
+        dwk = d_all.t().mm(xk)
+        dw_l, dw_r = dwk[:, :H], dwk[:, H:]
+        db_l = d_all.sum(0) if has_bl else None
+        dw_t = dw_ih = dw_hh = db_ih = db_hh = None
         if tracker:
-            # Weight gradients of the tracker: one GEMM over all T·B rows instead of T small ones.
-            x_all = ph.index_select(0, p.trk.reshape(-1)).view(T * B, 3 * H)
+            dw_t = d_all.t().mm(xt)
             dg_all = dgates.view(T * B, 4 * HT)
-            dw_ih = dg_all.t().mm(x_all)
+            # The buffer-top part: gate gradients summed per leaf row, then one GEMM each way.
+            dg_buf = dgates.new_zeros((1 + N) * B, 4 * HT).index_add_(0, p.buf.reshape(-1), dg_all)
+            leaves = ph[: (1 + N) * B]
+            dph[: (1 + N) * B] += dg_buf.mm(w_ih[:, :H])
+            dw_ih = torch.cat([dg_buf.t().mm(leaves), dg_all.t().mm(xs.view(T * B, 2 * H))], 1)
             h_prev = torch.cat([hs.new_zeros(1, B, HT), hs[:-1]]).view(T * B, HT)
             dw_hh = dg_all.t().mm(h_prev)
-            if b_ih is not None:
+            if has_bih:
                 db_ih = dg_all.sum(0)
                 db_hh = db_ih.clone()
         dph3, dpc3 = dph.view(-1, B, H), dpc.view(-1, B, H)
         d_buffers = torch.cat([dph3[1 : N + 1], dpc3[1 : N + 1]], 2).transpose(0, 1)
         d_null = torch.cat([dph3[0], dpc3[0]], 1)
-        return (
-            None,
-            None,
-            d_buffers,
-            d_null,
-            dw_l,
-            db_l,
-            dw_r,
-            dw_t,
-            dw_ih,
-            dw_hh,
-            db_ih,
-            db_hh,
-            dw_trans,
-            db_trans,
-        )
+        grads = (d_buffers, d_null, dw_l, db_l, dw_r, dw_t, dw_ih, dw_hh, db_ih, db_hh, dw_trans, db_trans)
+        return (None, None) + grads
 
 
 @torch.no_grad()
@@ -373,7 +380,8 @@ def _predict(impl, buffers, null, lengths, w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih,
         actions.append(a)
         kids = torch.cat([second * B + ar, top * B + ar])
         hk, ck = ph.index_select(0, kids), pc.index_select(0, kids)
-        h_new, c_new, _ = impl.forward(hk[:B], ck[:B], hk[B:], ck[B:], w_l, b_l, w_r, h, w_t)
+        lstm_in = F.linear(hk[:B], w_l, b_l).addmm_(hk[B:], w_r.t()).addmm_(h, w_t.t())
+        h_new, c_new = impl.forward(lstm_in, ck[:B], ck[B:])
         slot = N + 1 + t
         ph[slot * B : (slot + 1) * B] = h_new
         pc[slot * B : (slot + 1) * B] = c_new
@@ -474,10 +482,11 @@ def spinn_encode(
         _check("w_trans", w_trans, (None, HT), buffers)
         if b_trans is not None:
             _check("b_trans", b_trans, (w_trans.shape[0],), buffers)
-    sizes = {"R": B, "H": H, "HT": HT if tracker else 0}
+    # The reduce's three linears run here as one fused GEMM into packed buffers (see SpinnEncode); the
+    # tree-LSTM composition is the registered op, served by the best backend for the device.
+    sizes = {"R": B, "H": H}
     impl = backends.implementation(
-        backends.resolve("tree_lstm_reduce", buffers.device, buffers.dtype, sizes, backend),
-        "tree_lstm_reduce",
+        backends.resolve("tree_lstm", buffers.device, buffers.dtype, sizes, backend), "tree_lstm"
     )
     if transitions is None:
         if w_trans is None or w_trans.shape[0] != 4:
