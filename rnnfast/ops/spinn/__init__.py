@@ -1,0 +1,5 @@
+"""SPINN: the batched thin-stack encoder (``spinn_encode``) and the list-based reference."""
+
+from rnnfast.ops.spinn.encoder import check_transitions, plan, spinn_encode
+
+__all__ = ["spinn_encode", "plan", "check_transitions"]

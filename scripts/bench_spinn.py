@@ -1,0 +1,108 @@
+"""Benchmark the batched SPINN encoder against the list-based reference (the classic example's loop).
+
+    PYTHONPATH=. python scripts/bench_spinn.py                 # D=300 and D=100, tracker 64, B=128
+    PYTHONPATH=. python scripts/bench_spinn.py --d-hidden 300 --batch 128 --reps 5
+
+SNLI-like trees: leaves per sentence uniform in [--min-leaves, --max-leaves] (default 18..25, so up to
+49 transitions), random binary trees, left-padded. Prints the median time of forward and of
+forward+backward per provider and the speedup over the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+
+import torch
+
+from rnnfast.data.trees import pad_transitions, random_transitions
+from rnnfast.nn.spinn import SPINN
+from rnnfast.ops.spinn import reference
+
+
+def _inputs(B, H, lo, hi, seed):
+    rng = random.Random(seed)
+    lens = [rng.randint(lo, hi) for _ in range(B)]
+    tr = pad_transitions([random_transitions(n, rng) for n in lens])
+    g = torch.Generator().manual_seed(seed)
+    buffers = torch.randn(B, max(lens), 2 * H, generator=g) * 0.5
+    null = torch.randn(B, 2 * H, generator=g) * 0.5
+    return buffers, tr, null
+
+
+def _time(fn, reps, warmup=1):
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts), min(ts), max(ts)
+
+
+def run(H, HT, B, lo, hi, reps, ref_reps, seed=0):
+    torch.manual_seed(seed)
+    model = SPINN(H, HT)
+    buffers, tr, null = _inputs(B, H, lo, hi, seed)
+    buffers.requires_grad_(True)
+    null.requires_grad_(True)
+
+    def fwd(f):
+        def go():
+            with torch.no_grad():
+                f()
+
+        return go
+
+    def fwd_bwd(f):
+        def go():
+            h = f()
+            h.sum().backward()
+
+        return go
+
+    def ref():
+        return reference.spinn(model, buffers, tr, null)[0]
+
+    def fast(all_rows):
+        def go():
+            model.all_rows = all_rows
+            return model(buffers, tr, null)
+
+        return go
+
+    providers = [
+        ("list-based reference", ref, ref_reps),
+        ("thin stack", fast(False), reps),
+        ("thin stack, all rows", fast(True), reps),
+    ]
+    print(f"D={H} tracker={HT} B={B} T={tr.shape[0]} leaves {lo}..{hi} threads={torch.get_num_threads()}")
+    print(f"{'provider':<24}{'fwd ms':>10}{'speedup':>9}{'fwd+bwd ms':>12}{'speedup':>9}")
+    base = None
+    for name, f, n in providers:
+        tf = _time(fwd(f), n)[0] * 1e3
+        tb = _time(fwd_bwd(f), n)[0] * 1e3
+        if base is None:
+            base = (tf, tb)
+        print(f"{name:<24}{tf:>10.1f}{base[0] / tf:>8.2f}x{tb:>12.1f}{base[1] / tb:>8.2f}x")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--d-hidden", type=int, nargs="*", default=[300, 100])
+    ap.add_argument("--d-tracker", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--min-leaves", type=int, default=18)
+    ap.add_argument("--max-leaves", type=int, default=25)
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--ref-reps", type=int, default=3)
+    a = ap.parse_args(argv)
+    for H in a.d_hidden:
+        run(H, a.d_tracker, a.batch, a.min_leaves, a.max_leaves, a.reps, a.ref_reps)
+
+
+if __name__ == "__main__":
+    main()
