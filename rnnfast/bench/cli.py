@@ -94,6 +94,7 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--min-time", type=float, default=0.3, help="seconds of timed samples per provider (default 0.3)"
     )
+    p.add_argument("--threads", type=int, help="torch.set_num_threads for the run (default: torch's choice)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -103,6 +104,10 @@ def main_bench(argv: list[str] | None = None) -> int:
     """``rnnfast bench``: returns 0, or 1 if any provider gave a MISMATCH or an ERROR."""
     args = bench_parser().parse_args(argv)
     device = parse_device(args.device)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"rnnfast bench: --threads: expected a positive integer, got {args.threads}")
+        torch.set_num_threads(args.threads)
     if args.dtype:
         bad = [d for d in args.dtype if d not in registry.DTYPES]
         if bad:
@@ -128,7 +133,7 @@ def main_bench(argv: list[str] | None = None) -> int:
     dtypes = list(dict.fromkeys(c.dtype for c in cases))
     progress = Progress(len(cases), enabled=not args.quiet)
     progress.show("measuring the GEMM and copy peaks")
-    peak = runner.measure_peak(device, dtypes)
+    peak = runner.measure_peak(device, dtypes, min_time=max(args.min_time, 0.05))
     print("\n".join(report.header_lines(machine, peak)), flush=True)
 
     rows: list[dict] = []

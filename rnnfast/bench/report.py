@@ -126,7 +126,7 @@ def machine_info(device: torch.device) -> dict:
         "rnnfast": __version__,
         "commit": git_commit(),
         # Other processes on the machine skew CPU timings: the 1-minute load average says how busy it was.
-        "loadavg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "loadavg_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "python": platform.python_version(),
         "platform": platform.platform(),
     }

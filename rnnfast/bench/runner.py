@@ -181,11 +181,12 @@ def do_bench_ms(fn: Callable[[], object]) -> float | None:
     return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
 
 
-def measure_peak(device: torch.device, dtypes: list[str]) -> dict:
+def measure_peak(device: torch.device, dtypes: list[str], min_time: float = 0.5) -> dict:
     """The machine's measured peaks in this run: GEMM FLOP/s per dtype and copy bandwidth in B/s.
 
     GEMM: an n×n·n×n ``torch.mm`` (n = 1024 on CPU, 8192 on CUDA; 2·n³ FLOP). Copy: ``dst.copy_(src)``
-    of 64 MiB on CPU, 1 GiB on CUDA (read + write: 2× the size). Medians, like every case.
+    of 64 MiB on CPU, 1 GiB on CUDA (read + write: 2× the size). Medians over ``min_time`` seconds of
+    samples, like every case.
     """
     device = torch.device(device)
     cuda = device.type == "cuda"
@@ -195,14 +196,14 @@ def measure_peak(device: torch.device, dtypes: list[str]) -> dict:
         n = 8192 if cuda else (1024 if dt in (torch.float32, torch.float64) else 256)
         a = torch.randn(n, n, device=device).to(dt)
         b = torch.randn(n, n, device=device).to(dt)
-        t = time_fn(lambda a=a, b=b: torch.mm(a, b), device, min_time=0.5, min_reps=3, max_reps=50)
+        t = time_fn(lambda a=a, b=b: torch.mm(a, b), device, min_time=min_time, min_reps=3, max_reps=50)
         peak["gemm_flops"][name] = 2.0 * n**3 / (t.median_ms * 1e-3)
         peak["gemm_n"][name] = n
         del a, b
     size = (1 << 30) if cuda else (64 << 20)
     src = torch.empty(size // 4, device=device, dtype=torch.float32).uniform_()
     dst = torch.empty_like(src)
-    t = time_fn(lambda src=src, dst=dst: dst.copy_(src), device, min_time=0.5, min_reps=3, max_reps=50)
+    t = time_fn(lambda src=src, dst=dst: dst.copy_(src), device, min_time=min_time, min_reps=3, max_reps=50)
     peak["copy_bytes_per_s"] = 2.0 * size / (t.median_ms * 1e-3)
     peak["copy_mib"] = size >> 20
     del src, dst
