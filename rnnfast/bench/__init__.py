@@ -1,0 +1,8 @@
+"""Benchmarks: the case registry, the runner, ``rnnfast bench`` and ``rnnfast profile``.
+
+``python -m rnnfast.bench [bench|profile] ...`` runs them without the ``rnnfast`` console script.
+"""
+
+from rnnfast.bench.cli import main_bench, main_profile
+
+__all__ = ["main_bench", "main_profile"]

@@ -1,0 +1,195 @@
+"""``rnnfast bench`` and ``rnnfast profile``: argument parsing and the run loop.
+
+``main_bench`` checks and times a grid of cases on one device, prints the table and writes
+``<out>/<stem>.json``, ``.csv`` and ``.png``; it returns 1 when a provider disagreed with its baseline
+(MISMATCH) or raised (ERROR), else 0. ``main_profile`` runs one case under torch.profiler
+(see :mod:`rnnfast.bench.profile`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from rnnfast.bench import registry, report, runner
+
+
+def _csv(s: str) -> list[str]:
+    return [p.strip() for p in s.split(",") if p.strip()]
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def parse_device(name: str | None) -> torch.device:
+    device = torch.device(name or default_device())
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("rnnfast bench: --device cuda: no CUDA device (torch.cuda.is_available() is False)")
+    if device.type not in ("cpu", "cuda"):
+        raise SystemExit(f"rnnfast bench: --device: expected cpu or cuda[:N], got {name!r}")
+    return device
+
+
+class Progress:
+    """A plain-text progress bar on stderr: redrawn in place on a terminal, one line per case otherwise."""
+
+    def __init__(self, total: int, enabled: bool = True, width: int = 24):
+        self.total, self.done, self.width, self.enabled = total, 0, width, enabled
+        self.tty = sys.stderr.isatty()
+        self.start = time.perf_counter()
+
+    def show(self, what: str, transient: bool = False) -> None:
+        """Draw the bar; a ``transient`` update (which provider is running) only on a terminal."""
+        if not self.enabled or (transient and not self.tty):
+            return
+        fill = self.width * self.done // max(self.total, 1)
+        elapsed = time.perf_counter() - self.start
+        line = f"[{'#' * fill}{'.' * (self.width - fill)}] {self.done}/{self.total} {elapsed:5.0f}s {what}"
+        if self.tty:
+            sys.stderr.write("\r\033[K" + line[:150])
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def step(self) -> None:
+        self.done += 1
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def bench_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rnnfast bench",
+        description="Check and time rnnfast's providers against torch.nn (cuDNN on CUDA) and the reference.",
+    )
+    p.add_argument("--device", help="cpu or cuda[:N] (default: cuda if present, else cpu)")
+    p.add_argument("--grid", default="quick", choices=registry.GRIDS, help="case grid (default: quick)")
+    p.add_argument("--ops", type=_csv, help=f"comma-separated ops to keep, from {', '.join(registry.OPS)}")
+    p.add_argument(
+        "--dtype", type=_csv, help="comma-separated dtypes replacing the grid's (float32, bfloat16, ...)"
+    )
+    p.add_argument(
+        "--modes", type=_csv, help="comma-separated modes replacing the grid's (fwd, fwdbwd, infer)"
+    )
+    p.add_argument(
+        "--providers",
+        type=_csv,
+        help="comma-separated providers to time (torch.nn, reference, cpu, triton, cuda, compile); "
+        "the baseline still runs, untimed, to check them",
+    )
+    p.add_argument(
+        "--compile", action="store_true", help="add torch.compile of the PyTorch oracle (slow compiles)"
+    )
+    p.add_argument(
+        "--out", default="bench_out", help="directory for the JSON, CSV and PNG (default: bench_out)"
+    )
+    p.add_argument("--name", help="file stem (default: <device>-<grid>, e.g. cpu-quick)")
+    p.add_argument(
+        "--min-time", type=float, default=0.3, help="seconds of timed samples per provider (default 0.3)"
+    )
+    p.add_argument("--threads", type=int, help="torch.set_num_threads for the run (default: torch's choice)")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main_bench(argv: list[str] | None = None) -> int:
+    """``rnnfast bench``: returns 0, or 1 if any provider gave a MISMATCH or an ERROR."""
+    args = bench_parser().parse_args(argv)
+    device = parse_device(args.device)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"rnnfast bench: --threads: expected a positive integer, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    if args.dtype:
+        bad = [d for d in args.dtype if d not in registry.DTYPES]
+        if bad:
+            raise SystemExit(
+                f"rnnfast bench: --dtype: expected names from {tuple(registry.DTYPES)}, got {bad}"
+            )
+    if args.modes:
+        bad = [m for m in args.modes if m not in registry.MODES]
+        if bad:
+            raise SystemExit(f"rnnfast bench: --modes: expected names from {registry.MODES}, got {bad}")
+    try:
+        cases = registry.grid(args.grid, device, modes=args.modes, dtypes=args.dtype, ops=args.ops)
+    except ValueError as e:
+        raise SystemExit(f"rnnfast bench: {e}") from None
+    compile_ = args.compile or bool(args.providers and "compile" in args.providers)
+    if args.providers:
+        known = {"compile", *registry.KERNEL_BACKENDS}.union(*(s.extra for s in registry.OPS.values()))
+        bad = [p for p in args.providers if p not in known]
+        if bad:
+            raise SystemExit(f"rnnfast bench: --providers: expected names from {sorted(known)}, got {bad}")
+
+    machine = report.machine_info(device)
+    dtypes = list(dict.fromkeys(c.dtype for c in cases))
+    progress = Progress(len(cases), enabled=not args.quiet)
+    progress.show("measuring the GEMM and copy peaks")
+    peak = runner.measure_peak(device, dtypes, min_time=max(args.min_time, 0.05))
+    print("\n".join(report.header_lines(machine, peak)), flush=True)
+
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    for case in cases:
+        progress.show(case.label)
+        rows += runner.run_case(
+            case,
+            device,
+            peak,
+            providers=args.providers,
+            compile=compile_,
+            min_time=args.min_time,
+            on_provider=lambda name, case=case: progress.show(f"{case.label}: {name}", transient=True),
+        )
+        progress.step()
+    progress.show(f"done in {time.perf_counter() - t0:.0f}s")
+    progress.close()
+
+    print()
+    print("\n".join(report.table_lines(rows)))
+    not_run = report.not_run_lines(rows)
+    if not_run:
+        print("not run (unsupported here):")
+        print("\n".join(not_run))
+    print(report.LEGEND)
+
+    out = report.ensure_dir(args.out)
+    stem = args.name or report.result_stem(machine, args.grid)
+    meta = {
+        "grid": args.grid,
+        "command": "rnnfast bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    report.write_json(out / f"{stem}.json", machine, peak, rows, meta)
+    report.write_csv(out / f"{stem}.csv", machine, rows)
+    written = [f"{stem}.json", f"{stem}.csv"]
+    if not args.no_plot:
+        why = report.write_plot(
+            out / f"{stem}.png", rows, f"rnnfast bench {args.grid}: {machine['device_name']}"
+        )
+        if why:
+            print(f"no PNG: {why}")
+        else:
+            written.append(f"{stem}.png")
+    print(f"wrote {', '.join(str(out / w) for w in written)}")
+
+    bad = [r for r in rows if r["status"] in ("MISMATCH", "ERROR")]
+    if bad:
+        print(f"{len(bad)} provider run(s) failed the check or raised: see MISMATCH/ERROR rows above")
+        return 1
+    return 0
+
+
+def main_profile(argv: list[str] | None = None) -> int:
+    """``rnnfast profile``: one case under torch.profiler; see :mod:`rnnfast.bench.profile`."""
+    from rnnfast.bench import profile
+
+    return profile.main(argv)

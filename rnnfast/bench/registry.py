@@ -1,0 +1,766 @@
+"""The benchmark registry: cases, providers, grids, FLOP and byte counts.
+
+One registry serves both the pytest-benchmark suite (``benchmarks/``) and ``rnnfast bench``.
+
+A **case** is one op at one size, dtype and mode (:class:`Case`). Dimension letters: T time, B batch,
+I input, H hidden, G gates (RNN 1, GRU 3, LSTM 4), L layers, D directions (2 when bidirectional),
+R rows of a tree reduce, HT tracker hidden.
+
+Ops (``OPS``):
+    gru, rnn, lstm            the drop-in modules (``rnnfast.GRU`` ...) against ``torch.nn`` (cuDNN on CUDA)
+    gru_op, rnn_op, lstm_op   one layer and direction of the recurrence through ``rnnfast.functional``
+                              (gi precomputed; only the sequential part is timed)
+    tree_lstm                 ``rnnfast.functional.tree_lstm`` (the SPINN composition, pointwise)
+    tree_lstm_reduce          ``rnnfast.functional.tree_lstm_reduce`` (three GEMMs + the composition)
+
+Modes: ``fwd`` (forward with autograd recording, as in training), ``fwdbwd`` (forward and the backward of
+every input and parameter, with fixed random output gradients), ``infer`` (forward under ``no_grad``).
+
+A **provider** is one way to run a case:
+    torch.nn    torch.nn.GRU/RNN/LSTM (modules only; cuDNN on CUDA, ATen on CPU) - the module baseline
+    reference   rnnfast with ``backend="reference"`` (pure PyTorch) - the baseline of the bare ops
+    cpu, triton, cuda   rnnfast with that backend, where ``rnnfast.backends`` says it supports the case
+    compile     ``torch.compile`` of the pure-PyTorch oracle (slow to compile: only on request)
+
+Adding an op (the SPINN encoder): build an :class:`OpSpec` and call :func:`register_op`; see
+:func:`register_op` for what each field must do. :func:`register_provider` adds a provider (tests use it
+to register a deliberately wrong one).
+"""
+
+from __future__ import annotations
+
+import copy
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+import rnnfast
+from rnnfast import backends
+from rnnfast.ops.recurrence import common
+from rnnfast.ops.recurrence import reference as rec_ref
+from rnnfast.ops.tree_lstm import reference as tree_ref
+from rnnfast.ops.tree_lstm_reduce import reference as reduce_ref
+
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+SHORT_DTYPE = {"float32": "f32", "float64": "f64", "float16": "f16", "bfloat16": "bf16"}
+MODES = ("fwd", "fwdbwd", "infer")
+# The rnnfast backends that can serve a case; "torch" is left out: for a module it is torch.nn itself.
+KERNEL_BACKENDS = ("reference", "cpu", "triton", "cuda")
+GRIDS = ("tiny", "quick", "full")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One op at one size, dtype and mode. Fields an op does not use stay at their defaults."""
+
+    op: str
+    mode: str = "fwd"
+    dtype: str = "float32"
+    B: int = 1
+    T: int = 1
+    I: int = 0
+    H: int = 1
+    layers: int = 1
+    bidir: bool = False
+    packed: bool = False
+    R: int = 0
+    HT: int = 0
+
+    def __post_init__(self):
+        if self.op not in OPS:
+            raise ValueError(f"op: expected one of {sorted(OPS)}, got {self.op!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode: expected one of {MODES}, got {self.mode!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype: expected one of {tuple(DTYPES)}, got {self.dtype!r}")
+
+    @property
+    def spec(self) -> OpSpec:
+        return OPS[self.op]
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def shape(self) -> str:
+        """The sizes that matter for this op, e.g. ``B16 T100 I256 H256`` or ``R128 H300``."""
+        return self.spec.shape(self)
+
+    @property
+    def id(self) -> str:
+        """Stable, readable id: ``gru-fwd-B16-T100-I256-H256-float32``."""
+        return "-".join([self.op, self.mode, *self.shape.split(), self.dtype])
+
+    @property
+    def label(self) -> str:
+        """Short label for tables: ``gru fwdbwd B16 T100 I256 H256 f32``."""
+        return f"{self.op} {self.mode} {self.shape} {SHORT_DTYPE[self.dtype]}"
+
+    def sizes(self) -> dict[str, Any]:
+        """The ``sizes`` mapping ``rnnfast.backends`` takes to decide support."""
+        return self.spec.sizes(self)
+
+
+@dataclass
+class Workload:
+    """The inputs of one case, shared by every provider so all of them compute the same thing.
+
+    ``data`` holds op-specific inputs; ``leaves`` are the shared input tensors that backward
+    differentiates (the module parameters are per provider, see :class:`Bound`).
+    """
+
+    case: Case
+    device: torch.device
+    data: dict[str, Any]
+    leaves: list[Tensor]
+    _grad_outputs: list[Tensor] | None = None
+
+    def grad_outputs(self, outs: list[Tensor]) -> list[Tensor]:
+        """Fixed random upstream gradients for ``outs`` (made once, the same for every provider)."""
+        if self._grad_outputs is None:
+            g = _generator(self.case, salt="grad")
+            self._grad_outputs = [_rand(g, tuple(o.shape), o.dtype, self.device) for o in outs]
+        return self._grad_outputs
+
+
+@dataclass
+class Bound:
+    """A provider bound to a workload: ``forward()`` returns the outputs as a flat list of tensors
+    (PackedSequence outputs as their ``.data``), ``params`` the provider's own parameter leaves."""
+
+    forward: Callable[[], list[Tensor]]
+    params: list[Tensor] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """How to build, run and count one op. See :func:`register_op`."""
+
+    name: str
+    family: str  # the op name rnnfast.backends decides support for ("module", "recurrence", ...)
+    baseline: str  # provider every other provider is checked against and the speedup refers to
+    shape: Callable[[Case], str]
+    sizes: Callable[[Case], dict[str, Any]]
+    make: Callable[[Case, torch.device], Workload]
+    run_backend: Callable[[Workload, str], Bound]  # the op through rnnfast with backend=name
+    extra: dict[str, Callable[[Workload], Bound]]  # providers other than rnnfast backends
+    flops: Callable[[Case], float]
+    bytes: Callable[[Case], float]
+    tokens: Callable[[Case], int]
+
+
+OPS: dict[str, OpSpec] = {}
+
+
+def register_op(spec: OpSpec) -> None:
+    """Add an op to the registry (or replace one of the same name).
+
+    What the fields must do, e.g. for the SPINN encoder (``rnnfast.nn.SPINN``; use B batch, T
+    transitions, H hidden, HT tracker hidden of :class:`Case`):
+        family      the op name ``rnnfast.backends`` resolves for it, so providers are listed where
+                    ``REGISTRY[backend].supports(family, device, dtype, sizes(case))`` is true
+        make        builds a :class:`Workload`: seeded random inputs (``_generator(case)``), never zeros,
+                    with the differentiable ones in ``leaves`` (requires_grad set for fwd/fwdbwd)
+        run_backend returns a :class:`Bound` running the op with ``backend=name`` (for a module:
+                    a fresh module with the workload's parameters, its parameters in ``params``)
+        extra       other providers by name (a plain-PyTorch SPINN as the baseline, ``compile``)
+        flops, bytes, tokens   forward counts; ``flops_of``/``bytes_of`` scale them for the mode
+    then add its cases to :func:`grid`. ``register_spinn`` below is where that call belongs.
+    """
+    OPS[spec.name] = spec
+
+
+def register_provider(op: str, name: str, build: Callable[[Workload], Bound]) -> None:
+    """Add a provider to one op (``build(workload) -> Bound``); it is run and checked like the others."""
+    spec = OPS[op]
+    OPS[op] = replace(spec, extra={**spec.extra, name: build})
+
+
+# --------------------------------------------------------------------------------------------------
+# Deterministic inputs: a generator seeded by the case id, values uniform in (-scale, scale).
+
+
+def _generator(case: Case, salt: str = "") -> torch.Generator:
+    # The mode is left out of the seed so fwd/fwdbwd/infer of one shape see the same numbers.
+    key = replace(case, mode="fwd").id + salt
+    return torch.Generator().manual_seed(zlib.crc32(key.encode()))
+
+
+def _rand(
+    g: torch.Generator, shape: tuple[int, ...], dtype: torch.dtype, device, scale: float = 1.0
+) -> Tensor:
+    t = (torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1) * scale
+    return t.to(device=device, dtype=dtype)
+
+
+def _lengths(g: torch.Generator, T: int, B: int) -> Tensor:
+    """Ragged lengths in [max(1, T//4), T], unsorted, with one full-length row (padded length = T)."""
+    lo = max(1, T // 4)
+    lengths = torch.randint(lo, T + 1, (B,), generator=g)
+    lengths[int(torch.randint(0, B, (1,), generator=g))] = T
+    return lengths
+
+
+def _needs_grad(case: Case) -> bool:
+    return case.mode != "infer"
+
+
+# --------------------------------------------------------------------------------------------------
+# Counting. All counts are for the forward pass of the whole case; flops_of/bytes_of scale by mode.
+#
+# Backward ≈ 2× forward: every GEMM y = x·Wᵀ has two GEMMs of the same size in backward (dx = dy·W
+# and dW = dyᵀ·x), so forward+backward ≈ 3× forward in FLOP. The pointwise gate math is O(N·G·H)
+# against the GEMMs' O(N·G·H·(I+H)) and is left out for the recurrences.
+#
+# Bytes are the compulsory off-chip traffic of an ideal implementation (each tensor read or written
+# once); backward is counted as 2× forward as well. They feed the "% of memory bandwidth" column.
+
+
+def tokens_of(case: Case) -> int:
+    """Tokens (valid (t, b) positions; rows R for the tree ops) one call processes."""
+    return case.spec.tokens(case)
+
+
+def flops_of(case: Case) -> float:
+    """FLOP of one call in the case's mode (forward count, ×3 for forward+backward)."""
+    return case.spec.flops(case) * (3 if case.mode == "fwdbwd" else 1)
+
+
+def bytes_of(case: Case) -> float:
+    """Compulsory bytes moved by one call in the case's mode (×3 for forward+backward)."""
+    return case.spec.bytes(case) * (3 if case.mode == "fwdbwd" else 1)
+
+
+def _itemsize(case: Case) -> int:
+    return torch.empty((), dtype=case.torch_dtype).element_size()
+
+
+def _packed_tokens(case: Case) -> int:
+    """Σ lengths of the case's (deterministic) ragged batch, else T·B."""
+    if not case.packed:
+        return case.T * case.B
+    return int(_lengths(_generator(case, salt="lengths"), case.T, case.B).sum())
+
+
+_CELL_OF = {
+    "gru": "gru",
+    "rnn": "rnn_tanh",
+    "lstm": "lstm",
+    "gru_op": "gru",
+    "rnn_op": "rnn_tanh",
+    "lstm_op": "lstm",
+}
+
+
+def _module_flops(case: Case) -> float:
+    """Σ over layers l and directions: 2·N·G·H·(I_l + H), N = tokens, I_0 = I, I_l = D·H.
+
+    = input GEMM 2·N·I_l·G·H (all steps at once) + recurrent GEMM 2·N·H·G·H (per step 2·B·G·H²:
+    6·B·H² for a GRU, 8·B·H² for an LSTM, 2·B·H² for an RNN).
+    """
+    G = common.GATES[_CELL_OF[case.op]]
+    D = 2 if case.bidir else 1
+    N = _packed_tokens(case)
+    total = 0.0
+    for layer in range(case.layers):
+        I_l = case.I if layer == 0 else D * case.H
+        total += D * 2.0 * N * G * case.H * (I_l + case.H)
+    return total
+
+
+def _module_bytes(case: Case) -> float:
+    """Per layer and direction: weights G·H·(I_l+H) + 2·G·H, x read N·I_l, gi written and read
+    2·N·G·H, y written N·H; all at the case's element size."""
+    G = common.GATES[_CELL_OF[case.op]]
+    D = 2 if case.bidir else 1
+    N = _packed_tokens(case)
+    H = case.H
+    total = 0
+    for layer in range(case.layers):
+        I_l = case.I if layer == 0 else D * H
+        total += D * (G * H * (I_l + H) + 2 * G * H + N * I_l + 2 * N * G * H + N * H)
+    return float(total * _itemsize(case))
+
+
+def _op_flops(case: Case) -> float:
+    """Recurrent GEMM only: 2·N·G·H² (the input projection is outside the op)."""
+    G = common.GATES[_CELL_OF[case.op]]
+    return 2.0 * _packed_tokens(case) * G * case.H * case.H
+
+
+def _op_bytes(case: Case) -> float:
+    """gi read N·G·H, y written N·H, w_hh G·H², b_hh G·H, h0 and h_n 2·B·H (LSTM: c0, c_n 2·B·H more)."""
+    cell = _CELL_OF[case.op]
+    G = common.GATES[cell]
+    N, B, H = _packed_tokens(case), case.B, case.H
+    states = 4 if cell == "lstm" else 2
+    return float((N * G * H + N * H + G * H * H + G * H + states * B * H) * _itemsize(case))
+
+
+TREE_POINTWISE = 12  # per element: 6 transcendentals (tanh a, σ i, σ f1, σ f2, σ o, tanh c), 4 mul, 2 add
+
+
+def _tree_flops(case: Case) -> float:
+    """12·R·H: pointwise only, counting a transcendental as one FLOP."""
+    return float(TREE_POINTWISE * case.R * case.H)
+
+
+def _tree_bytes(case: Case) -> float:
+    """Read lstm_in 5·R·H, c_l and c_r 2·R·H; write h and c 2·R·H: 9·R·H elements."""
+    return float(9 * case.R * case.H * _itemsize(case))
+
+
+def _reduce_flops(case: Case) -> float:
+    """2·R·5H·(2H + HT) for the three GEMMs (left, right, tracker) + 12·R·H pointwise."""
+    return 2.0 * case.R * 5 * case.H * (2 * case.H + case.HT) + TREE_POINTWISE * case.R * case.H
+
+
+def _reduce_bytes(case: Case) -> float:
+    """Weights 5H·(2H+HT) + bias 5H, inputs R·(4H+HT), outputs 2·R·H, saved lstm_in 5·R·H."""
+    R, H, HT = case.R, case.H, case.HT
+    return float((5 * H * (2 * H + HT) + 5 * H + R * (4 * H + HT) + 2 * R * H + 5 * R * H) * _itemsize(case))
+
+
+# --------------------------------------------------------------------------------------------------
+# Modules: gru, rnn, lstm
+
+
+_TORCH_MODULE = {"gru": nn.GRU, "rnn": nn.RNN, "lstm": nn.LSTM}
+
+
+def _module_shape(case: Case) -> str:
+    s = f"B{case.B} T{case.T} I{case.I} H{case.H}"
+    if case.layers != 1:
+        s += f" L{case.layers}"
+    if case.bidir:
+        s += " bi"
+    if case.packed:
+        s += " packed"
+    return s
+
+
+def _module_sizes(case: Case) -> dict[str, Any]:
+    return {
+        "cell": _CELL_OF[case.op],
+        "T": case.T,
+        "B": case.B,
+        "H": case.H,
+        "P": 0,
+        "lengths": case.packed,
+        "reverse": case.bidir,
+    }
+
+
+def _module_make(case: Case, device: torch.device) -> Workload:
+    """Inputs: x (T, B, I) seq-first (a PackedSequence with ragged lengths when packed) and a torch.nn
+    module with seeded weights uniform in ±1/√H (torch.nn's init range)."""
+    g = _generator(case)
+    dt = case.torch_dtype
+    module = _TORCH_MODULE[case.op](
+        case.I, case.H, num_layers=case.layers, bidirectional=case.bidir, device=device, dtype=dt
+    )
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(_rand(g, tuple(p.shape), dt, device, scale=case.H**-0.5))
+    x = _rand(g, (case.T, case.B, case.I), dt, device)
+    lengths = None
+    if case.packed:
+        lengths = _lengths(_generator(case, salt="lengths"), case.T, case.B)
+        packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        # The packed data is the leaf, as when a user packs a batch from a data loader.
+        data = packed.data.detach().requires_grad_(_needs_grad(case))
+        x = PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
+        leaf = data
+    else:
+        x.requires_grad_(_needs_grad(case))
+        leaf = x
+    return Workload(case, device, {"module": module, "x": x, "lengths": lengths}, [leaf])
+
+
+def _flat(out) -> list[Tensor]:
+    """(y, h_n) or (y, (h_n, c_n)) -> [y, h_n(, c_n)]; a PackedSequence y contributes its data."""
+    y, state = out
+    y = y.data if isinstance(y, PackedSequence) else y
+    return [y, *(state if isinstance(state, tuple) else (state,))]
+
+
+def _own_params(module: nn.Module, case: Case) -> list[Tensor]:
+    params = list(module.parameters())
+    for p in params:
+        p.requires_grad_(_needs_grad(case))
+    return params
+
+
+def _module_torch(w: Workload) -> Bound:
+    m = copy.deepcopy(w.data["module"])
+    x = w.data["x"]
+    return Bound(lambda: _flat(m(x)), _own_params(m, w.case))
+
+
+def _module_backend(w: Workload, backend: str) -> Bound:
+    m = rnnfast.from_torch(w.data["module"], backend=backend)
+    x = w.data["x"]
+    return Bound(lambda: _flat(m(x)), _own_params(m, w.case))
+
+
+def oracle_stack(m: nn.RNNBase, x: Tensor, lengths: Tensor | None) -> list[Tensor]:
+    """The whole module in plain PyTorch (the op oracles per layer and direction, zero initial state).
+
+    x (T, B, I) padded, seq-first -> [y (T, B, D·H), h_n (L·D, B, H)(, c_n)]. This is what
+    ``torch.compile`` is given: it sees every step (the rnnfast custom ops are opaque to it).
+    """
+    cell = {"GRU": "gru", "LSTM": "lstm", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}[m.mode]
+    D = 2 if m.bidirectional else 1
+    B = x.shape[1]
+    hs, cs = [], []
+    for layer in range(m.num_layers):
+        outs = []
+        for d in range(D):
+            sfx = f"l{layer}" + ("_reverse" if d else "")
+            gi = F.linear(x, getattr(m, "weight_ih_" + sfx), getattr(m, "bias_ih_" + sfx))
+            w_hh, b_hh = getattr(m, "weight_hh_" + sfx), getattr(m, "bias_hh_" + sfx)
+            h0 = x.new_zeros((B, m.hidden_size))
+            if cell == "lstm":
+                y, h, c = rec_ref.lstm(gi, h0, h0, w_hh, b_hh, None, lengths, bool(d))
+                cs.append(c)
+            elif cell == "gru":
+                y, h = rec_ref.gru(gi, h0, w_hh, b_hh, lengths, bool(d))
+            else:
+                y, h = rec_ref.rnn(gi, h0, w_hh, b_hh, lengths, bool(d), nonlinearity=cell[4:])
+            outs.append(y)
+            hs.append(h)
+        x = outs[0] if D == 1 else torch.cat(outs, -1)
+    return [x, torch.stack(hs), *([torch.stack(cs)] if cs else [])]
+
+
+def _module_compile(w: Workload) -> Bound:
+    m = copy.deepcopy(w.data["module"])
+    x, lengths = w.data["x"], w.data["lengths"]
+    fn = torch.compile(oracle_stack, dynamic=False)
+    if lengths is None:
+        return Bound(lambda: fn(m, x, None), _own_params(m, w.case))
+    dev_lengths = lengths.to(w.device)
+
+    def packed():
+        # The padding and repacking a plain-PyTorch model needs around a PackedSequence are part of it.
+        padded, _ = pad_packed_sequence(x)
+        y, *state = fn(m, padded, dev_lengths)
+        return [pack_padded_sequence(y, lengths, enforce_sorted=False).data, *state]
+
+    return Bound(packed, _own_params(m, w.case))
+
+
+# --------------------------------------------------------------------------------------------------
+# Bare recurrence ops: gru_op, rnn_op, lstm_op (one layer, one direction; gi precomputed)
+
+
+def _op_shape(case: Case) -> str:
+    return f"B{case.B} T{case.T} H{case.H}" + (" packed" if case.packed else "")
+
+
+def _op_sizes(case: Case) -> dict[str, Any]:
+    return {**_module_sizes(case), "reverse": False}
+
+
+def _op_make(case: Case, device: torch.device) -> Workload:
+    cell = _CELL_OF[case.op]
+    G = common.GATES[cell]
+    g = _generator(case)
+    dt, B, H = case.torch_dtype, case.B, case.H
+    data = {
+        "gi": _rand(g, (case.T, B, G * H), dt, device),
+        "h0": _rand(g, (B, H), dt, device, 0.5),
+        "c0": _rand(g, (B, H), dt, device, 0.5) if cell == "lstm" else None,
+        "w_hh": _rand(g, (G * H, H), dt, device, H**-0.5),
+        "b_hh": _rand(g, (G * H,), dt, device, H**-0.5),
+        "lengths": _lengths(_generator(case, salt="lengths"), case.T, B).to(device) if case.packed else None,
+    }
+    leaves = [t for k, t in data.items() if k != "lengths" and t is not None]
+    for t in leaves:
+        t.requires_grad_(_needs_grad(case))
+    return Workload(case, device, data, leaves)
+
+
+def _op_call(fns, w: Workload, backend_kw: dict) -> Bound:
+    d, cell = w.data, _CELL_OF[w.case.op]
+    gru_fn, rnn_fn, lstm_fn = fns
+    if cell == "lstm":
+        return Bound(
+            lambda: list(
+                lstm_fn(d["gi"], d["h0"], d["c0"], d["w_hh"], d["b_hh"], None, d["lengths"], **backend_kw)
+            )
+        )
+    if cell == "gru":
+        return Bound(lambda: list(gru_fn(d["gi"], d["h0"], d["w_hh"], d["b_hh"], d["lengths"], **backend_kw)))
+    return Bound(lambda: list(rnn_fn(d["gi"], d["h0"], d["w_hh"], d["b_hh"], d["lengths"], **backend_kw)))
+
+
+def _op_backend(w: Workload, backend: str) -> Bound:
+    f = rnnfast.functional
+    return _op_call((f.gru, f.rnn, f.lstm), w, {"backend": backend})
+
+
+def _op_compile(w: Workload) -> Bound:
+    fns = tuple(torch.compile(fn, dynamic=False) for fn in (rec_ref.gru, rec_ref.rnn, rec_ref.lstm))
+    return _op_call(fns, w, {})
+
+
+# --------------------------------------------------------------------------------------------------
+# Tree ops: tree_lstm, tree_lstm_reduce
+
+
+def _tree_shape(case: Case) -> str:
+    return f"R{case.R} H{case.H}" + (f" HT{case.HT}" if case.op == "tree_lstm_reduce" else "")
+
+
+def _tree_sizes(case: Case) -> dict[str, Any]:
+    sizes = {"R": case.R, "H": case.H}
+    return {**sizes, "HT": case.HT} if case.op == "tree_lstm_reduce" else sizes
+
+
+def _tree_make(case: Case, device: torch.device) -> Workload:
+    g = _generator(case)
+    dt, R, H = case.torch_dtype, case.R, case.H
+    data = {"lstm_in": _rand(g, (R, 5 * H), dt, device), "c_l": _rand(g, (R, H), dt, device)}
+    data["c_r"] = _rand(g, (R, H), dt, device)
+    leaves = list(data.values())
+    for t in leaves:
+        t.requires_grad_(_needs_grad(case))
+    return Workload(case, device, data, leaves)
+
+
+def _tree_backend(w: Workload, backend: str) -> Bound:
+    d = w.data
+    return Bound(
+        lambda: list(rnnfast.functional.tree_lstm(d["lstm_in"], d["c_l"], d["c_r"], backend=backend))
+    )
+
+
+def _tree_compile(w: Workload) -> Bound:
+    fn, d = torch.compile(tree_ref.tree_lstm, dynamic=False), w.data
+    return Bound(lambda: list(fn(d["lstm_in"], d["c_l"], d["c_r"])))
+
+
+_REDUCE_ARGS = ("h_l", "c_l", "h_r", "c_r", "w_l", "b_l", "w_r", "h_track", "w_t")
+
+
+def _reduce_make(case: Case, device: torch.device) -> Workload:
+    g = _generator(case)
+    dt, R, H, HT = case.torch_dtype, case.R, case.H, case.HT
+    data = {k: _rand(g, (R, H), dt, device) for k in ("h_l", "c_l", "h_r", "c_r")}
+    data["w_l"] = _rand(g, (5 * H, H), dt, device, H**-0.5)
+    data["b_l"] = _rand(g, (5 * H,), dt, device, H**-0.5)
+    data["w_r"] = _rand(g, (5 * H, H), dt, device, H**-0.5)
+    data["h_track"] = _rand(g, (R, HT), dt, device) if HT else None
+    data["w_t"] = _rand(g, (5 * H, HT), dt, device, HT**-0.5) if HT else None
+    leaves = [data[k] for k in _REDUCE_ARGS if data[k] is not None]
+    for t in leaves:
+        t.requires_grad_(_needs_grad(case))
+    return Workload(case, device, data, leaves)
+
+
+def _reduce_backend(w: Workload, backend: str) -> Bound:
+    args = [w.data[k] for k in _REDUCE_ARGS]
+    return Bound(lambda: list(rnnfast.functional.tree_lstm_reduce(*args, backend=backend)))
+
+
+def _reduce_compile(w: Workload) -> Bound:
+    fn, args = torch.compile(reduce_ref.tree_lstm_reduce, dynamic=False), [w.data[k] for k in _REDUCE_ARGS]
+    return Bound(lambda: list(fn(*args)))
+
+
+for _name in ("gru", "rnn", "lstm"):
+    register_op(
+        OpSpec(
+            _name,
+            "module",
+            "torch.nn",
+            _module_shape,
+            _module_sizes,
+            _module_make,
+            _module_backend,
+            {"torch.nn": _module_torch, "compile": _module_compile},
+            _module_flops,
+            _module_bytes,
+            _packed_tokens,
+        )
+    )
+    register_op(
+        OpSpec(
+            _name + "_op",
+            "recurrence",
+            "reference",
+            _op_shape,
+            _op_sizes,
+            _op_make,
+            _op_backend,
+            {"compile": _op_compile},
+            _op_flops,
+            _op_bytes,
+            _packed_tokens,
+        )
+    )
+register_op(
+    OpSpec(
+        "tree_lstm",
+        "tree_lstm",
+        "reference",
+        _tree_shape,
+        _tree_sizes,
+        _tree_make,
+        _tree_backend,
+        {"compile": _tree_compile},
+        _tree_flops,
+        _tree_bytes,
+        lambda c: c.R,
+    )
+)
+register_op(
+    OpSpec(
+        "tree_lstm_reduce",
+        "tree_lstm_reduce",
+        "reference",
+        _tree_shape,
+        _tree_sizes,
+        _reduce_make,
+        _reduce_backend,
+        {"compile": _reduce_compile},
+        _reduce_flops,
+        _reduce_bytes,
+        lambda c: c.R,
+    )
+)
+
+
+def register_spinn() -> bool:
+    """The place for the SPINN encoder's :func:`register_op` call, once ``rnnfast.nn.SPINN`` exists.
+
+    Returns whether it was registered: until then there is nothing to benchmark, and grids carry no
+    SPINN case. The SPINN op should follow the tree ops above: an ``OpSpec`` named "spinn" with family
+    "spinn_encode" (the backends' op), a pure-PyTorch encoder as baseline in ``extra``, tokens = B·T.
+    """
+    return "spinn" in OPS
+
+
+# --------------------------------------------------------------------------------------------------
+# Providers of a case and the grids
+
+
+def providers(case: Case, device: torch.device, compile: bool = False) -> list[tuple[str, bool, str]]:
+    """Every provider of the case, baseline first: (name, supported, reason)."""
+    spec = case.spec
+    device = torch.device(device)
+    out = []
+    for name, _ in spec.extra.items():
+        if name == "compile":
+            continue
+        out.append((name, True, "torch.nn kernels" if name == "torch.nn" else "registered provider"))
+    for name in KERNEL_BACKENDS:
+        ok, why = backends.REGISTRY[name].supports(spec.family, device, case.torch_dtype, case.sizes())
+        out.append((name, ok, why))
+    if "compile" in spec.extra:
+        out.append(
+            ("compile", compile, "torch.compile of the PyTorch oracle" if compile else "off (--compile)")
+        )
+    out.sort(key=lambda p: p[0] != spec.baseline)
+    return out
+
+
+def bind(case: Case, provider: str, workload: Workload) -> Bound:
+    """The provider's runnable for this workload."""
+    spec = case.spec
+    if provider in spec.extra:
+        return spec.extra[provider](workload)
+    if provider in KERNEL_BACKENDS:
+        return spec.run_backend(workload, provider)
+    raise ValueError(f"provider: expected one of {sorted({*spec.extra, *KERNEL_BACKENDS})}, got {provider!r}")
+
+
+def _modules(ops, shapes, modes, dtypes, **kw) -> list[Case]:
+    return [Case(op, mode, dt, **s, **kw) for s in shapes for op in ops for mode in modes for dt in dtypes]
+
+
+def grid(
+    name: str,
+    device: torch.device | str,
+    modes: list[str] | None = None,
+    dtypes: list[str] | None = None,
+    ops: list[str] | None = None,
+) -> list[Case]:
+    """The cases of grid ``name`` (tiny | quick | full) for a device type, optionally restricted.
+
+    tiny   a smoke grid: every op and feature (packed, bidirectional, 2 layers) at toy sizes
+    quick  CPU: the overhead-bound (B1 T200 H128) and GEMM-bound (B16 T100 H256) shapes for each
+           module, and one tree size. CUDA: small-batch (B1 H256 T512) and large (B64 H1024 T256)
+           shapes, bf16, packed, and the tree ops at SPINN sizes
+    full   B × H sweeps for every module and op, 2-layer bidirectional, packed, and inference
+    ``modes`` and ``dtypes`` replace the grid's own; ``ops`` keeps only those ops.
+    """
+    if name not in GRIDS:
+        raise ValueError(f"grid: expected one of {GRIDS}, got {name!r}")
+    cuda = torch.device(device).type == "cuda"
+    cell_ops = ["gru", "rnn", "lstm"]
+    bare_ops = ["gru_op", "rnn_op", "lstm_op"]
+    if name == "tiny":
+        m, d = modes or ["fwd", "fwdbwd"], dtypes or ["float32"]
+        cases = _modules(cell_ops, [dict(B=3, T=5, I=6, H=8)], m, d)
+        cases += _modules(
+            ["gru", "lstm"], [dict(B=3, T=5, I=6, H=8)], m, d, layers=2, bidir=True, packed=True
+        )
+        cases += _modules(bare_ops, [dict(B=3, T=5, H=8)], m, d)
+        cases += _modules(["tree_lstm"], [dict(R=4, H=8)], m, d)
+        cases += _modules(["tree_lstm_reduce"], [dict(R=4, H=8, HT=3)], m, d)
+    elif name == "quick":
+        m = modes or ["fwd", "fwdbwd"]
+        if cuda:
+            d = dtypes or ["float32"]
+            cases = _modules(
+                cell_ops, [dict(B=1, T=512, I=256, H=256), dict(B=64, T=256, I=1024, H=1024)], m, d
+            )
+            cases += _modules(["gru", "lstm"], [dict(B=64, T=256, I=1024, H=1024)], m, dtypes or ["bfloat16"])
+            cases += _modules(["gru"], [dict(B=64, T=256, I=512, H=512)], m, d, packed=True)
+            cases += _modules(["tree_lstm"], [dict(R=1024, H=300)], m, d)
+            cases += _modules(["tree_lstm_reduce"], [dict(R=1024, H=300, HT=64)], m, d)
+        else:
+            d = dtypes or ["float32"]
+            cases = _modules(
+                cell_ops, [dict(B=1, T=200, I=128, H=128), dict(B=16, T=100, I=256, H=256)], m, d
+            )
+            cases += _modules(["tree_lstm"], [dict(R=128, H=300)], m, d)
+            cases += _modules(["tree_lstm_reduce"], [dict(R=128, H=300, HT=64)], m, d)
+    else:
+        m = modes or ["fwd", "fwdbwd", "infer"]
+        d = dtypes or (["float32", "bfloat16", "float16"] if cuda else ["float32"])
+        Bs = [1, 16, 64, 256] if cuda else [1, 16, 64]
+        Hs = [128, 256, 512, 1024] if cuda else [128, 256, 512]
+        T = 256 if cuda else 100
+        shapes = [dict(B=B, T=T, I=H, H=H) for B in Bs for H in Hs]
+        cases = _modules(cell_ops, shapes, m, d)
+        big = [dict(B=Bs[-1], T=T, I=Hs[-2], H=Hs[-2])]
+        cases += _modules(cell_ops, big, m, d, layers=2, bidir=True)
+        cases += _modules(cell_ops, big, m, d, packed=True)
+        cases += _modules(bare_ops, [dict(B=B, T=T, H=H) for B in (1, Bs[-1]) for H in (Hs[1], Hs[-1])], m, d)
+        Rs = [128, 1024, 8192] if cuda else [128, 1024]
+        cases += _modules(["tree_lstm"], [dict(R=R, H=H) for R in Rs for H in (300, 1024)], m, d)
+        cases += _modules(["tree_lstm_reduce"], [dict(R=R, H=300, HT=HT) for R in Rs for HT in (0, 64)], m, d)
+    if ops:
+        unknown = sorted(set(ops) - set(OPS))
+        if unknown:
+            raise ValueError(f"ops: expected names from {sorted(OPS)}, got unknown {unknown}")
+        cases = [c for c in cases if c.op in ops]
+        missing = [o for o in ops if not any(c.op == o for c in cases)]
+        if missing:
+            raise ValueError(f"ops: {missing} have no case in the '{name}' grid")
+    return list(dict.fromkeys(cases))

@@ -1,0 +1,404 @@
+"""Running a case: the timed step per mode, the correctness check, timers, the machine's peak.
+
+Timing never happens without synchronising: on CUDA every sample is bracketed by CUDA events (and
+``triton.testing.do_bench`` gives a second median); on the CPU by ``time.perf_counter``. Each provider
+is run once and compared with the case's baseline before it is timed; one that disagrees is not timed.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+from rnnfast.bench import registry
+from rnnfast.bench.registry import Case, Workload
+
+# Largest error allowed, relative to the largest magnitude of the baseline tensor (see max_rel_error).
+# float32: the recurrences accumulate over up to a few hundred steps; rounding differences between two
+# correct float32 implementations stay below 1e-5 there. With TF32 (cuDNN's default on CUDA) the GEMMs
+# keep 10 mantissa bits, hence the looser bound.
+TOLERANCE = {
+    torch.float64: 1e-9,
+    torch.float32: 1e-4,
+    torch.float16: 1e-2,
+    torch.bfloat16: 5e-2,
+}
+TOLERANCE_TF32 = 5e-3
+
+
+def tolerance(dtype: torch.dtype, device: torch.device) -> float:
+    """Allowed relative error for outputs of ``dtype`` on ``device``."""
+    if dtype == torch.float32 and torch.device(device).type == "cuda" and tf32_enabled():
+        return TOLERANCE_TF32
+    return TOLERANCE[dtype]
+
+
+def tf32_enabled() -> bool:
+    return bool(torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32)
+
+
+def default_device() -> torch.device:
+    """``RNNFAST_BENCH_DEVICE`` if set, else CUDA when present, else the CPU."""
+    return torch.device(
+        os.environ.get("RNNFAST_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+
+
+def synchronize(device: torch.device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_fn(workload: Workload, bound: registry.Bound) -> Callable[[], list[Tensor]]:
+    """The callable that is timed, per mode; it returns the outputs (and, for fwdbwd, the gradients
+    of the shared inputs then of the provider's parameters) for the correctness check."""
+    mode, forward = workload.case.mode, bound.forward
+    if mode == "infer":
+
+        def infer():
+            with torch.no_grad():
+                return forward()
+
+        return infer
+    if mode == "fwd":
+        return forward
+    wrt = workload.leaves + bound.params
+
+    def fwdbwd():
+        outs = forward()
+        grads = torch.autograd.grad(outs, wrt, workload.grad_outputs(outs))
+        return outs + list(grads)
+
+    return fwdbwd
+
+
+def max_rel_error(got: list[Tensor], want: list[Tensor]) -> tuple[float, str]:
+    """Worst over the tensors of max|got − want| / max|want|, and the index of the worst tensor.
+
+    A shape difference or a NaN/Inf where the baseline is finite counts as an infinite error.
+    """
+    if len(got) != len(want):
+        return float("inf"), f"{len(got)} outputs, baseline has {len(want)}"
+    worst, where = 0.0, ""
+    for k, (g, w) in enumerate(zip(got, want)):
+        if g.shape != w.shape:
+            return float("inf"), f"output {k}: shape {tuple(g.shape)} != baseline {tuple(w.shape)}"
+        g64, w64 = g.detach().double(), w.detach().double()
+        if not torch.isfinite(g64).all() and torch.isfinite(w64).all():
+            return float("inf"), f"output {k}: non-finite values"
+        if not g64.numel():
+            continue
+        scale = max(float(w64.abs().max()), 1e-30)
+        err = float((g64 - w64).abs().max()) / scale
+        if err > worst:
+            worst, where = err, f"output {k}"
+    return worst, where
+
+
+@dataclass
+class Timing:
+    """Per-call milliseconds: median, quartiles, extremes, sample count, how it was measured."""
+
+    median_ms: float
+    q25_ms: float
+    q75_ms: float
+    min_ms: float
+    max_ms: float
+    reps: int
+    method: str
+    do_bench_ms: float | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _summary(samples: list[float], method: str) -> Timing:
+    s = sorted(samples)
+    if len(s) >= 2:
+        q = statistics.quantiles(s, n=4, method="inclusive")
+        q25, q75 = q[0], q[2]
+    else:
+        q25 = q75 = s[0]
+    return Timing(statistics.median(s), q25, q75, s[0], s[-1], len(s), method)
+
+
+def time_fn(
+    fn: Callable[[], object],
+    device: torch.device,
+    min_time: float = 0.3,
+    min_reps: int = 5,
+    max_reps: int = 200,
+    warmup: int = 2,
+) -> Timing:
+    """Median and spread of ``fn``'s wall time per call, after ``warmup`` calls.
+
+    Samples are taken until ``min_time`` seconds have passed and at least ``min_reps`` calls were
+    made, or ``max_reps`` calls. CUDA: one pair of CUDA events per call, synchronised once at the end,
+    plus ``triton.testing.do_bench``'s median when Triton is importable. CPU: ``time.perf_counter``.
+    """
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    if device.type != "cuda":
+        samples: list[float] = []
+        start = time.perf_counter()
+        while len(samples) < max_reps and (len(samples) < min_reps or time.perf_counter() - start < min_time):
+            t0 = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - t0) * 1e3)
+        return _summary(samples, "perf_counter")
+    events = []
+    start = time.perf_counter()
+    while len(events) < max_reps and (len(events) < min_reps or time.perf_counter() - start < min_time):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        events.append((a, b))
+        if len(events) % 16 == 0:
+            # Keep the host from running far ahead of the GPU, so the loop measures GPU time.
+            b.synchronize()
+    torch.cuda.synchronize(device)
+    timing = _summary([a.elapsed_time(b) for a, b in events], "cuda_events")
+    timing.do_bench_ms = do_bench_ms(fn)
+    return timing
+
+
+def do_bench_ms(fn: Callable[[], object]) -> float | None:
+    """``triton.testing.do_bench`` median in ms (L2 flushed between calls), or None without Triton."""
+    try:
+        from triton.testing import do_bench
+    except ImportError:
+        return None
+    return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
+
+
+def measure_peak(device: torch.device, dtypes: list[str], min_time: float = 0.5) -> dict:
+    """The machine's measured peaks in this run: GEMM FLOP/s per dtype and copy bandwidth in B/s.
+
+    GEMM: an n×n·n×n ``torch.mm`` (n = 1024 on CPU, 8192 on CUDA; 2·n³ FLOP). Copy: ``dst.copy_(src)``
+    of 64 MiB on CPU, 1 GiB on CUDA (read + write: 2× the size). Medians over ``min_time`` seconds of
+    samples, like every case.
+    """
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    peak: dict = {"gemm_flops": {}, "gemm_n": {}}
+    for name in dtypes:
+        dt = registry.DTYPES[name]
+        n = 8192 if cuda else (1024 if dt in (torch.float32, torch.float64) else 256)
+        a = torch.randn(n, n, device=device).to(dt)
+        b = torch.randn(n, n, device=device).to(dt)
+        t = time_fn(lambda a=a, b=b: torch.mm(a, b), device, min_time=min_time, min_reps=3, max_reps=50)
+        peak["gemm_flops"][name] = 2.0 * n**3 / (t.median_ms * 1e-3)
+        peak["gemm_n"][name] = n
+        del a, b
+    size = (1 << 30) if cuda else (64 << 20)
+    src = torch.empty(size // 4, device=device, dtype=torch.float32).uniform_()
+    dst = torch.empty_like(src)
+    t = time_fn(lambda src=src, dst=dst: dst.copy_(src), device, min_time=min_time, min_reps=3, max_reps=50)
+    peak["copy_bytes_per_s"] = 2.0 * size / (t.median_ms * 1e-3)
+    peak["copy_mib"] = size >> 20
+    del src, dst
+    _free(device)
+    return peak
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def run_case(
+    case: Case,
+    device: torch.device,
+    peak: dict,
+    providers: list[str] | None = None,
+    compile: bool = False,
+    min_time: float = 0.3,
+    on_provider: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """Check and time every provider of ``case`` (or those named). One row dict per provider.
+
+    status: ``ok`` (checked and timed), ``MISMATCH`` (disagrees with the baseline beyond the tolerance:
+    not timed), ``ERROR`` (raised: the message is in ``detail``; not timed), ``unsupported`` (the backend
+    refuses the case: ``detail`` says why). The baseline runs first even when not asked for, untimed,
+    to check the others against.
+    """
+    device = torch.device(device)
+    spec = case.spec
+    listed = registry.providers(case, device, compile=compile)
+    if providers is not None:
+        listed = [p for p in listed if p[0] in providers]
+    tol = tolerance(case.torch_dtype, device)
+    workload = spec.make(case, device)
+
+    base_out, base_error = None, None
+    try:
+        base_fn = step_fn(workload, registry.bind(case, spec.baseline, workload))
+        base_out = [t.detach() for t in base_fn()]
+        synchronize(device)
+    except Exception as e:  # reported in every row below: no provider can be checked without it
+        base_error = f"baseline {spec.baseline} failed: {type(e).__name__}: {e}"
+
+    rows = []
+    base_ms = None
+    for name, ok, why in listed:
+        row = _row_head(case, name, tol)
+        if ok and on_provider is not None:
+            on_provider(name)
+        if not ok:
+            row.update(status="unsupported", detail=why)
+            rows.append(row)
+            continue
+        if base_error is not None:
+            row.update(status="ERROR", detail=base_error)
+            rows.append(row)
+            continue
+        try:
+            fn = step_fn(workload, registry.bind(case, name, workload))
+            err, where = max_rel_error(fn(), base_out)
+            row["max_rel_err"] = err
+            if not err <= tol:
+                row.update(status="MISMATCH", detail=f"{where}: rel. error {err:.2e} > tolerance {tol:.0e}")
+                rows.append(row)
+                continue
+            timing = time_fn(fn, device, min_time=min_time)
+        except Exception as e:  # a provider that raises is a result to report, not a crash of the run
+            row.update(status="ERROR", detail=f"{type(e).__name__}: {e}")
+            rows.append(row)
+            continue
+        finally:
+            fn = None
+            _free(device)
+        row.update(status="ok", **timing.as_dict())
+        _throughput(row, case, peak)
+        if name == spec.baseline:
+            base_ms = timing.median_ms
+        rows.append(row)
+    for row in rows:
+        if row["status"] == "ok" and base_ms is not None:
+            row["speedup"] = base_ms / row["median_ms"]
+    return rows
+
+
+def _row_head(case: Case, provider: str, tol: float) -> dict:
+    return {
+        "case": case.id,
+        "label": case.label,
+        "op": case.op,
+        "mode": case.mode,
+        "dtype": case.dtype,
+        "B": case.B,
+        "T": case.T,
+        "I": case.I,
+        "H": case.H,
+        "layers": case.layers,
+        "bidir": case.bidir,
+        "packed": case.packed,
+        "R": case.R,
+        "HT": case.HT,
+        "provider": provider,
+        "baseline": case.spec.baseline,
+        "status": "",
+        "detail": "",
+        "tolerance": tol,
+        "max_rel_err": None,
+        "median_ms": None,
+        "q25_ms": None,
+        "q75_ms": None,
+        "min_ms": None,
+        "max_ms": None,
+        "reps": None,
+        "method": None,
+        "do_bench_ms": None,
+        "speedup": None,
+        "tokens": registry.tokens_of(case),
+        "flop": registry.flops_of(case),
+        "bytes": registry.bytes_of(case),
+        "tokens_per_s": None,
+        "tflops": None,
+        "pct_peak_flops": None,
+        "pct_peak_bw": None,
+    }
+
+
+def _throughput(row: dict, case: Case, peak: dict) -> None:
+    s = row["median_ms"] * 1e-3
+    row["tokens_per_s"] = row["tokens"] / s
+    row["tflops"] = row["flop"] / s / 1e12
+    gemm = peak.get("gemm_flops", {}).get(case.dtype)
+    if gemm:
+        row["pct_peak_flops"] = 100.0 * row["flop"] / s / gemm
+    bw = peak.get("copy_bytes_per_s")
+    if bw:
+        row["pct_peak_bw"] = 100.0 * row["bytes"] / s / bw
+
+
+# --------------------------------------------------------------------------------------------------
+# pytest-benchmark
+
+
+_baseline_cache: dict[str, list[Tensor]] = {}
+
+
+def pytest_benchmark_case(case: Case, provider: str, benchmark, device: torch.device) -> None:
+    """Body of one pytest-benchmark test: check against the baseline, then time with pedantic rounds.
+
+    The timed target synchronises inside the call on CUDA. Throughput (tokens/s, TFLOP/s) and, on
+    CUDA, the ``do_bench`` median go into ``benchmark.extra_info``. A mismatch fails the test.
+    """
+    import pytest
+
+    device = torch.device(device)
+    ok, why = next(((o, w) for n, o, w in registry.providers(case, device, compile=True) if n == provider))
+    if not ok:
+        pytest.skip(f"{provider}: {why}")
+    spec = case.spec
+    workload = spec.make(case, device)
+    if case.id not in _baseline_cache:
+        _baseline_cache.clear()  # one case at a time: tests of a case are adjacent
+        base = step_fn(workload, registry.bind(case, spec.baseline, workload))
+        _baseline_cache[case.id] = [t.detach() for t in base()]
+    fn = step_fn(workload, registry.bind(case, provider, workload))
+    tol = tolerance(case.torch_dtype, device)
+    err, where = max_rel_error(fn(), _baseline_cache[case.id])
+    assert err <= tol, (
+        f"{provider} on {case.label}: {where} relative error {err:.2e} > {tol:.0e} vs {spec.baseline}"
+    )
+
+    def target():
+        fn()
+        synchronize(device)
+
+    benchmark.group = case.label
+    benchmark.extra_info.update(
+        case=case.id,
+        provider=provider,
+        baseline=spec.baseline,
+        max_rel_err=err,
+        tokens=registry.tokens_of(case),
+        flop=registry.flops_of(case),
+        bytes=registry.bytes_of(case),
+    )
+    if benchmark.disabled:
+        benchmark.pedantic(target)  # the smoke run: one call
+        return
+    t0 = time.perf_counter()
+    target()
+    once = time.perf_counter() - t0
+    rounds = 50 if device.type == "cuda" else max(5, min(100, int(0.5 / max(once, 1e-6))))
+    benchmark.pedantic(target, rounds=rounds, warmup_rounds=3, iterations=1)
+    median = benchmark.stats.stats.median
+    benchmark.extra_info["tokens_per_s"] = registry.tokens_of(case) / median
+    benchmark.extra_info["tflops"] = registry.flops_of(case) / median / 1e12
+    if device.type == "cuda":
+        benchmark.extra_info["do_bench_ms"] = do_bench_ms(fn)

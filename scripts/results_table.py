@@ -1,0 +1,114 @@
+"""Markdown headline table from the committed benchmark results (``benchmarks/results/*.json``).
+
+For every results file (one per device and grid, written by ``rnnfast bench``) and every case: the
+baseline's median (torch.nn for the modules, the reference for the bare ops), the fastest rnnfast
+backend that passed the correctness check, and its speedup. Numbers are copied from the files, never
+recomputed or edited.
+
+    python scripts/results_table.py                      # print the table
+    python scripts/results_table.py --update README.md   # rewrite it between the README markers
+    python scripts/results_table.py --check README.md    # exit 1 if README's table is out of date
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+START = "<!-- results-table:start -->"
+END = "<!-- results-table:end -->"
+RNNFAST_BACKENDS = ("reference", "cpu", "triton", "cuda")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ms(x: float) -> str:
+    return f"{x:.3g}" if x < 100 else f"{x:.0f}"
+
+
+def file_table(path: Path, root: Path) -> list[str]:
+    doc = json.loads(path.read_text())
+    m = doc["machine"]
+    commit = (m.get("commit") or "unknown")[:10]
+    rel = path.relative_to(root) if path.is_relative_to(root) else path
+    tf32 = "" if m["device"] != "cuda" else f", cuDNN TF32 {'on' if m['cudnn_allow_tf32'] else 'off'}"
+    lines = [
+        f"**{m['device_name']}** ({m['device']}, {m['threads']} threads{tf32}) · torch {m['torch']} · "
+        f"rnnfast {m.get('rnnfast')} @ `{commit}` · grid `{doc.get('grid')}` · [`{rel}`]({rel})",
+        "",
+        "| case | baseline | baseline ms | fastest rnnfast | ms | speedup |",
+        "|---|---|---:|---|---:|---:|",
+    ]
+    cases: dict[str, list[dict]] = {}
+    for r in doc["rows"]:
+        cases.setdefault(r["case"], []).append(r)
+    for rows in cases.values():
+        base_name = rows[0]["baseline"]
+        base = next((r for r in rows if r["provider"] == base_name and r["status"] == "ok"), None)
+        ours = [r for r in rows if r["provider"] in RNNFAST_BACKENDS and r["provider"] != base_name]
+        failed = [r for r in ours if r["status"] in ("MISMATCH", "ERROR")]
+        timed = [r for r in ours if r["status"] == "ok"]
+        best = min(timed, key=lambda r: r["median_ms"]) if timed else None
+        base_ms = _ms(base["median_ms"]) if base else "—"
+        if best is None:
+            note = ", ".join(f"{r['provider']} {r['status']}" for r in failed) or "no rnnfast backend ran"
+            lines.append(f"| {rows[0]['label']} | {base_name} | {base_ms} | {note} | | |")
+            continue
+        speedup = f"{base['median_ms'] / best['median_ms']:.2f}×" if base else "—"
+        extra = "".join(f" ({r['provider']} {r['status']})" for r in failed)
+        lines.append(
+            f"| {rows[0]['label']} | {base_name} | {base_ms} | {best['provider']}{extra} | "
+            f"{_ms(best['median_ms'])} | {speedup} |"
+        )
+    return lines
+
+
+def build(results: Path, root: Path = ROOT) -> str:
+    files = sorted(results.glob("*.json"))
+    if not files:
+        raise SystemExit(f"results_table: no *.json results in {results}")
+    out: list[str] = []
+    for f in files:
+        out += file_table(f, root) + [""]
+    out.append(
+        "Median per call after warm-up; speedup = baseline median / rnnfast median, both from the same run. "
+        "Regenerate with `python scripts/results_table.py --update README.md`."
+    )
+    return "\n".join(out)
+
+
+def replace_between_markers(text: str, table: str) -> str:
+    if START not in text or END not in text or text.index(START) > text.index(END):
+        raise SystemExit(f"results_table: expected the markers {START} ... {END} in the file")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{table}\n{END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results", help="results directory")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--update", type=Path, metavar="README", help="rewrite the table between the markers")
+    g.add_argument("--check", type=Path, metavar="README", help="exit 1 if the table there is out of date")
+    args = p.parse_args(argv)
+    table = build(args.results)
+    if args.update:
+        args.update.write_text(replace_between_markers(args.update.read_text(), table))
+        print(f"updated {args.update}")
+    elif args.check:
+        text = args.check.read_text()
+        if replace_between_markers(text, table) != text:
+            print(
+                f"{args.check}: results table out of date; run scripts/results_table.py --update {args.check}"
+            )
+            return 1
+        print(f"{args.check}: results table up to date")
+    else:
+        print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

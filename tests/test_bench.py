@@ -1,0 +1,301 @@
+"""The benchmark harness: FLOP/byte counts, correctness gate, CLI end to end, pytest-benchmark suite,
+profile and the results table. Timings themselves are never asserted (speed lives in benchmarks)."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rnnfast.bench import main_bench, main_profile, registry, runner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------------------------------
+# Counts, against hand-computed values
+
+
+@pytest.mark.parametrize(
+    "case, fwd_flop",
+    [
+        # GRU, B=2 T=3 I=4 H=5: N=6 tokens, 2·N·3H·(I+H) = 2·6·15·9
+        (registry.Case("gru", B=2, T=3, I=4, H=5), 1620),
+        # one step of the bare GRU op is the recurrent GEMM only: 6·B·H² = 6·2·25
+        (registry.Case("gru_op", B=2, T=1, H=5), 300),
+        # RNN: 2·N·H·(I+H) = 2·6·5·9
+        (registry.Case("rnn", B=2, T=3, I=4, H=5), 540),
+        # LSTM, 2 layers, bidirectional: layer 0 2·(2·6·20·(4+5)) = 4320,
+        # layer 1 (I = 2H = 10) 2·(2·6·20·15) = 7200
+        (registry.Case("lstm", B=2, T=3, I=4, H=5, layers=2, bidir=True), 11520),
+        # tree-LSTM composition: 12·R·H pointwise = 12·4·8
+        (registry.Case("tree_lstm", R=4, H=8), 384),
+        # reduce: 2·R·5H·(2H+HT) + 12·R·H = 2·4·40·19 + 384
+        (registry.Case("tree_lstm_reduce", R=4, H=8, HT=3), 6464),
+    ],
+    ids=lambda v: v.id if isinstance(v, registry.Case) else str(v),
+)
+def test_flops_hand_computed(case, fwd_flop):
+    assert registry.flops_of(case) == fwd_flop
+    assert registry.flops_of(registry.Case(**{**case.__dict__, "mode": "fwdbwd"})) == 3 * fwd_flop
+    assert registry.flops_of(registry.Case(**{**case.__dict__, "mode": "infer"})) == fwd_flop
+
+
+def test_bytes_and_tokens_hand_computed():
+    tree = registry.Case("tree_lstm", R=4, H=8)
+    assert registry.bytes_of(tree) == 9 * 4 * 8 * 4  # lstm_in 5RH + c_l, c_r + h, c; float32
+    assert registry.tokens_of(tree) == 4
+    # gru_op B=2 T=3 H=5 float64: gi 6·15 + y 6·5 + w_hh 75 + b_hh 15 + h0, h_n 2·10 = 230 elements
+    assert registry.bytes_of(registry.Case("gru_op", dtype="float64", B=2, T=3, H=5)) == 230 * 8
+    assert registry.tokens_of(registry.Case("gru", B=2, T=3, I=4, H=5)) == 6
+
+
+def test_packed_counts_use_the_real_lengths():
+    case = registry.Case("rnn", B=5, T=8, I=3, H=4, packed=True)
+    w = case.spec.make(case, torch.device("cpu"))
+    n = int(w.data["lengths"].sum())
+    assert int(w.data["lengths"].max()) == 8 and n < 5 * 8
+    assert registry.tokens_of(case) == n
+    assert registry.flops_of(case) == 2 * n * 4 * (3 + 4)
+
+
+def test_case_validation_names_the_field():
+    with pytest.raises(ValueError, match="mode"):
+        registry.Case("gru", mode="backward")
+    with pytest.raises(ValueError, match="op"):
+        registry.Case("transformer")
+    with pytest.raises(ValueError, match="ops"):
+        registry.grid("tiny", "cpu", ops=["nope"])
+
+
+def test_grids_cover_the_representative_cpu_shapes():
+    quick = registry.grid("quick", "cpu")
+    for op in ("gru", "rnn", "lstm"):
+        for mode in ("fwd", "fwdbwd"):
+            assert registry.Case(op, mode, B=1, T=200, I=128, H=128) in quick
+            assert registry.Case(op, mode, B=16, T=100, I=256, H=256) in quick
+    assert len({c.id for c in registry.grid("full", "cuda")}) == len(registry.grid("full", "cuda"))
+
+
+def test_every_provider_agrees_on_the_tiny_grid():
+    """The check itself: every runnable provider matches its baseline on every tiny case."""
+    for case in registry.grid("tiny", "cpu", modes=["fwdbwd"]):
+        w = case.spec.make(case, torch.device("cpu"))
+        base = runner.step_fn(w, registry.bind(case, case.spec.baseline, w))()
+        for name, ok, _ in registry.providers(case, "cpu"):
+            if ok:
+                got = runner.step_fn(w, registry.bind(case, name, w))()
+                err, where = runner.max_rel_error(got, base)
+                assert err <= runner.tolerance(case.torch_dtype, "cpu"), (
+                    f"{case.id} {name}: {where} {err:.2e}"
+                )
+
+
+def test_max_rel_error_flags_shape_and_nan():
+    a = torch.rand(3, 4) + 0.5
+    assert runner.max_rel_error([a], [a.clone()])[0] == 0.0
+    assert runner.max_rel_error([a + 1e-3], [a])[0] > 1e-4
+    assert runner.max_rel_error([a[:2]], [a])[0] == float("inf")
+    assert runner.max_rel_error([torch.full_like(a, float("nan"))], [a])[0] == float("inf")
+
+
+# --------------------------------------------------------------------------------------------------
+# rnnfast bench, end to end on the CPU
+
+
+def _run_cli(argv: list[str]) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = main_bench(argv)
+    return rc, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("bench")
+    argv = [
+        "--device",
+        "cpu",
+        "--grid",
+        "tiny",
+        "--ops",
+        "gru,gru_op,tree_lstm_reduce",
+        "--out",
+        str(out_dir),
+    ]
+    rc, text = _run_cli(argv + ["--min-time", "0.01", "--quiet"])
+    return rc, text, out_dir
+
+
+def test_cli_prints_the_table(tiny_run):
+    rc, text, _ = tiny_run
+    assert rc == 0, text
+    for column in (
+        "case",
+        "provider",
+        "median ms",
+        "IQR ms",
+        "speedup",
+        "tokens/s",
+        "TFLOP/s",
+        "%FLOP",
+        "%BW",
+    ):
+        assert column in text
+    assert "measured peak: GEMM float32" in text
+    assert "gru fwdbwd B3 T5 I6 H8 L2 bi packed f32" in text
+    assert "torch.nn*" in text and "reference" in text
+    assert "MISMATCH" not in text and "ERROR" not in text
+
+
+def test_cli_writes_json_and_csv(tiny_run):
+    _, _, out_dir = tiny_run
+    doc = json.loads((out_dir / "cpu-tiny.json").read_text())
+    assert doc["machine"]["device"] == "cpu" and doc["machine"]["threads"] >= 1
+    assert doc["machine"]["torch"] == torch.__version__
+    assert doc["peak"]["gemm_flops"]["float32"] > 0 and doc["peak"]["copy_bytes_per_s"] > 0
+    rows = doc["rows"]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert {r["op"] for r in ok} == {"gru", "tree_lstm_reduce"}
+    assert {r["provider"] for r in ok} >= {"torch.nn", "reference"}
+    for r in ok:
+        assert 0 < r["min_ms"] <= r["q25_ms"] <= r["median_ms"] <= r["q75_ms"] <= r["max_ms"], r
+        assert r["tokens_per_s"] > 0 and r["tflops"] > 0 and r["speedup"] > 0
+        assert r["max_rel_err"] <= r["tolerance"]
+    assert all(r["detail"] for r in rows if r["status"] == "unsupported")
+    with open(out_dir / "cpu-tiny.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(rows)
+    assert [r["case"] for r in table] == [r["case"] for r in rows]
+    assert float(table[0]["median_ms"]) == pytest.approx(rows[0]["median_ms"])
+
+
+def test_cli_writes_the_png(tiny_run):
+    _, text, out_dir = tiny_run
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "no PNG: matplotlib is not installed" in text
+        pytest.skip("matplotlib is not installed: the PNG is skipped (the CLI says so)")
+    assert (out_dir / "cpu-tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_broken_provider_is_a_mismatch_and_not_timed(monkeypatch, tmp_path):
+    monkeypatch.setattr(registry, "OPS", dict(registry.OPS))
+    calls = []
+
+    def broken(w):
+        bound = registry.OPS["gru"].extra["torch.nn"](w)
+
+        def forward():
+            calls.append(1)
+            return [t + 1e-3 for t in bound.forward()]
+
+        return registry.Bound(forward, bound.params)
+
+    def raising(w):
+        def forward():
+            raise RuntimeError("kernel exploded")
+
+        return registry.Bound(forward)
+
+    registry.register_provider("gru", "broken", broken)
+    registry.register_provider("gru", "raising", raising)
+    argv = ["--device", "cpu", "--grid", "tiny", "--ops", "gru", "--modes", "fwd", "--out", str(tmp_path)]
+    rc, text = _run_cli(argv + ["--providers", "torch.nn,broken,raising", "--min-time", "0.01", "--quiet"])
+    assert rc == 1
+    assert "MISMATCH" in text and "ERROR: RuntimeError: kernel exploded" in text
+    rows = json.loads((tmp_path / "cpu-tiny.json").read_text())["rows"]
+    bad = [r for r in rows if r["provider"] == "broken"]
+    assert len(bad) == 2  # the two tiny gru shapes
+    for r in bad:
+        assert r["status"] == "MISMATCH" and r["median_ms"] is None and r["reps"] is None
+        assert r["max_rel_err"] > r["tolerance"]
+    assert len(calls) == len(bad)  # run once for the check, never timed
+    assert all(r["status"] == "ERROR" for r in rows if r["provider"] == "raising")
+    assert all(r["status"] == "ok" for r in rows if r["provider"] == "torch.nn")
+
+
+def test_cli_rejects_bad_arguments():
+    with pytest.raises(SystemExit, match="--providers"):
+        main_bench(["--device", "cpu", "--grid", "tiny", "--providers", "nope"])
+    with pytest.raises(SystemExit, match="--dtype"):
+        main_bench(["--device", "cpu", "--grid", "tiny", "--dtype", "float8"])
+
+
+# --------------------------------------------------------------------------------------------------
+# The pytest-benchmark suite and rnnfast profile
+
+
+def test_benchmark_suite_smoke_run():
+    """``pytest benchmarks --benchmark-disable`` collects the tiny grid and runs each case once
+    (restricted to the bare-op and tree tests to keep it short; the modules run the same code path)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RNNFAST_BENCH_DEVICE": "cpu"}
+    env.pop("RNNFAST_BENCH_GRID", None)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "benchmarks",
+        "--benchmark-disable",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+    ]
+    proc = subprocess.run(
+        cmd + ["-k", "_op- or tree"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    cases = registry.grid("tiny", "cpu", ops=["gru_op", "rnn_op", "lstm_op", "tree_lstm", "tree_lstm_reduce"])
+    listed = [p for c in cases for p in registry.providers(c, "cpu") if p[0] != "compile"]
+    passed = sum(1 for p in listed if p[1])
+    assert f"{passed} passed, {len(listed) - passed} skipped" in proc.stdout, proc.stdout[-2000:]
+    assert "PytestBenchmarkWarning" not in proc.stdout
+
+
+def test_profile_writes_a_trace_with_layer_ranges(tmp_path):
+    argv = ["--op", "gru", "--B", "2", "--T", "3", "--H", "8", "--layers", "2", "--bidir"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = main_profile(argv + ["--steps", "1", "--warmup", "1", "--out", str(tmp_path), "--device", "cpu"])
+    assert rc == 0
+    assert "Self CPU time total" in out.getvalue()
+    (trace,) = tmp_path.glob("trace-*.json")
+    names = {e.get("name") for e in json.loads(trace.read_text())["traceEvents"]}
+    assert "rnnfast.gru layer1 reverse [reference]" in names
+    assert "bench gru fwdbwd B2 T3 I8 H8 L2 bi f32 [reference]" in names
+
+
+# --------------------------------------------------------------------------------------------------
+# scripts/results_table.py
+
+
+def _results_table():
+    spec = importlib.util.spec_from_file_location("results_table", ROOT / "scripts" / "results_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_results_table_from_cli_output(tiny_run, tmp_path):
+    _, _, out_dir = tiny_run
+    rt = _results_table()
+    table = rt.build(out_dir, root=out_dir)
+    assert "| gru fwd B3 T5 I6 H8 f32 | torch.nn |" in table
+    assert "| tree_lstm_reduce fwdbwd R4 H8 HT3 f32 | reference |" in table
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{rt.START}\nold table\n{rt.END}\nafter\n")
+    assert rt.main(["--results", str(out_dir), "--check", str(readme)]) == 1
+    assert rt.main(["--results", str(out_dir), "--update", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith(f"{rt.END}\nafter\n") and "old table" not in text
+    assert rt.main(["--results", str(out_dir), "--check", str(readme)]) == 0
