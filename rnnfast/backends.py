@@ -118,14 +118,9 @@ def _available_triton() -> tuple[bool, str]:
 def _available_cuda() -> tuple[bool, str]:
     if not torch.cuda.is_available():
         return False, "no CUDA device (torch.cuda.is_available() is False)"
-    from rnnfast import _ext
+    from rnnfast import _cuda_ext
 
-    ok, why = _ext.status()
-    if not ok:
-        return False, why
-    if not _ext.has_cuda_kernels():
-        return False, "rnnfast._C was built without CUDA kernels"
-    return True, why
+    return _cuda_ext.status()
 
 
 _AVAILABLE = {
