@@ -19,6 +19,7 @@ SHAPES = [
     (5, 3, 33, [5, 2, 0], False),
     (5, 3, 33, [3, 5, 1], True),
     (3, 2, 70, [3, 1], True),
+    (2, 17, 16, [2, 1] * 8 + [0], False),  # two programs of 16 rows
 ]
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
 
@@ -67,6 +68,18 @@ def test_forward_backward_vs_oracle(cell, T, B, H, lengths, reverse, dtype):
     g_want = torch.autograd.grad([o for o in want if o is not None], inputs, ups)
     for name, g, w in zip(in_names, g_got, g_want):
         assert_close("d" + name, g, w, atol=tol * 10)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_inference_forward(cell):
+    """Without autograd the op runs with need_ws=False (nothing saved): same outputs."""
+    a = recurrence_inputs(cell, 4, 3, 9, lengths=[4, 0, 2], dtype=torch.float64, grad=False)
+    with torch.no_grad():
+        got = _call(cell, a, True, "triton")
+    want = oracle(cell, a["gi"], a["h0"], a["c0"], a["w_hh"], a["b_hh"], None, a["lengths"], True)
+    for name, g, w in zip(("y", "h_n", "c_n"), got, want):
+        if w is not None:
+            assert_close(name, g, w, atol=1e-10)
 
 
 @pytest.mark.parametrize("cell", CELLS)
