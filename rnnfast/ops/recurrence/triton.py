@@ -69,13 +69,14 @@ def forward(cell, gi, h0, c0, w_hh, b_hh, w_hr, lengths, reverse, need_ws):
         cbuf = torch.empty((2, B, H), dtype=acc, device=dev)
         cbuf[0] = c0
     ubuf = torch.empty((B, H), dtype=acc, device=dev) if w_hr is not None else hbuf
-    recurrence_fwd_kernel[_grid(B)](
-        gi, w_hh, b, wr, lens, y, ws if need_ws else hbuf, hbuf, cbuf, ubuf, T, B, H, N,
-        CELL=common.CELL_CODE[cell], G=G, S=common.SAVED[cell],
-        HAS_BIAS=b_hh is not None, HAS_LEN=lengths is not None, REVERSE=bool(reverse),
-        NEED_WS=bool(need_ws) and common.SAVED[cell] > 0, PROJ=w_hr is not None,
-        **_tiles(G, H, N, dt), PREC=launch.dot_precision(dt, torch.backends.cudnn.allow_tf32),
-    )  # fmt: skip
+    if B:  # an empty launch grid is not valid on every Triton version
+        recurrence_fwd_kernel[_grid(B)](
+            gi, w_hh, b, wr, lens, y, ws if need_ws else hbuf, hbuf, cbuf, ubuf, T, B, H, N,
+            CELL=common.CELL_CODE[cell], G=G, S=common.SAVED[cell],
+            HAS_BIAS=b_hh is not None, HAS_LEN=lengths is not None, REVERSE=bool(reverse),
+            NEED_WS=bool(need_ws) and common.SAVED[cell] > 0, PROJ=w_hr is not None,
+            **_tiles(G, H, N, dt), PREC=launch.dot_precision(dt, torch.backends.cudnn.allow_tf32),
+        )  # fmt: skip
     h_n = hbuf[T % 2].to(dt)
     c_n = cbuf[T % 2].to(dt) if cell == "lstm" else empty(y)
     return y, h_n, c_n, ws
@@ -109,13 +110,14 @@ def backward(cell, grad_y, grad_hn, grad_cn, h0, c0, w_hh, b_hh, w_hr, lengths, 
     if cell == "lstm":
         dcbuf = torch.empty((2, B, H), dtype=acc, device=dev)
         dcbuf[0] = grad_cn
-    recurrence_bwd_kernel[_grid(B)](
-        grad_y, w_hh, wr, lens, y, h_prev, c_prev, ws if ws.numel() else dhbuf, dgi, dgh, dhbuf, dcbuf, dhr,
-        T, B, H, N,
-        CELL=common.CELL_CODE[cell], G=G, S=common.SAVED[cell],
-        HAS_LEN=lengths is not None, REVERSE=bool(reverse), PROJ=w_hr is not None,
-        **_tiles(G, H, N, acc), PREC=launch.dot_precision(acc, torch.backends.cudnn.allow_tf32),
-    )  # fmt: skip
+    if B:  # an empty launch grid is not valid on every Triton version
+        recurrence_bwd_kernel[_grid(B)](
+            grad_y, w_hh, wr, lens, y, h_prev, c_prev, ws if ws.numel() else dhbuf,
+            dgi, dgh, dhbuf, dcbuf, dhr, T, B, H, N,
+            CELL=common.CELL_CODE[cell], G=G, S=common.SAVED[cell],
+            HAS_LEN=lengths is not None, REVERSE=bool(reverse), PROJ=w_hr is not None,
+            **_tiles(G, H, N, acc), PREC=launch.dot_precision(acc, torch.backends.cudnn.allow_tf32),
+        )  # fmt: skip
     dw_hh, db_hh = common.weight_grads(dgh, h_prev, b_hh is not None)
     dw_hr = empty(y)
     if w_hr is not None:
