@@ -10,7 +10,7 @@ the design runs unchanged under the Triton interpreter (programs one after anoth
 h_{t-1}·W_hhᵀ with ``tl.dot`` over K-tiles of W_hh read from global memory (W_hh stays L2-resident on a
 GPU), then the cell's pointwise math as the epilogue, and writes y_t, ws_t and h_t.
 
-The state travels through a small ping-pong scratch ``hbuf`` (2, B, H) in the accumulation dtype: step s
+The state travels through a small ping-pong scratch ``hbuf`` (2, B, N) in the accumulation dtype: step s
 reads buffer s % 2 (in K-tiles, for the GEMM) and writes buffer (s + 1) % 2 (in H-tiles); a CTA barrier
 (``tl.debug_barrier``) between steps makes the writes of all threads visible before the next reads.
 When H fits one tile and W_hh's G tiles are small (``RESIDENT``), they are loaded once before the loop
