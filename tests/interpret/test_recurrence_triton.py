@@ -184,3 +184,19 @@ def test_auto_does_not_pick_unverified_triton():
     a = recurrence_inputs("gru", 2, 2, 4, dtype=torch.float32)
     sizes = {"cell": "gru", "T": 2, "B": 2, "H": 4, "P": 0, "lengths": False, "reverse": False}
     assert backends.resolve("recurrence", a["gi"].device, a["gi"].dtype, sizes, "auto") != "triton"
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_non_contiguous_inputs(cell):
+    """Strided gi (batch-first storage), transposed W_hh storage and a strided h0 give the same results."""
+    a = recurrence_inputs(cell, 4, 3, 9, lengths=[4, 2, 3], dtype=torch.float64, grad=False)
+    strided = dict(a)
+    strided["gi"] = a["gi"].transpose(0, 1).contiguous().transpose(0, 1)
+    strided["w_hh"] = a["w_hh"].t().contiguous().t()
+    strided["h0"] = torch.stack([a["h0"], a["h0"]], -1)[..., 0]
+    assert not any(strided[k].is_contiguous() for k in ("gi", "w_hh", "h0"))
+    got = _call(cell, strided, False, "triton")
+    want = oracle(cell, a["gi"], a["h0"], a["c0"], a["w_hh"], a["b_hh"], None, a["lengths"], False)
+    for name, g, w in zip(("y", "h_n", "c_n"), got, want):
+        if w is not None:
+            assert_close(name, g, w, atol=1e-10)
