@@ -39,7 +39,7 @@ def supports(device: torch.device, dtype: torch.dtype, sizes) -> tuple[bool, str
     H = sizes.get("H", 0)
     if device.type == "cuda" and H > MAX_H:
         return False, f"H={H} > {MAX_H}: one program streams all of W_hh per step, too slow at this size"
-    return True, f"fused time loop, {why}, H <= {MAX_H}"
+    return True, f"fused time loop, {why}" + (f", H <= {MAX_H}" if device.type == "cuda" else "")
 
 
 def _grid(B: int) -> tuple[int]:
