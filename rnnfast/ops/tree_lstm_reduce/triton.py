@@ -32,6 +32,8 @@ def forward(h_l, c_l, h_r, c_r, w_l, b_l, w_r, h_track, w_t):
     c = launch.alloc((R, H), dt, dev)
     ws = launch.alloc((R, 5 * H), acc_dtype(dt), dev)
     w_l = w_l.contiguous()
+    # A program holds five (16, 32) fp32 accumulators, one per gate chunk, so the epilogue has all five
+    # gates of its units at hand; K-tiles of 64 keep each W tile load a 64×32 block.
     bh = launch.tile(H, lo=16, hi=32)
     bk = launch.tile(max(H, HT), lo=16, hi=64)
     grid = (-(-R // BLOCK_R), -(-H // bh))
