@@ -56,16 +56,19 @@ MODULE_CASES = [
     MODULE_CASES,
     ids=[case_id(T=c[0], B=c[1], I=c[2], H=c[3], L=c[4], D=int(c[5]) + 1, P=int(c[6])) for c in MODULE_CASES],
 )
-@pytest.mark.parametrize("cls", ["RNN", "GRU", "LSTM"])
+@pytest.mark.parametrize("cls", ["RNN", "GRU", "LSTM", "LSTM-proj"])
 def test_module_vs_cudnn(cls, T, B, I, H, layers, bidir, packed, dtype):
     dev = "cuda"
-    ref = getattr(torch.nn, cls)(I, H, layers, bidirectional=bidir, dtype=torch.float64)
+    kw = dict(bidirectional=bidir)
+    if cls == "LSTM-proj":
+        cls, kw["proj_size"] = "LSTM", H // 2
+    ref = getattr(torch.nn, cls)(I, H, layers, dtype=torch.float64, **kw)
     # Round the parameters and inputs to the dtype first: the comparison measures the arithmetic only.
     state = {k: v.to(dtype).double() for k, v in ref.state_dict().items()}
     ref.load_state_dict(state)
-    ours = getattr(rnnfast, cls)(I, H, layers, bidirectional=bidir, backend="triton", device=dev, dtype=dtype)
+    ours = getattr(rnnfast, cls)(I, H, layers, backend="triton", device=dev, dtype=dtype, **kw)
     ours.load_state_dict(state)
-    theirs = getattr(torch.nn, cls)(I, H, layers, bidirectional=bidir, device=dev, dtype=dtype)
+    theirs = getattr(torch.nn, cls)(I, H, layers, device=dev, dtype=dtype, **kw)
     theirs.load_state_dict(state)
     x64 = torch.randn(T, B, I, dtype=torch.float64).to(dtype).double()
     lengths = torch.randint(1, T + 1, (B,))
@@ -219,11 +222,13 @@ def _compile(fn, pointers: dict, scalars: dict, constexprs: dict) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("resident", [False, True], ids=["streamed", "resident"])
 @pytest.mark.parametrize("dt", ["fp32", "bf16"])
-@pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "lstm"])
+@pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "lstm", "lstm-proj"])
 def test_kernels_compile_for_sm90(cell, dt, resident):
     from rnnfast.kernels import recurrence as K
     from rnnfast.ops.recurrence import common
 
+    proj = cell == "lstm-proj"
+    cell = "lstm" if proj else cell
     code, G, S = common.CELL_CODE[cell], common.GATES[cell], common.SAVED[cell]
     prec = "tf32" if dt == "fp32" else "ieee"
     block = 32 if resident else 64
@@ -232,19 +237,23 @@ def test_kernels_compile_for_sm90(cell, dt, resident):
         "gi_ptr": dt,
         "w_ptr": dt,
         "b_ptr": dt,
+        "wr_ptr": dt,
         "len_ptr": "i64",
         "y_ptr": dt,
         "ws_ptr": "fp32",
         "hbuf_ptr": "fp32",
         "cbuf_ptr": "fp32",
+        "ubuf_ptr": "fp32",
     }
     _compile(
         K.recurrence_fwd_kernel,
         {k: "*" + v for k, v in io.items()},
-        {"T": 0, "B": 0, "H": 0},
-        dict(CELL=code, G=G, S=S, HAS_BIAS=True, HAS_LEN=True, REVERSE=False, NEED_WS=S > 0, **tiles),
+        {"T": 0, "B": 0, "H": 0, "N": 0},
+        dict(
+            CELL=code, G=G, S=S, HAS_BIAS=True, HAS_LEN=True, REVERSE=False, NEED_WS=S > 0, PROJ=proj, **tiles
+        ),
     )
-    io = {"gy_ptr": dt, "w_ptr": dt, "len_ptr": "i64", "y_ptr": dt}
+    io = {"gy_ptr": dt, "w_ptr": dt, "wr_ptr": dt, "len_ptr": "i64", "y_ptr": dt, "dhr_ptr": "fp32"}
     io.update(
         {
             k: "fp32"
@@ -254,10 +263,10 @@ def test_kernels_compile_for_sm90(cell, dt, resident):
     _compile(
         K.recurrence_bwd_kernel,
         {k: "*" + v for k, v in io.items()},
-        {"T": 0, "B": 0, "H": 0},
-        dict(CELL=code, G=G, S=S, HAS_LEN=True, REVERSE=True, **dict(tiles, PREC="tf32")),
+        {"T": 0, "B": 0, "H": 0, "N": 0},
+        dict(CELL=code, G=G, S=S, HAS_LEN=True, REVERSE=True, PROJ=proj, **dict(tiles, PREC="tf32")),
     )
-    if cell != "lstm" or resident:
+    if cell != "lstm" or proj or resident:
         return
     from rnnfast.kernels import tree_lstm as TK
 

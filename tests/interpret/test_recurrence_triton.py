@@ -19,6 +19,7 @@ SHAPES = [
     (5, 3, 33, [5, 2, 0], False),
     (5, 3, 33, [3, 5, 1], True),
     (3, 2, 70, [3, 1], True),
+    (2, 17, 16, [2, 1] * 8 + [0], False),  # two programs of 16 rows
 ]
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
 
@@ -26,7 +27,7 @@ TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
 def _call(cell, a, reverse, backend):
     if cell == "lstm":
         return functional.lstm(
-            a["gi"], a["h0"], a["c0"], a["w_hh"], a["b_hh"], None, a["lengths"], reverse, backend=backend
+            a["gi"], a["h0"], a["c0"], a["w_hh"], a["b_hh"], a["w_hr"], a["lengths"], reverse, backend=backend
         )
     if cell == "gru":
         y, h = functional.gru(a["gi"], a["h0"], a["w_hh"], a["b_hh"], a["lengths"], reverse, backend=backend)
@@ -70,6 +71,18 @@ def test_forward_backward_vs_oracle(cell, T, B, H, lengths, reverse, dtype):
 
 
 @pytest.mark.parametrize("cell", CELLS)
+def test_inference_forward(cell):
+    """Without autograd the op runs with need_ws=False (nothing saved): same outputs."""
+    a = recurrence_inputs(cell, 4, 3, 9, lengths=[4, 0, 2], dtype=torch.float64, grad=False)
+    with torch.no_grad():
+        got = _call(cell, a, True, "triton")
+    want = oracle(cell, a["gi"], a["h0"], a["c0"], a["w_hh"], a["b_hh"], None, a["lengths"], True)
+    for name, g, w in zip(("y", "h_n", "c_n"), got, want):
+        if w is not None:
+            assert_close(name, g, w, atol=1e-10)
+
+
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("lengths,reverse", [(None, False), ([4, 2, 1], True)], ids=["full", "ragged-rev"])
 def test_gradcheck(cell, lengths, reverse):
     a = recurrence_inputs(cell, 4, 3, 5, lengths=lengths, dtype=torch.float64)
@@ -86,18 +99,19 @@ def _packed(x, lengths):
     return pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=False)
 
 
-@pytest.mark.parametrize("cls", ["RNN", "GRU", "LSTM"])
+@pytest.mark.parametrize("cls", ["RNN", "GRU", "LSTM", "LSTM-proj"])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 def test_module_parity(cls, packed):
     """2 layers, bidirectional, with h0: outputs, final states and every parameter's gradient."""
     T, B, I, H = 4, 3, 5, 7
-    ours = getattr(rnnfast, cls)(
-        I, H, num_layers=2, bidirectional=True, backend="triton", dtype=torch.float64
-    )
-    theirs = getattr(torch.nn, cls)(I, H, num_layers=2, bidirectional=True, dtype=torch.float64)
+    kw = dict(num_layers=2, bidirectional=True, dtype=torch.float64)
+    if cls == "LSTM-proj":
+        cls, kw["proj_size"] = "LSTM", 4
+    ours = getattr(rnnfast, cls)(I, H, backend="triton", **kw)
+    theirs = getattr(torch.nn, cls)(I, H, **kw)
     theirs.load_state_dict(ours.state_dict())
     x = torch.randn(T, B, I, dtype=torch.float64)
-    h0 = torch.randn(4, B, H, dtype=torch.float64)
+    h0 = torch.randn(4, B, kw.get("proj_size", H), dtype=torch.float64)
     hx = (h0, torch.randn(4, B, H, dtype=torch.float64)) if cls == "LSTM" else h0
     lengths = [4, 1, 3]
     inp = _packed(x, lengths) if packed else x
@@ -119,12 +133,45 @@ def test_module_parity(cls, packed):
         assert_close("grad " + name, p_o.grad, p_t.grad, atol=1e-9)
 
 
-def test_refuses_projection():
-    ok, why = rec_triton.supports(torch.device("cpu"), torch.float32, {"cell": "lstm", "H": 8, "P": 4})
-    assert not ok and "projection" in why
-    a = recurrence_inputs("lstm", 3, 2, 6, P=4, dtype=torch.float64)
-    with pytest.raises(backends.BackendError, match="projection"):
-        functional.lstm(a["gi"], a["h0"], a["c0"], a["w_hh"], a["b_hh"], a["w_hr"], backend="triton")
+# (T, B, H, P, lengths, reverse): P < H within one tile, P > H, both across tiles.
+PROJ_SHAPES = [(1, 1, 1, 1, None, False), (5, 3, 33, 20, [5, 2, 0], True), (3, 2, 20, 70, [1, 3], False)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize(
+    "T,B,H,P,lengths,reverse",
+    PROJ_SHAPES,
+    ids=[case_id(T=s[0], B=s[1], H=s[2], P=s[3], L=int(s[4] is not None), R=int(s[5])) for s in PROJ_SHAPES],
+)
+def test_lstm_projection_vs_oracle(T, B, H, P, lengths, reverse, dtype):
+    a = recurrence_inputs("lstm", T, B, H, P=P, lengths=lengths, dtype=dtype)
+    got = _call("lstm", a, reverse, "triton")
+    want = oracle("lstm", a["gi"], a["h0"], a["c0"], a["w_hh"], a["b_hh"], a["w_hr"], a["lengths"], reverse)
+    tol = TOL[dtype]
+    for name, g, w in zip(("y", "h_n", "c_n"), got, want):
+        assert_close(name, g, w, atol=tol)
+    gen = torch.Generator().manual_seed(9)
+    ups = [torch.randn(w.shape, generator=gen, dtype=torch.float64).to(dtype) for w in want]
+    keys = ("gi", "h0", "c0", "w_hh", "b_hh", "w_hr")
+    g_got = torch.autograd.grad(got, [a[k] for k in keys], ups)
+    g_want = torch.autograd.grad(want, [a[k] for k in keys], ups)
+    for name, g, w in zip(keys, g_got, g_want):
+        assert_close("d" + name, g, w, atol=tol * 10)
+
+
+def test_lstm_projection_gradcheck():
+    a = recurrence_inputs("lstm", 4, 3, 5, P=3, lengths=[4, 1, 2], dtype=torch.float64)
+    keys = ("gi", "h0", "c0", "w_hh", "b_hh", "w_hr")
+
+    def f(*xs):
+        return _call("lstm", dict(a, **dict(zip(keys, xs))), True, "triton")
+
+    assert torch.autograd.gradcheck(f, [a[k] for k in keys], fast_mode=True)
+
+
+def test_refuses_large_h_on_cuda():
+    ok, why = rec_triton.supports(torch.device("cuda"), torch.float32, {"cell": "gru", "H": 4096, "P": 0})
+    assert not ok and "H=4096" in why
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -137,3 +184,19 @@ def test_auto_does_not_pick_unverified_triton():
     a = recurrence_inputs("gru", 2, 2, 4, dtype=torch.float32)
     sizes = {"cell": "gru", "T": 2, "B": 2, "H": 4, "P": 0, "lengths": False, "reverse": False}
     assert backends.resolve("recurrence", a["gi"].device, a["gi"].dtype, sizes, "auto") != "triton"
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_non_contiguous_inputs(cell):
+    """Strided gi (batch-first storage), transposed W_hh storage and a strided h0 give the same results."""
+    a = recurrence_inputs(cell, 4, 3, 9, lengths=[4, 2, 3], dtype=torch.float64, grad=False)
+    strided = dict(a)
+    strided["gi"] = a["gi"].transpose(0, 1).contiguous().transpose(0, 1)
+    strided["w_hh"] = a["w_hh"].t().contiguous().t()
+    strided["h0"] = torch.stack([a["h0"], a["h0"]], -1)[..., 0]
+    assert not any(strided[k].is_contiguous() for k in ("gi", "w_hh", "h0"))
+    got = _call(cell, strided, False, "triton")
+    want = oracle(cell, a["gi"], a["h0"], a["c0"], a["w_hh"], a["b_hh"], None, a["lengths"], False)
+    for name, g, w in zip(("y", "h_n", "c_n"), got, want):
+        if w is not None:
+            assert_close(name, g, w, atol=1e-10)

@@ -30,7 +30,8 @@ def forward(lstm_in, c_l, c_r):
     h = launch.alloc((R, H), lstm_in.dtype, lstm_in.device)
     c = launch.alloc((R, H), lstm_in.dtype, lstm_in.device)
     bh = launch.tile(H, lo=16, hi=128)
-    tree_lstm_fwd_kernel[_grid(R, H, bh)](lstm_in, c_l, c_r, h, c, R, H, BLOCK_R=BLOCK_R, BLOCK_H=bh)
+    if R and H:  # an empty launch grid is not valid on every Triton version
+        tree_lstm_fwd_kernel[_grid(R, H, bh)](lstm_in, c_l, c_r, h, c, R, H, BLOCK_R=BLOCK_R, BLOCK_H=bh)
     return h, c
 
 
@@ -44,10 +45,12 @@ def gate_grads(grad_h, grad_c, lstm_in, c_l, c_r, c, d_dtype: torch.dtype):
     dc_l = launch.alloc((R, H), c_l.dtype, dev)
     dc_r = launch.alloc((R, H), c_l.dtype, dev)
     bh = launch.tile(H, lo=16, hi=128)
-    tree_lstm_bwd_kernel[_grid(R, H, bh)](
-        grad_h.contiguous(), grad_c.contiguous(), lstm_in.contiguous(), c_l.contiguous(), c_r.contiguous(),
-        c.contiguous(), d, dc_l, dc_r, R, H, BLOCK_R=BLOCK_R, BLOCK_H=bh,
-    )  # fmt: skip
+    if R and H:  # an empty launch grid is not valid on every Triton version
+        tree_lstm_bwd_kernel[_grid(R, H, bh)](
+            grad_h.contiguous(), grad_c.contiguous(), lstm_in.contiguous(),
+            c_l.contiguous(), c_r.contiguous(), c.contiguous(), d, dc_l, dc_r, R, H,
+            BLOCK_R=BLOCK_R, BLOCK_H=bh,
+        )  # fmt: skip
     return d, dc_l, dc_r
 
 

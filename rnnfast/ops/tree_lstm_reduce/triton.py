@@ -32,18 +32,22 @@ def forward(h_l, c_l, h_r, c_r, w_l, b_l, w_r, h_track, w_t):
     c = launch.alloc((R, H), dt, dev)
     ws = launch.alloc((R, 5 * H), acc_dtype(dt), dev)
     w_l = w_l.contiguous()
+    # A program holds five (16, 32) fp32 accumulators, one per gate chunk, so the epilogue has all five
+    # gates of its units at hand; K-tiles of 64 keep each W tile load a 64×32 block.
     bh = launch.tile(H, lo=16, hi=32)
     bk = launch.tile(max(H, HT), lo=16, hi=64)
     grid = (-(-R // BLOCK_R), -(-H // bh))
-    tree_lstm_reduce_fwd_kernel[grid](
-        h_l.contiguous(), c_l.contiguous(), h_r.contiguous(), c_r.contiguous(), w_l,
-        b_l.contiguous() if b_l is not None else w_l, w_r.contiguous(),
-        h_track.contiguous() if h_track is not None else w_l, w_t.contiguous() if w_t is not None else w_l,
-        h, c, ws, R, H, HT,
-        HAS_BIAS=b_l is not None, HAS_TRACK=h_track is not None,
-        BLOCK_R=BLOCK_R, BLOCK_H=bh, BLOCK_K=bk,
-        PREC=launch.dot_precision(dt, torch.backends.cuda.matmul.allow_tf32),
-    )  # fmt: skip
+    if R and H:  # an empty launch grid is not valid on every Triton version
+        tree_lstm_reduce_fwd_kernel[grid](
+            h_l.contiguous(), c_l.contiguous(), h_r.contiguous(), c_r.contiguous(), w_l,
+            b_l.contiguous() if b_l is not None else w_l, w_r.contiguous(),
+            h_track.contiguous() if h_track is not None else w_l,
+            w_t.contiguous() if w_t is not None else w_l,
+            h, c, ws, R, H, HT,
+            HAS_BIAS=b_l is not None, HAS_TRACK=h_track is not None,
+            BLOCK_R=BLOCK_R, BLOCK_H=bh, BLOCK_K=bk,
+            PREC=launch.dot_precision(dt, torch.backends.cuda.matmul.allow_tf32),
+        )  # fmt: skip
     return h, c, ws
 
 
