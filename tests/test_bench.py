@@ -122,16 +122,7 @@ def _run_cli(argv: list[str]) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("bench")
-    argv = [
-        "--device",
-        "cpu",
-        "--grid",
-        "tiny",
-        "--ops",
-        "gru,gru_op,tree_lstm_reduce",
-        "--out",
-        str(out_dir),
-    ]
+    argv = ["--device", "cpu", "--grid", "tiny", "--ops", "gru,tree_lstm_reduce", "--out", str(out_dir)]
     rc, text = _run_cli(argv + ["--min-time", "0.01", "--quiet"])
     return rc, text, out_dir
 
