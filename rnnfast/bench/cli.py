@@ -82,7 +82,7 @@ def bench_parser() -> argparse.ArgumentParser:
         "--providers",
         type=_csv,
         help="comma-separated providers to time (torch.nn, reference, cpu, triton, cuda, compile); "
-        "the baseline still runs, untimed, to check them",
+        "the baseline (torch.nn, or reference for bare ops) always runs, to check them and for the speedup",
     )
     p.add_argument(
         "--compile", action="store_true", help="add torch.compile of the PyTorch oracle (slow compiles)"

@@ -177,7 +177,7 @@ def register_op(spec: OpSpec) -> None:
                     a fresh module with the workload's parameters, its parameters in ``params``)
         extra       other providers by name (a plain-PyTorch SPINN as the baseline, ``compile``)
         flops, bytes, tokens   forward counts; ``flops_of``/``bytes_of`` scale them for the mode
-    then add its cases to :func:`grid`. ``register_spinn`` below is where that call belongs.
+    then add its cases to :func:`grid`. The SPINN registration belongs after the tree ops below.
     """
     OPS[spec.name] = spec
 
@@ -644,14 +644,10 @@ register_op(
 )
 
 
-def register_spinn() -> bool:
-    """The place for the SPINN encoder's :func:`register_op` call, once ``rnnfast.nn.SPINN`` exists.
-
-    Returns whether it was registered: until then there is nothing to benchmark, and grids carry no
-    SPINN case. The SPINN op should follow the tree ops above: an ``OpSpec`` named "spinn" with family
-    "spinn_encode" (the backends' op), a pure-PyTorch encoder as baseline in ``extra``, tokens = B·T.
-    """
-    return "spinn" in OPS
+# The SPINN encoder (rnnfast.nn.SPINN) registers here, with a register_op call like the tree ops above:
+# an OpSpec named "spinn", family "spinn_encode" (the backends' op name), a plain-PyTorch encoder as its
+# baseline in `extra`, Case fields B (batch), T (transitions), H, HT, tokens = B·T; then add its cases
+# to grid() below. register_op's docstring says what each field must do.
 
 
 # --------------------------------------------------------------------------------------------------

@@ -230,14 +230,14 @@ def run_case(
 
     status: ``ok`` (checked and timed), ``MISMATCH`` (disagrees with the baseline beyond the tolerance:
     not timed), ``ERROR`` (raised: the message is in ``detail``; not timed), ``unsupported`` (the backend
-    refuses the case: ``detail`` says why). The baseline runs first even when not asked for, untimed,
-    to check the others against.
+    refuses the case: ``detail`` says why). The baseline is always run (first, for the check) and timed.
     """
     device = torch.device(device)
     spec = case.spec
     listed = registry.providers(case, device, compile=compile)
     if providers is not None:
-        listed = [p for p in listed if p[0] in providers]
+        # The baseline is always timed too: every speedup needs it.
+        listed = [p for p in listed if p[0] in providers or p[0] == spec.baseline]
     tol = tolerance(case.torch_dtype, device)
     workload = spec.make(case, device)
 
