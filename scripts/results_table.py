@@ -65,12 +65,16 @@ def file_table(path: Path, root: Path) -> list[str]:
 
 
 def build(results: Path, root: Path = ROOT) -> str:
-    files = sorted(results.glob("*.json"))
-    if not files:
-        raise SystemExit(f"results_table: no *.json results in {results}")
     out: list[str] = []
-    for f in files:
+    for f in sorted(results.glob("*.json")):
+        doc = json.loads(f.read_text())
+        if not (isinstance(doc, dict) and doc.get("schema") == 1 and "rows" in doc):
+            # e.g. a pytest-benchmark --benchmark-json file kept next to them
+            print(f"results_table: {f.name} is not an 'rnnfast bench' result; left out", file=sys.stderr)
+            continue
         out += file_table(f, root) + [""]
+    if not out:
+        raise SystemExit(f"results_table: no 'rnnfast bench' results (*.json) in {results}")
     out.append(
         "Median per call after warm-up; speedup = baseline median / rnnfast median, both from the same run. "
         "Regenerate with `python scripts/results_table.py --update README.md`."
