@@ -100,6 +100,17 @@ def test_every_provider_agrees_on_the_tiny_grid():
                 )
 
 
+def test_modes_differ_in_what_they_record():
+    for mode, grads in (("infer", False), ("fwd", True), ("fwdbwd", True)):
+        case = registry.Case("lstm", mode, B=2, T=3, I=4, H=5)
+        w = case.spec.make(case, torch.device("cpu"))
+        bound = registry.bind(case, "reference", w)
+        outs = runner.step_fn(w, bound)()
+        n_out = 3  # y, h_n, c_n
+        assert len(outs) == n_out + (len(w.leaves) + len(bound.params) if mode == "fwdbwd" else 0)
+        assert all(o.requires_grad == grads for o in outs[:n_out])
+
+
 def test_max_rel_error_flags_shape_and_nan():
     a = torch.rand(3, 4) + 0.5
     assert runner.max_rel_error([a], [a.clone()])[0] == 0.0
