@@ -33,6 +33,8 @@ def file_table(path: Path, root: Path) -> list[str]:
     commit = (m.get("commit") or "unknown")[:10]
     rel = path.relative_to(root) if path.is_relative_to(root) else path
     tf32 = "" if m["device"] != "cuda" else f", cuDNN TF32 {'on' if m['cudnn_allow_tf32'] else 'off'}"
+    if m.get("loadavg_1min") is not None:
+        tf32 += f", load average {m['loadavg_1min']}"
     lines = [
         f"**{m['device_name']}** ({m['device']}, {m['threads']} threads{tf32}) · torch {m['torch']} · "
         f"rnnfast {m.get('rnnfast')} @ `{commit}` · grid `{doc.get('grid')}` · [`{rel}`]({rel})",
@@ -52,7 +54,7 @@ def file_table(path: Path, root: Path) -> list[str]:
         best = min(timed, key=lambda r: r["median_ms"]) if timed else None
         base_ms = _ms(base["median_ms"]) if base else "—"
         if best is None:
-            note = ", ".join(f"{r['provider']} {r['status']}" for r in failed) or "no rnnfast backend ran"
+            note = ", ".join(f"{r['provider']} {r['status']}" for r in failed) or "only the baseline ran"
             lines.append(f"| {rows[0]['label']} | {base_name} | {base_ms} | {note} | | |")
             continue
         speedup = f"{base['median_ms'] / best['median_ms']:.2f}×" if base else "—"
