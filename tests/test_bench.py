@@ -21,6 +21,16 @@ from rnnfast.bench import main_bench, main_profile, registry, runner
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a busy 2-core machine idle OpenMP threads spin and slow these runs
+    several-fold (nothing here measures speed)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # --------------------------------------------------------------------------------------------------
 # Counts, against hand-computed values
 
@@ -126,7 +136,7 @@ def test_max_rel_error_flags_shape_and_nan():
 def _run_cli(argv: list[str]) -> tuple[int, str]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        rc = main_bench(argv)
+        rc = main_bench(argv + ["--threads", "1"])
     return rc, out.getvalue()
 
 
@@ -241,7 +251,7 @@ def test_cli_rejects_bad_arguments():
 def test_benchmark_suite_smoke_run():
     """``pytest benchmarks --benchmark-disable`` collects the tiny grid and runs each case once
     (restricted to the bare-op and tree tests to keep it short; the modules run the same code path)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RNNFAST_BENCH_DEVICE": "cpu"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RNNFAST_BENCH_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
     env.pop("RNNFAST_BENCH_GRID", None)
     cmd = [
         sys.executable,
