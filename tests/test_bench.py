@@ -171,7 +171,7 @@ def test_cli_prints_the_table(tiny_run):
 
 def test_cli_writes_json_and_csv(tiny_run):
     _, _, out_dir = tiny_run
-    doc = json.loads((out_dir / "cpu-tiny.json").read_text())
+    doc = json.loads((out_dir / "cpu-tiny-gru-tree_lstm_reduce.json").read_text())
     assert doc["machine"]["device"] == "cpu" and doc["machine"]["threads"] >= 1
     assert doc["machine"]["torch"] == torch.__version__
     assert doc["peak"]["gemm_flops"]["float32"] > 0 and doc["peak"]["copy_bytes_per_s"] > 0
@@ -184,7 +184,7 @@ def test_cli_writes_json_and_csv(tiny_run):
         assert r["tokens_per_s"] > 0 and r["tflops"] > 0 and r["speedup"] > 0
         assert r["max_rel_err"] <= r["tolerance"]
     assert all(r["detail"] for r in rows if r["status"] == "unsupported")
-    with open(out_dir / "cpu-tiny.csv", newline="") as f:
+    with open(out_dir / "cpu-tiny-gru-tree_lstm_reduce.csv", newline="") as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(rows)
     assert [r["case"] for r in table] == [r["case"] for r in rows]
@@ -198,7 +198,7 @@ def test_cli_writes_the_png(tiny_run):
     except ImportError:
         assert "no PNG: matplotlib is not installed" in text
         pytest.skip("matplotlib is not installed: the PNG is skipped (the CLI says so)")
-    assert (out_dir / "cpu-tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out_dir / "cpu-tiny-gru-tree_lstm_reduce.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_broken_provider_is_a_mismatch_and_not_timed(monkeypatch, tmp_path):
@@ -226,7 +226,7 @@ def test_broken_provider_is_a_mismatch_and_not_timed(monkeypatch, tmp_path):
     rc, text = _run_cli(argv + ["--providers", "torch.nn,broken,raising", "--min-time", "0.01", "--quiet"])
     assert rc == 1
     assert "MISMATCH" in text and "ERROR: RuntimeError: kernel exploded" in text
-    rows = json.loads((tmp_path / "cpu-tiny.json").read_text())["rows"]
+    rows = json.loads((tmp_path / "cpu-tiny-gru-fwd.json").read_text())["rows"]
     bad = [r for r in rows if r["provider"] == "broken"]
     assert len(bad) == 2  # the two tiny gru shapes
     for r in bad:

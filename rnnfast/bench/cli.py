@@ -90,7 +90,9 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", default="bench_out", help="directory for the JSON, CSV and PNG (default: bench_out)"
     )
-    p.add_argument("--name", help="file stem (default: <device>-<grid>, e.g. cpu-quick)")
+    p.add_argument(
+        "--name", help="file stem (default: <device>-<grid>[-<ops>-<dtypes>-<modes> given], e.g. cpu-quick)"
+    )
     p.add_argument(
         "--min-time", type=float, default=0.3, help="seconds of timed samples per provider (default 0.3)"
     )
@@ -162,7 +164,9 @@ def main_bench(argv: list[str] | None = None) -> int:
     print(report.LEGEND)
 
     out = report.ensure_dir(args.out)
-    stem = args.name or report.result_stem(machine, args.grid)
+    # Restricted runs get their own files, so runs split by dtype or op do not overwrite each other.
+    filters = [*(args.ops or []), *(args.dtype or []), *(args.modes or [])]
+    stem = args.name or "-".join([report.result_stem(machine, args.grid), *filters])
     meta = {
         "grid": args.grid,
         "command": "rnnfast bench " + " ".join(argv if argv is not None else sys.argv[1:]),
