@@ -237,6 +237,13 @@ def test_broken_provider_is_a_mismatch_and_not_timed(monkeypatch, tmp_path):
     assert all(r["status"] == "ok" for r in rows if r["provider"] == "torch.nn")
 
 
+def test_cli_list_runs_nothing(tmp_path):
+    rc, text = _run_cli(["--device", "cpu", "--grid", "quick", "--list", "--out", str(tmp_path / "none")])
+    assert rc == 0 and "gru fwdbwd B16 T100 I256 H256 f32" in text and "torch.nn, reference" in text
+    assert f"{len(registry.grid('quick', 'cpu'))} cases" in text
+    assert not (tmp_path / "none").exists()
+
+
 def test_cli_rejects_bad_arguments():
     with pytest.raises(SystemExit, match="--providers"):
         main_bench(["--device", "cpu", "--grid", "tiny", "--providers", "nope"])

@@ -97,6 +97,7 @@ def bench_parser() -> argparse.ArgumentParser:
         "--min-time", type=float, default=0.3, help="seconds of timed samples per provider (default 0.3)"
     )
     p.add_argument("--threads", type=int, help="torch.set_num_threads for the run (default: torch's choice)")
+    p.add_argument("--list", action="store_true", help="print the cases and their providers, run nothing")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -130,6 +131,18 @@ def main_bench(argv: list[str] | None = None) -> int:
         bad = [p for p in args.providers if p not in known]
         if bad:
             raise SystemExit(f"rnnfast bench: --providers: expected names from {sorted(known)}, got {bad}")
+
+    if args.list:
+        for case in cases:
+            listed = registry.providers(case, device, compile=compile_)
+            names = [
+                n + ("" if ok else " (no)")
+                for n, ok, _ in listed
+                if not args.providers or n in args.providers
+            ]
+            print(f"{case.label:<46} {', '.join(names)}")
+        print(f"{len(cases)} cases; '(no)': not runnable here (the reason is in the table of a run)")
+        return 0
 
     machine = report.machine_info(device)
     dtypes = list(dict.fromkeys(c.dtype for c in cases))
