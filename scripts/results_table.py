@@ -1,6 +1,7 @@
 """Markdown headline table from the committed benchmark results (``benchmarks/results/*.json``).
 
-For every results file (one per device and grid, written by ``rnnfast bench``) and every case: the
+For every quick-grid results file (one per device, written by ``rnnfast bench``; ``--all`` adds the
+other grids and restricted runs) and every case: the
 baseline's median (torch.nn for the modules, the reference for the bare ops), the fastest rnnfast
 backend that passed the correctness check, and its speedup. Numbers are copied from the files, never
 recomputed or edited.
@@ -66,7 +67,13 @@ def file_table(path: Path, root: Path) -> list[str]:
     return lines
 
 
-def build(results: Path, root: Path = ROOT) -> str:
+def headline(doc: dict) -> bool:
+    """A headline run: the whole quick grid (no --ops/--dtype/--modes restriction)."""
+    filters = doc.get("filters") or {}
+    return doc.get("grid") == "quick" and not any(filters.get(k) for k in ("ops", "dtypes", "modes"))
+
+
+def build(results: Path, root: Path = ROOT, everything: bool = False) -> str:
     out: list[str] = []
     for f in sorted(results.glob("*.json")):
         doc = json.loads(f.read_text())
@@ -74,9 +81,10 @@ def build(results: Path, root: Path = ROOT) -> str:
             # e.g. a pytest-benchmark --benchmark-json file kept next to them
             print(f"results_table: {f.name} is not an 'rnnfast bench' result; left out", file=sys.stderr)
             continue
-        out += file_table(f, root) + [""]
+        if everything or headline(doc):
+            out += file_table(f, root) + [""]
     if not out:
-        raise SystemExit(f"results_table: no 'rnnfast bench' results (*.json) in {results}")
+        raise SystemExit(f"results_table: no 'rnnfast bench' quick-grid results (*.json) in {results}")
     out.append(
         "Median per call after warm-up; speedup = baseline median / rnnfast median, both from the same run. "
         "Regenerate with `python scripts/results_table.py --update README.md`."
@@ -95,11 +103,12 @@ def replace_between_markers(text: str, table: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results", help="results directory")
+    p.add_argument("--all", action="store_true", help="every results file, not only the full quick-grid runs")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--update", type=Path, metavar="README", help="rewrite the table between the markers")
     g.add_argument("--check", type=Path, metavar="README", help="exit 1 if the table there is out of date")
     args = p.parse_args(argv)
-    table = build(args.results)
+    table = build(args.results, everything=args.all)
     if args.update:
         args.update.write_text(replace_between_markers(args.update.read_text(), table))
         print(f"updated {args.update}")

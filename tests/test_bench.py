@@ -308,13 +308,14 @@ def _results_table():
 def test_results_table_from_cli_output(tiny_run, tmp_path):
     _, _, out_dir = tiny_run
     rt = _results_table()
-    table = rt.build(out_dir, root=out_dir)
+    assert not rt.headline(json.loads((out_dir / "cpu-tiny-gru-tree_lstm_reduce.json").read_text()))
+    table = rt.build(out_dir, root=out_dir, everything=True)
     assert "| gru fwd B3 T5 I6 H8 f32 | torch.nn |" in table
     assert "| tree_lstm_reduce fwdbwd R4 H8 HT3 f32 | reference |" in table
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{rt.START}\nold table\n{rt.END}\nafter\n")
-    assert rt.main(["--results", str(out_dir), "--check", str(readme)]) == 1
-    assert rt.main(["--results", str(out_dir), "--update", str(readme)]) == 0
+    assert rt.main(["--results", str(out_dir), "--all", "--check", str(readme)]) == 1
+    assert rt.main(["--results", str(out_dir), "--all", "--update", str(readme)]) == 0
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith(f"{rt.END}\nafter\n") and "old table" not in text
-    assert rt.main(["--results", str(out_dir), "--check", str(readme)]) == 0
+    assert rt.main(["--results", str(out_dir), "--all", "--check", str(readme)]) == 0

@@ -182,6 +182,7 @@ def main_bench(argv: list[str] | None = None) -> int:
     stem = args.name or "-".join([report.result_stem(machine, args.grid), *filters])
     meta = {
         "grid": args.grid,
+        "filters": {"ops": args.ops, "dtypes": args.dtype, "modes": args.modes, "providers": args.providers},
         "command": "rnnfast bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "seconds": round(time.perf_counter() - t0, 1),
     }
