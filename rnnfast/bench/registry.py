@@ -584,64 +584,36 @@ def _reduce_compile(w: Workload) -> Bound:
 for _name in ("gru", "rnn", "lstm"):
     register_op(
         OpSpec(
-            _name,
-            "module",
-            "torch.nn",
-            _module_shape,
-            _module_sizes,
-            _module_make,
-            _module_backend,
-            {"torch.nn": _module_torch, "compile": _module_compile},
-            _module_flops,
-            _module_bytes,
-            _packed_tokens,
+            name=_name, family="module", baseline="torch.nn",
+            shape=_module_shape, sizes=_module_sizes, make=_module_make, run_backend=_module_backend,
+            extra={"torch.nn": _module_torch, "compile": _module_compile},
+            flops=_module_flops, bytes=_module_bytes, tokens=_packed_tokens,
         )
-    )
+    )  # fmt: skip
     register_op(
         OpSpec(
-            _name + "_op",
-            "recurrence",
-            "reference",
-            _op_shape,
-            _op_sizes,
-            _op_make,
-            _op_backend,
-            {"compile": _op_compile},
-            _op_flops,
-            _op_bytes,
-            _packed_tokens,
+            name=_name + "_op", family="recurrence", baseline="reference",
+            shape=_op_shape, sizes=_op_sizes, make=_op_make, run_backend=_op_backend,
+            extra={"compile": _op_compile},
+            flops=_op_flops, bytes=_op_bytes, tokens=_packed_tokens,
         )
-    )
+    )  # fmt: skip
 register_op(
     OpSpec(
-        "tree_lstm",
-        "tree_lstm",
-        "reference",
-        _tree_shape,
-        _tree_sizes,
-        _tree_make,
-        _tree_backend,
-        {"compile": _tree_compile},
-        _tree_flops,
-        _tree_bytes,
-        lambda c: c.R,
+        name="tree_lstm", family="tree_lstm", baseline="reference",
+        shape=_tree_shape, sizes=_tree_sizes, make=_tree_make, run_backend=_tree_backend,
+        extra={"compile": _tree_compile},
+        flops=_tree_flops, bytes=_tree_bytes, tokens=lambda c: c.R,
     )
-)
+)  # fmt: skip
 register_op(
     OpSpec(
-        "tree_lstm_reduce",
-        "tree_lstm_reduce",
-        "reference",
-        _tree_shape,
-        _tree_sizes,
-        _reduce_make,
-        _reduce_backend,
-        {"compile": _reduce_compile},
-        _reduce_flops,
-        _reduce_bytes,
-        lambda c: c.R,
+        name="tree_lstm_reduce", family="tree_lstm_reduce", baseline="reference",
+        shape=_tree_shape, sizes=_tree_sizes, make=_reduce_make, run_backend=_reduce_backend,
+        extra={"compile": _reduce_compile},
+        flops=_reduce_flops, bytes=_reduce_bytes, tokens=lambda c: c.R,
     )
-)
+)  # fmt: skip
 
 
 # The SPINN encoder (rnnfast.nn.SPINN) registers here, with a register_op call like the tree ops above:
