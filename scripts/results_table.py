@@ -1,6 +1,7 @@
 """Markdown headline table from the committed benchmark results (``benchmarks/results/*.json``).
 
-For every results file (one per device and grid, written by ``rnnfast bench``) and every case: the
+For every quick-grid results file (one per device, written by ``rnnfast bench``; ``--all`` adds the
+other grids and restricted runs) and every case: the
 baseline's median (torch.nn for the modules, the reference for the bare ops), the fastest rnnfast
 backend that passed the correctness check, and its speedup. Numbers are copied from the files, never
 recomputed or edited.
@@ -33,6 +34,8 @@ def file_table(path: Path, root: Path) -> list[str]:
     commit = (m.get("commit") or "unknown")[:10]
     rel = path.relative_to(root) if path.is_relative_to(root) else path
     tf32 = "" if m["device"] != "cuda" else f", cuDNN TF32 {'on' if m['cudnn_allow_tf32'] else 'off'}"
+    if m.get("loadavg_1min") is not None:
+        tf32 += f", load average {m['loadavg_1min']}"
     lines = [
         f"**{m['device_name']}** ({m['device']}, {m['threads']} threads{tf32}) · torch {m['torch']} · "
         f"rnnfast {m.get('rnnfast')} @ `{commit}` · grid `{doc.get('grid')}` · [`{rel}`]({rel})",
@@ -52,7 +55,7 @@ def file_table(path: Path, root: Path) -> list[str]:
         best = min(timed, key=lambda r: r["median_ms"]) if timed else None
         base_ms = _ms(base["median_ms"]) if base else "—"
         if best is None:
-            note = ", ".join(f"{r['provider']} {r['status']}" for r in failed) or "no rnnfast backend ran"
+            note = ", ".join(f"{r['provider']} {r['status']}" for r in failed) or "only the baseline ran"
             lines.append(f"| {rows[0]['label']} | {base_name} | {base_ms} | {note} | | |")
             continue
         speedup = f"{base['median_ms'] / best['median_ms']:.2f}×" if base else "—"
@@ -64,13 +67,24 @@ def file_table(path: Path, root: Path) -> list[str]:
     return lines
 
 
-def build(results: Path, root: Path = ROOT) -> str:
-    files = sorted(results.glob("*.json"))
-    if not files:
-        raise SystemExit(f"results_table: no *.json results in {results}")
+def headline(doc: dict) -> bool:
+    """A headline run: the whole quick grid (no --ops/--dtype/--modes restriction)."""
+    filters = doc.get("filters") or {}
+    return doc.get("grid") == "quick" and not any(filters.get(k) for k in ("ops", "dtypes", "modes"))
+
+
+def build(results: Path, root: Path = ROOT, everything: bool = False) -> str:
     out: list[str] = []
-    for f in files:
-        out += file_table(f, root) + [""]
+    for f in sorted(results.glob("*.json")):
+        doc = json.loads(f.read_text())
+        if not (isinstance(doc, dict) and doc.get("schema") == 1 and "rows" in doc):
+            # e.g. a pytest-benchmark --benchmark-json file kept next to them
+            print(f"results_table: {f.name} is not an 'rnnfast bench' result; left out", file=sys.stderr)
+            continue
+        if everything or headline(doc):
+            out += file_table(f, root) + [""]
+    if not out:
+        raise SystemExit(f"results_table: no 'rnnfast bench' quick-grid results (*.json) in {results}")
     out.append(
         "Median per call after warm-up; speedup = baseline median / rnnfast median, both from the same run. "
         "Regenerate with `python scripts/results_table.py --update README.md`."
@@ -89,11 +103,12 @@ def replace_between_markers(text: str, table: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results", help="results directory")
+    p.add_argument("--all", action="store_true", help="every results file, not only the full quick-grid runs")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--update", type=Path, metavar="README", help="rewrite the table between the markers")
     g.add_argument("--check", type=Path, metavar="README", help="exit 1 if the table there is out of date")
     args = p.parse_args(argv)
-    table = build(args.results)
+    table = build(args.results, everything=args.all)
     if args.update:
         args.update.write_text(replace_between_markers(args.update.read_text(), table))
         print(f"updated {args.update}")

@@ -21,6 +21,16 @@ from rnnfast.bench import main_bench, main_profile, registry, runner
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a busy 2-core machine idle OpenMP threads spin and slow these runs
+    several-fold (nothing here measures speed)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # --------------------------------------------------------------------------------------------------
 # Counts, against hand-computed values
 
@@ -100,6 +110,17 @@ def test_every_provider_agrees_on_the_tiny_grid():
                 )
 
 
+def test_modes_differ_in_what_they_record():
+    for mode, grads in (("infer", False), ("fwd", True), ("fwdbwd", True)):
+        case = registry.Case("lstm", mode, B=2, T=3, I=4, H=5)
+        w = case.spec.make(case, torch.device("cpu"))
+        bound = registry.bind(case, "reference", w)
+        outs = runner.step_fn(w, bound)()
+        n_out = 3  # y, h_n, c_n
+        assert len(outs) == n_out + (len(w.leaves) + len(bound.params) if mode == "fwdbwd" else 0)
+        assert all(o.requires_grad == grads for o in outs[:n_out])
+
+
 def test_max_rel_error_flags_shape_and_nan():
     a = torch.rand(3, 4) + 0.5
     assert runner.max_rel_error([a], [a.clone()])[0] == 0.0
@@ -115,23 +136,14 @@ def test_max_rel_error_flags_shape_and_nan():
 def _run_cli(argv: list[str]) -> tuple[int, str]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        rc = main_bench(argv)
+        rc = main_bench(argv + ["--threads", "1"])
     return rc, out.getvalue()
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("bench")
-    argv = [
-        "--device",
-        "cpu",
-        "--grid",
-        "tiny",
-        "--ops",
-        "gru,gru_op,tree_lstm_reduce",
-        "--out",
-        str(out_dir),
-    ]
+    argv = ["--device", "cpu", "--grid", "tiny", "--ops", "gru,tree_lstm_reduce", "--out", str(out_dir)]
     rc, text = _run_cli(argv + ["--min-time", "0.01", "--quiet"])
     return rc, text, out_dir
 
@@ -159,7 +171,7 @@ def test_cli_prints_the_table(tiny_run):
 
 def test_cli_writes_json_and_csv(tiny_run):
     _, _, out_dir = tiny_run
-    doc = json.loads((out_dir / "cpu-tiny.json").read_text())
+    doc = json.loads((out_dir / "cpu-tiny-gru-tree_lstm_reduce.json").read_text())
     assert doc["machine"]["device"] == "cpu" and doc["machine"]["threads"] >= 1
     assert doc["machine"]["torch"] == torch.__version__
     assert doc["peak"]["gemm_flops"]["float32"] > 0 and doc["peak"]["copy_bytes_per_s"] > 0
@@ -172,7 +184,7 @@ def test_cli_writes_json_and_csv(tiny_run):
         assert r["tokens_per_s"] > 0 and r["tflops"] > 0 and r["speedup"] > 0
         assert r["max_rel_err"] <= r["tolerance"]
     assert all(r["detail"] for r in rows if r["status"] == "unsupported")
-    with open(out_dir / "cpu-tiny.csv", newline="") as f:
+    with open(out_dir / "cpu-tiny-gru-tree_lstm_reduce.csv", newline="") as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(rows)
     assert [r["case"] for r in table] == [r["case"] for r in rows]
@@ -186,7 +198,7 @@ def test_cli_writes_the_png(tiny_run):
     except ImportError:
         assert "no PNG: matplotlib is not installed" in text
         pytest.skip("matplotlib is not installed: the PNG is skipped (the CLI says so)")
-    assert (out_dir / "cpu-tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out_dir / "cpu-tiny-gru-tree_lstm_reduce.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_broken_provider_is_a_mismatch_and_not_timed(monkeypatch, tmp_path):
@@ -214,7 +226,7 @@ def test_broken_provider_is_a_mismatch_and_not_timed(monkeypatch, tmp_path):
     rc, text = _run_cli(argv + ["--providers", "torch.nn,broken,raising", "--min-time", "0.01", "--quiet"])
     assert rc == 1
     assert "MISMATCH" in text and "ERROR: RuntimeError: kernel exploded" in text
-    rows = json.loads((tmp_path / "cpu-tiny.json").read_text())["rows"]
+    rows = json.loads((tmp_path / "cpu-tiny-gru-fwd.json").read_text())["rows"]
     bad = [r for r in rows if r["provider"] == "broken"]
     assert len(bad) == 2  # the two tiny gru shapes
     for r in bad:
@@ -223,6 +235,13 @@ def test_broken_provider_is_a_mismatch_and_not_timed(monkeypatch, tmp_path):
     assert len(calls) == len(bad)  # run once for the check, never timed
     assert all(r["status"] == "ERROR" for r in rows if r["provider"] == "raising")
     assert all(r["status"] == "ok" for r in rows if r["provider"] == "torch.nn")
+
+
+def test_cli_list_runs_nothing(tmp_path):
+    rc, text = _run_cli(["--device", "cpu", "--grid", "quick", "--list", "--out", str(tmp_path / "none")])
+    assert rc == 0 and "gru fwdbwd B16 T100 I256 H256 f32" in text and "torch.nn, reference" in text
+    assert f"{len(registry.grid('quick', 'cpu'))} cases" in text
+    assert not (tmp_path / "none").exists()
 
 
 def test_cli_rejects_bad_arguments():
@@ -239,7 +258,7 @@ def test_cli_rejects_bad_arguments():
 def test_benchmark_suite_smoke_run():
     """``pytest benchmarks --benchmark-disable`` collects the tiny grid and runs each case once
     (restricted to the bare-op and tree tests to keep it short; the modules run the same code path)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RNNFAST_BENCH_DEVICE": "cpu"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RNNFAST_BENCH_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
     env.pop("RNNFAST_BENCH_GRID", None)
     cmd = [
         sys.executable,
@@ -289,13 +308,14 @@ def _results_table():
 def test_results_table_from_cli_output(tiny_run, tmp_path):
     _, _, out_dir = tiny_run
     rt = _results_table()
-    table = rt.build(out_dir, root=out_dir)
+    assert not rt.headline(json.loads((out_dir / "cpu-tiny-gru-tree_lstm_reduce.json").read_text()))
+    table = rt.build(out_dir, root=out_dir, everything=True)
     assert "| gru fwd B3 T5 I6 H8 f32 | torch.nn |" in table
     assert "| tree_lstm_reduce fwdbwd R4 H8 HT3 f32 | reference |" in table
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{rt.START}\nold table\n{rt.END}\nafter\n")
-    assert rt.main(["--results", str(out_dir), "--check", str(readme)]) == 1
-    assert rt.main(["--results", str(out_dir), "--update", str(readme)]) == 0
+    assert rt.main(["--results", str(out_dir), "--all", "--check", str(readme)]) == 1
+    assert rt.main(["--results", str(out_dir), "--all", "--update", str(readme)]) == 0
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith(f"{rt.END}\nafter\n") and "old table" not in text
-    assert rt.main(["--results", str(out_dir), "--check", str(readme)]) == 0
+    assert rt.main(["--results", str(out_dir), "--all", "--check", str(readme)]) == 0

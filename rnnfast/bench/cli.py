@@ -82,7 +82,7 @@ def bench_parser() -> argparse.ArgumentParser:
         "--providers",
         type=_csv,
         help="comma-separated providers to time (torch.nn, reference, cpu, triton, cuda, compile); "
-        "the baseline still runs, untimed, to check them",
+        "the baseline (torch.nn, or reference for bare ops) always runs, to check them and for the speedup",
     )
     p.add_argument(
         "--compile", action="store_true", help="add torch.compile of the PyTorch oracle (slow compiles)"
@@ -90,11 +90,14 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", default="bench_out", help="directory for the JSON, CSV and PNG (default: bench_out)"
     )
-    p.add_argument("--name", help="file stem (default: <device>-<grid>, e.g. cpu-quick)")
+    p.add_argument(
+        "--name", help="file stem (default: <device>-<grid>[-<ops>-<dtypes>-<modes> given], e.g. cpu-quick)"
+    )
     p.add_argument(
         "--min-time", type=float, default=0.3, help="seconds of timed samples per provider (default 0.3)"
     )
     p.add_argument("--threads", type=int, help="torch.set_num_threads for the run (default: torch's choice)")
+    p.add_argument("--list", action="store_true", help="print the cases and their providers, run nothing")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -129,6 +132,18 @@ def main_bench(argv: list[str] | None = None) -> int:
         if bad:
             raise SystemExit(f"rnnfast bench: --providers: expected names from {sorted(known)}, got {bad}")
 
+    if args.list:
+        for case in cases:
+            listed = registry.providers(case, device, compile=compile_)
+            names = [
+                n + ("" if ok else " (no)")
+                for n, ok, _ in listed
+                if not args.providers or n in args.providers
+            ]
+            print(f"{case.label:<46} {', '.join(names)}")
+        print(f"{len(cases)} cases; '(no)': not runnable here (the reason is in the table of a run)")
+        return 0
+
     machine = report.machine_info(device)
     dtypes = list(dict.fromkeys(c.dtype for c in cases))
     progress = Progress(len(cases), enabled=not args.quiet)
@@ -162,9 +177,12 @@ def main_bench(argv: list[str] | None = None) -> int:
     print(report.LEGEND)
 
     out = report.ensure_dir(args.out)
-    stem = args.name or report.result_stem(machine, args.grid)
+    # Restricted runs get their own files, so runs split by dtype or op do not overwrite each other.
+    filters = [*(args.ops or []), *(args.dtype or []), *(args.modes or [])]
+    stem = args.name or "-".join([report.result_stem(machine, args.grid), *filters])
     meta = {
         "grid": args.grid,
+        "filters": {"ops": args.ops, "dtypes": args.dtype, "modes": args.modes, "providers": args.providers},
         "command": "rnnfast bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "seconds": round(time.perf_counter() - t0, 1),
     }

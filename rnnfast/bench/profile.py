@@ -93,6 +93,7 @@ def profile_parser() -> argparse.ArgumentParser:
         "--provider", help="default: the fastest-looking supported one: cuda, triton, cpu, reference"
     )
     p.add_argument("--device", help="cpu or cuda[:N] (default: cuda if present, else cpu)")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads for the run (default: torch's choice)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=5, help="profiled calls (default 5)")
     p.add_argument("--out", default="bench_out", help="directory for the Chrome trace (default: bench_out)")
@@ -116,6 +117,10 @@ def case_from_args(args) -> registry.Case:
 def main(argv: list[str] | None = None) -> int:
     args = profile_parser().parse_args(argv)
     device = parse_device(args.device)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"rnnfast profile: --threads: expected a positive integer, got {args.threads}")
+        torch.set_num_threads(args.threads)
     case = case_from_args(args)
     listed = {name: (ok, why) for name, ok, why in registry.providers(case, device, compile=True)}
     provider = args.provider

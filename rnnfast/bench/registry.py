@@ -177,7 +177,7 @@ def register_op(spec: OpSpec) -> None:
                     a fresh module with the workload's parameters, its parameters in ``params``)
         extra       other providers by name (a plain-PyTorch SPINN as the baseline, ``compile``)
         flops, bytes, tokens   forward counts; ``flops_of``/``bytes_of`` scale them for the mode
-    then add its cases to :func:`grid`. ``register_spinn`` below is where that call belongs.
+    then add its cases to :func:`grid`. The SPINN registration belongs after the tree ops below.
     """
     OPS[spec.name] = spec
 
@@ -584,74 +584,42 @@ def _reduce_compile(w: Workload) -> Bound:
 for _name in ("gru", "rnn", "lstm"):
     register_op(
         OpSpec(
-            _name,
-            "module",
-            "torch.nn",
-            _module_shape,
-            _module_sizes,
-            _module_make,
-            _module_backend,
-            {"torch.nn": _module_torch, "compile": _module_compile},
-            _module_flops,
-            _module_bytes,
-            _packed_tokens,
+            name=_name, family="module", baseline="torch.nn",
+            shape=_module_shape, sizes=_module_sizes, make=_module_make, run_backend=_module_backend,
+            extra={"torch.nn": _module_torch, "compile": _module_compile},
+            flops=_module_flops, bytes=_module_bytes, tokens=_packed_tokens,
         )
-    )
+    )  # fmt: skip
     register_op(
         OpSpec(
-            _name + "_op",
-            "recurrence",
-            "reference",
-            _op_shape,
-            _op_sizes,
-            _op_make,
-            _op_backend,
-            {"compile": _op_compile},
-            _op_flops,
-            _op_bytes,
-            _packed_tokens,
+            name=_name + "_op", family="recurrence", baseline="reference",
+            shape=_op_shape, sizes=_op_sizes, make=_op_make, run_backend=_op_backend,
+            extra={"compile": _op_compile},
+            flops=_op_flops, bytes=_op_bytes, tokens=_packed_tokens,
         )
-    )
+    )  # fmt: skip
 register_op(
     OpSpec(
-        "tree_lstm",
-        "tree_lstm",
-        "reference",
-        _tree_shape,
-        _tree_sizes,
-        _tree_make,
-        _tree_backend,
-        {"compile": _tree_compile},
-        _tree_flops,
-        _tree_bytes,
-        lambda c: c.R,
+        name="tree_lstm", family="tree_lstm", baseline="reference",
+        shape=_tree_shape, sizes=_tree_sizes, make=_tree_make, run_backend=_tree_backend,
+        extra={"compile": _tree_compile},
+        flops=_tree_flops, bytes=_tree_bytes, tokens=lambda c: c.R,
     )
-)
+)  # fmt: skip
 register_op(
     OpSpec(
-        "tree_lstm_reduce",
-        "tree_lstm_reduce",
-        "reference",
-        _tree_shape,
-        _tree_sizes,
-        _reduce_make,
-        _reduce_backend,
-        {"compile": _reduce_compile},
-        _reduce_flops,
-        _reduce_bytes,
-        lambda c: c.R,
+        name="tree_lstm_reduce", family="tree_lstm_reduce", baseline="reference",
+        shape=_tree_shape, sizes=_tree_sizes, make=_reduce_make, run_backend=_reduce_backend,
+        extra={"compile": _reduce_compile},
+        flops=_reduce_flops, bytes=_reduce_bytes, tokens=lambda c: c.R,
     )
-)
+)  # fmt: skip
 
 
-def register_spinn() -> bool:
-    """The place for the SPINN encoder's :func:`register_op` call, once ``rnnfast.nn.SPINN`` exists.
-
-    Returns whether it was registered: until then there is nothing to benchmark, and grids carry no
-    SPINN case. The SPINN op should follow the tree ops above: an ``OpSpec`` named "spinn" with family
-    "spinn_encode" (the backends' op), a pure-PyTorch encoder as baseline in ``extra``, tokens = B·T.
-    """
-    return "spinn" in OPS
+# The SPINN encoder (rnnfast.nn.SPINN) registers here, with a register_op call like the tree ops above:
+# an OpSpec named "spinn", family "spinn_encode" (the backends' op name), a plain-PyTorch encoder as its
+# baseline in `extra`, Case fields B (batch), T (transitions), H, HT, tokens = B·T; then add its cases
+# to grid() below. register_op's docstring says what each field must do.
 
 
 # --------------------------------------------------------------------------------------------------

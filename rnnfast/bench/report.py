@@ -290,28 +290,26 @@ def write_csv(path: Path, machine: dict, rows: list[dict]) -> None:
 
 
 def write_plot(path: Path, rows: list[dict], title: str) -> str | None:
-    """Speedup vs H, one panel per (op, mode, dtype), one line per provider and batch size (B, or R
-    for the tree ops). Single-layer, unidirectional, unpacked cases only: the variants are in the
-    table. Returns None when written, else why not (matplotlib missing)."""
+    """Speedup vs H, one panel per (op, mode, dtype), a colour per provider and a marker per batch size
+    (B, or R for the tree ops); the baseline is the dashed line at 1. Single-layer, unidirectional,
+    unpacked cases with a provider besides the baseline only: the variants are in the table.
+    Returns None when written, else why not (matplotlib missing)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
     except ImportError as e:
         return f"matplotlib is not installed ({e}); pip install matplotlib for the plot"
-    ok = [
-        r
-        for r in rows
-        if r["status"] == "ok"
-        and r["speedup"] is not None
-        and r["layers"] == 1
-        and not r["bidir"]
-        and not r["packed"]
-    ]
     panels: dict[tuple, list[dict]] = {}
-    for r in ok:
-        panels.setdefault((r["op"], r["mode"], r["dtype"]), []).append(r)
+    for r in rows:
+        sweep = r["layers"] == 1 and not r["bidir"] and not r["packed"]
+        if r["status"] == "ok" and r["speedup"] is not None and sweep and r["provider"] != r["baseline"]:
+            panels.setdefault((r["op"], r["mode"], r["dtype"]), []).append(r)
+    providers = sorted({r["provider"] for rs in panels.values() for r in rs})
+    colours = {p: f"C{i}" for i, p in enumerate(providers)}
+    markers = "os^vD<>p*h"
     n = max(1, len(panels))
     ncols = min(3, n)
     nrows = math.ceil(n / ncols)
@@ -319,13 +317,25 @@ def write_plot(path: Path, rows: list[dict], title: str) -> str | None:
     for ax, ((op, mode, dtype), rs) in zip(axes.flat, sorted(panels.items())):
         lines: dict[tuple, list[tuple[int, float]]] = {}
         for r in rs:
-            batch = f"R={r['R']}" if r["R"] else f"B={r['B']}"
+            batch = r["R"] if r["R"] else r["B"]
             lines.setdefault((r["provider"], batch), []).append((r["H"], r["speedup"]))
+        batches = sorted({b for _, b in lines})
         for (prov, batch), pts in sorted(lines.items()):
             pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{prov} {batch}")
+            ax.plot(
+                [p[0] for p in pts], [p[1] for p in pts], color=colours[prov],
+                marker=markers[batches.index(batch) % len(markers)],
+                label=f"{prov} {'R' if rs[0]['R'] else 'B'}={batch}",
+            )  # fmt: skip
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        speedups = [r["speedup"] for r in rs]
+        # At least 0.5x-2x, so the 0.5/1/2 ticks always show.
+        ax.set_ylim(min(0.5, min(speedups) / 1.2), max(2.0, max(speedups) * 1.2))
         ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_title(f"{op} {mode} {dtype}", fontsize=10)
         ax.set_xlabel("H")
         ax.set_ylabel(f"speedup vs {rs[0]['baseline']}")
@@ -333,7 +343,7 @@ def write_plot(path: Path, rows: list[dict], title: str) -> str | None:
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     if not panels:
-        axes.flat[0].text(0.5, 0.5, "no timed case with a baseline", ha="center", va="center")
+        axes.flat[0].text(0.5, 0.5, "no timed provider besides the baselines", ha="center", va="center")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
