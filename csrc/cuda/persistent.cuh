@@ -13,6 +13,7 @@
 #include <cooperative_groups.h>
 #include <mma.h>
 
+#include <climits>
 #include <type_traits>
 
 #include "cells.cuh"
@@ -52,13 +53,15 @@ __host__ inline Tile make_tile(int n, int k, int bc) {
     L.ks = ntiles >= kWarps ? 1 : kWarps / ntiles;
     L.ks = L.ks > ktiles ? ktiles : L.ks;
   }
+  // Sizes in size_t: an enormous H must read as "does not fit", never wrap around to a small int.
+  const auto align = [](size_t x) { return (x + 127) / 128 * 128; };
   const size_t esz = sizeof(E);
-  const size_t w_bytes = static_cast<size_t>(L.np) * L.kp * esz;
-  const size_t a_off = round_up(static_cast<int>(w_bytes), 128);
-  const size_t c_off = a_off + round_up(static_cast<int>(static_cast<size_t>(L.bc) * L.kp * esz), 128);
-  const size_t total = c_off + round_up(static_cast<int>(static_cast<size_t>(L.ks) * L.bc * L.np * 4), 128);
-  L.w_off = 0, L.a_off = static_cast<int>(a_off), L.c_off = static_cast<int>(c_off);
-  L.bytes = static_cast<int>(total);
+  const size_t a_off = align(static_cast<size_t>(L.np) * L.kp * esz);
+  const size_t c_off = a_off + align(static_cast<size_t>(L.bc) * L.kp * esz);
+  const size_t total = c_off + align(static_cast<size_t>(L.ks) * L.bc * L.np * sizeof(float));
+  const bool fits = total <= static_cast<size_t>(INT_MAX);
+  L.w_off = 0, L.a_off = fits ? static_cast<int>(a_off) : 0, L.c_off = fits ? static_cast<int>(c_off) : 0;
+  L.bytes = fits ? static_cast<int>(total) : INT_MAX;
   return L;
 }
 
