@@ -155,3 +155,166 @@ def test_abi_header_is_plain_c(tmp_path: Path) -> None:
         text=True,
     )
     assert proc.returncode == 0, f"rnnfast_cuda.h is not plain C:\n{proc.stderr}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Host emulation: the kernels' own phase functions (csrc/cuda/phases.cuh) run thread by thread on the CPU
+# (csrc/cuda/emulator), against the reference backend. This checks the indexing of both algorithms, every
+# cell and dtype, lengths and reverse, several units per CTA, ragged last CTAs and several batch chunks,
+# under two schedules (ascending and descending CTAs/threads, the backward's CTAs running ahead into the
+# next step) so that a race shows as a mismatch. Outputs, shared memory and workspaces start as NaN.
+
+EMU_SRC = SRC / "emulator" / "host_emulator.cu"
+EMU_DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2}
+EMU_TOL = {"float32": 1e-5, "float16": 2e-2, "bfloat16": 6e-2}  # half path: h and dgh rounded for the MMA
+# (T, B, H, lengths, modelled SMs, modelled shared memory per CTA in bytes)
+EMU_CASES = [
+    (5, 3, 33, [5, 0, 2], 4, 1 << 20),  # 9 units per CTA, last CTA 6; a zero-length row
+    (4, 17, 20, None, 4, 1 << 20),  # two batch chunks of 16 for the tensor-core path
+    (1, 1, 7, None, 4, 1 << 20),
+    # float32 only: batch chunks shrunk to 1 or 2 rows (GRU, LSTM) to fit 1800 bytes; too small for the
+    # tensor-core tiles, which the other cases cover.
+    (6, 5, 9, [1, 6, 3, 0, 5], 2, 1800),
+]
+EMU_PARAMS = [
+    pytest.param(algo, dt, case, id=f"{algo_name}-{dt}-T{case[0]}-B{case[1]}-H{case[2]}-sms{case[4]}")
+    for algo, algo_name in ((1, "persistent"), (2, "stepwise"))
+    for dt in EMU_DTYPES
+    for case in EMU_CASES
+    if dt == "float32" or case[5] >= 1 << 20
+]
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    import ctypes
+
+    if NVCC is None:
+        pytest.skip("nvcc not found: the host emulator is built with it")
+    out = tmp_path_factory.mktemp("emu") / "rnnfast_emulator.so"
+    cmd = [
+        NVCC,
+        f"-arch={ARCH}",
+        "-std=c++17",
+        "-O2",
+        "-shared",
+        "-Xcompiler",
+        "-fPIC",
+        "-o",
+        str(out),
+        str(EMU_SRC),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, f"host emulator does not build:\n{proc.stdout}{proc.stderr}"
+    return ctypes.CDLL(str(out))
+
+
+def _emu_inputs(cell, dtype, T, B, H, lengths):
+    import torch
+
+    from rnnfast.ops.recurrence import common
+
+    G = common.GATES[cell]
+    g = torch.Generator().manual_seed(T * 100 + B * 10 + H)
+
+    def r(*shape, scale=0.5):
+        return ((torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * scale).to(dtype)
+
+    return {
+        "gi": r(T, B, G * H, scale=1.0),
+        "h0": r(B, H),
+        "c0": r(B, H) if cell == "lstm" else None,
+        "w_hh": r(G * H, H, scale=H**-0.5),
+        "b_hh": r(G * H),
+        "lengths": None if lengths is None else torch.tensor(lengths, dtype=torch.int64),
+        "gy": r(T, B, H, scale=1.0),
+        "ghn": r(B, H, scale=1.0),
+        "gcn": r(B, H, scale=1.0) if cell == "lstm" else None,
+    }
+
+
+def _ptr(t):
+    import ctypes
+
+    return ctypes.c_void_p(t.data_ptr() if t is not None and t.numel() else 0)
+
+
+def _nan(*shape, dtype):
+    import torch
+
+    return torch.full(shape, float("nan"), dtype=dtype)
+
+
+@pytest.mark.parametrize(("algo", "dtype_name", "case"), EMU_PARAMS)
+def test_host_emulation_matches_reference(emulator, algo, dtype_name, case):
+    import torch
+
+    from rnnfast.ops.recurrence import common, reference
+
+    T, B, H, lengths, sms, optin = case
+    dtype = getattr(torch, dtype_name)
+    tol = EMU_TOL[dtype_name]
+    for cell in common.CELLS:
+        for reverse in (False, True):
+            a = _emu_inputs(cell, dtype, T, B, H, lengths)
+            G, S, code = common.GATES[cell], common.SAVED[cell], common.CELL_CODE[cell]
+            L = a["lengths"]
+
+            def d(t):
+                return None if t is None else t.double()
+
+            want_fwd = reference.forward(
+                cell, d(a["gi"]), d(a["h0"]), d(a["c0"]), d(a["w_hh"]), d(a["b_hh"]), None, L, reverse, True
+            )
+            valid = torch.ones(T, B, 1, dtype=torch.bool) if L is None else common.valid_mask(L, T, B, "cpu")
+            for rev in (0, 1):
+                tag = f"{cell} reverse={reverse} schedule={'desc' if rev else 'asc'}"
+                y, hn = _nan(T, B, H, dtype=dtype), _nan(B, H, dtype=dtype)
+                cn = _nan(B, H, dtype=dtype) if cell == "lstm" else torch.empty(0, dtype=dtype)
+                ws = _nan(T, B, S * H, dtype=torch.float32)
+                rc = emulator.rnnfast_emulate_fwd(
+                    algo, code, EMU_DTYPES[dtype_name], T, B, H, int(reverse), sms, optin, rev,
+                    _ptr(a["gi"]), _ptr(a["h0"]), _ptr(a["c0"]), _ptr(a["w_hh"]), _ptr(a["b_hh"]), _ptr(L),
+                    _ptr(y), _ptr(hn), _ptr(cn), _ptr(ws),
+                )  # fmt: skip
+                assert rc == 0, f"{tag}: emulator returned {rc} (1: the persistent tile does not fit)"
+                got = {"y": y, "h_n": hn, "c_n": cn if cell == "lstm" else None}
+                for name, g, w in zip(("y", "h_n", "c_n"), got.values(), want_fwd[:3]):
+                    if g is not None:
+                        assert_close_f64(f"{tag} {name}", g, w, tol)
+                if S:
+                    mask = valid.expand(T, B, S * H)
+                    assert_close_f64(f"{tag} ws", ws[mask], want_fwd[3][mask], tol)
+
+                # Backward from the reference forward's y and ws (ws NaN where the contract leaves it open).
+                y_in = want_fwd[0].to(dtype)
+                ws_in = want_fwd[3].float().masked_fill(~valid, float("nan")) if S else torch.empty(0)
+                dgi, dh0 = _nan(T, B, G * H, dtype=dtype), _nan(B, H, dtype=dtype)
+                dc0 = _nan(B, H, dtype=dtype) if cell == "lstm" else torch.empty(0, dtype=dtype)
+                dgh = _nan(T, B, G * H, dtype=torch.float32)
+                rc = emulator.rnnfast_emulate_bwd(
+                    algo, code, EMU_DTYPES[dtype_name], T, B, H, int(reverse), sms, optin, rev,
+                    _ptr(a["gy"]), _ptr(a["ghn"]), _ptr(a["gcn"]), _ptr(a["h0"]), _ptr(a["c0"]),
+                    _ptr(a["w_hh"]), _ptr(L), _ptr(y_in), _ptr(ws_in),
+                    _ptr(dgi), _ptr(dgh), _ptr(dh0), _ptr(dc0),
+                )  # fmt: skip
+                assert rc == 0, f"{tag}: emulator (backward) returned {rc}"
+                h_prev = common.previous_states(y_in.float(), a["h0"].float(), L, reverse)
+                dw, db = common.weight_grads(dgh, h_prev, True)
+                want = reference.backward(
+                    cell, d(a["gy"]), d(a["ghn"]), d(a["gcn"]), d(a["h0"]), d(a["c0"]), d(a["w_hh"]),
+                    d(a["b_hh"]), None, L, reverse, y_in.double(), want_fwd[3],
+                )  # fmt: skip
+                got = (dgi, dh0, dc0 if cell == "lstm" else None, dw, db)
+                for name, g, w in zip(("dgi", "dh0", "dc0", "dw_hh", "db_hh"), got, want):
+                    if g is not None:
+                        assert_close_f64(f"{tag} {name}", g, w, tol)
+
+
+def assert_close_f64(name, got, want, tol):
+    """got (any dtype) within tol·max(1, |want|max) of want, with no NaN (an unwritten element)."""
+    got, want = got.double(), want.double()
+    assert not got.isnan().any(), f"{name}: NaN (an element was never written, or read before written)"
+    scale = max(1.0, want.abs().max().item()) if want.numel() else 1.0
+    err = (got - want).abs().max().item() if want.numel() else 0.0
+    assert err <= tol * scale, f"{name}: max abs error {err:.3e} > {tol * scale:.3e}"
