@@ -185,28 +185,53 @@ EMU_PARAMS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    import ctypes
+def _cuda_include() -> Path | None:
+    """CUDA's include directory (cuda_runtime.h, cuda_fp16.h), for building the emulator as host C++."""
+    homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    if NVCC:
+        homes.append(str(Path(NVCC).parent.parent))
+    for home in homes:
+        if home and (Path(home) / "include" / "cuda_runtime.h").exists():
+            return Path(home) / "include"
+    return None
 
-    if NVCC is None:
-        pytest.skip("nvcc not found: the host emulator is built with it")
-    out = tmp_path_factory.mktemp("emu") / "rnnfast_emulator.so"
+
+@pytest.fixture(scope="module")
+def emulator_object(tmp_path_factory) -> Path:
+    """The emulator compiled as plain host C++ (no device code, so no CUDA runtime to link)."""
+    include = _cuda_include()
+    if CXX is None or include is None:
+        pytest.skip("the host emulator needs a host C++ compiler and CUDA's headers (CUDA_HOME)")
+    obj = tmp_path_factory.mktemp("emu") / "host_emulator.o"
     cmd = [
-        NVCC,
-        f"-arch={ARCH}",
+        CXX,
+        "-x",
+        "c++",
         "-std=c++17",
         "-O2",
-        "-shared",
-        "-Xcompiler",
         "-fPIC",
+        "-Wall",
+        f"-I{include}",
+        "-c",
         "-o",
-        str(out),
+        str(obj),
         str(EMU_SRC),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, f"host emulator does not build:\n{proc.stdout}{proc.stderr}"
-    return ctypes.CDLL(str(out))
+    return obj
+
+
+@pytest.fixture(scope="module")
+def emulator(emulator_object):
+    import ctypes
+
+    lib = emulator_object.with_name("rnnfast_emulator.so")
+    proc = subprocess.run(
+        [CXX, "-shared", "-o", str(lib), str(emulator_object)], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, f"host emulator does not link:\n{proc.stderr}"
+    return ctypes.CDLL(str(lib))
 
 
 def _emu_inputs(cell, dtype, T, B, H, lengths):
@@ -318,3 +343,157 @@ def assert_close_f64(name, got, want, tol):
     scale = max(1.0, want.abs().max().item()) if want.numel() else 1.0
     err = (got - want).abs().max().item() if want.numel() else 0.0
     assert err <= tol * scale, f"{name}: max abs error {err:.3e} > {tol * scale:.3e}"
+
+
+# --------------------------------------------------------------------------------------------------
+# The binding itself on the emulated kernels: bindings.cpp built with -DRNNFAST_HOST_EMULATION registers the
+# ops for CPU tensors and is linked against the emulator's host implementation of the C ABI, so its checks,
+# allocations, NaN poisoning, dtype codes and the stepwise loop (ATen GEMMs) run here. In a subprocess: the
+# ops must not be registered twice in a process that also loads the real extension.
+
+
+def _binding_driver(library: str) -> None:
+    """Run in a subprocess: every cell x dtype x algorithm x direction x lengths against the reference."""
+    import torch
+
+    from rnnfast.ops.recurrence import common, reference
+
+    torch.ops.load_library(library)
+    op_f, op_b = torch.ops.rnnfast_C.cuda_recurrence_fwd, torch.ops.rnnfast_C.cuda_recurrence_bwd
+    plan = torch.ops.rnnfast_C.cuda_persistent_plan(common.CELL_CODE["gru"], torch.float16, 3, 33, False, 0)
+    assert plan[0] == 1 and plan[1] * plan[2] >= 33, f"plan {plan}"
+    T, B, H = 5, 3, 33
+
+    def d(t):
+        return None if t is None else t.double()
+
+    for cell in common.CELLS:
+        G, code = common.GATES[cell], common.CELL_CODE[cell]
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            tol = EMU_TOL[str(dtype).replace("torch.", "")]
+            for algo, reverse, lengths in (
+                (1, False, None),
+                (1, True, [5, 0, 2]),
+                (2, False, [5, 0, 2]),
+                (2, True, None),
+            ):
+                g = torch.Generator().manual_seed(algo)
+
+                def r(*shape, scale=0.5, g=g, dtype=dtype):
+                    return ((torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * scale).to(dtype)
+
+                gi, h0, w, b = r(T, B, G * H, scale=1.0), r(B, H), r(G * H, H, scale=H**-0.5), r(G * H)
+                c0 = r(B, H) if cell == "lstm" else None
+                gy, ghn = r(T, B, H, scale=1.0), r(B, H, scale=1.0)
+                gcn = r(B, H, scale=1.0) if cell == "lstm" else None
+                L = None if lengths is None else torch.tensor(lengths)
+                tag = f"{cell} {dtype} algo={algo} reverse={reverse} lengths={lengths}"
+                y, hn, cn, ws = op_f(gi, h0, c0, w, b, None, L, code, reverse, True, algo, 0)
+                want = reference.forward(cell, d(gi), d(h0), d(c0), d(w), d(b), None, L, reverse, True)
+                assert ws.dtype == torch.float32 and ws.shape == (T, B, common.SAVED[cell] * H), f"{tag} ws"
+                for name, got, wnt in zip(("y", "h_n", "c_n"), (y, hn, cn), want[:3]):
+                    if cell == "lstm" or name != "c_n":
+                        assert got.dtype == dtype, f"{tag} {name}: dtype {got.dtype}"
+                        assert_close_f64(f"{tag} {name}", got, wnt, tol)
+                assert cell == "lstm" or cn.shape == (0,), f"{tag} c_n placeholder {tuple(cn.shape)}"
+                _, _, _, ws_none = op_f(gi, h0, c0, w, b, None, L, code, reverse, False, algo, 0)
+                assert ws_none.shape == (0,), f"{tag} ws without need_ws: {tuple(ws_none.shape)}"
+
+                dgi, dh0, dc0, dgh = op_b(gy, ghn, gcn, h0, c0, w, b, None, L, y, ws, code, reverse, algo, 0)
+                h_prev = common.previous_states(y.float(), h0.float(), L, reverse)
+                dw, db = common.weight_grads(dgh, h_prev, True)
+                want = reference.backward(
+                    cell,
+                    d(gy),
+                    d(ghn),
+                    d(gcn),
+                    d(h0),
+                    d(c0),
+                    d(w),
+                    d(b),
+                    None,
+                    L,
+                    reverse,
+                    y.double(),
+                    ws.double(),
+                )
+                for name, got, wnt in zip(
+                    ("dgi", "dh0", "dc0", "dw_hh", "db_hh"), (dgi, dh0, dc0, dw, db), want
+                ):
+                    if cell == "lstm" or name != "dc0":
+                        assert_close_f64(f"{tag} {name}", got, wnt, tol)
+
+    a = {"gi": torch.rand(3, 2, 24), "h0": torch.rand(2, 8), "w": torch.rand(24, 8), "b": torch.rand(24)}
+    code = common.CELL_CODE["gru"]
+    bad = [
+        ("h0: expected dtype", dict(h0=a["h0"].double())),
+        ("w_hh: expected shape", dict(w=a["w"][:, :4])),
+        ("b_hh: expected shape", dict(b=a["b"][:5])),
+        ("lengths: expected int64", dict(L=torch.ones(2, dtype=torch.int32))),
+        ("lengths: expected shape", dict(L=torch.ones(3, dtype=torch.int64))),
+        ("w_hr: the LSTM projection", dict(w_hr=a["w"])),
+        ("gi: expected a contiguous", dict(gi=a["gi"].transpose(0, 1))),
+        ("algo: expected 1", dict(algo=3)),
+        ("cell: expected a code", dict(cell=7)),
+        ("c0: required for the lstm cell", dict(cell=common.CELL_CODE["lstm"], gi=torch.rand(3, 2, 32),
+                                                 w=torch.rand(32, 8), b=torch.rand(32))),
+    ]  # fmt: skip
+    for match, change in bad:
+        k = {
+            "gi": a["gi"],
+            "h0": a["h0"],
+            "w": a["w"],
+            "b": a["b"],
+            "L": None,
+            "w_hr": None,
+            "algo": 1,
+            "cell": code,
+        }
+        k.update(change)
+        try:
+            op_f(
+                k["gi"],
+                k["h0"],
+                None,
+                k["w"],
+                k["b"],
+                k["w_hr"],
+                k["L"],
+                k["cell"],
+                False,
+                True,
+                k["algo"],
+                0,
+            )
+        except RuntimeError as e:
+            assert match in str(e), f"expected '{match}' in the error, got: {str(e).splitlines()[0]}"
+        else:
+            raise AssertionError(f"no error for a bad input ({match})")
+    print("binding ok")
+
+
+@pytest.fixture(scope="module")
+def emulated_binding(emulator_object, tmp_path_factory):
+    from torch.utils.cpp_extension import include_paths, library_paths
+
+    lib = tmp_path_factory.mktemp("binding") / "rnnfast_binding_emulated.so"
+    torch_lib = library_paths()[0]
+    cmd = [CXX, "-std=c++20", "-O0", "-shared", "-fPIC", "-DRNNFAST_HOST_EMULATION"]
+    cmd += [f"-I{p}" for p in include_paths()]
+    cmd += ["-o", str(lib), str(SRC / "bindings.cpp"), str(emulator_object)]
+    cmd += [f"-L{torch_lib}", f"-Wl,-rpath,{torch_lib}", "-ltorch", "-ltorch_cpu", "-lc10"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, f"binding (host emulation) does not build:\n{proc.stderr[-6000:]}"
+    return lib
+
+
+def test_binding_on_emulated_kernels(emulated_binding):
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    code = f"import tests.test_cuda_compile as t; t._binding_driver({str(emulated_binding)!r})"
+    env = dict(os.environ, PYTHONPATH=str(root), RNNFAST_DEBUG_POISON="1")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env=env)
+    assert proc.returncode == 0 and "binding ok" in proc.stdout, (
+        f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    )

@@ -9,7 +9,10 @@
 // skew its single grid barrier per step allows). Tensor cores are replaced by chunk_mma_model, so the
 // half/bfloat16 path checks the tile layout but not the WMMA calls themselves.
 //
-// Not part of the extension (the build globs csrc/cuda/*.cu only).
+// It also implements the C ABI of rnnfast_cuda.h on the host (a modelled GPU of kModelSms SMs and
+// kModelOptin bytes of shared memory), so that bindings.cpp built with -DRNNFAST_HOST_EMULATION and linked
+// against this file runs the whole binding (checks, allocation, the stepwise loop's ATen GEMMs) on CPU
+// tensors. Not part of the extension (the build globs csrc/cuda/*.cu only).
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -44,14 +47,16 @@ void threads(bool rev, F&& f) {
   for (int j = 0; j < kThreads; ++j) f(Schedule::thread(j, rev));
 }
 
+// work: rnnfast_fwd_workspace(B, H) floats, or null for an internal NaN-filled one.
 template <typename E, int CELL>
-int fwd_persistent(FwdArgs<E> a, int sms, int optin, bool rev) {
+int fwd_persistent(FwdArgs<E> a, int sms, int optin, bool rev, float* work = nullptr) {
   using P = FwdPhases<E, CELL>;
   int U = 0, ctas = 0;
   Tile L{};
   if (!choose_tile<E>(Cell<CELL>::G, a.H, false, a.B, a.H, sms, optin, &U, &ctas, &L)) return 1;
-  std::vector<float> work(3 * static_cast<size_t>(a.B) * a.H, kNaN);
-  a.h = work.data(), a.c = work.data() + 2 * static_cast<size_t>(a.B) * a.H;
+  std::vector<float> own(work ? 0 : rnnfast_fwd_workspace(a.B, a.H), kNaN);
+  if (!work) work = own.data();
+  a.h = work, a.c = work + 2 * static_cast<size_t>(a.B) * a.H;
   Smem sm(ctas, L);
   const Schedule S{ctas, rev};
   for (int i = 0; i < ctas; ++i) {
@@ -77,15 +82,17 @@ int fwd_persistent(FwdArgs<E> a, int sms, int optin, bool rev) {
   return 0;
 }
 
+// work: rnnfast_bwd_workspace(B, H) floats, or null for an internal NaN-filled one.
 template <typename E, int CELL>
-int bwd_persistent(BwdArgs<E> a, int sms, int optin, bool rev) {
+int bwd_persistent(BwdArgs<E> a, int sms, int optin, bool rev, float* work = nullptr) {
   using P = BwdPhases<E, CELL>;
   int U = 0, ctas = 0;
   Tile L{};
   if (!choose_tile<E>(1, Cell<CELL>::G * a.H, true, a.B, a.H, sms, optin, &U, &ctas, &L)) return 1;
   const size_t BH = static_cast<size_t>(a.B) * a.H;
-  std::vector<float> work(3 * BH, kNaN);
-  a.dh = work.data(), a.carry = work.data() + BH, a.dc = work.data() + 2 * BH;
+  std::vector<float> own(work ? 0 : rnnfast_bwd_workspace(a.B, a.H), kNaN);
+  if (!work) work = own.data();
+  a.dh = work, a.carry = work + BH, a.dc = work + 2 * BH;
   Smem sm(ctas, L);
   const Schedule S{ctas, rev};
   for (int i = 0; i < ctas; ++i) {
@@ -210,6 +217,103 @@ extern "C" int rnnfast_emulate_bwd(int algo, int cell, int dtype, int T, int B, 
     a.dh0 = static_cast<E*>(dh0), a.dc0 = static_cast<E*>(dc0);
     RNNFAST_DISPATCH_CELL(cell, CELL, {
       return algo == 1 ? bwd_persistent<E, CELL>(a, sms, optin, rev != 0) : bwd_stepwise<E, CELL>(a, rev != 0);
+    })
+  })
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The C ABI of rnnfast_cuda.h, emulated. Streams are ignored; errors are cudaError_t codes.
+
+namespace {
+constexpr int kModelSms = 4;
+constexpr int kModelOptin = 232448;  // an H100's opt-in shared memory per block (227 KiB)
+constexpr int kInvalid = static_cast<int>(cudaErrorInvalidValue);
+}  // namespace
+
+extern "C" const char* rnnfast_cuda_error_string(int err) {
+  return err == 0 ? "no error" : (err == kInvalid ? "invalid argument" : "emulated launch failed");
+}
+
+extern "C" int rnnfast_persistent_plan(int cell, int dtype, int B, int H, int backward, int, rnnfast_plan* p) {
+  *p = rnnfast_plan{};
+  RNNFAST_DISPATCH_DTYPE(dtype, E, {
+    RNNFAST_DISPATCH_CELL(cell, CELL, {
+      const int G = Cell<CELL>::G;
+      int U = 0, ctas = 0;
+      Tile L{};
+      const bool ok = backward ? choose_tile<E>(1, G * H, true, B, H, kModelSms, kModelOptin, &U, &ctas, &L)
+                               : choose_tile<E>(G, H, false, B, H, kModelSms, kModelOptin, &U, &ctas, &L);
+      if (ok) p->ok = 1, p->ctas = ctas, p->units = U, p->batch_chunk = L.bc, p->split_k = L.ks, p->smem_bytes = L.bytes;
+      return 0;
+    })
+  })
+}
+
+extern "C" int rnnfast_fwd_persistent(int cell, int dtype, int T, int B, int H, int reverse, const void* gi,
+                                      const void* h0, const void* c0, const void* w_hh, const void* b_hh,
+                                      const int64_t* lengths, void* y, void* h_n, void* c_n, float* ws,
+                                      float* work, const rnnfast_plan* plan, rnnfast_stream) {
+  if (plan == nullptr || !plan->ok) return kInvalid;
+  RNNFAST_DISPATCH_DTYPE(dtype, E, {
+    FwdArgs<E> a{};
+    a.T = T, a.B = B, a.H = H, a.reverse = reverse;
+    a.gi = static_cast<const E*>(gi), a.h0 = static_cast<const E*>(h0), a.c0 = static_cast<const E*>(c0);
+    a.w = static_cast<const E*>(w_hh), a.bias = static_cast<const E*>(b_hh), a.lengths = lengths;
+    a.y = static_cast<E*>(y), a.hn = static_cast<E*>(h_n), a.cn = static_cast<E*>(c_n), a.ws = ws;
+    RNNFAST_DISPATCH_CELL(cell, CELL, {
+      return fwd_persistent<E, CELL>(a, kModelSms, kModelOptin, false, work) ? kInvalid : 0;
+    })
+  })
+}
+
+extern "C" int rnnfast_bwd_persistent(int cell, int dtype, int T, int B, int H, int reverse, const void* grad_y,
+                                      const void* grad_hn, const void* grad_cn, const void* h0, const void* c0,
+                                      const void* w_hh, const int64_t* lengths, const void* y, const float* ws,
+                                      void* dgi, float* dgh, void* dh0, void* dc0, float* work,
+                                      const rnnfast_plan* plan, rnnfast_stream) {
+  if (plan == nullptr || !plan->ok) return kInvalid;
+  RNNFAST_DISPATCH_DTYPE(dtype, E, {
+    BwdArgs<E> a{};
+    a.T = T, a.B = B, a.H = H, a.reverse = reverse;
+    a.grad_y = static_cast<const E*>(grad_y), a.grad_hn = static_cast<const E*>(grad_hn);
+    a.grad_cn = static_cast<const E*>(grad_cn), a.h0 = static_cast<const E*>(h0);
+    a.c0 = static_cast<const E*>(c0), a.w = static_cast<const E*>(w_hh), a.lengths = lengths;
+    a.y = static_cast<const E*>(y), a.ws = ws, a.dgi = static_cast<E*>(dgi), a.dgh = dgh;
+    a.dh0 = static_cast<E*>(dh0), a.dc0 = static_cast<E*>(dc0);
+    RNNFAST_DISPATCH_CELL(cell, CELL, {
+      return bwd_persistent<E, CELL>(a, kModelSms, kModelOptin, false, work) ? kInvalid : 0;
+    })
+  })
+}
+
+extern "C" int rnnfast_fwd_step(int cell, int dtype, int t, int T, int B, int H, const void* gi, const float* gh,
+                                const void* b_hh, const int64_t* lengths, float* h, float* c, void* y, float* ws,
+                                rnnfast_stream) {
+  RNNFAST_DISPATCH_DTYPE(dtype, E, {
+    FwdArgs<E> a{};
+    a.T = T, a.B = B, a.H = H;
+    a.gi = static_cast<const E*>(gi), a.bias = static_cast<const E*>(b_hh), a.lengths = lengths;
+    a.y = static_cast<E*>(y), a.ws = ws, a.h = h, a.c = c, a.gh = gh;
+    RNNFAST_DISPATCH_CELL(cell, CELL, {
+      for (int64_t i = 0; i < static_cast<int64_t>(B) * H; ++i) fwd_step_thread<E, CELL>(a, t, i);
+      return 0;
+    })
+  })
+}
+
+extern "C" int rnnfast_bwd_step(int cell, int dtype, int t, int T, int B, int H, int reverse, const void* grad_y,
+                                const void* h0, const void* c0, const int64_t* lengths, const void* y,
+                                const float* ws, const float* dh, float* dc, void* dgi, float* dgh, float* carry,
+                                rnnfast_stream) {
+  RNNFAST_DISPATCH_DTYPE(dtype, E, {
+    BwdArgs<E> a{};
+    a.T = T, a.B = B, a.H = H, a.reverse = reverse;
+    a.grad_y = static_cast<const E*>(grad_y), a.h0 = static_cast<const E*>(h0), a.c0 = static_cast<const E*>(c0);
+    a.lengths = lengths, a.y = static_cast<const E*>(y), a.ws = ws;
+    a.dgi = static_cast<E*>(dgi), a.dgh = dgh, a.dh = const_cast<float*>(dh), a.carry = carry, a.dc = dc;
+    RNNFAST_DISPATCH_CELL(cell, CELL, {
+      for (int64_t i = 0; i < static_cast<int64_t>(B) * H; ++i) bwd_step_thread<E, CELL>(a, t, i);
+      return 0;
     })
   })
 }
