@@ -20,11 +20,15 @@ if [[ ! -x "$NVCC" ]]; then
   exit 2
 fi
 
+# What torch's extension build adds to nvcc, so that the check compiles what the build compiles.
+TORCH_FLAGS=(--expt-relaxed-constexpr -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__
+  -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__)
+
 status=0
 for cu in "$ROOT"/csrc/cuda/*.cu; do
   name="$(basename "$cu")"
   log="$TMP/$name.log"
-  if ! "$NVCC" -c "-arch=$ARCH" -std=c++17 -O3 -Xptxas -v -o "$TMP/$name.o" "$cu" >"$log" 2>&1; then
+  if ! "$NVCC" -c "-arch=$ARCH" -std=c++17 -O3 "${TORCH_FLAGS[@]}" -Xptxas -v -o "$TMP/$name.o" "$cu" >"$log" 2>&1; then
     cat "$log" >&2
     echo "FAILED: $name" >&2
     status=1

@@ -36,6 +36,15 @@ def _nvcc() -> str | None:
 NVCC = _nvcc()
 CXX = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
 
+# What torch's extension build adds to nvcc, so that the check compiles what the build compiles.
+TORCH_NVCC_FLAGS = [
+    "--expt-relaxed-constexpr",
+    "-D__CUDA_NO_HALF_OPERATORS__",
+    "-D__CUDA_NO_HALF_CONVERSIONS__",
+    "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
+    "-D__CUDA_NO_HALF2_OPERATORS__",
+]
+
 _ENTRY = re.compile(r"Compiling entry function '([^']+)' for '(\w+)'")
 _SPILL = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 _REGS = re.compile(r"Used (\d+) registers")
@@ -80,26 +89,27 @@ def _short(name: str) -> str:
     return f"{m.group(1)}<{m.group(2)}, {_CELL_NAMES[int(m.group(3))]}>" if m else name
 
 
+@pytest.fixture(scope="module")
+def nvcc_logs(tmp_path_factory) -> dict[str, tuple[int, str]]:
+    """{file name: (return code, nvcc output)} of every .cu, compiled concurrently (one process each)."""
+    out = tmp_path_factory.mktemp("nvcc")
+    procs = {}
+    for source in CU_FILES:
+        cmd = [NVCC, "-c", f"-arch={ARCH}", "-std=c++17", "-O3", *TORCH_NVCC_FLAGS, "-Xptxas", "-v"]
+        cmd += ["-o", str(out / (source.stem + ".o")), str(source)]
+        procs[source.name] = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+    return {name: (p.wait(), p.stdout.read()) for name, p in procs.items()}
+
+
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found (PATH, CUDA_HOME): the CUDA compile check needs it")
 @pytest.mark.parametrize("source", CU_FILES, ids=[p.name for p in CU_FILES])
-def test_nvcc_compiles_without_persistent_spills(source: Path, tmp_path: Path) -> None:
+def test_nvcc_compiles_without_persistent_spills(source: Path, nvcc_logs) -> None:
     text = source.read_text()
     assert not re.search(r'#include\s*[<"](torch|ATen|c10)/', text), f"{source.name}: includes a torch header"
-    cmd = [
-        NVCC,
-        "-c",
-        f"-arch={ARCH}",
-        "-std=c++17",
-        "-O3",
-        "-Xptxas",
-        "-v",
-        "-o",
-        str(tmp_path / "k.o"),
-        str(source),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{source.name}: nvcc failed:\n{log[-6000:]}"
+    returncode, log = nvcc_logs[source.name]
+    assert returncode == 0, f"{source.name}: nvcc failed:\n{log[-6000:]}"
     assert "warning" not in log.lower(), f"{source.name}: compiler warnings:\n{log[-6000:]}"
     kernels = parse_ptxas(log)
     assert kernels, f"{source.name}: no kernel in the ptxas report:\n{log[-3000:]}"
