@@ -200,7 +200,9 @@ int plan_persistent(Kernel kernel, int rows_per_unit, int k, bool slice_is_colum
   int U = 0, ctas = 0;
   Tile L{};
   if (!choose_tile<E>(rows_per_unit, k, slice_is_columns, B, H, sms, optin, &U, &ctas, &L)) return 0;
-  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L.bytes);
+  // The device maximum, not L.bytes: plans with other batch sizes (float32 chunks) share the kernel, and a
+  // later plan must not lower the limit below what an earlier one launches with.
+  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin);
   if (err != cudaSuccess) return static_cast<int>(err);
   int per_sm = 0;
   err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, L.bytes);
@@ -210,11 +212,10 @@ int plan_persistent(Kernel kernel, int rows_per_unit, int k, bool slice_is_colum
   return 0;
 }
 
-// Cooperative launch (all CTAs co-resident, required by grid.sync), also valid under stream capture.
+// Cooperative launch (all CTAs co-resident, required by grid.sync), also valid under stream capture. Only
+// after a plan for this kernel on the current device (which raised its shared-memory limit).
 template <typename Kernel, typename Args>
 int launch_cooperative(Kernel kernel, const rnnfast_plan* p, const Tile& L, const Args& a, rnnfast_stream stream) {
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L.bytes);
-  if (err != cudaSuccess) return static_cast<int>(err);
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(static_cast<unsigned>(p->ctas));
   cfg.blockDim = dim3(kThreads);

@@ -9,6 +9,10 @@
 // touched by its owner and stays in one float32 buffer.
 //
 // Dimensions: T time, B batch, H hidden, G gates, U units per CTA.
+#include <array>
+#include <map>
+#include <mutex>
+
 #include "phases.cuh"
 
 namespace rnnfast {
@@ -76,8 +80,21 @@ extern "C" int rnnfast_fwd_persistent(int cell, int dtype, int T, int B, int H, 
   })
 }
 
+// Plans are cached per (cell, dtype, B, H, direction, device): after the first call no CUDA API is called,
+// which keeps a call inside CUDA graph capture free of anything but the launch.
 extern "C" int rnnfast_persistent_plan(int cell, int dtype, int B, int H, int backward, int device,
                                        rnnfast_plan* plan) {
   if (plan == nullptr) return static_cast<int>(cudaErrorInvalidValue);
-  return backward ? plan_bwd(cell, dtype, B, H, device, plan) : plan_fwd(cell, dtype, B, H, device, plan);
+  static std::mutex mutex;
+  static std::map<std::array<int, 6>, rnnfast_plan> cache;
+  const std::array<int, 6> key{cell, dtype, B, H, backward, device};
+  std::lock_guard<std::mutex> lock(mutex);
+  const auto hit = cache.find(key);
+  if (hit != cache.end()) {
+    *plan = hit->second;
+    return 0;
+  }
+  const int err = backward ? plan_bwd(cell, dtype, B, H, device, plan) : plan_fwd(cell, dtype, B, H, device, plan);
+  if (err == 0) cache.emplace(key, *plan);
+  return err;
 }
