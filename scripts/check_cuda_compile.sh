@@ -28,7 +28,7 @@ status=0
 for cu in "$ROOT"/csrc/cuda/*.cu; do
   name="$(basename "$cu")"
   log="$TMP/$name.log"
-  if ! "$NVCC" -c "-arch=$ARCH" -std=c++17 -O3 "${TORCH_FLAGS[@]}" -Xptxas -v -o "$TMP/$name.o" "$cu" >"$log" 2>&1; then
+  if ! "$NVCC" -c "-arch=$ARCH" -std=c++20 -O3 "${TORCH_FLAGS[@]}" -Xptxas -v -o "$TMP/$name.o" "$cu" >"$log" 2>&1; then
     cat "$log" >&2
     echo "FAILED: $name" >&2
     status=1

@@ -36,7 +36,7 @@ def _nvcc() -> str | None:
 NVCC = _nvcc()
 CXX = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
 
-# What torch's extension build adds to nvcc, so that the check compiles what the build compiles.
+# What torch's extension build adds to nvcc (besides -std=c++20), so the check compiles what it builds.
 TORCH_NVCC_FLAGS = [
     "--expt-relaxed-constexpr",
     "-D__CUDA_NO_HALF_OPERATORS__",
@@ -95,7 +95,7 @@ def nvcc_logs(tmp_path_factory) -> dict[str, tuple[int, str]]:
     out = tmp_path_factory.mktemp("nvcc")
     procs = {}
     for source in CU_FILES:
-        cmd = [NVCC, "-c", f"-arch={ARCH}", "-std=c++17", "-O3", *TORCH_NVCC_FLAGS, "-Xptxas", "-v"]
+        cmd = [NVCC, "-c", f"-arch={ARCH}", "-std=c++20", "-O3", *TORCH_NVCC_FLAGS, "-Xptxas", "-v"]
         cmd += ["-o", str(out / (source.stem + ".o")), str(source)]
         procs[source.name] = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
