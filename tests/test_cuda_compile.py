@@ -479,7 +479,63 @@ def _binding_driver(library: str) -> None:
             assert match in str(e), f"expected '{match}' in the error, got: {str(e).splitlines()[0]}"
         else:
             raise AssertionError(f"no error for a bad input ({match})")
+    _adapter_contract()
     print("binding ok")
+
+
+def _adapter_contract() -> None:
+    """rnnfast/ops/recurrence/cuda.py forward/backward on the emulated ops: the op contract's six outputs
+    (shapes, dtypes, empty placeholders) against the reference backend. CUDA's device and stream handling is
+    replaced by no-ops, the only part of the adapter that needs a GPU."""
+    import contextlib
+    import types
+
+    import torch
+
+    from rnnfast.ops.recurrence import common, reference
+    from rnnfast.ops.recurrence import cuda as cuda_backend
+
+    torch.cuda.device = lambda device: contextlib.nullcontext()
+    torch.cuda.current_stream = lambda device=None: types.SimpleNamespace(cuda_stream=0)
+    cuda_backend._device_index = lambda device: 0
+    T, B, H = 4, 3, 17
+    for cell in common.CELLS:
+        for bias, lengths, reverse in ((True, [4, 1, 0], True), (False, None, False)):
+            G = common.GATES[cell]
+            g = torch.Generator().manual_seed(3)
+
+            def r(*shape, g=g):
+                return (torch.rand(*shape, generator=g) - 0.5).float()
+
+            gi, h0, w = r(T, B, G * H), r(B, H), r(G * H, H)
+            c0 = r(B, H) if cell == "lstm" else None
+            b = r(G * H) if bias else None
+            L = None if lengths is None else torch.tensor(lengths)
+            gy, ghn = r(T, B, H), r(B, H)
+            gcn = r(B, H) if cell == "lstm" else None
+            for algo in ("persistent", "stepwise"):
+                os.environ["RNNFAST_CUDA_ALGO"] = algo
+                tag = f"adapter {cell} bias={bias} {algo}"
+                got = cuda_backend.forward(cell, gi, h0, c0, w, b, None, L, reverse, True)
+                want = reference.forward(cell, gi, h0, c0, w, b, None, L, reverse, True)
+                for name, x, y in zip(("y", "h_n", "c_n", "ws"), got, want):
+                    assert x.shape == y.shape and x.dtype == y.dtype, (
+                        f"{tag} {name}: {x.shape}/{x.dtype} vs {y.shape}/{y.dtype}"
+                    )
+                    if name != "ws":
+                        assert_close_f64(f"{tag} {name}", x, y, 1e-5)
+                got_b = cuda_backend.backward(
+                    cell, gy, ghn, gcn, h0, c0, w, b, None, L, reverse, got[0], got[3]
+                )
+                want_b = reference.backward(
+                    cell, gy, ghn, gcn, h0, c0, w, b, None, L, reverse, want[0], want[3]
+                )
+                names = ("dgi", "dh0", "dc0", "dw_hh", "db_hh", "dw_hr")
+                for name, x, y in zip(names, got_b, want_b):
+                    assert x.shape == y.shape and x.dtype == y.dtype, (
+                        f"{tag} {name}: {x.shape}/{x.dtype} vs {y.shape}/{y.dtype}"
+                    )
+                    assert_close_f64(f"{tag} {name}", x, y, 1e-5)
 
 
 @pytest.fixture(scope="module")
