@@ -43,7 +43,7 @@ for cu in "$ROOT"/csrc/cuda/*.cu; do
                               print name, regs, stack, stores, loads }
   ' "$log" >"$TMP/$name.tab"
   while read -r mangled regs stack stores loads; do
-    printf '  %-45s %4s %4s %4s %4s\n' "$(echo "$mangled" | "$DEMANGLE" | sed -E 's/^void //; s/rnnfast::\(anonymous namespace\):://; s/rnnfast:://g; s/\(.*$//')" \
+    printf '  %-48s %4s %4s %4s %4s\n' "$(echo "$mangled" | "$DEMANGLE" | sed -E 's/^void //; s/rnnfast::\(anonymous namespace\):://; s/rnnfast:://g; s/\(.*$//; s/, 0>/, rnn_tanh>/; s/, 1>/, rnn_relu>/; s/, 2>/, gru>/; s/, 3>/, lstm>/')" \
       "$regs" "$stack" "$stores" "$loads"
     if [[ "$mangled" == *persistent* && ( "$stores" != 0 || "$loads" != 0 ) ]]; then
       echo "  SPILL in persistent kernel $mangled" >&2
