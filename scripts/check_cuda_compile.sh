@@ -20,11 +20,15 @@ if [[ ! -x "$NVCC" ]]; then
   exit 2
 fi
 
+# What torch's extension build adds to nvcc, so that the check compiles what the build compiles.
+TORCH_FLAGS=(--expt-relaxed-constexpr -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__
+  -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__)
+
 status=0
 for cu in "$ROOT"/csrc/cuda/*.cu; do
   name="$(basename "$cu")"
   log="$TMP/$name.log"
-  if ! "$NVCC" -c "-arch=$ARCH" -std=c++17 -O3 -Xptxas -v -o "$TMP/$name.o" "$cu" >"$log" 2>&1; then
+  if ! "$NVCC" -c "-arch=$ARCH" -std=c++20 -O3 "${TORCH_FLAGS[@]}" -Xptxas -v -o "$TMP/$name.o" "$cu" >"$log" 2>&1; then
     cat "$log" >&2
     echo "FAILED: $name" >&2
     status=1
@@ -39,7 +43,7 @@ for cu in "$ROOT"/csrc/cuda/*.cu; do
                               print name, regs, stack, stores, loads }
   ' "$log" >"$TMP/$name.tab"
   while read -r mangled regs stack stores loads; do
-    printf '  %-45s %4s %4s %4s %4s\n' "$(echo "$mangled" | "$DEMANGLE" | sed -E 's/^void //; s/rnnfast::\(anonymous namespace\):://; s/rnnfast:://g; s/\(.*$//')" \
+    printf '  %-48s %4s %4s %4s %4s\n' "$(echo "$mangled" | "$DEMANGLE" | sed -E 's/^void //; s/rnnfast::\(anonymous namespace\):://; s/rnnfast:://g; s/\(.*$//; s/, 0>/, rnn_tanh>/; s/, 1>/, rnn_relu>/; s/, 2>/, gru>/; s/, 3>/, lstm>/')" \
       "$regs" "$stack" "$stores" "$loads"
     if [[ "$mangled" == *persistent* && ( "$stores" != 0 || "$loads" != 0 ) ]]; then
       echo "  SPILL in persistent kernel $mangled" >&2

@@ -1,4 +1,5 @@
-"""The cuda backend of the recurrence op on a CUDA GPU (skipped, with the reason, without one).
+"""The cuda backend of the recurrence op. The kernel tests need a CUDA GPU (skipped, with the reason,
+without one); the first few (supports, algorithm choice, opt-in) run everywhere.
 
 Accuracy rule: for every output and every input gradient, the error of the cuda backend against a
 float64 reference is at most twice the error torch.nn (cuDNN) makes on the same problem in the same dtype,
@@ -23,12 +24,10 @@ from rnnfast.ops.recurrence import common
 from rnnfast.ops.recurrence import cuda as cuda_backend
 from tests.utils import CELLS, assert_close, case_id, oracle, recurrence_inputs
 
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(
-        not torch.cuda.is_available(), reason="needs a CUDA GPU (the cuda backend runs on the device)"
-    ),
-]
+gpu = pytest.mark.cuda
+needs_gpu = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (the cuda backend runs on the device)"
+)
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Tolerance floor, relative to the largest reference magnitude: about two ulps near 1 of each dtype.
@@ -43,12 +42,42 @@ def algo(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def no_tf32():
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     yield
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_supports_refuses_other_devices_dtypes_and_projection():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    ok, why = cuda_backend.supports(cpu, torch.float32, {"cell": "gru", "B": 2, "H": 8})
+    assert not ok and "CUDA devices only" in why, why
+    ok, why = cuda_backend.supports(cuda, torch.float64, {"cell": "gru", "B": 2, "H": 8})
+    assert not ok and "float64" in why, why
+    ok, why = cuda_backend.supports(cuda, torch.float32, {"cell": "lstm", "B": 2, "H": 8, "P": 4})
+    assert not ok and "projection" in why, why
+
+
+def test_availability_is_reported():
+    ok, why = cuda_backend.supports(torch.device("cuda"), torch.float32, {"cell": "gru", "B": 2, "H": 8})
+    if torch.cuda.is_available():
+        assert ok, why
+    else:
+        assert not ok and "no CUDA device" in why, why
+
+
+def test_forced_algorithm_is_validated(monkeypatch):
+    monkeypatch.setenv("RNNFAST_CUDA_ALGO", "fastest")
+    with pytest.raises(ValueError, match="RNNFAST_CUDA_ALGO"):
+        cuda_backend.algorithm("gru", torch.float32, 2, 8, False, torch.device("cuda"))
+
+
+def test_auto_never_picks_the_unverified_cuda_backend():
+    assert ("cuda", "recurrence") not in rnnfast.backends.GPU_VERIFIED
+    assert "cuda" not in rnnfast.backends.auto_order("recurrence", torch.device("cuda"))
+    assert "cuda" not in rnnfast.backends.auto_order("module", torch.device("cuda"))
 
 
 def _lengths(mode: str, T: int, B: int) -> list[int] | None:
@@ -179,6 +208,9 @@ def _compare(cell, dtype, T, B, H, lengths, reverse):
             _check(name, dtype, got, tv, want)
 
 
+@gpu
+@needs_gpu
+@pytest.mark.usefixtures("no_tf32")
 @pytest.mark.parametrize("shape", SHAPES, ids=[case_id(T=t, B=b, H=h) for t, b, h in SHAPES])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
@@ -188,6 +220,9 @@ def test_matches_fp64_within_torch_nn_error(cell, dtype, mode, shape, algo):
     _compare(cell, dtype, T, B, H, _lengths(mode, T, B), mode.endswith("reverse"))
 
 
+@gpu
+@needs_gpu
+@pytest.mark.usefixtures("no_tf32")
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_long_sequence(cell, dtype, algo):
@@ -195,6 +230,9 @@ def test_long_sequence(cell, dtype, algo):
     _compare(cell, dtype, T, B, H, [T, 700, 1], reverse=False)
 
 
+@gpu
+@needs_gpu
+@pytest.mark.usefixtures("no_tf32")
 def test_zero_length_rows_and_no_bias(algo):
     """A row with length 0 keeps h0 (y all zero); b_hh absent. float32 against float64 directly."""
     for cell in CELLS:
@@ -214,6 +252,9 @@ def test_zero_length_rows_and_no_bias(algo):
                 assert_close(f"{cell} {name}", got.double(), want, atol=2e-5)
 
 
+@gpu
+@needs_gpu
+@pytest.mark.usefixtures("no_tf32")
 def test_persistent_plan_covers_the_small_shapes():
     ok, why = cuda_backend.supports(torch.device("cuda"), torch.float32, {"cell": "gru", "B": 3, "H": 33})
     assert ok, why
@@ -231,6 +272,9 @@ def test_persistent_plan_covers_the_small_shapes():
             assert code == 1, f"gru {dtype} H=1000 forward: {why}"
 
 
+@gpu
+@needs_gpu
+@pytest.mark.usefixtures("no_tf32")
 @pytest.mark.parametrize("cls", [rnnfast.GRU, rnnfast.LSTM, rnnfast.RNN])
 def test_module_parity(cls, algo):
     torch.manual_seed(0)
@@ -273,6 +317,9 @@ def _forward(cell, a, reverse=False):
     )
 
 
+@gpu
+@needs_gpu
+@pytest.mark.usefixtures("no_tf32")
 @pytest.mark.parametrize("cell", CELLS)
 def test_cuda_graph_capture_forward(cell, algo):
     a = recurrence_inputs(
@@ -297,6 +344,9 @@ def test_cuda_graph_capture_forward(cell, algo):
         )
 
 
+@gpu
+@needs_gpu
+@pytest.mark.usefixtures("no_tf32")
 def test_two_streams_at_once(algo):
     cells = ("gru", "lstm")
     problems = [
@@ -329,6 +379,9 @@ def test_two_streams_at_once(algo):
                 )
 
 
+@gpu
+@needs_gpu
+@pytest.mark.usefixtures("no_tf32")
 def test_binding_rejects_bad_inputs_by_name():
     ok, why = cuda_backend.supports(torch.device("cuda"), torch.float16, {"cell": "gru", "B": 2, "H": 8})
     assert ok, why
@@ -345,11 +398,3 @@ def test_binding_rejects_bad_inputs_by_name():
         op(a["gi"], a["h0"], None, a["w_hh"], a["b_hh"], None, bad, code, False, True, 1, stream)
     with pytest.raises(RuntimeError, match="w_hr"):
         op(a["gi"], a["h0"], None, a["w_hh"], a["b_hh"], a["w_hh"], None, code, False, True, 1, stream)
-
-
-def test_supports_refuses_what_is_not_implemented():
-    dev = torch.device("cuda")
-    assert not cuda_backend.supports(dev, torch.float64, {"cell": "gru", "B": 2, "H": 8})[0]
-    ok, why = cuda_backend.supports(dev, torch.float32, {"cell": "lstm", "B": 2, "H": 8, "P": 4})
-    assert not ok and "projection" in why
-    assert not cuda_backend.supports(torch.device("cpu"), torch.float32, {"cell": "gru", "B": 2, "H": 8})[0]

@@ -83,7 +83,9 @@ std::tuple<int64_t, int64_t, int64_t> check_common(const char* x_name, const at:
   TORCH_CHECK(cell >= 0 && cell <= 3, "cell: expected a code 0..3 (rnn_tanh, rnn_relu, gru, lstm), got ", cell);
   TORCH_CHECK(algo == kPersistent || algo == kStepwise, "algo: expected 1 (persistent) or 2 (stepwise), got ",
               algo);
+#ifndef RNNFAST_HOST_EMULATION
   TORCH_CHECK(x.is_cuda(), x_name, ": expected a CUDA tensor, got ", x.device());
+#endif
   dtype_code(x.scalar_type());
   TORCH_CHECK(x.dim() == 3, x_name, ": expected 3 dimensions (T, B, ·), got ", x.sizes());
   TORCH_CHECK(x.is_contiguous(), x_name, ": expected a contiguous tensor");
@@ -269,7 +271,16 @@ TORCH_LIBRARY_FRAGMENT(rnnfast_C, m) {
         &persistent_plan);
 }
 
+#ifndef RNNFAST_HOST_EMULATION
 TORCH_LIBRARY_IMPL(rnnfast_C, CUDA, m) {
   m.impl("cuda_recurrence_fwd", &recurrence_fwd);
   m.impl("cuda_recurrence_bwd", &recurrence_bwd);
 }
+#else
+// Test build only: linked against csrc/cuda/emulator/host_emulator.cu, which implements the C ABI on the
+// host, the ops run on CPU tensors.
+TORCH_LIBRARY_IMPL(rnnfast_C, CPU, m) {
+  m.impl("cuda_recurrence_fwd", &recurrence_fwd);
+  m.impl("cuda_recurrence_bwd", &recurrence_bwd);
+}
+#endif

@@ -12,23 +12,27 @@
 
 #include "rnnfast_cuda.h"
 
+// Everything here is __host__ __device__ so that the kernels' per-thread work can also run, thread by thread,
+// in the host emulator (csrc/cuda/emulator), which checks the indexing on a machine without a GPU.
+#define RNNFAST_HD __host__ __device__ __forceinline__
+
 namespace rnnfast {
 
-__device__ __forceinline__ float to_f(float v) { return v; }
-__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+RNNFAST_HD float to_f(float v) { return v; }
+RNNFAST_HD float to_f(__half v) { return __half2float(v); }
+RNNFAST_HD float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
 
 template <typename T>
-__device__ __forceinline__ T from_f(float v);
+RNNFAST_HD T from_f(float v);
 template <>
-__device__ __forceinline__ float from_f<float>(float v) { return v; }
+RNNFAST_HD float from_f<float>(float v) { return v; }
 template <>
-__device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
+RNNFAST_HD __half from_f<__half>(float v) { return __float2half_rn(v); }
 template <>
-__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+RNNFAST_HD __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 // Accurate (not __expf-based) so that float32 results stay within a few ulp of the reference.
-__device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+RNNFAST_HD float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 template <int CELL>
 struct Cell;
@@ -37,12 +41,12 @@ template <>
 struct Cell<RNNFAST_RNN_TANH> {
   static constexpr int G = 1, S = 0;
   // pre_i, pre_h: the G pre-activations from gi and from h·W_hhᵀ + b_hh. Returns h_t; c, saved unused.
-  __device__ static float fwd(const float* pre_i, const float* pre_h, float, float&, float*) {
+  RNNFAST_HD static float fwd(const float* pre_i, const float* pre_h, float, float&, float*) {
     return tanhf(pre_i[0] + pre_h[0]);
   }
   // dh: total gradient w.r.t. h_t; h_out: h_t as stored in y. Writes d_gi, d_gh (w.r.t. gi and gh);
   // returns the gradient w.r.t. h_{t-1} that bypasses W_hh (none for an Elman RNN).
-  __device__ static float bwd(float dh, float&, const float*, float, float, float h_out, float* d_gi, float* d_gh) {
+  RNNFAST_HD static float bwd(float dh, float&, const float*, float, float, float h_out, float* d_gi, float* d_gh) {
     d_gi[0] = d_gh[0] = dh * (1.0f - h_out * h_out);
     return 0.0f;
   }
@@ -51,10 +55,10 @@ struct Cell<RNNFAST_RNN_TANH> {
 template <>
 struct Cell<RNNFAST_RNN_RELU> {
   static constexpr int G = 1, S = 0;
-  __device__ static float fwd(const float* pre_i, const float* pre_h, float, float&, float*) {
+  RNNFAST_HD static float fwd(const float* pre_i, const float* pre_h, float, float&, float*) {
     return fmaxf(pre_i[0] + pre_h[0], 0.0f);
   }
-  __device__ static float bwd(float dh, float&, const float*, float, float, float h_out, float* d_gi, float* d_gh) {
+  RNNFAST_HD static float bwd(float dh, float&, const float*, float, float, float h_out, float* d_gi, float* d_gh) {
     d_gi[0] = d_gh[0] = h_out > 0.0f ? dh : 0.0f;
     return 0.0f;
   }
@@ -63,14 +67,14 @@ struct Cell<RNNFAST_RNN_RELU> {
 template <>
 struct Cell<RNNFAST_GRU> {
   static constexpr int G = 3, S = 4;  // saved: r, z, n, hn = W_hn·h + b_hn
-  __device__ static float fwd(const float* pre_i, const float* pre_h, float h_prev, float&, float* saved) {
+  RNNFAST_HD static float fwd(const float* pre_i, const float* pre_h, float h_prev, float&, float* saved) {
     const float r = sigmoidf(pre_i[0] + pre_h[0]);
     const float z = sigmoidf(pre_i[1] + pre_h[1]);
     const float n = tanhf(pre_i[2] + r * pre_h[2]);
     saved[0] = r, saved[1] = z, saved[2] = n, saved[3] = pre_h[2];
     return (1.0f - z) * n + z * h_prev;
   }
-  __device__ static float bwd(float dh, float&, const float* s, float h_prev, float, float, float* d_gi,
+  RNNFAST_HD static float bwd(float dh, float&, const float* s, float h_prev, float, float, float* d_gi,
                               float* d_gh) {
     const float r = s[0], z = s[1], n = s[2], hn = s[3];
     const float dn = dh * (1.0f - z) * (1.0f - n * n);
@@ -87,7 +91,7 @@ struct Cell<RNNFAST_GRU> {
 template <>
 struct Cell<RNNFAST_LSTM> {
   static constexpr int G = 4, S = 5;  // saved: i, f, g, o (activated), c_t
-  __device__ static float fwd(const float* pre_i, const float* pre_h, float, float& c, float* saved) {
+  RNNFAST_HD static float fwd(const float* pre_i, const float* pre_h, float, float& c, float* saved) {
     const float i = sigmoidf(pre_i[0] + pre_h[0]);
     const float f = sigmoidf(pre_i[1] + pre_h[1]);
     const float g = tanhf(pre_i[2] + pre_h[2]);
@@ -97,7 +101,7 @@ struct Cell<RNNFAST_LSTM> {
     return o * tanhf(c);
   }
   // dc: gradient w.r.t. c_t flowing from later steps on entry, w.r.t. c_{t-1} on exit.
-  __device__ static float bwd(float dh, float& dc, const float* s, float, float c_prev, float, float* d_gi,
+  RNNFAST_HD static float bwd(float dh, float& dc, const float* s, float, float c_prev, float, float* d_gi,
                               float* d_gh) {
     const float i = s[0], f = s[1], g = s[2], o = s[3], c = s[4];
     const float tc = tanhf(c);
@@ -151,7 +155,7 @@ struct BwdArgs {
 };
 
 // Number of valid steps of row b: lengths[b] clamped to [0, T], or T.
-__device__ __forceinline__ int row_length(const int64_t* lengths, int b, int T) {
+RNNFAST_HD int row_length(const int64_t* lengths, int b, int T) {
   if (lengths == nullptr) return T;
   const int64_t l = lengths[b];
   return l < 0 ? 0 : (l > T ? T : static_cast<int>(l));
@@ -161,7 +165,7 @@ __device__ __forceinline__ int row_length(const int64_t* lengths, int b, int T) 
 // Writes y[t, b, j] (0 when t is past the row's length), ws and the cell state; returns h after the step
 // (h_prev when the step is invalid: the state is frozen).
 template <typename E, int CELL>
-__device__ __forceinline__ float fwd_unit(const FwdArgs<E>& a, int t, int b, int j, float* pre_h, float h_prev) {
+RNNFAST_HD float fwd_unit(const FwdArgs<E>& a, int t, int b, int j, float* pre_h, float h_prev) {
   using C = Cell<CELL>;
   const int64_t tb = static_cast<int64_t>(t) * a.B + b;
   if (t >= row_length(a.lengths, b, a.T)) {
@@ -194,7 +198,7 @@ __device__ __forceinline__ float fwd_unit(const FwdArgs<E>& a, int t, int b, int
 // the gradient w.r.t. h_{t-1} that does not go through W_hh (all of dh at an invalid step, where the
 // state was frozen). Saved activations of invalid steps are never read (they may be NaN).
 template <typename E, int CELL>
-__device__ __forceinline__ float bwd_unit(const BwdArgs<E>& a, int t, int b, int j, float dh_next) {
+RNNFAST_HD float bwd_unit(const BwdArgs<E>& a, int t, int b, int j, float dh_next) {
   using C = Cell<CELL>;
   const int64_t tb = static_cast<int64_t>(t) * a.B + b;
   const int64_t gofs = tb * C::G * a.H + j;

@@ -11,67 +11,37 @@
 // barrier is needed; phase A of the next step writes dgh[t'] (another t), which no CTA still reads.
 //
 // Dimensions: T time, B batch, H hidden, G gates, U units per CTA.
-#include "persistent.cuh"
+#include "phases.cuh"
 
 namespace rnnfast {
 namespace {
 
 template <typename E, int CELL>
 __global__ void __launch_bounds__(kThreads, 1) bwd_persistent_kernel(BwdArgs<E> a, Tile L, int U) {
-  namespace cg = cooperative_groups;
-  constexpr int G = Cell<CELL>::G;
+  using P = BwdPhases<E, CELL>;
   extern __shared__ __align__(128) unsigned char smem[];
   E* Ws = reinterpret_cast<E*>(smem + L.w_off);
   E* As = reinterpret_cast<E*>(smem + L.a_off);
   float* Cs = reinterpret_cast<float*>(smem + L.c_off);
-  cg::grid_group grid = cg::this_grid();
-  const int B = a.B, H = a.H, GH = G * a.H, tid = threadIdx.x;
-  const int u0 = blockIdx.x * U;
-  const int nu = min(U, H - u0);
+  cooperative_groups::grid_group grid = cooperative_groups::this_grid();
+  const int tid = threadIdx.x, cta = blockIdx.x;
 
-  // Ws row u holds column u0 + u of W_hh: Ws[u][n] = W_hh[n][u0 + u]; zero beyond the slice.
-  for (int idx = tid; idx < L.np * L.kp; idx += kThreads) {
-    const int u = idx / L.kp, n = idx % L.kp;
-    E v = from_f<E>(0.0f);
-    if (u < nu && n < GH) v = a.w[static_cast<int64_t>(n) * H + u0 + u];
-    Ws[idx] = v;
-  }
-  for (int idx = tid; idx < B * nu; idx += kThreads) {
-    const int64_t bj = static_cast<int64_t>(idx / nu) * H + u0 + idx % nu;
-    a.dh[bj] = to_f(a.grad_hn[bj]);
-    if (CELL == RNNFAST_LSTM) a.dc[bj] = to_f(a.grad_cn[bj]);
-  }
+  P::load_weights(a, L, U, cta, tid, Ws);
+  P::init_state(a, U, cta, tid);
   __syncthreads();
-
   for (int s = 0; s < a.T; ++s) {
-    const int t = a.reverse ? s : a.T - 1 - s;
-    for (int idx = tid; idx < B * nu; idx += kThreads) {
-      const int b = idx / nu, j = u0 + idx % nu;
-      const int64_t bj = static_cast<int64_t>(b) * H + j;
-      a.carry[bj] = bwd_unit<E, CELL>(a, t, b, j, a.dh[bj]);
-    }
-    grid.sync();
-    const float* dgh_t = a.dgh + static_cast<int64_t>(t) * B * GH;
-    for (int b0 = 0; b0 < B; b0 += L.bc) {
-      const int rows = min(L.bc, B - b0);
-      stage_rows<E>(L, As, dgh_t + static_cast<int64_t>(b0) * GH, rows, GH);
+    P::cells(a, U, cta, s, tid);
+    grid.sync();  // dgh[t] complete
+    for (int b0 = 0; b0 < a.B; b0 += L.bc) {
+      P::stage(a, L, s, b0, tid, As);
       __syncthreads();
-      chunk_gemm(L, rows, As, Ws, Cs);
+      chunk_gemm<E>(L, tid, min(L.bc, a.B - b0), As, Ws, Cs);
       __syncthreads();
-      for (int idx = tid; idx < rows * nu; idx += kThreads) {
-        const int m = idx / nu, u = idx % nu;
-        const int64_t bj = static_cast<int64_t>(b0 + m) * H + u0 + u;
-        a.dh[bj] = a.carry[bj] + chunk_sum(L, Cs, m, u);
-      }
+      P::accumulate(a, L, U, cta, b0, tid, Cs);
       __syncthreads();  // the next chunk overwrites As and Cs; the next phase A reads dh
     }
   }
-
-  for (int idx = tid; idx < B * nu; idx += kThreads) {
-    const int64_t bj = static_cast<int64_t>(idx / nu) * H + u0 + idx % nu;
-    a.dh0[bj] = from_f<E>(a.dh[bj]);
-    if (CELL == RNNFAST_LSTM) a.dc0[bj] = from_f<E>(a.dc[bj]);
-  }
+  P::finish(a, U, cta, tid);
 }
 
 }  // namespace

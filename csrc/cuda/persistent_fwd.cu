@@ -9,69 +9,40 @@
 // touched by its owner and stays in one float32 buffer.
 //
 // Dimensions: T time, B batch, H hidden, G gates, U units per CTA.
-#include "persistent.cuh"
+#include <array>
+#include <map>
+#include <mutex>
+
+#include "phases.cuh"
 
 namespace rnnfast {
 namespace {
 
 template <typename E, int CELL>
 __global__ void __launch_bounds__(kThreads, 1) fwd_persistent_kernel(FwdArgs<E> a, Tile L, int U) {
-  namespace cg = cooperative_groups;
-  constexpr int G = Cell<CELL>::G;
+  using P = FwdPhases<E, CELL>;
   extern __shared__ __align__(128) unsigned char smem[];
   E* Ws = reinterpret_cast<E*>(smem + L.w_off);
   E* As = reinterpret_cast<E*>(smem + L.a_off);
   float* Cs = reinterpret_cast<float*>(smem + L.c_off);
-  cg::grid_group grid = cg::this_grid();
-  const int B = a.B, H = a.H, tid = threadIdx.x;
-  const int u0 = blockIdx.x * U;
-  const int nu = min(U, H - u0);  // the last CTA may own fewer units
+  cooperative_groups::grid_group grid = cooperative_groups::this_grid();
+  const int tid = threadIdx.x, cta = blockIdx.x;
 
-  // Ws row r = g·U + u holds W_hh row g·H + u0 + u; rows and columns beyond the slice are zero.
-  for (int idx = tid; idx < L.np * L.kp; idx += kThreads) {
-    const int r = idx / L.kp, k = idx % L.kp, g = r / U, u = r % U;
-    E v = from_f<E>(0.0f);
-    if (g < G && u < nu && k < H) v = a.w[static_cast<int64_t>(g * H + u0 + u) * H + k];
-    Ws[idx] = v;
-  }
-  float* h_even = a.h;                               // read at even steps
-  float* h_odd = a.h + static_cast<int64_t>(B) * H;  // read at odd steps
-  for (int idx = tid; idx < B * nu; idx += kThreads) {
-    const int64_t bj = static_cast<int64_t>(idx / nu) * H + u0 + idx % nu;
-    h_even[bj] = to_f(a.h0[bj]);
-    if (CELL == RNNFAST_LSTM) a.c[bj] = to_f(a.c0[bj]);
-  }
+  P::load_weights(a, L, U, cta, tid, Ws);
+  P::init_state(a, U, cta, tid);
   grid.sync();
-
   for (int s = 0; s < a.T; ++s) {
-    const int t = a.reverse ? a.T - 1 - s : s;
-    const float* h_in = (s & 1) ? h_odd : h_even;
-    float* h_out = (s & 1) ? h_even : h_odd;
-    for (int b0 = 0; b0 < B; b0 += L.bc) {
-      const int rows = min(L.bc, B - b0);
-      stage_rows<E>(L, As, h_in + static_cast<int64_t>(b0) * H, rows, H);
+    for (int b0 = 0; b0 < a.B; b0 += L.bc) {
+      P::stage(a, L, s, b0, tid, As);
       __syncthreads();
-      chunk_gemm(L, rows, As, Ws, Cs);
+      chunk_gemm<E>(L, tid, min(L.bc, a.B - b0), As, Ws, Cs);
       __syncthreads();
-      for (int idx = tid; idx < rows * nu; idx += kThreads) {
-        const int m = idx / nu, u = idx % nu;
-        float pre_h[G];
-#pragma unroll
-        for (int g = 0; g < G; ++g) pre_h[g] = chunk_sum(L, Cs, m, g * U + u);
-        const int64_t bj = static_cast<int64_t>(b0 + m) * H + u0 + u;
-        h_out[bj] = fwd_unit<E, CELL>(a, t, b0 + m, u0 + u, pre_h, __ldcg(h_in + bj));
-      }
+      P::cells(a, L, U, cta, s, b0, tid, Cs);
       __syncthreads();  // the next chunk overwrites As and Cs
     }
     grid.sync();
   }
-
-  const float* h_last = (a.T & 1) ? h_odd : h_even;
-  for (int idx = tid; idx < B * nu; idx += kThreads) {
-    const int64_t bj = static_cast<int64_t>(idx / nu) * H + u0 + idx % nu;
-    a.hn[bj] = from_f<E>(__ldcg(h_last + bj));
-    if (CELL == RNNFAST_LSTM) a.cn[bj] = from_f<E>(a.c[bj]);
-  }
+  P::finish(a, U, cta, tid);
 }
 
 }  // namespace
@@ -109,8 +80,21 @@ extern "C" int rnnfast_fwd_persistent(int cell, int dtype, int T, int B, int H, 
   })
 }
 
+// Plans are cached per (cell, dtype, B, H, direction, device): after the first call no CUDA API is called,
+// which keeps a call inside CUDA graph capture free of anything but the launch.
 extern "C" int rnnfast_persistent_plan(int cell, int dtype, int B, int H, int backward, int device,
                                        rnnfast_plan* plan) {
   if (plan == nullptr) return static_cast<int>(cudaErrorInvalidValue);
-  return backward ? plan_bwd(cell, dtype, B, H, device, plan) : plan_fwd(cell, dtype, B, H, device, plan);
+  static std::mutex mutex;
+  static std::map<std::array<int, 6>, rnnfast_plan> cache;
+  const std::array<int, 6> key{cell, dtype, B, H, backward, device};
+  std::lock_guard<std::mutex> lock(mutex);
+  const auto hit = cache.find(key);
+  if (hit != cache.end()) {
+    *plan = hit->second;
+    return 0;
+  }
+  const int err = backward ? plan_bwd(cell, dtype, B, H, device, plan) : plan_fwd(cell, dtype, B, H, device, plan);
+  if (err == 0) cache.emplace(key, *plan);
+  return err;
 }

@@ -4,33 +4,23 @@
 // persistent kernels' weight slices do not fit on chip. No allocation, no host sync: CUDA-graph friendly.
 //
 // Dimensions: T time, B batch, H hidden, G gates, S saved per unit. One thread per (b, j) of (B, H).
-#include "cells.cuh"
+#include "phases.cuh"
 
 namespace rnnfast {
 namespace {
 
 constexpr int kStepThreads = 256;
 
-template <typename T, int CELL>
-__global__ void __launch_bounds__(kStepThreads) fwd_step_kernel(FwdArgs<T> a, int t) {
+template <typename E, int CELL>
+__global__ void __launch_bounds__(kStepThreads) fwd_step_kernel(FwdArgs<E> a, int t) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * kStepThreads + threadIdx.x;
-  if (idx >= static_cast<int64_t>(a.B) * a.H) return;
-  constexpr int G = Cell<CELL>::G;
-  const int b = static_cast<int>(idx / a.H), j = static_cast<int>(idx % a.H);
-  float pre_h[G];
-  const float* gh = a.gh + static_cast<int64_t>(b) * G * a.H + j;
-#pragma unroll
-  for (int g = 0; g < G; ++g) pre_h[g] = gh[g * a.H];
-  // Each thread owns its (b, j) of the state, so the update in place is race-free.
-  a.h[idx] = fwd_unit<T, CELL>(a, t, b, j, pre_h, a.h[idx]);
+  if (idx < static_cast<int64_t>(a.B) * a.H) fwd_step_thread<E, CELL>(a, t, idx);
 }
 
-template <typename T, int CELL>
-__global__ void __launch_bounds__(kStepThreads) bwd_step_kernel(BwdArgs<T> a, int t) {
+template <typename E, int CELL>
+__global__ void __launch_bounds__(kStepThreads) bwd_step_kernel(BwdArgs<E> a, int t) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * kStepThreads + threadIdx.x;
-  if (idx >= static_cast<int64_t>(a.B) * a.H) return;
-  const int b = static_cast<int>(idx / a.H), j = static_cast<int>(idx % a.H);
-  a.carry[idx] = bwd_unit<T, CELL>(a, t, b, j, a.dh[idx]);
+  if (idx < static_cast<int64_t>(a.B) * a.H) bwd_step_thread<E, CELL>(a, t, idx);
 }
 
 unsigned step_blocks(int B, int H) {
