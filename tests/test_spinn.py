@@ -249,3 +249,23 @@ def test_bad_inputs():
         SPINN(3, None, predict=True)
     with pytest.raises(ValueError, match="h_track: expected a tensor exactly when"):
         TreeLSTMReduce(3)(*(torch.rand(2, 3) for _ in range(4)), torch.rand(2, 2))
+
+
+def test_autograd_variant_matches_reference():
+    """The autograd-only loop (kept for the benchmark comparison) computes the same thing."""
+    from rnnfast.ops.spinn.encoder import check_transitions, encode_autograd, plan
+
+    B, H, HT = 10, 5, 4
+    model = _model(H, HT)
+    buffers, tr, null = _inputs(B, H, [random.Random(b).randint(1, 8) for b in range(B)], seed=4)
+    r, t = model.reduce, model.tracker
+    p = plan(check_transitions(tr, B, buffers.shape[1]), buffers.shape[1])
+    h, c = encode_autograd(p, buffers, null, r.left.weight, r.left.bias, r.right.weight, r.track.weight,
+                           *t.rnn.parameters())  # fmt: skip
+    rh, rc, _ = reference.spinn(model, buffers, tr, null)
+    assert_close("h", h, rh, TOL)
+    params = [buffers, null] + list(model.parameters())
+    got = torch.autograd.grad((h + c).sum(), params)
+    want = torch.autograd.grad((rh + rc).sum(), params)
+    for name, a, b in zip(["buffers", "null"] + [n for n, _ in model.named_parameters()], got, want):
+        assert_close(f"grad {name}", a, b, TOL)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnfast import backends
+from rnnfast import backends, functional
 from rnnfast.nn.transitions import PAD, REDUCE, SHIFT
 
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
@@ -342,6 +342,33 @@ class SpinnEncode(torch.autograd.Function):
         d_null = torch.cat([dph3[0], dpc3[0]], 1)
         grads = (d_buffers, d_null, dw_l, db_l, dw_r, dw_t, dw_ih, dw_hh, db_ih, db_hh, dw_trans, db_trans)
         return (None, None) + grads
+
+
+def encode_autograd(p: Plan, buffers, null, w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih, b_hh):
+    """The same planned loop in differentiable out-of-place ops, backward left to autograd.
+
+    Kept as the measured alternative to :class:`SpinnEncode`: each step's scatter has to copy the whole
+    pool (``index_copy`` out of place) and autograd records ~20 nodes per step; see docs/spinn.md for the
+    timings. Returns the root (h, c).
+    """
+    T, B = p.T, p.B
+    H = buffers.shape[2] // 2
+    ph, pc = _pools(buffers, null, T)
+    tracker = w_ih is not None
+    if tracker:
+        h = c = buffers.new_zeros(B, w_hh.shape[1])
+    for t in range(T):
+        if tracker:
+            x = torch.cat([ph.index_select(0, p.buf[t]), ph.index_select(0, p.stk[t]).view(B, 2 * H)], 1)
+            h, c = torch.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh)
+        if t in p.off:
+            rows, out, kids = p.rows[t], p.out[t], p.kids[t]
+            R = rows.shape[0]
+            hk, ck = ph.index_select(0, kids), pc.index_select(0, kids)
+            ht = h.index_select(0, rows) if tracker else None
+            h_new, c_new = functional.tree_lstm_reduce(hk[:R], ck[:R], hk[R:], ck[R:], w_l, b_l, w_r, ht, w_t)
+            ph, pc = ph.index_copy(0, out, h_new), pc.index_copy(0, out, c_new)
+    return ph.index_select(0, p.root), pc.index_select(0, p.root)
 
 
 @torch.no_grad()
