@@ -72,7 +72,7 @@ def evaluate(model: SNLIClassifier, examples, vocab, batch_size: int, device) ->
     return loss / max(n, 1), correct / max(n, 1)
 
 
-def _plot(history: dict, path: Path) -> str:
+def _plot(history: dict, path: Path, title: str) -> str:
     try:
         import matplotlib
 
@@ -91,7 +91,7 @@ def _plot(history: dict, path: Path) -> str:
     a2.set_xlabel("update")
     a2.set_ylabel("accuracy")
     a2.legend()
-    fig.suptitle("SPINN on SNLI")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"glove: {found}/{len(vocab)} words found in {a.glove} (d={a.d_embed})")
     model = SNLIClassifier(
         len(vocab), a.d_embed, a.d_hidden, a.d_tracker or None, a.d_mlp, a.n_mlp_layers,
-        embed_dropout=a.embed_dropout, mlp_dropout=a.mlp_dropout, fix_emb=a.fix_emb, pad_index=vocab.pad_index,
+        embed_dropout=a.embed_dropout, mlp_dropout=a.mlp_dropout, fix_emb=a.fix_emb,
+        pad_index=vocab.pad_index,
     )  # fmt: skip
     if glove is not None:
         model.embed.weight.data.copy_(glove)
@@ -163,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             history["acc"].append(run_acc)
             if step % a.log_every == 0:
                 rate = sents / (time.perf_counter() - t0)
-                print(f"epoch {epoch} update {step}: loss {run_loss:.4f} acc {run_acc:.3f} {rate:,.0f} sentences/s",
-                      flush=True)  # fmt: skip
+                print(f"epoch {epoch} update {step}: loss {run_loss:.4f} acc {run_acc:.3f} "
+                      f"{rate:,.0f} sentences/s", flush=True)  # fmt: skip
             if a.max_steps and step >= a.max_steps:
                 break
         if dev:
@@ -172,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             history["dev_step"].append(step)
             history["dev_loss"].append(dl)
             history["dev_acc"].append(da)
-            print(f"epoch {epoch}: dev loss {dl:.4f} dev acc {da:.3f} ({time.perf_counter() - t_start:.0f} s)")
+            elapsed = time.perf_counter() - t_start
+            print(f"epoch {epoch}: dev loss {dl:.4f} dev acc {da:.3f} ({elapsed:.0f} s)")
             if da > best:
                 best = da
                 torch.save({"model": model.state_dict(), "config": model.config, "vocab": vocab.itos}, ckpt)
@@ -186,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         tl, ta = evaluate(model, test, vocab, a.batch_size, device)
         print(f"test loss {tl:.4f} test acc {ta:.3f}")
     if not a.no_plot:
-        print(_plot(history, out / "spinn_snli.png"))
+        print(_plot(history, out / "spinn_snli.png", f"SPINN classifier on {Path(a.train).name}"))
     print(f"trained {step} updates in {time.perf_counter() - t_start:.0f} s")
     return 0
 
