@@ -100,6 +100,18 @@ def test_encoder_pads_anywhere_and_empty_sentences():
     assert_close("h of an empty sentence", h[1], null[1, :H], 0.0)
 
 
+def test_no_transitions_at_all():
+    """T = 0 (a batch of empty sentences): the root is the null state, its gradient the root's."""
+    B, H = 3, 4
+    model = _model(H, 3, predict=True)
+    buffers, _, null = _inputs(B, H, [1, 1, 1], seed=1)
+    h, c, logits = model(buffers, torch.empty(0, B, dtype=torch.int64), null, return_c=True)
+    assert_close("h", h, null[:, :H], 0.0)
+    assert logits.shape == (0, B, 4)
+    (h.sum() + 2 * c.sum()).backward()
+    assert_close("grad null", null.grad, torch.cat([torch.ones(B, H), 2 * torch.ones(B, H)], 1).double(), 0.0)
+
+
 @pytest.mark.parametrize("B", [1, 12])
 def test_predict_teacher_forced_and_greedy(B):
     H, HT = 5, 4

@@ -343,7 +343,7 @@ class SpinnEncode(torch.autograd.Function):
             leaves = ph[: (1 + N) * B]
             dph[: (1 + N) * B] += dg_buf.mm(w_ih[:, :H])
             dw_ih = torch.cat([dg_buf.t().mm(leaves), dg_all.t().mm(xs.view(T * B, 2 * H))], 1)
-            h_prev = torch.cat([hs.new_zeros(1, B, HT), hs[:-1]]).view(T * B, HT)
+            h_prev = torch.cat([hs.new_zeros(1, B, HT), hs[:-1]])[:T].reshape(T * B, HT)
             dw_hh = dg_all.t().mm(h_prev)
             if has_bih:
                 db_ih = dg_all.sum(0)
