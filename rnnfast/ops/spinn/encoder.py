@@ -179,13 +179,21 @@ def _to_device(p: Plan, device: torch.device) -> Plan:
 
 
 def _pools(buffers: Tensor, null: Tensor, T: int) -> tuple[Tensor, Tensor]:
-    """(S·B, H) pools of h and c: null, leaves slot-major, then T unwritten step slots."""
+    """(S·B, H) pools of h and c: null, leaves slot-major, then T unwritten step slots.
+
+    Only the first 1 + N slots are copied (a cat would also copy the T empty ones: 4.5 → 1.5 ms per
+    pool at B=128, N=25, T=49, H=300).
+    """
     B, N, H2 = buffers.shape
     H = H2 // 2
     leaves = buffers.transpose(0, 1)
-    ph = torch.cat([null[None, :, :H], leaves[..., :H], buffers.new_empty(T, B, H)]).view(-1, H)
-    pc = torch.cat([null[None, :, H:], leaves[..., H:], buffers.new_empty(T, B, H)]).view(-1, H)
-    return ph, pc
+    pools = []
+    for part in (slice(0, H), slice(H, H2)):
+        pool = buffers.new_empty((1 + N + T) * B, H)
+        pool[:B] = null[:, part]
+        pool[B : (1 + N) * B].view(N, B, H).copy_(leaves[..., part])
+        pools.append(pool)
+    return pools[0], pools[1]
 
 
 def _lstm_pointwise(gates, c, act_out):
