@@ -196,13 +196,13 @@ def _pools(buffers: Tensor, null: Tensor, T: int) -> tuple[Tensor, Tensor]:
     return pools[0], pools[1]
 
 
-def _lstm_pointwise(gates, c, act_out):
-    """LSTMCell pointwise part (gate order i, f, g, o); activated gates go to ``act_out`` (B, 4HT)."""
+def _lstm_pointwise(gates, c):
+    """LSTMCell pointwise part (gate order i, f, g, o), activating ``gates`` (B, 4HT) in place."""
     HT = c.shape[1]
-    torch.sigmoid(gates[:, : 2 * HT], out=act_out[:, : 2 * HT])
-    torch.tanh(gates[:, 2 * HT : 3 * HT], out=act_out[:, 2 * HT : 3 * HT])
-    torch.sigmoid(gates[:, 3 * HT :], out=act_out[:, 3 * HT :])
-    i, f, g, o = act_out.chunk(4, 1)
+    gates[:, : 2 * HT].sigmoid_()
+    gates[:, 2 * HT : 3 * HT].tanh_()
+    gates[:, 3 * HT :].sigmoid_()
+    i, f, g, o = gates.chunk(4, 1)
     c = torch.addcmul(f * c, i, g)
     return o * c.tanh(), c
 
@@ -210,7 +210,8 @@ def _lstm_pointwise(gates, c, act_out):
 def _lstm_cell(x, h, c, w_ih, w_hh, bias, act_out):
     gates = torch.addmm(bias, x, w_ih.t()) if bias is not None else x.mm(w_ih.t())
     gates.addmm_(h, w_hh.t())
-    return _lstm_pointwise(gates, c, act_out)
+    act_out.copy_(gates)
+    return _lstm_pointwise(act_out, c)
 
 
 class SpinnEncode(torch.autograd.Function):
@@ -246,9 +247,9 @@ class SpinnEncode(torch.autograd.Function):
         for t in range(T):
             if tracker:
                 torch.index_select(ph, 0, p.stk[t], out=xs[t].view(2 * B, H))
-                gates = g_buf.index_select(0, p.buf[t])
+                gates = torch.index_select(g_buf, 0, p.buf[t], out=acts[t])
                 gates.addmm_(xs[t], w_stk.t()).addmm_(h, w_hh.t())
-                h, c = _lstm_pointwise(gates, c, acts[t])
+                h, c = _lstm_pointwise(gates, c)
                 hs[t], cs[t] = h, c
             if t in p.off:
                 rows, out, kids, o = p.rows[t], p.out[t], p.kids[t], p.off[t]
