@@ -62,7 +62,8 @@ def pair(rng: random.Random) -> dict:
     n_h = _length(rng, 8, 3, 3, 25)
     if label == "neutral":
         other = TOPICS[groups[rng.choice([j for j in range(len(groups)) if j != k])]].split()
-        topic, neg = rng.sample(other, rng.randint(1, 2)), [rng.choice(NEGATION)] if rng.random() < 0.3 else []
+        topic = rng.sample(other, rng.randint(1, 2))
+        neg = [rng.choice(NEGATION)] if rng.random() < 0.3 else []
     else:
         topic = rng.sample(own, rng.randint(1, 2))
         neg = [rng.choice(NEGATION)] if label == "contradiction" else []
