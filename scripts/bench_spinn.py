@@ -72,7 +72,7 @@ def run(H, HT, B, lo, hi, reps, ref_reps, seed=0):
     def autograd_loop():
         r, t = model.reduce, model.tracker
         N = buffers.shape[1]
-        p = encoder.plan(encoder.check_transitions(tr, B, N), N)
+        p = encoder.make_plan(tr, N)
         return encoder.encode_autograd(p, buffers, null, r.left.weight, r.left.bias, r.right.weight,
                                        r.track.weight, *t.rnn.parameters())[0]  # fmt: skip
 

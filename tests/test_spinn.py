@@ -265,13 +265,13 @@ def test_bad_inputs():
 
 def test_autograd_variant_matches_reference():
     """The autograd-only loop (kept for the benchmark comparison) computes the same thing."""
-    from rnnfast.ops.spinn.encoder import check_transitions, encode_autograd, plan
+    from rnnfast.ops.spinn.encoder import encode_autograd, make_plan
 
     B, H, HT = 10, 5, 4
     model = _model(H, HT)
     buffers, tr, null = _inputs(B, H, [random.Random(b).randint(1, 8) for b in range(B)], seed=4)
     r, t = model.reduce, model.tracker
-    p = plan(check_transitions(tr, B, buffers.shape[1]), buffers.shape[1])
+    p = make_plan(tr, buffers.shape[1])
     h, c = encode_autograd(p, buffers, null, r.left.weight, r.left.bias, r.right.weight, r.track.weight,
                            *t.rnn.parameters())  # fmt: skip
     rh, rc, _ = reference.spinn(model, buffers, tr, null)
@@ -281,3 +281,68 @@ def test_autograd_variant_matches_reference():
     want = torch.autograd.grad((rh + rc).sum(), params)
     for name, a, b in zip(["buffers", "null"] + [n for n, _ in model.named_parameters()], got, want):
         assert_close(f"grad {name}", a, b, TOL)
+
+
+def _weights(model):
+    r, t = model.reduce, model.tracker
+    return [r.left.weight, r.left.bias, r.right.weight, r.track.weight, *t.rnn.parameters()]
+
+
+def test_prebuilt_plan_matches():
+    from rnnfast.ops.spinn import make_plan
+
+    B, H = 6, 5
+    model = _model(H, 4)
+    buffers, tr, null = _inputs(B, H, [3, 1, 6, 2, 5, 4], seed=8)
+    want = model(buffers, tr, null)
+    h, *_ = spinn_encode(buffers, None, null, *_weights(model), plan=make_plan(tr, buffers.shape[1]))
+    assert_close("h", h, want, 0.0)
+    with pytest.raises(ValueError, match="plan: expected a Plan for B=3, N=6"):
+        spinn_encode(buffers[:3], None, null[:3], *_weights(model), plan=make_plan(tr, buffers.shape[1]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_reference():
+    B, H = 33, 7
+    model = _model(H, 5)
+    rng = random.Random(1)
+    buffers, tr, null = _inputs(B, H, [rng.randint(1, 9) for _ in range(B)], seed=6)
+    rh, rc, _ = reference.spinn(model, buffers, tr, null)
+    params = [buffers, null] + list(model.parameters())
+    want = torch.autograd.grad((rh + 2 * rc).sum(), params)
+    model.cuda()
+    bc, nc = buffers.detach().cuda().requires_grad_(), null.detach().cuda().requires_grad_()
+    h, c = model(bc, tr, nc, return_c=True)
+    assert_close("h", h.cpu(), rh, TOL)
+    got = torch.autograd.grad((h + 2 * c).sum(), [bc, nc] + list(model.parameters()))
+    names = ["buffers", "null"] + [n for n, _ in model.named_parameters()]
+    for name, a, b in zip(names, got, want):
+        assert_close(f"grad {name}", a.cpu(), b, TOL)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_capture():
+    """With the plan on the device, the whole loop is captured in one CUDA graph and replays."""
+    from rnnfast.ops.spinn import make_plan
+
+    B, H = 16, 8
+    model = _model(H, 4).float().cuda()
+    rng = random.Random(2)
+    buffers, tr, null = _inputs(B, H, [rng.randint(1, 9) for _ in range(B)], seed=9)
+    buffers, null = buffers.detach().float().cuda(), null.detach().float().cuda()
+    p = make_plan(tr, buffers.shape[1], device="cuda")
+    weights = [w.detach() for w in _weights(model)]
+    with torch.no_grad():
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            spinn_encode(buffers, None, null, *weights, plan=p)  # warm-up outside the capture
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            h, *_ = spinn_encode(buffers, None, null, *weights, plan=p)
+        buffers.copy_(torch.rand_like(buffers) - 0.5)
+        g.replay()
+        torch.cuda.synchronize()
+        want, *_ = spinn_encode(buffers, None, null, *weights, plan=p)
+    assert_close("h (graph replay)", h, want, 1e-6)

@@ -11,7 +11,7 @@ row pointers into it. Here the state tensor is a pool of S slots per example, st
     slot N+1+t      the state composed by step t's reduce
 Each slot is written once, so the final pool is all the backward needs.
 
-With the transitions given, the pointers depend only on them: :func:`plan` walks the transitions once
+With the transitions given, the pointers depend only on them: :func:`build_plan` walks the transitions once
 on the host (vectorised over the batch) and produces, per step, the flat rows the tracker reads, the
 examples that reduce, their children and their output rows. The loop then only gathers, runs one
 batched reduce and one tracker step, and scatters: a fixed sequence of kernels with no host
@@ -108,7 +108,7 @@ def check_transitions(transitions, B: int, N: int) -> Tensor:
     return tr
 
 
-def plan(tr: Tensor, N: int, all_rows: bool = False) -> Plan:
+def build_plan(tr: Tensor, N: int, all_rows: bool = False) -> Plan:
     """Walk validated host transitions ``tr`` (T, B) int64 once and return the per-step rows.
 
     Plain Python lists per example (one pass over T·B codes, ~5 ms at B=128, T=49), then a single
@@ -176,6 +176,12 @@ def _to_device(p: Plan, device: torch.device) -> Plan:
     for t in steps:
         rows[t], pair[t], kids[t], out[t] = next(views), next(views), next(views), next(views)
     return Plan(p.T, p.B, p.N, buf, stk, rows, pair, kids, out, dict(p.off), p.total, root)
+
+
+def make_plan(transitions: Tensor, N: int, all_rows: bool = False, device=None) -> Plan:
+    """Validate ``transitions`` (T, B) for buffers of N leaves and plan them, on ``device``."""
+    tr = check_transitions(transitions, transitions.shape[1] if isinstance(transitions, Tensor) else -1, N)
+    return _to_device(build_plan(tr, N, all_rows), torch.device(device or "cpu"))
 
 
 def _pools(buffers: Tensor, null: Tensor, T: int) -> tuple[Tensor, Tensor]:
@@ -475,6 +481,7 @@ def spinn_encode(
     *,
     lengths: Tensor | None = None,
     all_rows: bool = False,
+    plan: Plan | None = None,
     backend: str = "auto",
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """Encode a batch of binary trees with SPINN (the classic PyTorch SNLI example's model).
@@ -488,6 +495,9 @@ def spinn_encode(
     Tracker (an LSTMCell over cat(buffer top h, stack top h, stack second h)): w_ih (4HT, 3H),
     w_hh (4HT, HT), b_ih, b_hh (4HT,) or None; w_trans (4, HT), b_trans (4,) for transition logits.
     ``all_rows`` composes all B rows at every reducing step instead of only the reducing ones.
+    ``plan``: a :class:`Plan` already on the device (``make_plan(transitions, N, device=...)``), used
+    instead of ``transitions``: nothing then touches the host, so the call can be captured in a CUDA
+    graph (build the plan before capturing; its copy to the device cannot be captured).
 
     Returns (h, c, logits, transitions): root state (B, H) each; logits (T, B, 4) or None without
     w_trans; the transitions that were run (the predicted ones when none were given).
@@ -535,6 +545,13 @@ def spinn_encode(
     impl = backends.implementation(
         backends.resolve("tree_lstm", buffers.device, buffers.dtype, sizes, backend), "tree_lstm"
     )
+    if plan is not None:
+        if not isinstance(plan, Plan) or (plan.B, plan.N) != (B, N):
+            raise ValueError(f"plan: expected a Plan for B={B}, N={N}, got {plan!r:.80}")
+        h, c, logits = SpinnEncode.apply(
+            plan, impl, buffers, null, w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih, b_hh, w_trans, b_trans
+        )
+        return h, c, (logits if w_trans is not None else None), transitions
     if transitions is None:
         if w_trans is None or w_trans.shape[0] != 4:
             raise ValueError("transitions: None needs a predicting tracker (w_trans of shape (4, HT))")
@@ -554,8 +571,7 @@ def spinn_encode(
             return h, c, logits, predicted
         # Gradients flow through the states the predicted transitions built: replay them (one host copy).
         transitions = predicted
-    tr = check_transitions(transitions, B, N)
-    p = _to_device(plan(tr, N, all_rows), buffers.device)
+    p = _to_device(build_plan(check_transitions(transitions, B, N), N, all_rows), buffers.device)
     h, c, logits = SpinnEncode.apply(
         p, impl, buffers, null, w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih, b_hh, w_trans, b_trans
     )
