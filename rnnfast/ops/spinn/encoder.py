@@ -11,12 +11,13 @@ row pointers into it. Here the state tensor is a pool of S slots per example, st
     slot N+1+t      the state composed by step t's reduce
 Each slot is written once, so the final pool is all the backward needs.
 
-With the transitions given, the pointers depend only on them: :func:`build_plan` walks the transitions once
-on the host (vectorised over the batch) and produces, per step, the flat rows the tracker reads, the
-examples that reduce, their children and their output rows. The loop then only gathers, runs one
-batched reduce and one tracker step, and scatters: a fixed sequence of kernels with no host
-synchronisation, capturable in a CUDA graph. Backward is a hand-written reverse loop over the same plan;
-the tracker's weight gradients are three big GEMMs after it.
+With the transitions given, the pointers depend only on them: :func:`build_plan` walks the transitions
+once on the host and produces, per step, the flat rows the tracker reads, the examples that reduce,
+their children and their output rows. The loop then only gathers, runs one batched reduce and one
+tracker step, and scatters: a fixed sequence of kernels with no host synchronisation, capturable in a
+CUDA graph. Backward is a hand-written reverse loop over the same plan; every weight gradient is one
+big GEMM after it. Measured against the alternatives (all rows composed with masking; autograd over
+out-of-place ops) in scripts/bench_spinn.py and docs/spinn.md.
 
 Without transitions (a predicting tracker), :func:`_predict` keeps the stack pointers on the device and
 picks each step's action by a masked argmax; see :func:`spinn_encode`.
