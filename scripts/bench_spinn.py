@@ -5,7 +5,9 @@
 
 SNLI-like trees: leaves per sentence uniform in [--min-leaves, --max-leaves] (default 18..25, so up to
 49 transitions), random binary trees, left-padded. Prints the median time of forward and of
-forward+backward per provider and the speedup over the reference.
+forward+backward per provider and the speedup over the reference. Providers: the list-based
+reference; the thin-stack encoder composing only the reducing rows (the default) or all rows with
+masking; the same planned loop in out-of-place ops with autograd's backward.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 
 from rnnfast.data.trees import pad_transitions, random_transitions
 from rnnfast.nn.spinn import SPINN
-from rnnfast.ops.spinn import reference
+from rnnfast.ops.spinn import encoder, reference
 
 
 def _inputs(B, H, lo, hi, seed):
@@ -67,6 +69,13 @@ def run(H, HT, B, lo, hi, reps, ref_reps, seed=0):
     def ref():
         return reference.spinn(model, buffers, tr, null)[0]
 
+    def autograd_loop():
+        r, t = model.reduce, model.tracker
+        N = buffers.shape[1]
+        p = encoder.make_plan(tr, N)
+        return encoder.encode_autograd(p, buffers, null, r.left.weight, r.left.bias, r.right.weight,
+                                       r.track.weight, *t.rnn.parameters())[0]  # fmt: skip
+
     def fast(all_rows):
         def go():
             model.all_rows = all_rows
@@ -78,16 +87,17 @@ def run(H, HT, B, lo, hi, reps, ref_reps, seed=0):
         ("list-based reference", ref, ref_reps),
         ("thin stack", fast(False), reps),
         ("thin stack, all rows", fast(True), reps),
+        ("thin stack, autograd", autograd_loop, reps),
     ]
     print(f"D={H} tracker={HT} B={B} T={tr.shape[0]} leaves {lo}..{hi} threads={torch.get_num_threads()}")
-    print(f"{'provider':<24}{'fwd ms':>10}{'speedup':>9}{'fwd+bwd ms':>12}{'speedup':>9}")
+    print(f"{'provider':<26}{'fwd ms':>10}{'speedup':>9}{'fwd+bwd ms':>12}{'speedup':>9}")
     base = None
     for name, f, n in providers:
         tf = _time(fwd(f), n)[0] * 1e3
         tb = _time(fwd_bwd(f), n)[0] * 1e3
         if base is None:
             base = (tf, tb)
-        print(f"{name:<24}{tf:>10.1f}{base[0] / tf:>8.2f}x{tb:>12.1f}{base[1] / tb:>8.2f}x")
+        print(f"{name:<26}{tf:>10.1f}{base[0] / tf:>8.2f}x{tb:>12.1f}{base[1] / tb:>8.2f}x")
 
 
 def main(argv=None):
@@ -99,7 +109,10 @@ def main(argv=None):
     ap.add_argument("--max-leaves", type=int, default=25)
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--ref-reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     for H in a.d_hidden:
         run(H, a.d_tracker, a.batch, a.min_leaves, a.max_leaves, a.reps, a.ref_reps)
 

@@ -9,7 +9,6 @@ import torch
 from torch import Tensor, nn
 
 from rnnfast import functional
-from rnnfast.ops.spinn.encoder import spinn_encode
 
 
 class TreeLSTMReduce(nn.Module):
@@ -109,6 +108,10 @@ class SPINN(nn.Module):
     ):
         if transitions is None and not self.predict:
             raise ValueError("transitions: required unless the module predicts them (predict=True), got None")
+        # Imported here: rnnfast.functional re-exports spinn_encode, and the encoder needs rnnfast.nn's
+        # transition codes, so a module-level import would be circular.
+        from rnnfast.ops.spinn.encoder import spinn_encode
+
         r = self.reduce
         tr = getattr(self, "tracker", None)
         trk = ()

@@ -1,5 +1,5 @@
 """SPINN: the batched thin-stack encoder (``spinn_encode``) and the list-based reference."""
 
-from rnnfast.ops.spinn.encoder import check_transitions, plan, spinn_encode
+from rnnfast.ops.spinn.encoder import Plan, check_transitions, make_plan, spinn_encode
 
-__all__ = ["spinn_encode", "plan", "check_transitions"]
+__all__ = ["spinn_encode", "make_plan", "Plan", "check_transitions"]

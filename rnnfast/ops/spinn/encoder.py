@@ -11,12 +11,13 @@ row pointers into it. Here the state tensor is a pool of S slots per example, st
     slot N+1+t      the state composed by step t's reduce
 Each slot is written once, so the final pool is all the backward needs.
 
-With the transitions given, the pointers depend only on them: :func:`plan` walks the transitions once
-on the host (vectorised over the batch) and produces, per step, the flat rows the tracker reads, the
-examples that reduce, their children and their output rows. The loop then only gathers, runs one
-batched reduce and one tracker step, and scatters: a fixed sequence of kernels with no host
-synchronisation, capturable in a CUDA graph. Backward is a hand-written reverse loop over the same plan;
-the tracker's weight gradients are three big GEMMs after it.
+With the transitions given, the pointers depend only on them: :func:`build_plan` walks the transitions
+once on the host and produces, per step, the flat rows the tracker reads, the examples that reduce,
+their children and their output rows. The loop then only gathers, runs one batched reduce and one
+tracker step, and scatters: a fixed sequence of kernels with no host synchronisation, capturable in a
+CUDA graph. Backward is a hand-written reverse loop over the same plan; every weight gradient is one
+big GEMM after it. Measured against the alternatives (all rows composed with masking; autograd over
+out-of-place ops) in scripts/bench_spinn.py and docs/spinn.md.
 
 Without transitions (a predicting tracker), :func:`_predict` keeps the stack pointers on the device and
 picks each step's action by a masked argmax; see :func:`spinn_encode`.
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnfast import backends
+from rnnfast import backends, functional
 from rnnfast.nn.transitions import PAD, REDUCE, SHIFT
 
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
@@ -108,47 +109,58 @@ def check_transitions(transitions, B: int, N: int) -> Tensor:
     return tr
 
 
-def plan(tr: Tensor, N: int, all_rows: bool = False) -> Plan:
+def build_plan(tr: Tensor, N: int, all_rows: bool = False) -> Plan:
     """Walk validated host transitions ``tr`` (T, B) int64 once and return the per-step rows.
 
+    Plain Python lists per example (one pass over T·B codes, ~5 ms at B=128, T=49), then a single
+    tensor for everything, split into per-step views: cheaper than ~30 small tensor ops per step.
     ``all_rows`` composes every example at every step that has a reduce (examples that do not reduce
     read the null slot and write their own unused output slot): fixed R = B per step, more FLOPs.
     """
     T, B = tr.shape
-    ar = torch.arange(B)
-    stack = torch.zeros(B, T + 2, dtype=torch.int64)  # slots; positions 0 and 1 hold the null
-    sp = torch.full((B,), 2, dtype=torch.int64)
-    bp = torch.zeros(B, dtype=torch.int64)
-    n_leaves = (tr == SHIFT).sum(0)
-    buf = torch.empty(T, B, dtype=torch.int64)
-    stk = torch.empty(T, B, 2, dtype=torch.int64)
-    rows, pair, kids, out, off = {}, {}, {}, {}, {}
-    total = 0
+    codes = tr.t().tolist()
+    buf = [0] * (T * B)
+    stk = [0] * (2 * T * B)
+    lefts: list[dict[int, int]] = [{} for _ in range(T)]
+    rights: list[dict[int, int]] = [{} for _ in range(T)]
+    root = []
+    for b, seq in enumerate(codes):
+        n = seq.count(SHIFT)
+        stack, bp = [0, 0], 0  # slots; the two null bottoms
+        for t, a in enumerate(seq):
+            i = t * B + b
+            buf[i] = (bp + 1 if bp < n else 0) * B + b
+            stk[2 * i] = stack[-1] * B + b
+            stk[2 * i + 1] = stack[-2] * B + b
+            if a == SHIFT:
+                bp += 1
+                stack.append(bp)
+            elif a == REDUCE:
+                rights[t][b] = stack.pop() * B + b
+                lefts[t][b] = stack.pop() * B + b
+                stack.append(N + 1 + t)
+        root.append(stack[-1] * B + b)
+    flat = buf + stk + root
+    sizes = [T * B, 2 * T * B, B]
+    off, total = {}, 0
     for t in range(T):
-        top = stack[ar, sp - 1]
-        second = stack[ar, sp - 2]
-        buf[t] = torch.where(bp < n_leaves, bp + 1, 0) * B + ar
-        stk[t] = torch.stack([top, second], 1) * B + ar[:, None]
-        shift, red = tr[t] == SHIFT, tr[t] == REDUCE
-        slot = N + 1 + t
-        if red.any():
-            if all_rows:
-                r = ar
-                left, right = torch.where(red, second, 0) * B + ar, torch.where(red, top, 0) * B + ar
-            else:
-                r = red.nonzero().squeeze(1)
-                left, right = second[r] * B + r, top[r] * B + r
-            rows[t], out[t], off[t] = r, slot * B + r, total
-            pair[t] = torch.stack([left, right], 1).view(-1)
-            kids[t] = torch.cat([left, right])
-            total += r.numel()
-        pos = torch.where(shift, sp, torch.where(red, sp - 2, sp - 1))
-        val = torch.where(shift, bp + 1, torch.where(red, torch.full_like(bp, slot), top))
-        stack[ar, pos] = val
-        sp = sp + shift.long() - red.long()
-        bp = bp + shift.long()
-    root = stack[ar, sp - 1] * B + ar
-    return Plan(T, B, N, buf, stk.view(T, 2 * B), rows, pair, kids, out, off, total, root)
+        if not lefts[t]:
+            continue
+        rows = list(range(B)) if all_rows else list(lefts[t])
+        left = [lefts[t].get(b, b) for b in rows]  # b = the null slot's row of example b
+        right = [rights[t].get(b, b) for b in rows]
+        pair = [v for lr in zip(left, right) for v in lr]
+        out = [(N + 1 + t) * B + b for b in rows]
+        flat += rows + pair + left + right + out
+        sizes += [len(rows), 2 * len(rows), 2 * len(rows), len(rows)]
+        off[t] = total
+        total += len(rows)
+    views = iter(torch.tensor(flat, dtype=torch.int64).split(sizes))
+    buf_t, stk_t, root_t = next(views).view(T, B), next(views).view(T, 2 * B), next(views)
+    rows_d, pair_d, kids_d, out_d = {}, {}, {}, {}
+    for t in off:
+        rows_d[t], pair_d[t], kids_d[t], out_d[t] = next(views), next(views), next(views), next(views)
+    return Plan(T, B, N, buf_t, stk_t, rows_d, pair_d, kids_d, out_d, off, total, root_t)
 
 
 def _to_device(p: Plan, device: torch.device) -> Plan:
@@ -167,23 +179,37 @@ def _to_device(p: Plan, device: torch.device) -> Plan:
     return Plan(p.T, p.B, p.N, buf, stk, rows, pair, kids, out, dict(p.off), p.total, root)
 
 
+def make_plan(transitions: Tensor, N: int, all_rows: bool = False, device=None) -> Plan:
+    """Validate ``transitions`` (T, B) for buffers of N leaves and plan them, on ``device``."""
+    tr = check_transitions(transitions, transitions.shape[1] if isinstance(transitions, Tensor) else -1, N)
+    return _to_device(build_plan(tr, N, all_rows), torch.device(device or "cpu"))
+
+
 def _pools(buffers: Tensor, null: Tensor, T: int) -> tuple[Tensor, Tensor]:
-    """(S·B, H) pools of h and c: null, leaves slot-major, then T unwritten step slots."""
+    """(S·B, H) pools of h and c: null, leaves slot-major, then T unwritten step slots.
+
+    Only the first 1 + N slots are copied (a cat would also copy the T empty ones: 4.5 → 1.5 ms per
+    pool at B=128, N=25, T=49, H=300).
+    """
     B, N, H2 = buffers.shape
     H = H2 // 2
     leaves = buffers.transpose(0, 1)
-    ph = torch.cat([null[None, :, :H], leaves[..., :H], buffers.new_empty(T, B, H)]).view(-1, H)
-    pc = torch.cat([null[None, :, H:], leaves[..., H:], buffers.new_empty(T, B, H)]).view(-1, H)
-    return ph, pc
+    pools = []
+    for part in (slice(0, H), slice(H, H2)):
+        pool = buffers.new_empty((1 + N + T) * B, H)
+        pool[:B] = null[:, part]
+        pool[B : (1 + N) * B].view(N, B, H).copy_(leaves[..., part])
+        pools.append(pool)
+    return pools[0], pools[1]
 
 
-def _lstm_pointwise(gates, c, act_out):
-    """LSTMCell pointwise part (gate order i, f, g, o); activated gates go to ``act_out`` (B, 4HT)."""
+def _lstm_pointwise(gates, c):
+    """LSTMCell pointwise part (gate order i, f, g, o), activating ``gates`` (B, 4HT) in place."""
     HT = c.shape[1]
-    torch.sigmoid(gates[:, : 2 * HT], out=act_out[:, : 2 * HT])
-    torch.tanh(gates[:, 2 * HT : 3 * HT], out=act_out[:, 2 * HT : 3 * HT])
-    torch.sigmoid(gates[:, 3 * HT :], out=act_out[:, 3 * HT :])
-    i, f, g, o = act_out.chunk(4, 1)
+    gates[:, : 2 * HT].sigmoid_()
+    gates[:, 2 * HT : 3 * HT].tanh_()
+    gates[:, 3 * HT :].sigmoid_()
+    i, f, g, o = gates.chunk(4, 1)
     c = torch.addcmul(f * c, i, g)
     return o * c.tanh(), c
 
@@ -191,7 +217,8 @@ def _lstm_pointwise(gates, c, act_out):
 def _lstm_cell(x, h, c, w_ih, w_hh, bias, act_out):
     gates = torch.addmm(bias, x, w_ih.t()) if bias is not None else x.mm(w_ih.t())
     gates.addmm_(h, w_hh.t())
-    return _lstm_pointwise(gates, c, act_out)
+    act_out.copy_(gates)
+    return _lstm_pointwise(act_out, c)
 
 
 class SpinnEncode(torch.autograd.Function):
@@ -227,9 +254,9 @@ class SpinnEncode(torch.autograd.Function):
         for t in range(T):
             if tracker:
                 torch.index_select(ph, 0, p.stk[t], out=xs[t].view(2 * B, H))
-                gates = g_buf.index_select(0, p.buf[t])
+                gates = torch.index_select(g_buf, 0, p.buf[t], out=acts[t])
                 gates.addmm_(xs[t], w_stk.t()).addmm_(h, w_hh.t())
-                h, c = _lstm_pointwise(gates, c, acts[t])
+                h, c = _lstm_pointwise(gates, c)
                 hs[t], cs[t] = h, c
             if t in p.off:
                 rows, out, kids, o = p.rows[t], p.out[t], p.kids[t], p.off[t]
@@ -332,7 +359,7 @@ class SpinnEncode(torch.autograd.Function):
             leaves = ph[: (1 + N) * B]
             dph[: (1 + N) * B] += dg_buf.mm(w_ih[:, :H])
             dw_ih = torch.cat([dg_buf.t().mm(leaves), dg_all.t().mm(xs.view(T * B, 2 * H))], 1)
-            h_prev = torch.cat([hs.new_zeros(1, B, HT), hs[:-1]]).view(T * B, HT)
+            h_prev = torch.cat([hs.new_zeros(1, B, HT), hs[:-1]])[:T].reshape(T * B, HT)
             dw_hh = dg_all.t().mm(h_prev)
             if has_bih:
                 db_ih = dg_all.sum(0)
@@ -342,6 +369,33 @@ class SpinnEncode(torch.autograd.Function):
         d_null = torch.cat([dph3[0], dpc3[0]], 1)
         grads = (d_buffers, d_null, dw_l, db_l, dw_r, dw_t, dw_ih, dw_hh, db_ih, db_hh, dw_trans, db_trans)
         return (None, None) + grads
+
+
+def encode_autograd(p: Plan, buffers, null, w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih, b_hh):
+    """The same planned loop in differentiable out-of-place ops, backward left to autograd.
+
+    Kept as the measured alternative to :class:`SpinnEncode`: each step's scatter has to copy the whole
+    pool (``index_copy`` out of place) and autograd records ~20 nodes per step; see docs/spinn.md for the
+    timings. Returns the root (h, c).
+    """
+    T, B = p.T, p.B
+    H = buffers.shape[2] // 2
+    ph, pc = _pools(buffers, null, T)
+    tracker = w_ih is not None
+    if tracker:
+        h = c = buffers.new_zeros(B, w_hh.shape[1])
+    for t in range(T):
+        if tracker:
+            x = torch.cat([ph.index_select(0, p.buf[t]), ph.index_select(0, p.stk[t]).view(B, 2 * H)], 1)
+            h, c = torch.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh)
+        if t in p.off:
+            rows, out, kids = p.rows[t], p.out[t], p.kids[t]
+            R = rows.shape[0]
+            hk, ck = ph.index_select(0, kids), pc.index_select(0, kids)
+            ht = h.index_select(0, rows) if tracker else None
+            h_new, c_new = functional.tree_lstm_reduce(hk[:R], ck[:R], hk[R:], ck[R:], w_l, b_l, w_r, ht, w_t)
+            ph, pc = ph.index_copy(0, out, h_new), pc.index_copy(0, out, c_new)
+    return ph.index_select(0, p.root), pc.index_select(0, p.root)
 
 
 @torch.no_grad()
@@ -428,6 +482,7 @@ def spinn_encode(
     *,
     lengths: Tensor | None = None,
     all_rows: bool = False,
+    plan: Plan | None = None,
     backend: str = "auto",
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """Encode a batch of binary trees with SPINN (the classic PyTorch SNLI example's model).
@@ -441,6 +496,9 @@ def spinn_encode(
     Tracker (an LSTMCell over cat(buffer top h, stack top h, stack second h)): w_ih (4HT, 3H),
     w_hh (4HT, HT), b_ih, b_hh (4HT,) or None; w_trans (4, HT), b_trans (4,) for transition logits.
     ``all_rows`` composes all B rows at every reducing step instead of only the reducing ones.
+    ``plan``: a :class:`Plan` already on the device (``make_plan(transitions, N, device=...)``), used
+    instead of ``transitions``: nothing then touches the host, so the call can be captured in a CUDA
+    graph (build the plan before capturing; its copy to the device cannot be captured).
 
     Returns (h, c, logits, transitions): root state (B, H) each; logits (T, B, 4) or None without
     w_trans; the transitions that were run (the predicted ones when none were given).
@@ -488,6 +546,13 @@ def spinn_encode(
     impl = backends.implementation(
         backends.resolve("tree_lstm", buffers.device, buffers.dtype, sizes, backend), "tree_lstm"
     )
+    if plan is not None:
+        if not isinstance(plan, Plan) or (plan.B, plan.N) != (B, N):
+            raise ValueError(f"plan: expected a Plan for B={B}, N={N}, got {plan!r:.80}")
+        h, c, logits = SpinnEncode.apply(
+            plan, impl, buffers, null, w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih, b_hh, w_trans, b_trans
+        )
+        return h, c, (logits if w_trans is not None else None), transitions
     if transitions is None:
         if w_trans is None or w_trans.shape[0] != 4:
             raise ValueError("transitions: None needs a predicting tracker (w_trans of shape (4, HT))")
@@ -507,8 +572,7 @@ def spinn_encode(
             return h, c, logits, predicted
         # Gradients flow through the states the predicted transitions built: replay them (one host copy).
         transitions = predicted
-    tr = check_transitions(transitions, B, N)
-    p = _to_device(plan(tr, N, all_rows), buffers.device)
+    p = _to_device(build_plan(check_transitions(transitions, B, N), N, all_rows), buffers.device)
     h, c, logits = SpinnEncode.apply(
         p, impl, buffers, null, w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih, b_hh, w_trans, b_trans
     )

@@ -65,7 +65,10 @@ def spinn(model, buffers: Tensor, transitions: Tensor | None, null: Tensor | Non
         n_leaves = [sum(1 for t in range(steps) if codes[t][b] == SHIFT) for b in range(B)]
     nulls = list(torch.split(null, 1, 0))
     # The buffer pops from its end, like the example's reversed token lists; the null stays at the bottom.
-    bufs = [[nulls[b]] + list(torch.split(buffers[b, : n_leaves[b]], 1, 0))[::-1] for b in range(B)]
+    # Split per example, then per leaf, as the example does (its backward concatenates the pieces'
+    # gradients per example rather than materialising a full-size gradient per leaf).
+    leaves = [list(torch.split(x.squeeze(0), 1, 0)) for x in torch.split(buffers, 1, 0)]
+    bufs = [[nulls[b]] + leaves[b][: n_leaves[b]][::-1] for b in range(B)]
     stacks = [[nulls[b], nulls[b]] for b in range(B)]
     state = None
     logits = []
