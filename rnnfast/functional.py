@@ -20,7 +20,7 @@ from rnnfast.ops.recurrence.function import recurrence as _recurrence
 from rnnfast.ops.tree_lstm.function import tree_lstm as _tree_lstm
 from rnnfast.ops.tree_lstm_reduce.function import tree_lstm_reduce as _tree_lstm_reduce
 
-__all__ = ["rnn", "gru", "lstm", "tree_lstm", "tree_lstm_reduce"]
+__all__ = ["rnn", "gru", "lstm", "tree_lstm", "tree_lstm_reduce", "spinn_encode"]
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -196,3 +196,7 @@ def tree_lstm_reduce(
     sizes = {"R": R, "H": H, "HT": HT}
     name = backends.resolve("tree_lstm_reduce", h_l.device, h_l.dtype, sizes, backend)
     return _tree_lstm_reduce(h_l, c_l, h_r, c_r, w_l, b_l, w_r, h_track, w_t, name)
+
+
+# At the end: the SPINN encoder builds on the functions above (importing it first would be a cycle).
+from rnnfast.ops.spinn.encoder import spinn_encode  # noqa: E402
