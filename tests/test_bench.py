@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from rnnfast.bench import main_bench, main_profile, registry, runner
+from rnnfast.nn.transitions import REDUCE, SHIFT
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,6 +52,12 @@ def one_thread():
         (registry.Case("tree_lstm", R=4, H=8), 384),
         # reduce: 2·R·5H·(2H+HT) + 12·R·H = 2·4·40·19 + 384
         (registry.Case("tree_lstm_reduce", R=4, H=8, HT=3), 6464),
+        # SPINN, B=1 T=5 H=4 HT=2: the one example has N = 3 leaves, so ΣR = 2 reduced rows.
+        # reduce 2·ΣR·5H·(2H+HT) = 2·2·20·10 = 800, composition 12·ΣR·H = 96,
+        # tracker at every step 2·T·B·4HT·(3H+HT) = 2·5·8·14 = 1120
+        (registry.Case("spinn", B=1, T=5, H=4, HT=2), 2016),
+        # without a tracker only the children's GEMM and the composition: 2·2·20·8 + 96
+        (registry.Case("spinn", B=1, T=5, H=4), 736),
     ],
     ids=lambda v: v.id if isinstance(v, registry.Case) else str(v),
 )
@@ -76,6 +83,55 @@ def test_packed_counts_use_the_real_lengths():
     assert int(w.data["lengths"].max()) == 8 and n < 5 * 8
     assert registry.tokens_of(case) == n
     assert registry.flops_of(case) == 2 * n * 4 * (3 + 4)
+
+
+def test_spinn_counts_follow_the_generated_trees():
+    case = registry.Case("spinn", "fwdbwd", B=6, T=11, H=5, HT=3)
+    w = case.spec.make(case, torch.device("cpu"))
+    tr = w.data["transitions"]
+    assert tuple(tr.shape) == (11, 6) and tuple(w.data["buffers"].shape) == (6, 6, 10)
+    shifts = (tr == SHIFT).sum(0)
+    assert int(shifts.max()) == 6 and int(shifts.min()) >= 6 * 3 // 4 and len(set(shifts.tolist())) > 1
+    R = int((tr == REDUCE).sum())
+    assert R == int((shifts - 1).sum())
+    tracker = 2 * 11 * 6 * 12 * (15 + 3)
+    assert registry.flops_of(case) == 3 * (2 * R * 25 * 13 + 12 * R * 5 + tracker)
+    assert registry.tokens_of(case) == 6 * 11
+    with pytest.raises(ValueError, match="T: spinn"):
+        registry.flops_of(registry.Case("spinn", B=2, T=8, H=4))
+
+
+def test_spinn_providers_and_check():
+    """The list-based reference is the baseline and listed once; the thin stack, with every tree-LSTM
+    cell backend that runs here (the reference cell included, though not listed under its name), matches
+    its root h and the gradients of the leaf buffers, the null and every parameter."""
+    for case in registry.grid("tiny", "cpu", ops=["spinn"], modes=["fwdbwd"]):
+        names = [p[0] for p in registry.providers(case, "cpu")]
+        assert names[0] == "reference" and names.count("reference") == 1 and "cpu" in names
+        w = case.spec.make(case, torch.device("cpu"))
+        base_bound = registry.bind(case, "reference", w)
+        base = runner.step_fn(w, base_bound)()
+        n_params = 8 if case.HT else 3  # reduce left (w, b), right, track; tracker LSTMCell (4)
+        assert len(base_bound.params) == n_params
+        assert len(base) == 1 + len(w.leaves) + n_params
+        assert tuple(base[0].shape) == (case.B, case.H) and all(t.abs().sum() > 0 for t in base)
+        backends_here = [n for n, ok, _ in registry.providers(case, "cpu") if ok and n != "reference"]
+        for backend in ["reference", *backends_here]:
+            got = runner.step_fn(w, case.spec.run_backend(w, backend))()
+            err, where = runner.max_rel_error(got, base)
+            assert err <= runner.tolerance(torch.float32, "cpu"), f"{case.id} {backend}: {where} {err:.2e}"
+        # A wrong parameter shows up in the check.
+        bad = case.spec.run_backend(w, "reference")
+        with torch.no_grad():
+            bad.params[0][0, 0] += 0.1
+        assert runner.max_rel_error(runner.step_fn(w, bad)(), base)[0] > 1e-3
+
+
+def test_spinn_in_the_grids():
+    spinn = registry.Case("spinn", "fwdbwd", B=128, T=49, H=300, HT=64)
+    assert spinn in registry.grid("quick", "cpu") and spinn in registry.grid("quick", "cuda")
+    assert registry.grid("tiny", "cpu", ops=["spinn"])
+    assert {c.H for c in registry.grid("full", "cpu", ops=["spinn"])} == {100, 300}
 
 
 def test_case_validation_names_the_field():
@@ -237,6 +293,18 @@ def test_broken_provider_is_a_mismatch_and_not_timed(monkeypatch, tmp_path):
     assert all(r["status"] == "ok" for r in rows if r["provider"] == "torch.nn")
 
 
+def test_cli_runs_spinn_on_the_tiny_grid(tmp_path):
+    argv = ["--device", "cpu", "--grid", "tiny", "--ops", "spinn", "--out", str(tmp_path), "--no-plot"]
+    rc, text = _run_cli(argv + ["--min-time", "0.01", "--quiet"])
+    assert rc == 0, text
+    assert "spinn fwdbwd B3 T9 H8 HT3 f32" in text and "MISMATCH" not in text and "ERROR" not in text
+    rows = json.loads((tmp_path / "cpu-tiny-spinn.json").read_text())["rows"]
+    ok = {(r["case"], r["provider"]) for r in rows if r["status"] == "ok"}
+    cases = registry.grid("tiny", "cpu", ops=["spinn"])
+    assert ok == {(c.id, p) for c in cases for p in ("reference", "cpu")}
+    assert all(r["speedup"] > 0 and r["max_rel_err"] <= r["tolerance"] for r in rows if r["status"] == "ok")
+
+
 def test_cli_list_runs_nothing(tmp_path):
     rc, text = _run_cli(["--device", "cpu", "--grid", "quick", "--list", "--out", str(tmp_path / "none")])
     assert rc == 0 and "gru fwdbwd B16 T100 I256 H256 f32" in text and "torch.nn, reference" in text
@@ -281,8 +349,23 @@ def test_benchmark_suite_smoke_run():
     assert "PytestBenchmarkWarning" not in proc.stdout
 
 
+def test_benchmark_suite_covers_spinn():
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RNNFAST_BENCH_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
+    env.pop("RNNFAST_BENCH_GRID", None)
+    cmd = [sys.executable, "-m", "pytest", "benchmarks/test_bench_spinn.py", "--benchmark-disable", "-q"]
+    proc = subprocess.run(
+        cmd + ["-p", "no:cacheprovider"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    listed = [p for c in registry.grid("tiny", "cpu", ops=["spinn"]) for p in registry.providers(c, "cpu")]
+    passed = sum(1 for p in listed if p[1])
+    assert f"{passed} passed, {len(listed) - passed} skipped" in proc.stdout, proc.stdout[-2000:]
+
+
 def test_profile_writes_a_trace_with_layer_ranges(tmp_path):
+    # The provider is named: by default the profile picks the fastest one the machine supports.
     argv = ["--op", "gru", "--B", "2", "--T", "3", "--H", "8", "--layers", "2", "--bidir"]
+    argv += ["--provider", "reference"]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         rc = main_profile(argv + ["--steps", "1", "--warmup", "1", "--out", str(tmp_path), "--device", "cpu"])

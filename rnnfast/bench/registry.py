@@ -12,17 +12,20 @@ Ops (``OPS``):
                               (gi precomputed; only the sequential part is timed)
     tree_lstm                 ``rnnfast.functional.tree_lstm`` (the SPINN composition, pointwise)
     tree_lstm_reduce          ``rnnfast.functional.tree_lstm_reduce`` (three GEMMs + the composition)
+    spinn                     ``rnnfast.nn.SPINN``, the thin-stack encoder, against the list-based SPINN
+                              of the classic SNLI example (T transitions, HT tracker hidden)
 
 Modes: ``fwd`` (forward with autograd recording, as in training), ``fwdbwd`` (forward and the backward of
 every input and parameter, with fixed random output gradients), ``infer`` (forward under ``no_grad``).
 
 A **provider** is one way to run a case:
     torch.nn    torch.nn.GRU/RNN/LSTM (modules only; cuDNN on CUDA, ATen on CPU) - the module baseline
-    reference   rnnfast with ``backend="reference"`` (pure PyTorch) - the baseline of the bare ops
+    reference   rnnfast with ``backend="reference"`` (pure PyTorch) - the baseline of the bare ops;
+                for spinn, the list-based SPINN (its baseline)
     cpu, triton, cuda   rnnfast with that backend, where ``rnnfast.backends`` says it supports the case
     compile     ``torch.compile`` of the pure-PyTorch oracle (slow to compile: only on request)
 
-Adding an op (the SPINN encoder): build an :class:`OpSpec` and call :func:`register_op`; see
+Adding an op: build an :class:`OpSpec` and call :func:`register_op` (as the SPINN encoder does); see
 :func:`register_op` for what each field must do. :func:`register_provider` adds a provider (tests use it
 to register a deliberately wrong one).
 """
@@ -30,6 +33,7 @@ to register a deliberately wrong one).
 from __future__ import annotations
 
 import copy
+import random
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -42,8 +46,11 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 import rnnfast
 from rnnfast import backends
+from rnnfast.data.trees import pad_transitions, random_transitions
+from rnnfast.nn.spinn import SPINN
 from rnnfast.ops.recurrence import common
 from rnnfast.ops.recurrence import reference as rec_ref
+from rnnfast.ops.spinn import reference as spinn_ref
 from rnnfast.ops.tree_lstm import reference as tree_ref
 from rnnfast.ops.tree_lstm_reduce import reference as reduce_ref
 
@@ -177,7 +184,7 @@ def register_op(spec: OpSpec) -> None:
                     a fresh module with the workload's parameters, its parameters in ``params``)
         extra       other providers by name (a plain-PyTorch SPINN as the baseline, ``compile``)
         flops, bytes, tokens   forward counts; ``flops_of``/``bytes_of`` scale them for the mode
-    then add its cases to :func:`grid`. The SPINN registration belongs after the tree ops below.
+    then add its cases to :func:`grid`.
     """
     OPS[spec.name] = spec
 
@@ -616,10 +623,119 @@ register_op(
 )  # fmt: skip
 
 
-# The SPINN encoder (rnnfast.nn.SPINN) registers here, with a register_op call like the tree ops above:
-# an OpSpec named "spinn", family "spinn_encode" (the backends' op name), a plain-PyTorch encoder as its
-# baseline in `extra`, Case fields B (batch), T (transitions), H, HT, tokens = B·T; then add its cases
-# to grid() below. register_op's docstring says what each field must do.
+# --------------------------------------------------------------------------------------------------
+# The SPINN encoder: spinn (rnnfast.nn.SPINN against the list-based SPINN of the classic SNLI example)
+#
+# Case fields: B batch, T transitions, H hidden (the tree states, D in the SPINN paper), HT tracker
+# hidden (0: no tracker). Trees are random binary trees with SNLI-like sizes: n leaves per example
+# uniform in [⌊3N/4⌋, N] with N = (T + 1)/2 (one example has N, so T = 2N − 1 exactly), transitions
+# left-padded with PAD. T = 49 gives the 18..25 leaves of scripts/bench_spinn.py.
+#
+# Providers: "reference" is the list-based encoder (rnnfast/ops/spinn/reference.py: Python lists per
+# example, one batched reduce per step), the baseline; the rnnfast backends run the thin-stack encoder
+# with that backend's tree-LSTM cell (the op spinn_encode resolves through rnnfast.backends, hence the
+# family "tree_lstm"). The thin stack with the reference cell is not listed: its name is the baseline's.
+
+
+def _spinn_leaves(case: Case) -> Tensor:
+    """Leaves per example (B,), uniform in [⌊3N/4⌋, N] with one example at N = (T + 1)/2."""
+    if case.T < 1 or case.T % 2 == 0:
+        raise ValueError(f"T: spinn takes T = 2·N − 1 transitions for N leaves (odd, ≥ 1), got {case.T}")
+    N = (case.T + 1) // 2
+    g = _generator(case, salt="leaves")
+    n = torch.randint(max(1, 3 * N // 4), N + 1, (case.B,), generator=g)
+    n[int(torch.randint(0, case.B, (1,), generator=g))] = N
+    return n
+
+
+def _spinn_rows(case: Case) -> int:
+    """ΣR: reduced rows over all steps; an example of n leaves reduces n − 1 times."""
+    return int((_spinn_leaves(case) - 1).sum())
+
+
+def _spinn_flops(case: Case) -> float:
+    """Reduce + tracker GEMMs and the tree-LSTM pointwise, over all steps:
+
+        2·ΣR·5H·(2H + HT)    each reduced row: [h_l, h_r] (2H) → 5H, and the tracker h (HT) → 5H
+      + 12·ΣR·H              the tree-LSTM composition (as tree_lstm)
+      + 2·T·B·4HT·(3H + HT)  the tracker LSTMCell at every step, pads included: 3H → 4HT and HT → 4HT
+
+    ΣR = Σ_b (n_b − 1). The tracker's own pointwise math is left out (as for the recurrences); with
+    HT = 0 (no tracker) its terms vanish. B=128 T=49 H=300 HT=64 (ΣR = 2,623): ≈ 8.3 GFLOP per forward.
+    """
+    R, H, HT = _spinn_rows(case), case.H, case.HT
+    reduce = 2.0 * R * 5 * H * (2 * H + HT) + TREE_POINTWISE * R * H
+    return reduce + 2.0 * case.T * case.B * 4 * HT * (3 * H + HT)
+
+
+def _spinn_bytes(case: Case) -> float:
+    """Weights (reduce 5H·(2H+HT) + 5H, tracker 4HT·(3H+HT) + 8HT), leaves and null read B·(N+1)·2H,
+    per reduced row 11H + HT (as tree_lstm_reduce: children and tracker h read, h and c written, lstm_in
+    saved), per tracker step and example 3H + 8HT (input read, state read and written, gates saved),
+    the root h written B·H."""
+    B, T, H, HT = case.B, case.T, case.H, case.HT
+    N, R = (T + 1) // 2, _spinn_rows(case)
+    weights = 5 * H * (2 * H + HT) + 5 * H + 4 * HT * (3 * H + HT) + 8 * HT
+    tracker = T * B * (3 * H + 8 * HT) if HT else 0
+    total = weights + B * (N + 1) * 2 * H + R * (11 * H + HT) + tracker + B * H
+    return float(total * _itemsize(case))
+
+
+def _spinn_shape(case: Case) -> str:
+    return f"B{case.B} T{case.T} H{case.H} HT{case.HT}"
+
+
+def _spinn_sizes(case: Case) -> dict[str, Any]:
+    # What spinn_encode asks the backends for its tree-LSTM cell (R is at most B rows per step).
+    return {"R": case.B, "H": case.H}
+
+
+def _spinn_make(case: Case, device: torch.device) -> Workload:
+    """Inputs: buffers (B, N, 2H) leaf [h; c], null (B, 2H), transitions (T, B) on the host, and a
+    rnnfast.nn.SPINN with seeded weights uniform in ±1/√fan_in (±1/√HT for the tracker's LSTMCell,
+    torch's init ranges). Each provider runs its own copy of the module."""
+    g = _generator(case)
+    dt, B, H, HT = case.torch_dtype, case.B, case.H, case.HT
+    N = (case.T + 1) // 2
+    module = SPINN(H, HT or None).to(device=device, dtype=dt)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            fan_in = HT if name.startswith("tracker.") else (p.shape[1] if p.dim() == 2 else H)
+            p.copy_(_rand(g, tuple(p.shape), dt, device, scale=fan_in**-0.5))
+    rng = random.Random(int(torch.randint(0, 2**31, (1,), generator=g)))
+    transitions = pad_transitions([random_transitions(int(n), rng) for n in _spinn_leaves(case)], case.T)
+    buffers = _rand(g, (B, N, 2 * H), dt, device, 0.5)
+    null = _rand(g, (B, 2 * H), dt, device, 0.5)
+    # Without a tracker the null is only the stack bottom, which no complete tree reads: no gradient.
+    leaves = [buffers, null] if HT else [buffers]
+    for t in leaves:
+        t.requires_grad_(_needs_grad(case))
+    data = {"module": module, "buffers": buffers, "null": null, "transitions": transitions}
+    return Workload(case, device, data, leaves)
+
+
+def _spinn_reference(w: Workload) -> Bound:
+    m, d = copy.deepcopy(w.data["module"]), w.data
+    return Bound(
+        lambda: [spinn_ref.spinn(m, d["buffers"], d["transitions"], d["null"])[0]], _own_params(m, w.case)
+    )
+
+
+def _spinn_backend(w: Workload, backend: str) -> Bound:
+    """The thin-stack encoder (rnnfast.nn.SPINN) with ``backend``'s tree-LSTM cell: root h (B, H)."""
+    m, d = copy.deepcopy(w.data["module"]), w.data
+    m.backend = backend
+    return Bound(lambda: [m(d["buffers"], d["transitions"], d["null"])], _own_params(m, w.case))
+
+
+register_op(
+    OpSpec(
+        name="spinn", family="tree_lstm", baseline="reference",
+        shape=_spinn_shape, sizes=_spinn_sizes, make=_spinn_make, run_backend=_spinn_backend,
+        extra={"reference": _spinn_reference},
+        flops=_spinn_flops, bytes=_spinn_bytes, tokens=lambda c: c.B * c.T,
+    )
+)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
@@ -636,6 +752,8 @@ def providers(case: Case, device: torch.device, compile: bool = False) -> list[t
             continue
         out.append((name, True, "torch.nn kernels" if name == "torch.nn" else "registered provider"))
     for name in KERNEL_BACKENDS:
+        if name in spec.extra:
+            continue  # a registered provider of that name takes its place (spinn's list-based reference)
         ok, why = backends.REGISTRY[name].supports(spec.family, device, case.torch_dtype, case.sizes())
         out.append((name, ok, why))
     if "compile" in spec.extra:
@@ -669,10 +787,12 @@ def grid(
 ) -> list[Case]:
     """The cases of grid ``name`` (tiny | quick | full) for a device type, optionally restricted.
 
-    tiny   a smoke grid: every op and feature (packed, bidirectional, 2 layers) at toy sizes
+    tiny   a smoke grid: every op and feature (packed, bidirectional, 2 layers, SPINN with and without
+           tracker) at toy sizes
     quick  CPU: the overhead-bound (B1 T200 H128) and GEMM-bound (B16 T100 H256) shapes for each
-           module, and one tree size. CUDA: small-batch (B1 H256 T512) and large (B64 H1024 T256)
-           shapes, bf16, packed, and the tree ops at SPINN sizes
+           module, one tree size and the SPINN encoder at B128 T49 H300 HT64. CUDA: small-batch
+           (B1 H256 T512) and large (B64 H1024 T256) shapes, bf16, packed, and the tree ops and the
+           SPINN encoder at SNLI sizes
     full   B × H sweeps for every module and op, 2-layer bidirectional, packed, and inference
     ``modes`` and ``dtypes`` replace the grid's own; ``ops`` keeps only those ops.
     """
@@ -690,6 +810,7 @@ def grid(
         cases += _modules(bare_ops, [dict(B=3, T=5, H=8)], m, d)
         cases += _modules(["tree_lstm"], [dict(R=4, H=8)], m, d)
         cases += _modules(["tree_lstm_reduce"], [dict(R=4, H=8, HT=3)], m, d)
+        cases += _modules(["spinn"], [dict(B=3, T=9, H=8, HT=3), dict(B=2, T=7, H=8, HT=0)], m, d)
     elif name == "quick":
         m = modes or ["fwd", "fwdbwd"]
         if cuda:
@@ -701,6 +822,7 @@ def grid(
             cases += _modules(["gru"], [dict(B=64, T=256, I=512, H=512)], m, d, packed=True)
             cases += _modules(["tree_lstm"], [dict(R=1024, H=300)], m, d)
             cases += _modules(["tree_lstm_reduce"], [dict(R=1024, H=300, HT=64)], m, d)
+            cases += _modules(["spinn"], [dict(B=128, T=49, H=300, HT=64)], m, d)
         else:
             d = dtypes or ["float32"]
             cases = _modules(
@@ -708,6 +830,7 @@ def grid(
             )
             cases += _modules(["tree_lstm"], [dict(R=128, H=300)], m, d)
             cases += _modules(["tree_lstm_reduce"], [dict(R=128, H=300, HT=64)], m, d)
+            cases += _modules(["spinn"], [dict(B=128, T=49, H=300, HT=64)], m, d)
     else:
         m = modes or ["fwd", "fwdbwd", "infer"]
         d = dtypes or (["float32", "bfloat16", "float16"] if cuda else ["float32"])
@@ -723,6 +846,8 @@ def grid(
         Rs = [128, 1024, 8192] if cuda else [128, 1024]
         cases += _modules(["tree_lstm"], [dict(R=R, H=H) for R in Rs for H in (300, 1024)], m, d)
         cases += _modules(["tree_lstm_reduce"], [dict(R=R, H=300, HT=HT) for R in Rs for HT in (0, 64)], m, d)
+        spinn_Bs, spinn_Hs = ((128, 512), (300, 1024)) if cuda else ((32, 128), (100, 300))
+        cases += _modules(["spinn"], [dict(B=B, T=49, H=H, HT=64) for B in spinn_Bs for H in spinn_Hs], m, d)
     if ops:
         unknown = sorted(set(ops) - set(OPS))
         if unknown:
