@@ -86,7 +86,7 @@ def _implementation(backend: str, op: str):
     except ModuleNotFoundError as e:
         # Only "this backend has no file for this op" means unsupported; a missing dependency inside an
         # existing implementation is a real error and propagates.
-        if e.name == name:
+        if e.name == name or name.startswith(f"{e.name}."):
             return None
         raise
 

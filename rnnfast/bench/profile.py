@@ -88,7 +88,7 @@ def profile_parser() -> argparse.ArgumentParser:
     p.add_argument("--bidir", action="store_true")
     p.add_argument("--packed", action="store_true", help="ragged lengths (PackedSequence / lengths=)")
     p.add_argument("--R", type=int, default=1024, help="rows, for the tree ops (default 1024)")
-    p.add_argument("--HT", type=int, default=0, help="tracker hidden, for tree_lstm_reduce (default 0)")
+    p.add_argument("--HT", type=int, default=0, help="tracker hidden, for tree_lstm_reduce and spinn")
     p.add_argument(
         "--provider", help="default: the fastest-looking supported one: cuda, triton, cpu, reference"
     )
@@ -106,6 +106,8 @@ def case_from_args(args) -> registry.Case:
     if args.op in ("tree_lstm", "tree_lstm_reduce"):
         HT = args.HT if args.op == "tree_lstm_reduce" else 0
         return registry.Case(args.op, args.mode, args.dtype, R=args.R, H=args.H, HT=HT)
+    if args.op == "spinn":
+        return registry.Case(args.op, args.mode, args.dtype, B=args.B, T=args.T, H=args.H, HT=args.HT)
     if args.op.endswith("_op"):
         return registry.Case(args.op, args.mode, args.dtype, B=args.B, T=args.T, H=args.H, packed=args.packed)
     return registry.Case(
