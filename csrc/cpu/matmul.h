@@ -73,15 +73,18 @@ RNNFAST_CLONES void small_mm(int64_t B, int64_t K, const scalar_t* x, int64_t ld
   }
 }
 
-// Where ATen's GEMM takes over from small_mm: from this many rows, or this many multiply-adds per step.
-// Measured on 2 cores (AVX-512, MKL): small_mm wins up to B=8 at H=256 GRU; beyond, MKL's packing pays.
+// Where ATen's GEMM takes over from small_mm: from this many rows (env RNNFAST_CPU_BLAS_MIN_B), or
+// from 2^18 multiply-adds per row. Measured per step, float32, 1 thread (GRU, K = H, M = 3H):
+//   B=1: H=64 1.0 µs vs 2.2 µs through at::mm, H=128 2.9 vs 4.7, H=256 12 vs 18; H=1024: 1.6 vs 1.1 ms.
+//   B=4: H=64 15 µs vs 3.5, H=128 137 vs 9.6 — MKL's small-GEMM kernels win as soon as B > 1.
 inline int64_t blas_min_rows() {
   static const int64_t v = [] {
     const char* s = std::getenv("RNNFAST_CPU_BLAS_MIN_B");
-    return s ? std::atoll(s) : int64_t{16};
+    return s ? std::atoll(s) : int64_t{2};
   }();
   return v;
 }
+constexpr int64_t kSmallMaxWork = int64_t{1} << 18;
 
 // A fixed right-hand factor W (K, M) applied at every step: x (B, K) -> x·W (B, M).
 template <typename scalar_t>
@@ -89,14 +92,14 @@ class StepMatmul {
  public:
   // `w` is (K, M); a transposed view is fine (it is copied to row-major for small_mm when needed).
   StepMatmul(const at::Tensor& w, int64_t B) : B_(B), K_(w.size(0)), M_(w.size(1)) {
-    use_blas_ = B >= blas_min_rows();
+    use_blas_ = B >= blas_min_rows() || K_ * M_ > kSmallMaxWork;
     if (use_blas_) {
       w_ = w;
     } else {
       w_ = w.contiguous();
     }
     // Split the columns over threads only when a step has enough work to amortise waking them (~2 µs).
-    parallel_ = !use_blas_ && B * K_ * M_ >= (int64_t{1} << 18) && at::get_num_threads() > 1;
+    parallel_ = !use_blas_ && B * K_ * M_ >= (int64_t{1} << 17) && at::get_num_threads() > 1;
   }
 
   // out (B, M) row stride ldo = x (B, K) row stride ldx · W.
