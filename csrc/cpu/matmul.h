@@ -13,74 +13,62 @@
 
 namespace rnnfast {
 
-// Rows of x handled together (each W row loaded once is used NB times), and columns per block: 128 bytes,
-// i.e. 2 AVX-512 / 4 AVX2 registers per row of accumulators.
-constexpr int kRowBlock = 4;
-
-template <typename scalar_t, int NB>
-RNNFAST_INLINE void mm_block(int64_t K, const scalar_t* x, int64_t ldx, const scalar_t* w, int64_t ldw,
-                             scalar_t* out, int64_t ldo, int64_t width) {
-  constexpr int MB = 128 / sizeof(scalar_t);
-  scalar_t acc[NB][MB];
-  for (int i = 0; i < NB; ++i) {
-    for (int m = 0; m < MB; ++m) acc[i][m] = 0;
-  }
-  if (width == MB) {
-    for (int64_t k = 0; k < K; ++k) {
-      const scalar_t* wr = w + k * ldw;
-#pragma GCC unroll 4
-      for (int i = 0; i < NB; ++i) {
-        const scalar_t a = x[i * ldx + k];
-#pragma GCC unroll 32
-        for (int m = 0; m < MB; ++m) acc[i][m] += a * wr[m];
-      }
-    }
-    for (int i = 0; i < NB; ++i) {
-      for (int m = 0; m < MB; ++m) out[i * ldo + m] = acc[i][m];
-    }
-  } else {
-    for (int64_t k = 0; k < K; ++k) {
-      const scalar_t* wr = w + k * ldw;
-      for (int i = 0; i < NB; ++i) {
-        const scalar_t a = x[i * ldx + k];
-        for (int64_t m = 0; m < width; ++m) acc[i][m] += a * wr[m];
-      }
-    }
-    for (int i = 0; i < NB; ++i) {
-      for (int64_t m = 0; m < width; ++m) out[i * ldo + m] = acc[i][m];
+// One row of x times columns [0, NV·L) of w, L = lanes of a 64-byte vector. GCC vector extensions keep
+// the NV accumulators in registers (plain arrays ended up on the stack, 3 GMAC/s); NV = 8 independent
+// FMA chains cover the FMA latency. Under the ISA clones a 64-byte vector is one AVX-512 register, two
+// AVX2 or four SSE registers.
+template <typename scalar_t, int NV>
+RNNFAST_INLINE void row_kernel(int64_t K, const scalar_t* x, const scalar_t* w, int64_t ldw, scalar_t* out) {
+  typedef scalar_t V __attribute__((vector_size(64)));
+  constexpr int L = 64 / sizeof(scalar_t);
+  V acc[NV];
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) acc[v] = V{} ;
+  for (int64_t k = 0; k < K; ++k) {
+    const scalar_t* wr = w + k * ldw;
+    const V a = V{} + x[k];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      V wv;
+      std::memcpy(&wv, wr + v * L, sizeof(V));
+      acc[v] += a * wv;
     }
   }
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) std::memcpy(out + v * L, &acc[v], sizeof(V));
 }
 
 // out[:, m0:m1] = x · w[:, m0:m1];  x (B, K) stride ldx, w (K, M) stride ldw, out (B, M) stride ldo.
 template <typename scalar_t>
 RNNFAST_CLONES void small_mm(int64_t B, int64_t K, const scalar_t* x, int64_t ldx, const scalar_t* w, int64_t ldw,
                              scalar_t* out, int64_t ldo, int64_t m0, int64_t m1) {
-  constexpr int64_t MB = 128 / sizeof(scalar_t);
-  for (int64_t b0 = 0; b0 < B; b0 += kRowBlock) {
-    const int64_t nb = std::min<int64_t>(kRowBlock, B - b0);
-    const scalar_t* xb = x + b0 * ldx;
-    scalar_t* ob = out + b0 * ldo;
-    for (int64_t m = m0; m < m1; m += MB) {
-      const int64_t width = std::min<int64_t>(MB, m1 - m);
-      switch (nb) {
-        case 4: mm_block<scalar_t, 4>(K, xb, ldx, w + m, ldw, ob + m, ldo, width); break;
-        case 3: mm_block<scalar_t, 3>(K, xb, ldx, w + m, ldw, ob + m, ldo, width); break;
-        case 2: mm_block<scalar_t, 2>(K, xb, ldx, w + m, ldw, ob + m, ldo, width); break;
-        default: mm_block<scalar_t, 1>(K, xb, ldx, w + m, ldw, ob + m, ldo, width); break;
+  constexpr int64_t L = 64 / sizeof(scalar_t);
+  for (int64_t b = 0; b < B; ++b) {
+    const scalar_t* xb = x + b * ldx;
+    scalar_t* ob = out + b * ldo;
+    int64_t m = m0;
+    for (; m + 8 * L <= m1; m += 8 * L) row_kernel<scalar_t, 8>(K, xb, w + m, ldw, ob + m);
+    for (; m + L <= m1; m += L) row_kernel<scalar_t, 1>(K, xb, w + m, ldw, ob + m);
+    if (m < m1) {
+      for (int64_t j = m; j < m1; ++j) ob[j] = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const scalar_t a = xb[k];
+        for (int64_t j = m; j < m1; ++j) ob[j] += a * w[k * ldw + j];
       }
     }
   }
 }
 
 // Where ATen's GEMM takes over from small_mm: from this many rows (env RNNFAST_CPU_BLAS_MIN_B), or
-// from 2^18 multiply-adds per row. Measured per step, float32, 1 thread (GRU, K = H, M = 3H):
-//   B=1: H=64 1.0 µs vs 2.2 µs through at::mm, H=128 2.9 vs 4.7, H=256 12 vs 18; H=1024: 1.6 vs 1.1 ms.
-//   B=4: H=64 15 µs vs 3.5, H=128 137 vs 9.6 — MKL's small-GEMM kernels win as soon as B > 1.
+// from 2^18 multiply-adds per row, where W (1 MiB in float32) no longer stays in a core's L2.
+// Measured per step, GRU (K = H, M = 3H), float32, 1 thread, small_mm vs at::mm:
+//   H=64:  B=1 1.5 vs 3.6 µs, B=4 4.0 vs 5.3, B=8 7.1 vs 5.0
+//   H=128: B=1 3.4 vs 4.8 µs, B=4 9.4 vs 9.9, B=8 18.5 vs 14.6
+//   H=256: B=1 12.3 vs 18.1 µs, B=4 39 vs 42; H=1024, B=1 (2 threads): 1.6 vs 1.1 ms
 inline int64_t blas_min_rows() {
   static const int64_t v = [] {
     const char* s = std::getenv("RNNFAST_CPU_BLAS_MIN_B");
-    return s ? std::atoll(s) : int64_t{2};
+    return s ? std::atoll(s) : int64_t{5};
   }();
   return v;
 }
@@ -116,7 +104,7 @@ class StepMatmul {
       small_mm<scalar_t>(B_, K_, x, ldx, w, M_, out, ldo, 0, M_);
       return;
     }
-    constexpr int64_t MB = 128 / sizeof(scalar_t);
+    constexpr int64_t MB = 512 / sizeof(scalar_t);  // one 8-vector block per task
     const int64_t blocks = (M_ + MB - 1) / MB;
     at::parallel_for(0, blocks, 1, [&](int64_t lo, int64_t hi) {
       small_mm<scalar_t>(B_, K_, x, ldx, w, M_, out, ldo, lo * MB, std::min(hi * MB, M_));
