@@ -13,62 +13,86 @@
 
 namespace rnnfast {
 
-// One row of x times columns [0, NV·L) of w, L = lanes of a 64-byte vector. GCC vector extensions keep
-// the NV accumulators in registers (plain arrays ended up on the stack, 3 GMAC/s); NV = 8 independent
-// FMA chains cover the FMA latency. Under the ISA clones a 64-byte vector is one AVX-512 register, two
-// AVX2 or four SSE registers.
-template <typename scalar_t, int NV>
-RNNFAST_INLINE void row_kernel(int64_t K, const scalar_t* x, const scalar_t* w, int64_t ldw, scalar_t* out) {
+// NB rows of x times columns [0, NV·L) of w, L = lanes of a 64-byte vector. GCC vector extensions keep
+// the NB·NV accumulators in registers (plain arrays ended up on the stack: 3 GMAC/s); each w vector
+// loaded is used NB times, and NB·NV >= 8 independent FMA chains cover the FMA latency. Under the ISA
+// clones a 64-byte vector is one AVX-512 register, two AVX2 or four SSE registers.
+template <typename scalar_t, int NB, int NV>
+RNNFAST_INLINE void block_kernel(int64_t K, const scalar_t* x, int64_t ldx, const scalar_t* w, int64_t ldw,
+                                 scalar_t* out, int64_t ldo) {
   typedef scalar_t V __attribute__((vector_size(64)));
   constexpr int L = 64 / sizeof(scalar_t);
-  V acc[NV];
+  V acc[NB][NV];
+#pragma GCC unroll 4
+  for (int i = 0; i < NB; ++i) {
 #pragma GCC unroll 8
-  for (int v = 0; v < NV; ++v) acc[v] = V{} ;
+    for (int v = 0; v < NV; ++v) acc[i][v] = V{};
+  }
   for (int64_t k = 0; k < K; ++k) {
     const scalar_t* wr = w + k * ldw;
-    const V a = V{} + x[k];
+    V wv[NV];
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) {
-      V wv;
-      std::memcpy(&wv, wr + v * L, sizeof(V));
-      acc[v] += a * wv;
+    for (int v = 0; v < NV; ++v) std::memcpy(&wv[v], wr + v * L, sizeof(V));
+#pragma GCC unroll 4
+    for (int i = 0; i < NB; ++i) {
+      const V a = V{} + x[i * ldx + k];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[i][v] += a * wv[v];
     }
   }
+#pragma GCC unroll 4
+  for (int i = 0; i < NB; ++i) {
 #pragma GCC unroll 8
-  for (int v = 0; v < NV; ++v) std::memcpy(out + v * L, &acc[v], sizeof(V));
+    for (int v = 0; v < NV; ++v) std::memcpy(out + i * ldo + v * L, &acc[i][v], sizeof(V));
+  }
+}
+
+template <typename scalar_t, int NB>
+RNNFAST_INLINE void rows_kernel(int64_t K, const scalar_t* x, int64_t ldx, const scalar_t* w, int64_t ldw,
+                                scalar_t* out, int64_t ldo, int64_t m0, int64_t m1) {
+  constexpr int64_t L = 64 / sizeof(scalar_t);
+  constexpr int NV = NB == 1 ? 8 : 4;
+  int64_t m = m0;
+  for (; m + NV * L <= m1; m += NV * L) block_kernel<scalar_t, NB, NV>(K, x, ldx, w + m, ldw, out + m, ldo);
+  for (; m + L <= m1; m += L) block_kernel<scalar_t, NB, 1>(K, x, ldx, w + m, ldw, out + m, ldo);
+  if (m < m1) {
+    for (int i = 0; i < NB; ++i) {
+      scalar_t* o = out + i * ldo;
+      for (int64_t j = m; j < m1; ++j) o[j] = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const scalar_t a = x[i * ldx + k];
+        for (int64_t j = m; j < m1; ++j) o[j] += a * w[k * ldw + j];
+      }
+    }
+  }
 }
 
 // out[:, m0:m1] = x · w[:, m0:m1];  x (B, K) stride ldx, w (K, M) stride ldw, out (B, M) stride ldo.
 template <typename scalar_t>
 RNNFAST_CLONES void small_mm(int64_t B, int64_t K, const scalar_t* x, int64_t ldx, const scalar_t* w, int64_t ldw,
                              scalar_t* out, int64_t ldo, int64_t m0, int64_t m1) {
-  constexpr int64_t L = 64 / sizeof(scalar_t);
-  for (int64_t b = 0; b < B; ++b) {
+  for (int64_t b = 0; b < B; b += 4) {
     const scalar_t* xb = x + b * ldx;
     scalar_t* ob = out + b * ldo;
-    int64_t m = m0;
-    for (; m + 8 * L <= m1; m += 8 * L) row_kernel<scalar_t, 8>(K, xb, w + m, ldw, ob + m);
-    for (; m + L <= m1; m += L) row_kernel<scalar_t, 1>(K, xb, w + m, ldw, ob + m);
-    if (m < m1) {
-      for (int64_t j = m; j < m1; ++j) ob[j] = 0;
-      for (int64_t k = 0; k < K; ++k) {
-        const scalar_t a = xb[k];
-        for (int64_t j = m; j < m1; ++j) ob[j] += a * w[k * ldw + j];
-      }
+    switch (std::min<int64_t>(4, B - b)) {
+      case 4: rows_kernel<scalar_t, 4>(K, xb, ldx, w, ldw, ob, ldo, m0, m1); break;
+      case 3: rows_kernel<scalar_t, 3>(K, xb, ldx, w, ldw, ob, ldo, m0, m1); break;
+      case 2: rows_kernel<scalar_t, 2>(K, xb, ldx, w, ldw, ob, ldo, m0, m1); break;
+      default: rows_kernel<scalar_t, 1>(K, xb, ldx, w, ldw, ob, ldo, m0, m1); break;
     }
   }
 }
 
 // Where ATen's GEMM takes over from small_mm: from this many rows (env RNNFAST_CPU_BLAS_MIN_B), or
 // from 2^18 multiply-adds per row, where W (1 MiB in float32) no longer stays in a core's L2.
-// Measured per step, GRU (K = H, M = 3H), float32, 1 thread, small_mm vs at::mm:
-//   H=64:  B=1 1.5 vs 3.6 µs, B=4 4.0 vs 5.3, B=8 7.1 vs 5.0
-//   H=128: B=1 3.4 vs 4.8 µs, B=4 9.4 vs 9.9, B=8 18.5 vs 14.6
-//   H=256: B=1 12.3 vs 18.1 µs, B=4 39 vs 42; H=1024, B=1 (2 threads): 1.6 vs 1.1 ms
+// Measured per step, GRU (K = H, M = 3H), float32, small_mm vs at::mm (MKL), 2 threads:
+//   H=64:  B=1 1.3 vs 2.2 µs, B=4 2.1 vs 3.6, B=16 6.9 vs 8.3, B=32 13 vs 15
+//   H=128: B=1 3.4 vs 4.9 µs, B=4 6.3 vs 9.8, B=16 20 vs 26, B=32 44 vs 58
+//   H=256: B=1 11 vs 21 µs, B=4 20 vs 58, B=16 69 vs 101, B=32 124 vs 181; H=1024, B=1: 1.6 vs 1.1 ms
 inline int64_t blas_min_rows() {
   static const int64_t v = [] {
     const char* s = std::getenv("RNNFAST_CPU_BLAS_MIN_B");
-    return s ? std::atoll(s) : int64_t{5};
+    return s ? std::atoll(s) : int64_t{64};
   }();
   return v;
 }
@@ -86,8 +110,10 @@ class StepMatmul {
     } else {
       w_ = w.contiguous();
     }
-    // Split the columns over threads only when a step has enough work to amortise waking them (~2 µs).
-    parallel_ = !use_blas_ && B * K_ * M_ >= (int64_t{1} << 17) && at::get_num_threads() > 1;
+    // Split the columns over threads only when a step has enough work to amortise waking them: measured
+    // with 2 threads, B=4 H=256 GRU (0.8M multiply-adds) 20 µs on one thread vs 27 on two; B=32 (6.3M)
+    // 146 vs 124.
+    parallel_ = !use_blas_ && B * K_ * M_ >= (int64_t{1} << 22) && at::get_num_threads() > 1;
   }
 
   // out (B, M) row stride ldo = x (B, K) row stride ldx · W.
