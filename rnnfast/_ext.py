@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import hashlib
 import importlib
+import importlib.util
 import os
 import sys
 import sysconfig
@@ -158,17 +159,36 @@ def _register_fakes() -> None:
         return lstm_in.new_empty(lstm_in.shape), lstm_in.new_empty(c_l.shape), lstm_in.new_empty(c_r.shape)
 
 
+def _stale_prebuilt() -> str | None:
+    """In a source checkout (editable install), a prebuilt module older than csrc/cpu is skipped: once
+    loaded, a library cannot be replaced in the process, so the check happens before the import."""
+    spec = importlib.util.find_spec("rnnfast._C")
+    if spec is None or not spec.origin:
+        return None
+    built = os.path.getmtime(spec.origin)
+    root = csrc_dir() / "cpu"
+    sources = list(root.glob("*.cpp")) + list(root.glob("*.h"))
+    newer = [p.name for p in sources if os.path.getmtime(p) > built]
+    if newer:
+        return f"prebuilt rnnfast._C is older than {', '.join(sorted(newer))} (rebuild with pip install -e .)"
+    return None
+
+
 def _load() -> tuple[bool, str]:
     reasons = []
     how = None
     if _ops_present():
         how = "already loaded"
     if how is None and not _flag("RNNFAST_NO_PREBUILT"):
-        try:
-            importlib.import_module("rnnfast._C")
-            how = "prebuilt rnnfast._C"
-        except (ImportError, OSError) as e:
-            reasons.append(f"prebuilt rnnfast._C: {e}")
+        stale = _stale_prebuilt()
+        if stale:
+            reasons.append(stale)
+        else:
+            try:
+                importlib.import_module("rnnfast._C")
+                how = "prebuilt rnnfast._C"
+            except (ImportError, OSError) as e:
+                reasons.append(f"prebuilt rnnfast._C: {e}")
     if how is None:
         if _flag("RNNFAST_NO_JIT"):
             reasons.append("JIT build disabled (RNNFAST_NO_JIT=1)")

@@ -43,6 +43,7 @@ struct RNNCell {
 
   template <typename scalar_t, bool Save>
   static RNNFAST_INLINE void forward(const FwdRow<scalar_t>& a, int64_t H) {
+    RNNFAST_IVDEP
     for (int64_t j = 0; j < H; ++j) {
       scalar_t v = a.gi[j] + a.gh[j] + a.bh[j];
       a.h[j] = Relu ? (v > 0 ? v : scalar_t(0)) : tanh_fast(v);
@@ -51,6 +52,7 @@ struct RNNCell {
 
   template <typename scalar_t>
   static RNNFAST_INLINE void backward(const BwdRow<scalar_t>& a, int64_t H) {
+    RNNFAST_IVDEP
     for (int64_t j = 0; j < H; ++j) {
       scalar_t y = a.y[j];
       a.dgi[j] = Relu ? (y > 0 ? a.dh[j] : scalar_t(0)) : a.dh[j] * (1 - y * y);
@@ -65,6 +67,7 @@ struct GRUCell {
   template <typename scalar_t, bool Save>
   static RNNFAST_INLINE void forward(const FwdRow<scalar_t>& a, int64_t H) {
     const scalar_t *gi = a.gi, *gh = a.gh, *bh = a.bh;
+    RNNFAST_IVDEP
     for (int64_t j = 0; j < H; ++j) {
       scalar_t r = sigmoid_fast(gi[j] + gh[j] + bh[j]);
       scalar_t z = sigmoid_fast(gi[H + j] + gh[H + j] + bh[H + j]);
@@ -83,6 +86,7 @@ struct GRUCell {
   template <typename scalar_t>
   static RNNFAST_INLINE void backward(const BwdRow<scalar_t>& a, int64_t H) {
     const scalar_t* ws = a.ws;
+    RNNFAST_IVDEP
     for (int64_t j = 0; j < H; ++j) {
       scalar_t r = ws[j], z = ws[H + j], n = ws[2 * H + j], hn = ws[3 * H + j];
       scalar_t dh = a.dh[j];
@@ -107,6 +111,7 @@ struct LSTMCell {
   template <typename scalar_t, bool Save>
   static RNNFAST_INLINE void forward(const FwdRow<scalar_t>& a, int64_t H) {
     const scalar_t *gi = a.gi, *gh = a.gh, *bh = a.bh;
+    RNNFAST_IVDEP
     for (int64_t j = 0; j < H; ++j) {
       scalar_t i = sigmoid_fast(gi[j] + gh[j] + bh[j]);
       scalar_t f = sigmoid_fast(gi[H + j] + gh[H + j] + bh[H + j]);
@@ -128,6 +133,7 @@ struct LSTMCell {
   template <typename scalar_t>
   static RNNFAST_INLINE void backward(const BwdRow<scalar_t>& a, int64_t H) {
     const scalar_t* ws = a.ws;
+    RNNFAST_IVDEP
     for (int64_t j = 0; j < H; ++j) {
       scalar_t i = ws[j], f = ws[H + j], g = ws[2 * H + j], o = ws[3 * H + j], c = ws[4 * H + j];
       scalar_t tc = tanh_fast(c);

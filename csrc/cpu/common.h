@@ -23,6 +23,17 @@
 #define RNNFAST_CLONES
 #endif
 
+// The pointwise loops read and write distinct rows (or the same element in place), which the compiler
+// cannot prove through the pointers: without this it keeps them scalar (measured: LSTM B=1 H=128
+// pointwise 3x slower).
+#if defined(__GNUC__) && !defined(__clang__)
+#define RNNFAST_IVDEP _Pragma("GCC ivdep")
+#elif defined(__clang__)
+#define RNNFAST_IVDEP _Pragma("clang loop vectorize(assume_safety)")
+#else
+#define RNNFAST_IVDEP
+#endif
+
 #if defined(__GNUC__)
 #define RNNFAST_INLINE inline __attribute__((always_inline))
 #else

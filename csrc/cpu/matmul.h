@@ -13,41 +13,56 @@
 
 namespace rnnfast {
 
-// Rows of x handled together (each W row loaded once is used NB times), and columns per block: 128 bytes,
-// i.e. 2 AVX-512 / 4 AVX2 registers per row of accumulators.
-constexpr int kRowBlock = 4;
+// NB rows of x times columns [0, NV·L) of w, L = lanes of a 64-byte vector. GCC vector extensions keep
+// the NB·NV accumulators in registers (plain arrays ended up on the stack: 3 GMAC/s); each w vector
+// loaded is used NB times, and NB·NV >= 8 independent FMA chains cover the FMA latency. Under the ISA
+// clones a 64-byte vector is one AVX-512 register, two AVX2 or four SSE registers.
+template <typename scalar_t, int NB, int NV>
+RNNFAST_INLINE void block_kernel(int64_t K, const scalar_t* x, int64_t ldx, const scalar_t* w, int64_t ldw,
+                                 scalar_t* out, int64_t ldo) {
+  typedef scalar_t V __attribute__((vector_size(64)));
+  constexpr int L = 64 / sizeof(scalar_t);
+  V acc[NB][NV];
+#pragma GCC unroll 4
+  for (int i = 0; i < NB; ++i) {
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[i][v] = V{};
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    const scalar_t* wr = w + k * ldw;
+    V wv[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) std::memcpy(&wv[v], wr + v * L, sizeof(V));
+#pragma GCC unroll 4
+    for (int i = 0; i < NB; ++i) {
+      const V a = V{} + x[i * ldx + k];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[i][v] += a * wv[v];
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < NB; ++i) {
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) std::memcpy(out + i * ldo + v * L, &acc[i][v], sizeof(V));
+  }
+}
 
 template <typename scalar_t, int NB>
-RNNFAST_INLINE void mm_block(int64_t K, const scalar_t* x, int64_t ldx, const scalar_t* w, int64_t ldw,
-                             scalar_t* out, int64_t ldo, int64_t width) {
-  constexpr int MB = 128 / sizeof(scalar_t);
-  scalar_t acc[NB][MB];
-  for (int i = 0; i < NB; ++i) {
-    for (int m = 0; m < MB; ++m) acc[i][m] = 0;
-  }
-  if (width == MB) {
-    for (int64_t k = 0; k < K; ++k) {
-      const scalar_t* wr = w + k * ldw;
-#pragma GCC unroll 4
-      for (int i = 0; i < NB; ++i) {
-        const scalar_t a = x[i * ldx + k];
-#pragma GCC unroll 32
-        for (int m = 0; m < MB; ++m) acc[i][m] += a * wr[m];
-      }
-    }
+RNNFAST_INLINE void rows_kernel(int64_t K, const scalar_t* x, int64_t ldx, const scalar_t* w, int64_t ldw,
+                                scalar_t* out, int64_t ldo, int64_t m0, int64_t m1) {
+  constexpr int64_t L = 64 / sizeof(scalar_t);
+  constexpr int NV = NB == 1 ? 8 : 4;
+  int64_t m = m0;
+  for (; m + NV * L <= m1; m += NV * L) block_kernel<scalar_t, NB, NV>(K, x, ldx, w + m, ldw, out + m, ldo);
+  for (; m + L <= m1; m += L) block_kernel<scalar_t, NB, 1>(K, x, ldx, w + m, ldw, out + m, ldo);
+  if (m < m1) {
     for (int i = 0; i < NB; ++i) {
-      for (int m = 0; m < MB; ++m) out[i * ldo + m] = acc[i][m];
-    }
-  } else {
-    for (int64_t k = 0; k < K; ++k) {
-      const scalar_t* wr = w + k * ldw;
-      for (int i = 0; i < NB; ++i) {
+      scalar_t* o = out + i * ldo;
+      for (int64_t j = m; j < m1; ++j) o[j] = 0;
+      for (int64_t k = 0; k < K; ++k) {
         const scalar_t a = x[i * ldx + k];
-        for (int64_t m = 0; m < width; ++m) acc[i][m] += a * wr[m];
+        for (int64_t j = m; j < m1; ++j) o[j] += a * w[k * ldw + j];
       }
-    }
-    for (int i = 0; i < NB; ++i) {
-      for (int64_t m = 0; m < width; ++m) out[i * ldo + m] = acc[i][m];
     }
   }
 }
@@ -56,32 +71,32 @@ RNNFAST_INLINE void mm_block(int64_t K, const scalar_t* x, int64_t ldx, const sc
 template <typename scalar_t>
 RNNFAST_CLONES void small_mm(int64_t B, int64_t K, const scalar_t* x, int64_t ldx, const scalar_t* w, int64_t ldw,
                              scalar_t* out, int64_t ldo, int64_t m0, int64_t m1) {
-  constexpr int64_t MB = 128 / sizeof(scalar_t);
-  for (int64_t b0 = 0; b0 < B; b0 += kRowBlock) {
-    const int64_t nb = std::min<int64_t>(kRowBlock, B - b0);
-    const scalar_t* xb = x + b0 * ldx;
-    scalar_t* ob = out + b0 * ldo;
-    for (int64_t m = m0; m < m1; m += MB) {
-      const int64_t width = std::min<int64_t>(MB, m1 - m);
-      switch (nb) {
-        case 4: mm_block<scalar_t, 4>(K, xb, ldx, w + m, ldw, ob + m, ldo, width); break;
-        case 3: mm_block<scalar_t, 3>(K, xb, ldx, w + m, ldw, ob + m, ldo, width); break;
-        case 2: mm_block<scalar_t, 2>(K, xb, ldx, w + m, ldw, ob + m, ldo, width); break;
-        default: mm_block<scalar_t, 1>(K, xb, ldx, w + m, ldw, ob + m, ldo, width); break;
-      }
+  for (int64_t b = 0; b < B; b += 4) {
+    const scalar_t* xb = x + b * ldx;
+    scalar_t* ob = out + b * ldo;
+    switch (std::min<int64_t>(4, B - b)) {
+      case 4: rows_kernel<scalar_t, 4>(K, xb, ldx, w, ldw, ob, ldo, m0, m1); break;
+      case 3: rows_kernel<scalar_t, 3>(K, xb, ldx, w, ldw, ob, ldo, m0, m1); break;
+      case 2: rows_kernel<scalar_t, 2>(K, xb, ldx, w, ldw, ob, ldo, m0, m1); break;
+      default: rows_kernel<scalar_t, 1>(K, xb, ldx, w, ldw, ob, ldo, m0, m1); break;
     }
   }
 }
 
-// Where ATen's GEMM takes over from small_mm: from this many rows, or this many multiply-adds per step.
-// Measured on 2 cores (AVX-512, MKL): small_mm wins up to B=8 at H=256 GRU; beyond, MKL's packing pays.
+// Where ATen's GEMM takes over from small_mm: from this many rows (env RNNFAST_CPU_BLAS_MIN_B), or
+// from 2^18 multiply-adds per row, where W (1 MiB in float32) no longer stays in a core's L2.
+// Measured per step, GRU (K = H, M = 3H), float32, small_mm vs at::mm (MKL), 2 threads:
+//   H=64:  B=1 1.3 vs 2.2 µs, B=4 2.1 vs 3.6, B=16 6.9 vs 8.3, B=32 13 vs 15
+//   H=128: B=1 3.4 vs 4.9 µs, B=4 6.3 vs 9.8, B=16 20 vs 26, B=32 44 vs 58
+//   H=256: B=1 11 vs 21 µs, B=4 20 vs 58, B=16 69 vs 101, B=32 124 vs 181; H=1024, B=1: 1.6 vs 1.1 ms
 inline int64_t blas_min_rows() {
   static const int64_t v = [] {
     const char* s = std::getenv("RNNFAST_CPU_BLAS_MIN_B");
-    return s ? std::atoll(s) : int64_t{16};
+    return s ? std::atoll(s) : int64_t{64};
   }();
   return v;
 }
+constexpr int64_t kSmallMaxWork = int64_t{1} << 18;
 
 // A fixed right-hand factor W (K, M) applied at every step: x (B, K) -> x·W (B, M).
 template <typename scalar_t>
@@ -89,14 +104,16 @@ class StepMatmul {
  public:
   // `w` is (K, M); a transposed view is fine (it is copied to row-major for small_mm when needed).
   StepMatmul(const at::Tensor& w, int64_t B) : B_(B), K_(w.size(0)), M_(w.size(1)) {
-    use_blas_ = B >= blas_min_rows();
+    use_blas_ = B >= blas_min_rows() || K_ * M_ > kSmallMaxWork;
     if (use_blas_) {
       w_ = w;
     } else {
       w_ = w.contiguous();
     }
-    // Split the columns over threads only when a step has enough work to amortise waking them (~2 µs).
-    parallel_ = !use_blas_ && B * K_ * M_ >= (int64_t{1} << 18) && at::get_num_threads() > 1;
+    // Split the columns over threads only when a step has enough work to amortise waking them: measured
+    // with 2 threads, B=4 H=256 GRU (0.8M multiply-adds) 20 µs on one thread vs 27 on two; B=32 (6.3M)
+    // 146 vs 124.
+    parallel_ = !use_blas_ && B * K_ * M_ >= (int64_t{1} << 22) && at::get_num_threads() > 1;
   }
 
   // out (B, M) row stride ldo = x (B, K) row stride ldx · W.
@@ -113,7 +130,7 @@ class StepMatmul {
       small_mm<scalar_t>(B_, K_, x, ldx, w, M_, out, ldo, 0, M_);
       return;
     }
-    constexpr int64_t MB = 128 / sizeof(scalar_t);
+    constexpr int64_t MB = 512 / sizeof(scalar_t);  // one 8-vector block per task
     const int64_t blocks = (M_ + MB - 1) / MB;
     at::parallel_for(0, blocks, 1, [&](int64_t lo, int64_t hi) {
       small_mm<scalar_t>(B_, K_, x, ldx, w, M_, out, ldo, lo * MB, std::min(hi * MB, M_));

@@ -24,11 +24,11 @@ using at::Tensor;
 // Pointwise over the B rows of one step (ISA-cloned; the cell code is inlined into each clone).
 
 template <typename Cell, typename scalar_t, bool Save>
-RNNFAST_CLONES void forward_rows(int64_t B, int64_t H, const uint8_t* valid, const scalar_t* gi, const scalar_t* gh,
+RNNFAST_CLONES void forward_rows(int64_t b0, int64_t b1, int64_t H, const uint8_t* valid, const scalar_t* gi, const scalar_t* gh,
                                  const scalar_t* bh, const scalar_t* hp, int64_t ldh, scalar_t* c, scalar_t* hout,
                                  scalar_t* ws) {
   constexpr int64_t G = Cell::G, S = Cell::S;
-  for (int64_t b = 0; b < B; ++b) {
+  for (int64_t b = b0; b < b1; ++b) {
     scalar_t* wsb = Save ? ws + b * S * H : nullptr;
     if (valid != nullptr && !valid[b]) {
       // Not computed: the state stays frozen. Saved values are zeroed so that nothing downstream
@@ -43,12 +43,12 @@ RNNFAST_CLONES void forward_rows(int64_t B, int64_t H, const uint8_t* valid, con
 }
 
 template <typename Cell, typename scalar_t>
-RNNFAST_CLONES void backward_rows(int64_t B, int64_t H, const uint8_t* valid, const scalar_t* dh,
+RNNFAST_CLONES void backward_rows(int64_t b0, int64_t b1, int64_t H, const uint8_t* valid, const scalar_t* dh,
                                   const scalar_t* ws, const scalar_t* y, int64_t ldy, const scalar_t* const* hp,
                                   const scalar_t* const* cp, scalar_t* dc, scalar_t* dgi, scalar_t* dgh,
                                   scalar_t* direct, scalar_t* u) {
   constexpr int64_t G = Cell::G, S = Cell::S;
-  for (int64_t b = 0; b < B; ++b) {
+  for (int64_t b = b0; b < b1; ++b) {
     scalar_t* dgib = dgi + b * G * H;
     scalar_t* dghb = dgh + b * G * H;
     scalar_t* ub = u ? u + b * H : nullptr;
@@ -61,6 +61,18 @@ RNNFAST_CLONES void backward_rows(int64_t B, int64_t H, const uint8_t* valid, co
     BwdRow<scalar_t> row{dh + b * H, ws + b * S * H, y + b * ldy, hp ? hp[b] : nullptr, cp ? cp[b] : nullptr,
                          dc ? dc + b * H : nullptr, dgib, dghb, direct ? direct + b * H : nullptr, ub};
     Cell::template backward<scalar_t>(row, H);
+  }
+}
+
+// Runs fn(b0, b1) over the B rows of a step, on all threads when the step has enough elements: from
+// B·G·H = 16K (e.g. B=64, H=256 GRU: ~40 µs of pointwise per step, 20% of the step's GEMM on one thread).
+template <typename F>
+void for_rows(int64_t B, int64_t GH, const F& fn) {
+  constexpr int64_t kParallelElems = 16384;
+  if (B * GH >= kParallelElems && B > 1 && at::get_num_threads() > 1) {
+    at::parallel_for(0, B, std::max<int64_t>(1, 4096 / GH), fn);
+  } else {
+    fn(0, B);
   }
 }
 
@@ -137,12 +149,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& gi, const 
     const int64_t t = st.reverse ? T - 1 - s : s;
     const uint8_t* m = st.mask(t, valid);
     mm_hh.apply(h_p, N, gh_p, GH);
-    if (need_ws && S > 0) {
-      forward_rows<Cell, scalar_t, true>(B, H, m, gi_p + t * B * GH, gh_p, bias_p, h_p, N, c_p, hnew_p,
-                                         ws_p + t * B * S * H);
-    } else {
-      forward_rows<Cell, scalar_t, false>(B, H, m, gi_p + t * B * GH, gh_p, bias_p, h_p, N, c_p, hnew_p, nullptr);
-    }
+    for_rows(B, GH, [&](int64_t b0, int64_t b1) {
+      if (need_ws && S > 0) {
+        forward_rows<Cell, scalar_t, true>(b0, b1, H, m, gi_p + t * B * GH, gh_p, bias_p, h_p, N, c_p, hnew_p,
+                                           ws_p + t * B * S * H);
+      } else {
+        forward_rows<Cell, scalar_t, false>(b0, b1, H, m, gi_p + t * B * GH, gh_p, bias_p, h_p, N, c_p, hnew_p,
+                                            nullptr);
+      }
+    });
     if (proj) mm_hr->apply(hnew_p, H, hproj.data_ptr<scalar_t>(), N);
     scalar_t* yt = y_p + t * B * N;
     for (int64_t b = 0; b < B; ++b) {
@@ -238,9 +253,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
       }
       mm_hr->apply(dht_p, N, du_p, H);
     }
-    backward_rows<Cell, scalar_t>(B, H, m, du_p, ws_p ? ws_p + t * B * S * H : nullptr, y_p + t * B * N, N,
-                                  hp.data(), kLSTM ? cp.data() : nullptr, dc_p, dgi_p + t * B * GH,
-                                  dgh_p + t * B * GH, direct_p, proj ? u.data_ptr<scalar_t>() + t * B * H : nullptr);
+    scalar_t* u_t = proj ? u.data_ptr<scalar_t>() + t * B * H : nullptr;
+    for_rows(B, GH, [&](int64_t b0, int64_t b1) {
+      backward_rows<Cell, scalar_t>(b0, b1, H, m, du_p, ws_p ? ws_p + t * B * S * H : nullptr, y_p + t * B * N,
+                                    N, hp.data(), kLSTM ? cp.data() : nullptr, dc_p, dgi_p + t * B * GH,
+                                    dgh_p + t * B * GH, direct_p, u_t);
+    });
     mm_hh.apply(dgh_p + t * B * GH, GH, dhp_p, N);
     for (int64_t b = 0; b < B; ++b) {
       if (m != nullptr && !m[b]) continue;

@@ -20,6 +20,7 @@ RNNFAST_CLONES void tree_lstm_fwd_rows(int64_t r0, int64_t r1, int64_t H, const 
                                        const scalar_t* cr, scalar_t* h, scalar_t* c) {
   for (int64_t r = r0; r < r1; ++r) {
     const scalar_t* xr = x + r * 5 * H;
+    RNNFAST_IVDEP
     for (int64_t j = 0; j < H; ++j) {
       scalar_t cv = tanh_fast(xr[j]) * sigmoid_fast(xr[H + j]) + sigmoid_fast(xr[2 * H + j]) * cl[r * H + j] +
                     sigmoid_fast(xr[3 * H + j]) * cr[r * H + j];
@@ -37,6 +38,7 @@ RNNFAST_CLONES void tree_lstm_bwd_rows(int64_t r0, int64_t r1, int64_t H, const 
   for (int64_t r = r0; r < r1; ++r) {
     const scalar_t* xr = x + r * 5 * H;
     scalar_t* dr = d + r * 5 * H;
+    RNNFAST_IVDEP
     for (int64_t j = 0; j < H; ++j) {
       const int64_t k = r * H + j;
       scalar_t ta = tanh_fast(xr[j]), si = sigmoid_fast(xr[H + j]), sf1 = sigmoid_fast(xr[2 * H + j]),
