@@ -11,6 +11,7 @@ import torch
 from rnnfast import _ext
 from rnnfast.ops.recurrence.common import acc_dtype
 from rnnfast.ops.tree_lstm import cpu as tree_cpu
+from rnnfast.ops.tree_lstm_reduce import reference
 
 
 def supports(device: torch.device, dtype: torch.dtype, sizes) -> tuple[bool, str]:
@@ -45,13 +46,4 @@ def backward(grad_h, grad_c, h_l, c_l, h_r, c_r, w_l, b_l, w_r, h_track, w_t, c,
     d, dc_l, dc_r = torch.ops.rnnfast_C.tree_lstm_bwd(
         grad_h.to(acc), grad_c.to(acc), ws, c_l.to(acc), c_r.to(acc), c.to(acc)
     )
-    dh_l = d.mm(w_l.to(acc))
-    dh_r = d.mm(w_r.to(acc))
-    dw_l = d.t().mm(h_l.to(acc))
-    dw_r = d.t().mm(h_r.to(acc))
-    db_l = d.sum(0) if b_l is not None else d.new_empty((0,))
-    if h_track is not None:
-        dh_t, dw_t = d.mm(w_t.to(acc)), d.t().mm(h_track.to(acc))
-    else:
-        dh_t, dw_t = d.new_empty((0,)), d.new_empty((0,))
-    return tuple(t.to(dt) for t in (dh_l, dc_l, dh_r, dc_r, dw_l, db_l, dw_r, dh_t, dw_t))
+    return reference.input_and_weight_grads(d, dc_l, dc_r, h_l, h_r, b_l, w_l, w_r, h_track, w_t, dt)

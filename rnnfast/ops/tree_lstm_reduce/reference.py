@@ -40,10 +40,13 @@ def forward(h_l, c_l, h_r, c_r, w_l, b_l, w_r, h_track, w_t):
     return h.to(h_l.dtype), c.to(h_l.dtype), lstm_in
 
 
-def backward(grad_h, grad_c, h_l, c_l, h_r, c_r, w_l, b_l, w_r, h_track, w_t, c, ws):
-    dt = h_l.dtype
-    acc = acc_dtype(dt)
-    d, dc_l, dc_r = tree.gate_grads(grad_h.to(acc), grad_c.to(acc), ws, c_l.to(acc), c_r.to(acc), c.to(acc))
+def input_and_weight_grads(d, dc_l, dc_r, h_l, h_r, b_l, w_l, w_r, h_track, w_t, dtype):
+    """The GEMMs after the gate gradients, shared by every backend.
+
+    d (R, 5H) is the gradient of lstm_in in the accumulation dtype; returns the op's nine gradients in
+    ``dtype`` (empty tensors for the absent bias and tracker).
+    """
+    acc = d.dtype
     dh_l = d.mm(w_l.to(acc))
     dh_r = d.mm(w_r.to(acc))
     dw_l = d.t().mm(h_l.to(acc))
@@ -53,4 +56,11 @@ def backward(grad_h, grad_c, h_l, c_l, h_r, c_r, w_l, b_l, w_r, h_track, w_t, c,
         dh_t, dw_t = d.mm(w_t.to(acc)), d.t().mm(h_track.to(acc))
     else:
         dh_t, dw_t = d.new_empty((0,)), d.new_empty((0,))
-    return tuple(t.to(dt) for t in (dh_l, dc_l, dh_r, dc_r, dw_l, db_l, dw_r, dh_t, dw_t))
+    return tuple(t.to(dtype) for t in (dh_l, dc_l, dh_r, dc_r, dw_l, db_l, dw_r, dh_t, dw_t))
+
+
+def backward(grad_h, grad_c, h_l, c_l, h_r, c_r, w_l, b_l, w_r, h_track, w_t, c, ws):
+    dt = h_l.dtype
+    acc = acc_dtype(dt)
+    d, dc_l, dc_r = tree.gate_grads(grad_h.to(acc), grad_c.to(acc), ws, c_l.to(acc), c_r.to(acc), c.to(acc))
+    return input_and_weight_grads(d, dc_l, dc_r, h_l, h_r, b_l, w_l, w_r, h_track, w_t, dt)

@@ -13,6 +13,7 @@ import torch
 from rnnfast.kernels import launch
 from rnnfast.ops.recurrence.common import acc_dtype
 from rnnfast.ops.tree_lstm import triton as tree
+from rnnfast.ops.tree_lstm_reduce import reference
 
 BLOCK_R = 16
 
@@ -56,23 +57,4 @@ def backward(grad_h, grad_c, h_l, c_l, h_r, c_r, w_l, b_l, w_r, h_track, w_t, c,
     acc = acc_dtype(dt)
     # d (R, 5H) in the accumulation dtype: the gradient of lstm_in, input of the GEMMs below.
     d, dc_l, dc_r = tree.gate_grads(grad_h, grad_c, ws, c_l, c_r, c, acc)
-    dh_l = d.mm(w_l.to(acc))
-    dh_r = d.mm(w_r.to(acc))
-    dw_l = d.t().mm(h_l.to(acc))
-    dw_r = d.t().mm(h_r.to(acc))
-    db_l = d.sum(0) if b_l is not None else d.new_empty((0,))
-    if h_track is not None:
-        dh_t, dw_t = d.mm(w_t.to(acc)), d.t().mm(h_track.to(acc))
-    else:
-        dh_t, dw_t = d.new_empty((0,)), d.new_empty((0,))
-    return (
-        dh_l.to(dt),
-        dc_l,
-        dh_r.to(dt),
-        dc_r,
-        dw_l.to(dt),
-        db_l.to(dt),
-        dw_r.to(dt),
-        dh_t.to(dt),
-        dw_t.to(dt),
-    )
+    return reference.input_and_weight_grads(d, dc_l, dc_r, h_l, h_r, b_l, w_l, w_r, h_track, w_t, dt)
