@@ -140,16 +140,23 @@ REGISTRY: dict[str, Backend] = {
 }
 
 
+def _onednn_lstm_faster(sizes: Sizes) -> bool:
+    """Whether torch.nn's CPU LSTM (oneDNN's fused LSTM) beats the cpu kernels for a module of ``sizes``.
+
+    Measured (benchmarks/results/cpu-quick.json, float32, 2 threads): at B=1 H=128 T=200 the cpu kernels
+    win (1.76x forward, 1.11x forward+backward), at B=16 H=256 T=100 oneDNN does (cpu 0.77x forward);
+    the bare lstm op has no oneDNN alternative and keeps cpu.
+    """
+    return sizes.get("cell") == "lstm" and (sizes.get("B", 0) >= 16 or sizes.get("H", 0) >= 256)
+
+
 def auto_order(op: str, device: torch.device, sizes: Sizes | None = None) -> list[str]:
     """The backends ``auto`` tries for ``op`` on ``device``, best first."""
     device = torch.device(device)
     kernel_op = "recurrence" if op == "module" else op
     if device.type == "cuda":
         order = [b for b in ("cuda", "triton") if (b, kernel_op) in GPU_VERIFIED]
-    elif device.type == "cpu" and op == "module" and (sizes or {}).get("cell") == "lstm":
-        # torch.nn's CPU LSTM is oneDNN's fused LSTM, as fast as the cpu kernels at small sizes and faster
-        # at large ones (module, float32, 1 thread: 0.99x at B=1 H=128 T=200, 0.77x at B=16 H=256
-        # T=100 inference; scripts/bench_cpu.py). The bare lstm op has no such alternative and keeps cpu.
+    elif device.type == "cpu" and op == "module" and _onednn_lstm_faster(sizes or {}):
         order = ["torch", "cpu"]
     elif device.type == "cpu":
         order = ["cpu"]
