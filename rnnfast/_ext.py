@@ -40,7 +40,6 @@ LD_FLAGS = ["-fopenmp"] if sys.platform.startswith("linux") else []
 
 _lock = threading.Lock()
 _state: tuple[bool, str] | None = None
-_cuda_state: bool | None = None
 
 
 def _flag(name: str) -> bool:
@@ -228,16 +227,3 @@ def ensure_loaded() -> None:
     ok, why = status()
     if not ok:
         raise RuntimeError(f"rnnfast: the C++ CPU kernels are unavailable: {why}")
-
-
-def has_cuda_kernels() -> bool:
-    """Whether ``rnnfast._C_cuda`` (the CUDA kernels, built when torch and nvcc have CUDA) loads."""
-    global _cuda_state
-    if _cuda_state is None:
-        status()
-        try:
-            importlib.import_module("rnnfast._C_cuda")
-            _cuda_state = True
-        except (ImportError, OSError):
-            _cuda_state = False
-    return _cuda_state
