@@ -1,4 +1,4 @@
-"""Loading of the compiled kernels: ``rnnfast._C`` (C++ CPU ops) and ``rnnfast._C_cuda`` (CUDA ops).
+"""Loading of the compiled CPU kernels, ``rnnfast._C`` (the CUDA kernels: ``rnnfast._cuda_ext``).
 
 The ops live in the ``torch.ops.rnnfast_C`` namespace. Loading is lazy: importing rnnfast builds and
 loads nothing; the first use of the ``cpu`` backend (its availability check) does, in this order:
