@@ -143,11 +143,12 @@ REGISTRY: dict[str, Backend] = {
 def _onednn_lstm_faster(sizes: Sizes) -> bool:
     """Whether torch.nn's CPU LSTM (oneDNN's fused LSTM) beats the cpu kernels for a module of ``sizes``.
 
-    Measured (benchmarks/results/cpu-quick.json, float32, 2 threads): at B=1 H=128 T=200 the cpu kernels
-    win (1.76x forward, 1.11x forward+backward), at B=16 H=256 T=100 oneDNN does (cpu 0.77x forward);
-    the bare lstm op has no oneDNN alternative and keeps cpu.
+    Measured over the CPU grid (benchmarks/results/cpu-full-gru-rnn-lstm-fwd-fwdbwd-infer.json, float32,
+    2 threads): oneDNN is ahead in 29 of 33 LSTM cases (cpu 0.40x-0.94x), the cpu kernels only at B=1
+    H=128 and in a few training cases, by at most 1.5x. So modules take oneDNN for every LSTM; the bare
+    lstm op has no oneDNN alternative and keeps cpu.
     """
-    return sizes.get("cell") == "lstm" and (sizes.get("B", 0) >= 16 or sizes.get("H", 0) >= 256)
+    return sizes.get("cell") == "lstm"
 
 
 def auto_order(op: str, device: torch.device, sizes: Sizes | None = None) -> list[str]:

@@ -15,10 +15,8 @@ def test_auto_order_cpu():
     cpu = torch.device("cpu")
     assert backends.auto_order("recurrence", cpu, GRU) == ["cpu", "reference"]
     assert backends.auto_order("module", cpu, GRU) == ["cpu", "torch"]
-    # torch.nn's oneDNN LSTM wins from B=16 or H=256 on: modules prefer it there; bare ops keep cpu.
-    assert backends.auto_order("module", cpu, LSTM) == ["cpu", "torch"]
-    assert backends.auto_order("module", cpu, dict(LSTM, B=16)) == ["torch", "cpu"]
-    assert backends.auto_order("module", cpu, dict(LSTM, H=256)) == ["torch", "cpu"]
+    # torch.nn's oneDNN LSTM beats the cpu kernels almost everywhere: modules prefer it; bare ops keep cpu.
+    assert backends.auto_order("module", cpu, LSTM) == ["torch", "cpu"]
     assert backends.auto_order("recurrence", cpu, dict(LSTM, B=16)) == ["cpu", "reference"]
     assert backends.auto_order("recurrence", cpu, LSTM) == ["cpu", "reference"]
 
