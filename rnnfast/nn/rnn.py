@@ -26,17 +26,14 @@ def _cell(module: nn.RNNBase) -> str:
 
 
 def _autocast_dtype(module: nn.RNNBase, device: torch.device) -> torch.dtype | None:
-    """The dtype torch.nn computes in under autocast, or None to keep the input dtype.
+    """The dtype torch.nn computes in under autocast (enabled on ``device``), or None to keep the input dtype.
 
     On CUDA torch.nn casts every RNN to the autocast dtype (cuDNN's RNN is on autocast's lower-precision
     list); on CPU only the LSTM is (its oneDNN path), GRU and RNN stay in float32.
     """
-    kind = device.type
-    if kind not in ("cuda", "cpu") or not torch.is_autocast_enabled(kind):
+    if device.type == "cpu" and module.mode != "LSTM":
         return None
-    if kind == "cpu" and module.mode != "LSTM":
-        return None
-    return torch.get_autocast_dtype(kind)
+    return torch.get_autocast_dtype(device.type)
 
 
 class _FusedRNNMixin:
@@ -132,8 +129,7 @@ class _FusedRNNMixin:
         N = self.proj_size if self.proj_size > 0 else self.hidden_size
         is_lstm = self.mode == "LSTM"
         if hx is None:
-            zeros = x.new_zeros((self.num_layers * D, B, N))
-            h0 = zeros
+            h0 = x.new_zeros((self.num_layers * D, B, N))
             c0 = x.new_zeros((self.num_layers * D, B, self.hidden_size)) if is_lstm else None
         else:
             if is_lstm:
@@ -143,12 +139,9 @@ class _FusedRNNMixin:
             else:
                 h0, c0 = hx, None
             for hname, h, n in (("h_0", h0, N), ("c_0", c0, self.hidden_size)):
-                if h is None:
-                    continue
-                if batched:
-                    self._check_hidden(hname, h, (self.num_layers * D, B, n), x)
-                else:
-                    self._check_hidden(hname, h, (self.num_layers * D, n), x)
+                if h is not None:
+                    shape = (self.num_layers * D, B, n) if batched else (self.num_layers * D, n)
+                    self._check_hidden(hname, h, shape, x)
             if not batched:
                 h0 = h0.unsqueeze(1)
                 c0 = c0.unsqueeze(1) if c0 is not None else None
@@ -158,10 +151,9 @@ class _FusedRNNMixin:
 
         # Under autocast, compute in the dtype torch.nn would use, with autocast itself off inside (the
         # input GEMMs and the recurrence must agree on one dtype).
-        cast = _autocast_dtype(self, x.device)
         if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
             with torch.autocast(x.device.type, enabled=False):
-                y, h_n, c_n = self._layers(x, h0, c0, lengths, name, cast)
+                y, h_n, c_n = self._layers(x, h0, c0, lengths, name, _autocast_dtype(self, x.device))
         else:
             y, h_n, c_n = self._layers(x, h0, c0, lengths, name, None)
 

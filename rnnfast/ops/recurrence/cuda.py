@@ -91,15 +91,19 @@ def _c(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.contiguous()
 
 
-def forward(cell, gi, h0, c0, w_hh, b_hh, w_hr, lengths, reverse, need_ws):
+def _algorithm_or_raise(cell, t: Tensor, w_hh: Tensor, w_hr, backward: bool) -> str:
+    """The algorithm for this call (see :func:`algorithm`), or a clear error for what is not implemented."""
     if w_hr is not None:
         raise ValueError("w_hr: the LSTM projection is not implemented by the cuda backend")
-    T, B = gi.shape[:2]
-    H = w_hh.shape[1]
+    algo, why = algorithm(cell, t.dtype, t.shape[1], w_hh.shape[1], backward, t.device)
+    if not algo:
+        raise RuntimeError(f"rnnfast cuda: {why}")
+    return algo
+
+
+def forward(cell, gi, h0, c0, w_hh, b_hh, w_hr, lengths, reverse, need_ws):
     with torch.cuda.device(gi.device):
-        algo, why = algorithm(cell, gi.dtype, B, H, False, gi.device)
-        if not algo:
-            raise RuntimeError(f"rnnfast cuda: {why}")
+        algo = _algorithm_or_raise(cell, gi, w_hh, w_hr, backward=False)
         y, h_n, c_n, ws = torch.ops.rnnfast_C.cuda_recurrence_fwd(
             gi.contiguous(),
             h0.contiguous(),
@@ -118,14 +122,8 @@ def forward(cell, gi, h0, c0, w_hh, b_hh, w_hr, lengths, reverse, need_ws):
 
 
 def backward(cell, grad_y, grad_hn, grad_cn, h0, c0, w_hh, b_hh, w_hr, lengths, reverse, y, ws):
-    if w_hr is not None:
-        raise ValueError("w_hr: the LSTM projection is not implemented by the cuda backend")
-    T, B = y.shape[:2]
-    H = w_hh.shape[1]
     with torch.cuda.device(y.device):
-        algo, why = algorithm(cell, y.dtype, B, H, True, y.device)
-        if not algo:
-            raise RuntimeError(f"rnnfast cuda: {why}")
+        algo = _algorithm_or_raise(cell, y, w_hh, w_hr, backward=True)
         dgi, dh0, dc0, dgh = torch.ops.rnnfast_C.cuda_recurrence_bwd(
             grad_y.contiguous(),
             grad_hn.contiguous(),
