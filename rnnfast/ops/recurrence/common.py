@@ -69,7 +69,8 @@ def previous_states(
     """(T, B, N) state each valid step started from, rebuilt from the outputs y (T, B, N) and h0 (B, N).
 
     Step t starts from y[t-1] (y[t+1] with ``reverse``) when that step was valid, else from h0.
-    Rows at invalid steps are h0 (never used: their gradients are zero).
+    Rows at invalid steps are h0 (never used: their gradients are zero). The same rebuilds the LSTM cell
+    states from the saved c_t and c0.
     """
     T = y.shape[0]
     if T == 0:
@@ -88,13 +89,6 @@ def previous_states(
         first = torch.zeros(T, 1, 1, dtype=torch.bool, device=y.device)
         first[0] = True
     return torch.where(first, h0.to(y.dtype), shifted)
-
-
-def previous_cells(
-    c: torch.Tensor, c0: torch.Tensor, lengths: torch.Tensor | None, reverse: bool
-) -> torch.Tensor:
-    """Same as :func:`previous_states` for the LSTM cell state, from the saved c_t (T, B, H)."""
-    return previous_states(c, c0, lengths, reverse)
 
 
 def weight_grads(

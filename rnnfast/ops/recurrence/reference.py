@@ -185,7 +185,7 @@ def backward(cell, grad_y, grad_hn, grad_cn, h0, c0, w_hh, b_hh, w_hr, lengths, 
     h_prev_all = common.previous_states(y_acc, h0.to(acc), lengths, reverse)
     c_prev_all = None
     if cell == "lstm":
-        c_prev_all = common.previous_cells(ws[..., 4 * (ws.shape[-1] // 5) :], c0.to(acc), lengths, reverse)
+        c_prev_all = common.previous_states(ws[..., 4 * (ws.shape[-1] // 5) :], c0.to(acc), lengths, reverse)
     mask = valid_mask(lengths, T, B, y.device)
     dh = grad_hn.to(acc).clone()
     dc = None if cell != "lstm" else grad_cn.to(acc).clone()
