@@ -100,7 +100,7 @@ def backward(cell, grad_y, grad_hn, grad_cn, h0, c0, w_hh, b_hh, w_hr, lengths, 
     h_prev = common.previous_states(y.to(acc), h0.to(acc), lengths, reverse).contiguous()
     c_prev = h_prev
     if cell == "lstm":
-        c_prev = common.previous_cells(ws[..., 4 * H :], c0.to(acc), lengths, reverse).contiguous()
+        c_prev = common.previous_states(ws[..., 4 * H :], c0.to(acc), lengths, reverse).contiguous()
     dgi = launch.alloc((T, B, G * H), acc, dev)
     dgh = launch.alloc((T, B, G * H), acc, dev) if cell == "gru" else dgi
     dhr = launch.alloc((T, B, N), acc, dev) if w_hr is not None else dgi
