@@ -13,6 +13,7 @@
 
 #include "cells.h"
 #include "common.h"
+#include "gemm.h"
 #include "matmul.h"
 
 namespace rnnfast {
@@ -92,6 +93,15 @@ struct Steps {
       for (int64_t b = 0; b < B; ++b) len[b] = std::min<int64_t>(std::max<int64_t>(p[b], 0), T);
     }
   }
+  // The rows a step's products must cover: up to the last row still running at step t. Rows past it
+  // are finished and their products would be discarded; with PackedSequence input (rows sorted by
+  // length) this is the packed batch size of step t, so no time goes into the padding.
+  int64_t rows(int64_t t) const {
+    if (len.empty()) return B;
+    int64_t r = B;
+    while (r > 0 && len[r - 1] <= t) --r;
+    return r;
+  }
   bool ragged() const { return !len.empty(); }
   int64_t length(int64_t b) const { return len.empty() ? T : len[b]; }
   // Fills valid[b] for step t; returns nullptr when every row is valid.
@@ -148,7 +158,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& gi, const 
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = st.reverse ? T - 1 - s : s;
     const uint8_t* m = st.mask(t, valid);
-    mm_hh.apply(h_p, N, gh_p, GH);
+    const int64_t rows = st.rows(t);
+    mm_hh.apply(h_p, N, gh_p, GH, rows);
     for_rows(B, GH, [&](int64_t b0, int64_t b1) {
       if (need_ws && S > 0) {
         forward_rows<Cell, scalar_t, true>(b0, b1, H, m, gi_p + t * B * GH, gh_p, bias_p, h_p, N, c_p, hnew_p,
@@ -158,7 +169,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& gi, const 
                                             nullptr);
       }
     });
-    if (proj) mm_hr->apply(hnew_p, H, hproj.data_ptr<scalar_t>(), N);
+    if (proj) mm_hr->apply(hnew_p, H, hproj.data_ptr<scalar_t>(), N, rows);
     scalar_t* yt = y_p + t * B * N;
     for (int64_t b = 0; b < B; ++b) {
       if (m == nullptr || m[b]) {
@@ -251,7 +262,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
           std::fill(dhr_t + b * N, dhr_t + (b + 1) * N, scalar_t(0));
         }
       }
-      mm_hr->apply(dht_p, N, du_p, H);
+      mm_hr->apply(dht_p, N, du_p, H, st.rows(t));
     }
     scalar_t* u_t = proj ? u.data_ptr<scalar_t>() + t * B * H : nullptr;
     for_rows(B, GH, [&](int64_t b0, int64_t b1) {
@@ -259,7 +270,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
                                     N, hp.data(), kLSTM ? cp.data() : nullptr, dc_p, dgi_p + t * B * GH,
                                     dgh_p + t * B * GH, direct_p, u_t);
     });
-    mm_hh.apply(dgh_p + t * B * GH, GH, dhp_p, N);
+    mm_hh.apply(dgh_p + t * B * GH, GH, dhp_p, N, st.rows(t));
     for (int64_t b = 0; b < B; ++b) {
       if (m != nullptr && !m[b]) continue;
       scalar_t* d = dh_p + b * N;
@@ -292,10 +303,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
   if (T > 1) {
     Tensor g = st.reverse ? dgh.narrow(0, 0, T - 1) : dgh.narrow(0, 1, T - 1);
     Tensor hprev = st.reverse ? y.narrow(0, 1, T - 1) : y.narrow(0, 0, T - 1);
-    dw_hh.addmm_(g.reshape({-1, GH}).t(), hprev.reshape({-1, N}));
+    mm_tn(dw_hh, g.reshape({-1, GH}), hprev.reshape({-1, N}), /*accumulate=*/true);
   }
   if (has_bias) at::sum_out(db_hh, dgh.reshape({-1, GH}), {0});
-  if (proj) at::mm_out(dw_hr, d_hr.reshape({-1, N}).t(), u.reshape({-1, H}));
+  if (proj) mm_tn(dw_hr, d_hr.reshape({-1, N}), u.reshape({-1, H}));
   return {dgi, dh0, dc0, dw_hh, db_hh, dw_hr};
 }
 
