@@ -97,6 +97,11 @@ def bench_parser() -> argparse.ArgumentParser:
         "--min-time", type=float, default=0.3, help="seconds of timed samples per provider (default 0.3)"
     )
     p.add_argument("--threads", type=int, help="torch.set_num_threads for the run (default: torch's choice)")
+    p.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="skip the GEMM floor (pct_floor): no torch.mm timings of each case's GEMMs",
+    )
     p.add_argument("--list", action="store_true", help="print the cases and their providers, run nothing")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -151,6 +156,7 @@ def main_bench(argv: list[str] | None = None) -> int:
     peak = runner.measure_peak(device, dtypes, min_time=max(args.min_time, 0.05))
     print("\n".join(report.header_lines(machine, peak)), flush=True)
 
+    floor = None if args.no_floor else runner.GemmFloor(device, min_time=args.min_time)
     rows: list[dict] = []
     t0 = time.perf_counter()
     for case in cases:
@@ -163,6 +169,7 @@ def main_bench(argv: list[str] | None = None) -> int:
             compile=compile_,
             min_time=args.min_time,
             on_provider=lambda name, case=case: progress.show(f"{case.label}: {name}", transient=True),
+            floor=floor,
         )
         progress.step()
     progress.show(f"done in {time.perf_counter() - t0:.0f}s")
@@ -185,6 +192,8 @@ def main_bench(argv: list[str] | None = None) -> int:
         "filters": {"ops": args.ops, "dtypes": args.dtype, "modes": args.modes, "providers": args.providers},
         "command": "rnnfast bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "seconds": round(time.perf_counter() - t0, 1),
+        # The GEMMs behind floor_ms (registry.floor_gemms), each timed once in this run.
+        "floor_gemms": floor.as_list() if floor is not None else None,
     }
     report.write_json(out / f"{stem}.json", machine, peak, rows, meta)
     report.write_csv(out / f"{stem}.csv", machine, rows)
