@@ -138,15 +138,24 @@ def main_bench(argv: list[str] | None = None) -> int:
             raise SystemExit(f"rnnfast bench: --providers: expected names from {sorted(known)}, got {bad}")
 
     if args.list:
+        runnable = []
         for case in cases:
             listed = registry.providers(case, device, compile=compile_)
-            names = [
-                n + ("" if ok else " (no)")
+            chosen = [
+                (n, ok)
                 for n, ok, _ in listed
-                if not args.providers or n in args.providers
+                if not args.providers or n in args.providers or n == case.spec.baseline
             ]
+            runnable.append(sum(ok for _, ok in chosen))
+            names = [n + ("" if ok else " (no)") for n, ok in chosen]
             print(f"{case.label:<46} {', '.join(names)}")
         print(f"{len(cases)} cases; '(no)': not runnable here (the reason is in the table of a run)")
+        if device.type == "cpu":
+            est = runner.estimate_seconds(cases, runnable, min_time=args.min_time, floor=not args.no_floor)
+            print(
+                f"estimated run time: {est / 60:.1f} min (model: {runner.CPU_FLOP_RATE / 1e9:.0f} GFLOP/s "
+                "plus a per-step overhead; compiles not counted)"
+            )
         return 0
 
     machine = report.machine_info(device)

@@ -130,19 +130,22 @@ def _summary(samples: list[float], method: str) -> Timing:
 
 
 # Rep policy. Short calls: 2 warm-up calls, then samples for min_time seconds (at least MIN_REPS, at
-# most MAX_REPS). A call longer than LONG_CALL_S is far above the timer's resolution and the scheduler's
-# jitter: the first call (the correctness check, or a probe) is its only warm-up and LONG_REPS samples
-# make the median. The sweep grid's largest case (lstm fwdbwd B256 T200 H1024, 2.6 TFLOP: ~25 s a call
-# at 100 GFLOP/s) then costs 4 calls per provider instead of 8.
+# most MAX_REPS). A call longer than LONG_CALL_S is far above the timer's resolution, and its one-time
+# costs (first allocations, autograd graph) are a fraction of a percent of it: on the CPU the first call
+# (the correctness check, or the floor's first GEMM) is the first of LONG_REPS samples, no warm-up
+# besides (on CUDA, whose samples are CUDA events, LONG_REPS more). The sweep grid's largest case (lstm
+# fwdbwd B256 T200 H1024, 2.6 TFLOP: ~25 s a call at 100 GFLOP/s) costs 3 calls per provider instead
+# of 8, and the whole sweep grid (2 providers, floor included) ~23 min by estimate_seconds instead of ~49.
 MIN_REPS = 5
 MAX_REPS = 200
 WARMUP = 2
-LONG_CALL_S = 1.0
+LONG_CALL_S = 0.5
 LONG_REPS = 3
 
 
 def rep_policy(first_call_s: float) -> tuple[int, int]:
-    """(warm-up calls, minimum samples) for a callable whose first call took ``first_call_s``."""
+    """(warm-up calls, samples at least) for a callable whose first call took ``first_call_s``;
+    for a long call the first call is one of the samples on the CPU (:func:`time_after_first`)."""
     return (0, LONG_REPS) if first_call_s > LONG_CALL_S else (WARMUP, MIN_REPS)
 
 
@@ -153,20 +156,22 @@ def time_fn(
     min_reps: int = MIN_REPS,
     max_reps: int = MAX_REPS,
     warmup: int = WARMUP,
+    first_ms: float | None = None,
 ) -> Timing:
     """Median and spread of ``fn``'s wall time per call, after ``warmup`` calls.
 
     Samples are taken until ``min_time`` seconds have passed and at least ``min_reps`` calls were
     made, or ``max_reps`` calls. CUDA: one pair of CUDA events per call, synchronised once at the end,
-    plus ``triton.testing.do_bench``'s median when Triton is importable. CPU: ``time.perf_counter``.
+    plus ``triton.testing.do_bench``'s median when Triton is importable. CPU: ``time.perf_counter``;
+    ``first_ms``, a call already timed the same way, counts as the first sample.
     """
     device = torch.device(device)
     for _ in range(warmup):
         fn()
     synchronize(device)
     if device.type != "cuda":
-        samples: list[float] = []
-        start = time.perf_counter()
+        samples: list[float] = [] if first_ms is None else [first_ms]
+        start = time.perf_counter() - (first_ms or 0.0) * 1e-3
         while len(samples) < max_reps and (len(samples) < min_reps or time.perf_counter() - start < min_time):
             t0 = time.perf_counter()
             fn()
@@ -200,10 +205,11 @@ def timed_call(fn: Callable[[], object], device: torch.device) -> tuple[object, 
 def time_after_first(
     fn: Callable[[], object], device: torch.device, first_call_s: float, min_time: float = 0.3
 ) -> Timing:
-    """:func:`time_fn` with the warm-up and minimum samples :func:`rep_policy` gives for a callable
-    whose first (untimed-for-the-record) call took ``first_call_s``."""
+    """:func:`time_fn` with the warm-up and samples :func:`rep_policy` gives for a callable whose
+    first call (made and timed by :func:`timed_call`) took ``first_call_s``."""
     warmup, min_reps = rep_policy(first_call_s)
-    return time_fn(fn, device, min_time=min_time, min_reps=min_reps, warmup=warmup)
+    first_ms = first_call_s * 1e3 if warmup == 0 and torch.device(device).type != "cuda" else None
+    return time_fn(fn, device, min_time=min_time, min_reps=min_reps, warmup=warmup, first_ms=first_ms)
 
 
 class GemmFloor:
@@ -254,6 +260,49 @@ class GemmFloor:
         return [
             {"dtype": dt, "m": m, "k": k, "n": n, **t.as_dict()} for (dt, m, k, n), t in self.timings.items()
         ]
+
+
+# The run-time estimate (``rnnfast bench --list`` on the CPU): a call takes flop / CPU_FLOP_RATE plus a
+# per-step overhead per layer and direction. Rates and overheads seen on a 2-core Xeon with 2 threads
+# (torch.mm 90-160 GFLOP/s): GEMM-bound cases run at 100-160 GFLOP/s; at B1 H64 a step costs ~3 µs
+# (cpu infer) to ~13 µs (torch.nn infer) and ~100 µs (torch.nn fwdbwd, autograd per step).
+CPU_FLOP_RATE = 100e9
+STEP_OVERHEAD_S = {"infer": 10e-6, "fwd": 20e-6, "fwdbwd": 60e-6}
+GEMM_CALL_S = 5e-6  # one torch.mm call from Python, besides its FLOP
+
+
+def _calls_seconds(t: float, min_time: float) -> float:
+    """Seconds :func:`time_after_first` plus the first call spend on a callable taking ``t`` s."""
+    warmup, min_reps = rep_policy(t)
+    if warmup == 0:
+        return t * LONG_REPS  # the first call is a sample
+    reps = max(min_reps, min(MAX_REPS, int(min_time / max(t, 1e-9)) + 1))
+    return t * (1 + warmup + reps)
+
+
+def estimate_seconds(
+    cases: list[Case],
+    providers_per_case: list[int],
+    min_time: float = 0.3,
+    floor: bool = True,
+    flop_rate: float = CPU_FLOP_RATE,
+) -> float:
+    """Estimated seconds of a CPU run of ``cases`` (``providers_per_case[i]`` providers timed for case
+    i, the baseline included), with the rep policy of :func:`rep_policy` and, with ``floor``, one
+    timing per distinct floor GEMM (as :class:`GemmFloor` caches them). A model, not a measurement:
+    each call is its FLOP at ``flop_rate`` plus :data:`STEP_OVERHEAD_S` per step, layer and direction.
+    """
+    total = 0.0
+    gemms: set[tuple[str, int, int, int]] = set()
+    for case, n in zip(cases, providers_per_case):
+        steps = case.T * case.layers * (2 if case.bidir else 1)
+        t = registry.flops_of(case) / flop_rate + steps * STEP_OVERHEAD_S[case.mode]
+        total += n * _calls_seconds(t, min_time)
+        shapes = registry.floor_gemms(case) if floor and n else None
+        gemms.update((case.dtype, *shape) for shape in shapes or ())
+    for _, m, k, n in gemms:
+        total += _calls_seconds(2.0 * m * k * n / flop_rate + GEMM_CALL_S, min_time)
+    return total
 
 
 def do_bench_ms(fn: Callable[[], object]) -> float | None:
