@@ -76,9 +76,11 @@ def file_table(path: Path, root: Path) -> list[str]:
 
 
 def headline(doc: dict) -> bool:
-    """A headline run: the whole quick grid (no --ops/--dtype/--modes restriction)."""
+    """A headline run: the whole quick grid (no --ops/--dtype/--modes/--filter restriction)."""
     filters = doc.get("filters") or {}
-    return doc.get("grid") == "quick" and not any(filters.get(k) for k in ("ops", "dtypes", "modes"))
+    return doc.get("grid") == "quick" and not any(
+        filters.get(k) for k in ("ops", "dtypes", "modes", "filter")
+    )
 
 
 def build(results: Path, root: Path = ROOT, everything: bool = False) -> str:

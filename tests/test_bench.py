@@ -463,6 +463,18 @@ def test_cli_rejects_bad_arguments():
         main_bench(["--device", "cpu", "--grid", "tiny", "--providers", "nope"])
     with pytest.raises(SystemExit, match="--dtype"):
         main_bench(["--device", "cpu", "--grid", "tiny", "--dtype", "float8"])
+    with pytest.raises(SystemExit, match="--filter: not a regular expression"):
+        main_bench(["--device", "cpu", "--grid", "tiny", "--filter", "B(1"])
+    with pytest.raises(SystemExit, match="--filter: no case label"):
+        main_bench(["--device", "cpu", "--grid", "tiny", "--filter", "B9999"])
+
+
+def test_cli_filter_keeps_matching_cases():
+    argv = ["--device", "cpu", "--grid", "sweep", "--ops", "gru", "--modes", "infer", "--list"]
+    rc, text = _run_cli(argv + ["--filter", "B(1|16) T50 I(64|256) "])
+    listed = [ln.split("  ")[0] for ln in text.splitlines() if ln.startswith("gru ")]
+    assert rc == 0 and "4 cases" in text
+    assert listed == [f"gru infer B{B} T50 I{H} H{H} f32" for B in (1, 16) for H in (64, 256)]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 
@@ -79,6 +80,11 @@ def bench_parser() -> argparse.ArgumentParser:
         "--modes", type=_csv, help="comma-separated modes replacing the grid's (fwd, fwdbwd, infer)"
     )
     p.add_argument(
+        "--filter",
+        metavar="REGEX",
+        help="keep the cases whose label matches (re.search), e.g. 'B(1|4) T50 I64' or 'B256 .* H1024'",
+    )
+    p.add_argument(
         "--providers",
         type=_csv,
         help="comma-separated providers to time (torch.nn, reference, cpu, triton, cuda, compile); "
@@ -130,6 +136,18 @@ def main_bench(argv: list[str] | None = None) -> int:
         cases = registry.grid(args.grid, device, modes=args.modes, dtypes=args.dtype, ops=args.ops)
     except ValueError as e:
         raise SystemExit(f"rnnfast bench: {e}") from None
+    if args.filter:
+        try:
+            pattern = re.compile(args.filter)
+        except re.error as e:
+            raise SystemExit(
+                f"rnnfast bench: --filter: not a regular expression ({e}): {args.filter!r}"
+            ) from None
+        cases = [c for c in cases if pattern.search(c.label)]
+        if not cases:
+            raise SystemExit(
+                f"rnnfast bench: --filter: no case label of the '{args.grid}' grid matches {args.filter!r}"
+            )
     compile_ = args.compile or bool(args.providers and "compile" in args.providers)
     if args.providers:
         known = {"compile", *registry.KERNEL_BACKENDS}.union(*(s.extra for s in registry.OPS.values()))
@@ -194,11 +212,22 @@ def main_bench(argv: list[str] | None = None) -> int:
 
     out = report.ensure_dir(args.out)
     # Restricted runs get their own files, so runs split by dtype or op do not overwrite each other.
-    filters = [*(args.ops or []), *(args.dtype or []), *(args.modes or [])]
+    filters = [
+        *(args.ops or []),
+        *(args.dtype or []),
+        *(args.modes or []),
+        *(["filtered"] if args.filter else []),
+    ]
     stem = args.name or "-".join([report.result_stem(machine, args.grid), *filters])
     meta = {
         "grid": args.grid,
-        "filters": {"ops": args.ops, "dtypes": args.dtype, "modes": args.modes, "providers": args.providers},
+        "filters": {
+            "ops": args.ops,
+            "dtypes": args.dtype,
+            "modes": args.modes,
+            "providers": args.providers,
+            "filter": args.filter,
+        },
         "command": "rnnfast bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "seconds": round(time.perf_counter() - t0, 1),
         # The GEMMs behind floor_ms (registry.floor_gemms), each timed once in this run.
