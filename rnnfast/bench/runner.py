@@ -263,7 +263,7 @@ class GemmFloor:
 
 
 # The run-time estimate (``rnnfast bench --list`` on the CPU): a call takes flop / CPU_FLOP_RATE plus a
-# per-step overhead per layer and direction. Rates and overheads seen on a 2-core Xeon with 2 threads
+# per-step overhead per layer and direction. Rates and overheads seen on a 2-core AMD EPYC with 2 threads
 # (torch.mm 90-160 GFLOP/s): GEMM-bound cases run at 100-160 GFLOP/s; at B1 H64 a step costs ~3 µs
 # (cpu infer) to ~13 µs (torch.nn infer) and ~100 µs (torch.nn fwdbwd, autograd per step).
 CPU_FLOP_RATE = 100e9
