@@ -138,25 +138,25 @@ class LinearNT {
   }
   bool uses_dnnl() const { return packed_.defined(); }
 
-  // y (M, N) = x (M, K) · wᵀ (+ y when accumulate).
-  void apply(const at::Tensor& x, at::Tensor& y, bool accumulate = false) const {
+  // x (M, K) · wᵀ as a new (M, N) tensor.
+  at::Tensor product(const at::Tensor& x) const {
     if (packed_.defined() && Dnnl::get().usable()) {
       try {
-        at::Tensor r = Dnnl::get().linear(x.contiguous(), packed_);
-        if (accumulate) {
-        y.add_(r);
-      } else {
-        y.copy_(r);
-      }
-        return;
+        return Dnnl::get().linear(x.contiguous(), packed_);
       } catch (const std::exception& e) {
         Dnnl::get().disable(e.what());
       }
     }
+    return at::mm(x, w_.t());
+  }
+
+  // y (M, N) = x (M, K) · wᵀ (+ y when accumulate).
+  void apply(const at::Tensor& x, at::Tensor& y, bool accumulate = false) const {
+    at::Tensor r = product(x);
     if (accumulate) {
-      y.addmm_(x, w_.t());
+      y.add_(r);
     } else {
-      at::mm_out(y, x, w_.t());
+      y.copy_(r);
     }
   }
 

@@ -155,17 +155,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& gi, const 
   scalar_t* ws_p = need_ws ? ws.data_ptr<scalar_t>() : nullptr;
 
   std::vector<uint8_t> valid(B);
+  at::Tensor keep;  // the step product's buffer when it is not gh (StepMatmul::apply)
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = st.reverse ? T - 1 - s : s;
     const uint8_t* m = st.mask(t, valid);
     const int64_t rows = st.rows(t);
-    mm_hh.apply(h_p, N, gh_p, GH, rows);
+    const scalar_t* ghr = mm_hh.apply(h_p, N, gh_p, GH, rows, &keep);
     for_rows(B, GH, [&](int64_t b0, int64_t b1) {
       if (need_ws && S > 0) {
-        forward_rows<Cell, scalar_t, true>(b0, b1, H, m, gi_p + t * B * GH, gh_p, bias_p, h_p, N, c_p, hnew_p,
+        forward_rows<Cell, scalar_t, true>(b0, b1, H, m, gi_p + t * B * GH, ghr, bias_p, h_p, N, c_p, hnew_p,
                                            ws_p + t * B * S * H);
       } else {
-        forward_rows<Cell, scalar_t, false>(b0, b1, H, m, gi_p + t * B * GH, gh_p, bias_p, h_p, N, c_p, hnew_p,
+        forward_rows<Cell, scalar_t, false>(b0, b1, H, m, gi_p + t * B * GH, ghr, bias_p, h_p, N, c_p, hnew_p,
                                             nullptr);
       }
     });
@@ -238,6 +239,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
 
   std::vector<uint8_t> valid(B);
   std::vector<const scalar_t*> hp(B), cp(B);
+  at::Tensor keep;  // the step product's buffer when it is not dhp (StepMatmul::apply)
   for (int64_t s = T - 1; s >= 0; --s) {
     const int64_t t = st.reverse ? T - 1 - s : s;
     const uint8_t* m = st.mask(t, valid);
@@ -270,11 +272,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
                                     N, hp.data(), kLSTM ? cp.data() : nullptr, dc_p, dgi_p + t * B * GH,
                                     dgh_p + t * B * GH, direct_p, u_t);
     });
-    mm_hh.apply(dgh_p + t * B * GH, GH, dhp_p, N, st.rows(t));
+    const scalar_t* dhpr = mm_hh.apply(dgh_p + t * B * GH, GH, dhp_p, N, st.rows(t), &keep);
     for (int64_t b = 0; b < B; ++b) {
       if (m != nullptr && !m[b]) continue;
       scalar_t* d = dh_p + b * N;
-      const scalar_t* p = dhp_p + b * N;
+      const scalar_t* p = dhpr + b * N;
       if (kGRU) {
         const scalar_t* q = direct_p + b * H;
         for (int64_t j = 0; j < N; ++j) d[j] = p[j] + q[j];
