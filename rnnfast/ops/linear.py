@@ -7,11 +7,14 @@ torch.nn.functional.linear on the CPU is MKL's sgemm, which on AMD CPUs runs its
 1600x512x2048 torch.mm 20.6 ms vs oneDNN 16.3 ms, 1600x256x1024 5.8 vs 4.1 ms. The fused LSTM of
 torch.nn gets that rate for its input GEMM, so the cpu backend does too: forward, dX and dW all go to
 ``torch.ops.mkldnn._linear_pointwise`` for float32 products of at least ``_MIN_WORK`` multiply-adds
-(below that its ~25 µs call overhead loses to F.linear). Under torch.compile, or where torch has no
-oneDNN, it is plain F.linear.
+(below that its ~25 µs call overhead loses to F.linear). Under torch.compile, where torch has no
+oneDNN, or with RNNFAST_CPU_GEMM=aten (as for the time loops' products, csrc/cpu/gemm.h), it is plain
+F.linear.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +24,8 @@ _MIN_WORK = 1 << 21
 
 
 def _dnnl_available() -> bool:
+    if os.environ.get("RNNFAST_CPU_GEMM") == "aten":
+        return False
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
