@@ -28,16 +28,21 @@ def test_step_products_pick_their_path():
     assert path(16, 512, 1536) == ("onednn" if ONEDNN else "aten")
     assert path(16, 512, 2048) == ("onednn" if ONEDNN else "aten")
     assert path(64, 1024, 4096) == ("onednn" if ONEDNN else "aten")
+    assert path(4, 1024, 3072) == ("onednn" if ONEDNN else "aten")
+    assert path(1, 1024, 3072) == "aten"
 
 
 # B=16, H=512: LSTM and GRU steps (K·M = 1M, 0.8M > the blocked kernel's 2^18) take oneDNN forward
-# and backward; RNN (K·M = 2^18) stays blocked, so the mix of paths runs too. Ragged rows and reverse.
+# and backward; RNN (K·M = 2^18) stays blocked, so the mix of paths runs too. B=4, H=1024: oneDNN for
+# all three, at a small batch. Ragged rows and reverse.
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
 @pytest.mark.parametrize("ragged", [False, True], ids=["full", "ragged"])
-def test_large_steps_match_oracle(cell, ragged):
-    T, B, H = 4, 16, 512
+@pytest.mark.parametrize("B,H", [(16, 512), (4, 1024)], ids=["B16-H512", "B4-H1024"])
+def test_large_steps_match_oracle(cell, ragged, B, H):
+    T = 4
     # Sorted as PackedSequence rows are: the products shrink to the rows still running.
-    lengths = [4, 4, 4, 4, 4, 3, 3, 3, 3, 2, 2, 2, 1, 1, 0, 0] if ragged else None
+    full = [4, 4, 4, 4, 4, 3, 3, 3, 3, 2, 2, 2, 1, 1, 0, 0] if B == 16 else [4, 3, 1, 0]
+    lengths = full if ragged else None
     args = recurrence_inputs(cell, T, B, H, lengths=lengths, dtype=torch.float32)
     keys = ("gi", "h0", "c0", "w_hh", "b_hh", "w_hr", "lengths")
     a = args
