@@ -9,9 +9,8 @@ import torch.nn.functional as F
 
 import rnnfast
 from rnnfast import _ext
-from rnnfast import functional as RF
 from rnnfast.ops import linear
-from tests.utils import assert_close, oracle, recurrence_inputs
+from tests.utils import assert_close, oracle, recurrence_inputs, run_recurrence
 
 ok, why = _ext.status()
 pytestmark = pytest.mark.skipif(not ok, reason=f"C++ CPU kernels unavailable: {why}")
@@ -45,15 +44,7 @@ def test_large_steps_match_oracle(cell, ragged, B, H):
     lengths = full if ragged else None
     args = recurrence_inputs(cell, T, B, H, lengths=lengths, dtype=torch.float32)
     keys = ("gi", "h0", "c0", "w_hh", "b_hh", "w_hr", "lengths")
-    a = args
-    if cell == "lstm":
-        outs = RF.lstm(
-            a["gi"], a["h0"], a["c0"], a["w_hh"], a["b_hh"], None, a["lengths"], ragged, backend="cpu"
-        )
-    elif cell == "gru":
-        outs = RF.gru(a["gi"], a["h0"], a["w_hh"], a["b_hh"], a["lengths"], ragged, backend="cpu")
-    else:
-        outs = RF.rnn(a["gi"], a["h0"], a["w_hh"], a["b_hh"], a["lengths"], ragged, "tanh", backend="cpu")
+    outs = [o for o in run_recurrence(cell, args, ragged, "cpu") if o is not None]
     args64 = {
         k: (
             v.detach().double().requires_grad_(v.requires_grad)
