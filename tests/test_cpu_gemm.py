@@ -65,6 +65,18 @@ def test_large_steps_match_oracle(cell, ragged, B, H):
         assert_close("d" + name, x.double(), y, atol=2e-3, rtol=2e-3)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_single_step_unpacked_weights_match_oracle(cell):
+    """T = 1 (token-by-token decoding): oneDNN takes W unpacked, since packing would cost two products."""
+    args = recurrence_inputs(cell, 1, 16, 512, dtype=torch.float32)
+    outs = [o for o in run_recurrence(cell, args, False, "cpu") if o is not None]
+    keys = ("gi", "h0", "c0", "w_hh", "b_hh", "w_hr", "lengths")
+    a64 = {k: (v.detach().double() if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
+    want = [w for w in oracle(cell, *(a64[k] for k in keys), False) if w is not None]
+    for name, o, w in zip(["y", "h_n", "c_n"], outs, want):
+        assert_close(name, o.double(), w, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 def test_input_projection_matches_linear(bias):
     g = torch.Generator().manual_seed(1)

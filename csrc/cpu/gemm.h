@@ -112,11 +112,14 @@ inline void mm_tn(at::Tensor& y, const at::Tensor& a, const at::Tensor& b, bool 
 // A weight applied at every step of a loop: packed once for oneDNN when the products are big enough.
 class LinearNT {
  public:
-  // w (N, K) contiguous float32/float64; m_hint: the rows of the products to come.
-  LinearNT(const at::Tensor& w, int64_t m_hint) : w_(w.contiguous()) {
+  // w (N, K) contiguous float32/float64; m_hint: the rows of the products to come; uses: how many
+  // products will be taken. Packing costs about two unpacked products and makes each later one faster
+  // (2 threads, 16x512x2048: pack 427 µs, product 198 µs packed vs 344 µs unpacked), so a single
+  // product (a one-step sequence, as in token-by-token decoding) runs unpacked.
+  LinearNT(const at::Tensor& w, int64_t m_hint, int64_t uses = 2) : w_(w.contiguous()) {
     if (dnnl_pays(w_, m_hint)) {
       try {
-        packed_ = Dnnl::get().pack(w_, m_hint);
+        packed_ = uses > 1 ? Dnnl::get().pack(w_, m_hint) : w_;
       } catch (const std::exception& e) {
         Dnnl::get().disable(e.what());
       }
@@ -147,7 +150,7 @@ class LinearNT {
   }
 
  private:
-  at::Tensor w_, packed_;
+  at::Tensor w_, packed_;  // packed_: the weight oneDNN gets (packed, or w_ itself); undefined: ATen
 };
 
 }  // namespace rnnfast

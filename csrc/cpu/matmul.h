@@ -116,14 +116,15 @@ inline int64_t dnnl_min_rows() {
 template <typename scalar_t>
 class StepMatmul {
  public:
-  // `w` is (K, M); a transposed view is fine (it is copied to the layout each path wants).
-  StepMatmul(const at::Tensor& w, int64_t B) : B_(B), K_(w.size(0)), M_(w.size(1)) {
+  // `w` is (K, M); a transposed view is fine (it is copied to the layout each path wants). steps: how
+  // many products will be taken (the packing decision of LinearNT).
+  StepMatmul(const at::Tensor& w, int64_t B, int64_t steps) : B_(B), K_(w.size(0)), M_(w.size(1)) {
     use_blas_ = B >= blas_min_rows() || K_ * M_ > kSmallMaxWork;
     // Where the register-blocked kernel applies it beats oneDNN, whose per-call overhead (~25 µs) is
     // paid every step (measured, 1 thread, LSTM B=16 H=256: 109 vs 125 µs per step; B=8: 51 vs 75).
     const at::Tensor wt = w.t();  // (M, K): a Linear weight
     if (use_blas_ && B >= dnnl_min_rows() && dnnl_pays(wt, B)) {
-      dnnl_.emplace(wt, B);
+      dnnl_.emplace(wt, B, steps);
       if (dnnl_->uses_dnnl()) return;
       dnnl_.reset();
     }

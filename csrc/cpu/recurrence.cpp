@@ -133,9 +133,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& gi, const 
   Tensor c_n = kLSTM ? new_output({B, H}, opts) : new_output({0}, opts);
   Tensor ws = need_ws ? new_output({T, B, S * H}, opts) : new_output({0}, opts);
 
-  StepMatmul<scalar_t> mm_hh(w_hh.t(), B);
+  StepMatmul<scalar_t> mm_hh(w_hh.t(), B, T);
   c10::optional<StepMatmul<scalar_t>> mm_hr;
-  if (proj) mm_hr.emplace(w_hr->t(), B);
+  if (proj) mm_hr.emplace(w_hr->t(), B, T);
 
   Tensor bias = (b_hh.has_value() && b_hh->defined()) ? b_hh->contiguous() : at::zeros({GH}, opts);
   Tensor h = h0.contiguous().clone();                            // (B, N) state
@@ -208,9 +208,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
 
   // Gradients w.r.t. W_hh·h + b_hh: the same as dgi except for the GRU's n gate (r·dn).
   Tensor dgh = kGRU ? at::empty({T, B, GH}, opts) : dgi;
-  StepMatmul<scalar_t> mm_hh(w_hh, B);  // dh_{t-1} = dgh·W_hh
+  StepMatmul<scalar_t> mm_hh(w_hh, B, T);  // dh_{t-1} = dgh·W_hh
   c10::optional<StepMatmul<scalar_t>> mm_hr;
-  if (proj) mm_hr.emplace(*w_hr, B);    // d(o·tanh c) = dh·W_hr
+  if (proj) mm_hr.emplace(*w_hr, B, T);    // d(o·tanh c) = dh·W_hr
 
   Tensor dh = grad_hn.contiguous().clone();                                         // (B, N)
   Tensor dc = kLSTM ? (grad_cn.has_value() && grad_cn->defined() ? grad_cn->contiguous().clone()
@@ -415,7 +415,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_bwd(
 // Which path a float32 per-step product x (m, k) · W (k, n) of the time loops takes: "onednn", "aten"
 // (MKL) or "blocked" (small_mm). For `rnnfast info` and the tests.
 std::string gemm_path(int64_t m, int64_t k, int64_t n) {
-  StepMatmul<float> mm(at::empty({k, n}, at::kFloat), m);
+  StepMatmul<float> mm(at::empty({k, n}, at::kFloat), m, 2);
   return mm.path();
 }
 
