@@ -47,3 +47,17 @@ def test_compile_fullgraph_functional_inductor():
     (gw,) = torch.autograd.grad(out, [w])
     (gw_e,) = torch.autograd.grad(eager, [w])
     assert_close("dw_hh", gw, gw_e, 1e-4)
+
+
+def test_fake_tensors_reach_the_registered_op():
+    """Eager calls on plain tensors skip the custom-op dispatch; tracers' tensor subclasses (here fake
+    tensors, as torch.export and make_fx use) must still see the registered op and its fake kernel."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from rnnfast import functional as RF
+
+    with FakeTensorMode():
+        gi, h0 = torch.randn(5, 2, 12), torch.randn(2, 4)
+        w_hh, b_hh = torch.randn(12, 4), torch.randn(12)
+        y, h = RF.gru(gi, h0, w_hh, b_hh, backend="cpu")
+    assert type(y).__name__ == "FakeTensor" and tuple(y.shape) == (5, 2, 4) and tuple(h.shape) == (2, 4)

@@ -119,7 +119,10 @@ class StepMatmul {
   // `w` is (K, M); a transposed view is fine (it is copied to the layout each path wants). steps: how
   // many products will be taken (the packing decision of LinearNT).
   StepMatmul(const at::Tensor& w, int64_t B, int64_t steps) : B_(B), K_(w.size(0)), M_(w.size(1)) {
-    use_blas_ = B >= blas_min_rows() || K_ * M_ > kSmallMaxWork;
+    // The blocked kernel wants W row-major: for the forward (W_hhᵀ, a transposed view) that is a copy per
+    // call, which a short sequence does not earn back (GRU B=1 H=128: 30 µs against ~3 µs saved per step).
+    const bool copy_pays = w.is_contiguous() || steps >= 8;
+    use_blas_ = B >= blas_min_rows() || K_ * M_ > kSmallMaxWork || !copy_pays;
     // Where the register-blocked kernel applies it beats oneDNN, whose per-call overhead (~25 µs) is
     // paid every step (measured, 1 thread, LSTM B=16 H=256: 109 vs 125 µs per step; B=8: 51 vs 75).
     const at::Tensor wt = w.t();  // (M, K): a Linear weight
