@@ -19,6 +19,10 @@ def test_auto_order_cpu():
     # torch.nn) and bare ops keep cpu.
     assert backends.auto_order("module", cpu, LSTM) == ["torch", "cpu"]
     assert backends.auto_order("module", cpu, dict(LSTM, lengths=True)) == ["cpu", "torch"]
+    # One or two steps: torch.nn's single C++ call beats the fixed cost of a cpu call.
+    assert backends.auto_order("module", cpu, dict(GRU, T=2)) == ["torch", "cpu"]
+    assert backends.auto_order("module", cpu, dict(GRU, T=3)) == ["cpu", "torch"]
+    assert backends.auto_order("recurrence", cpu, dict(GRU, T=1)) == ["cpu", "reference"]
     assert backends.auto_order("recurrence", cpu, dict(LSTM, B=16)) == ["cpu", "reference"]
     assert backends.auto_order("recurrence", cpu, LSTM) == ["cpu", "reference"]
 
