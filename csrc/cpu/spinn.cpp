@@ -1,0 +1,599 @@
+// SPINN encoder on CPU tensors: the planned thin-stack loop (rnnfast/ops/spinn/encoder.py) forward and
+// in reverse, one op call per direction. Per step the gathers, one GEMM, the fused cell and the scatters
+// run here, so the ~25 small ATen calls the Python loop makes per step (each a few µs of dispatch, ~1 ms
+// a step at D=100) shrink to two GEMM calls and plain loops.
+//
+// Dimensions: T transitions, B batch, N leaves, H hidden, HT tracker hidden (0 without a tracker),
+// K = 2H + HT, S = 1 + N + T pool slots per example, R rows reducing at a step, RM = B·max(0,
+// min(N − 1, ⌊(T − 1)/2⌋)) the most reduces a batch can hold (each reduce needs a shift more than the
+// reduces before it), the packed rows' size: fixed by the shapes, so the outputs' shapes are too.
+//
+// Pool (S·B, H) h and c, row slot·B + b: slot 0 null, 1..N leaves, N+1+t the state step t composes
+// (rows of examples that do not reduce at step t are zero). Saved for backward, all written here:
+//   xk (RM, K)       reduce GEMM input rows [h_l, h_r, h_tracker]  (rows from ΣR on zero)
+//   lstm_in (RM, 5H) reduce pre-activations, bias included          (rows from ΣR on zero)
+//   xs (T, B, K)     tracker GEMM input [stack top h, stack second h, previous tracker h]
+//   acts (T, B, 4HT) activated tracker gates i, f, g, o;  cs, hs (T, B, HT) tracker c and h
+// The buffer-top third of the tracker's input product runs once over all null+leaf rows before the loop.
+#include <torch/library.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "common.h"
+
+namespace rnnfast {
+namespace {
+
+using at::Tensor;
+
+constexpr int64_t kShift = 3, kReduce = 2, kPad = 1;
+
+// ---------------------------------------------------------------------------------------------
+// GEMMs, all through these two so the provider is switched in one place.
+
+// y (M, Nout) = x (M, Kin) · wᵀ (+ y);  w (Nout, Kin) a Linear weight.
+class Linear {
+ public:
+  Linear() = default;
+  Linear(const Tensor& w, int64_t /*m_hint*/) : w_(w.contiguous()) {}
+  void apply(const Tensor& x, Tensor& y, bool accumulate = false) const {
+    if (accumulate) {
+      y.addmm_(x, w_.t());
+    } else {
+      at::mm_out(y, x, w_.t());
+    }
+  }
+
+ private:
+  Tensor w_;
+};
+
+// y = aᵀ·b (weight gradients).
+void gemm_tn(Tensor& y, const Tensor& a, const Tensor& b) { at::mm_out(y, a.t(), b); }
+
+// ---------------------------------------------------------------------------------------------
+// The plan: every pointer of the loop, from the transitions alone (the C++ twin of build_plan).
+
+struct Plan {
+  int64_t T = 0, B = 0, N = 0;
+  std::vector<int64_t> buf;                 // (T·B) pool row of the buffer top
+  std::vector<int64_t> stk;                 // (T·B·2) pool rows of stack top and second
+  std::vector<int64_t> off;                 // (T + 1) step t reduces packed rows [off[t], off[t+1])
+  std::vector<int64_t> ex, left, right;     // (ΣR) example, pool rows of the left and right child
+  std::vector<int64_t> root;                // (B) pool row of the final stack top
+  int64_t total() const { return off.back(); }
+  int64_t out(int64_t t, int64_t b) const { return (N + 1 + t) * B + b; }
+  int64_t max_rows() const {
+    int64_t m = 0;
+    for (int64_t t = 0; t < T; ++t) m = std::max(m, off[t + 1] - off[t]);
+    return m;
+  }
+};
+
+int64_t max_reduce_rows(int64_t T, int64_t B, int64_t N) {
+  const int64_t per_example = T > 0 ? std::min(N - 1, (T - 1) / 2) : 0;
+  return B * std::max<int64_t>(0, per_example);
+}
+
+// Validates as encoder.check_transitions does (same messages, raised as ValueError), then plans.
+Plan make_plan(const Tensor& transitions, int64_t N) {
+  TORCH_CHECK_TYPE(transitions.scalar_type() == at::kLong && transitions.dim() == 2 && transitions.device().is_cpu(),
+                   "transitions: expected a 2-D int64 CPU tensor (T, B), got ", transitions.scalar_type(), " ",
+                   transitions.sizes(), " on ", transitions.device());
+  const Tensor tr = transitions.contiguous();
+  const int64_t* a = tr.data_ptr<int64_t>();
+  Plan p;
+  p.T = tr.size(0);
+  p.B = tr.size(1);
+  p.N = N;
+  const int64_t T = p.T, B = p.B;
+  for (int64_t i = 0; i < T * B; ++i) {
+    TORCH_CHECK_VALUE(a[i] == kShift || a[i] == kReduce || a[i] == kPad, "transitions: unknown code ", a[i],
+                      " at step ", i / B, ", example ", i % B, "; expected SHIFT=3, REDUCE=2 or PAD=1");
+  }
+  std::vector<int64_t> shifts(B, 0);
+  for (int64_t i = 0; i < T * B; ++i) shifts[i % B] += a[i] == kShift;
+  if (B > 0) {
+    const int64_t b = std::max_element(shifts.begin(), shifts.end()) - shifts.begin();
+    TORCH_CHECK_VALUE(shifts[b] <= N, "transitions: example ", b, " shifts ", shifts[b],
+                      " times but buffers holds only N=", N, " leaves");
+  }
+  p.buf.resize(T * B);
+  p.stk.resize(2 * T * B);
+  p.off.resize(T + 1);
+  p.root.resize(B);
+  const int64_t depth = T + 2;
+  std::vector<int64_t> stack(B * depth, 0), sp(B, 2), bp(B, 0);  // slots; two null bottoms
+  for (int64_t t = 0; t < T; ++t) {
+    p.off[t] = static_cast<int64_t>(p.ex.size());
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t i = t * B + b;
+      int64_t* s = stack.data() + b * depth;
+      const int64_t top = s[sp[b] - 1], second = s[sp[b] - 2];
+      p.buf[i] = (bp[b] < shifts[b] ? bp[b] + 1 : 0) * B + b;
+      p.stk[2 * i] = top * B + b;
+      p.stk[2 * i + 1] = second * B + b;
+      if (a[i] == kShift) {
+        s[sp[b]++] = ++bp[b];
+      } else if (a[i] == kReduce) {
+        const int64_t have = sp[b] - 2;
+        TORCH_CHECK_VALUE(have >= 2, "transitions: step ", t, ", example ", b, " reduces with ", have,
+                          have == 1 ? " entry" : " entries", " on the stack; a reduce needs 2");
+        p.ex.push_back(b);
+        p.left.push_back(second * B + b);
+        p.right.push_back(top * B + b);
+        sp[b] -= 2;
+        s[sp[b]++] = N + 1 + t;
+      }
+    }
+  }
+  p.off[T] = static_cast<int64_t>(p.ex.size());
+  for (int64_t b = 0; b < B; ++b) p.root[b] = stack[b * depth + sp[b] - 1] * B + b;
+  return p;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pointwise rows. float uses the vectorisable exp/tanh of common.h; double keeps libm.
+
+// Tree-LSTM (chunks a, i, f1, f2, o): c = tanh(a)σ(i) + σ(f1)c_l + σ(f2)c_r, h = σ(o)tanh(c).
+// x (5H) pre-activations without bias; the biased values are written back (backward reads them).
+template <typename scalar_t>
+RNNFAST_CLONES void reduce_fwd_row(int64_t H, scalar_t* x, const scalar_t* bias, const scalar_t* cl,
+                                   const scalar_t* cr, scalar_t* h, scalar_t* c) {
+  if (bias != nullptr) {
+    RNNFAST_IVDEP
+    for (int64_t j = 0; j < 5 * H; ++j) x[j] += bias[j];
+  }
+  RNNFAST_IVDEP
+  for (int64_t j = 0; j < H; ++j) {
+    const scalar_t cv = tanh_fast(x[j]) * sigmoid_fast(x[H + j]) + sigmoid_fast(x[2 * H + j]) * cl[j] +
+                        sigmoid_fast(x[3 * H + j]) * cr[j];
+    c[j] = cv;
+    h[j] = sigmoid_fast(x[4 * H + j]) * tanh_fast(cv);
+  }
+}
+
+// Gradient of the row above: d (5H) w.r.t. lstm_in; dcl, dcr (H) accumulated into the children.
+template <typename scalar_t>
+RNNFAST_CLONES void reduce_bwd_row(int64_t H, const scalar_t* gh, const scalar_t* gc, const scalar_t* x,
+                                   const scalar_t* cl, const scalar_t* cr, const scalar_t* c, scalar_t* d,
+                                   scalar_t* dcl, scalar_t* dcr) {
+  RNNFAST_IVDEP
+  for (int64_t j = 0; j < H; ++j) {
+    const scalar_t ta = tanh_fast(x[j]), si = sigmoid_fast(x[H + j]), sf1 = sigmoid_fast(x[2 * H + j]),
+                   sf2 = sigmoid_fast(x[3 * H + j]), so = sigmoid_fast(x[4 * H + j]);
+    const scalar_t tc = tanh_fast(c[j]);
+    const scalar_t dc = gc[j] + gh[j] * so * (1 - tc * tc);
+    d[j] = dc * si * (1 - ta * ta);
+    d[H + j] = dc * ta * si * (1 - si);
+    d[2 * H + j] = dc * cl[j] * sf1 * (1 - sf1);
+    d[3 * H + j] = dc * cr[j] * sf2 * (1 - sf2);
+    d[4 * H + j] = gh[j] * tc * so * (1 - so);
+    dcl[j] += dc * sf1;
+    dcr[j] += dc * sf2;
+  }
+}
+
+// LSTMCell (gates i, f, g, o, as torch.nn.LSTMCell): g (4HT) holds x·W_stkᵀ + h·W_hhᵀ from the GEMM;
+// gb the buffer top's precomputed part; bias b_ih + b_hh or null; c_prev null at the first step.
+// Writes the activated gates back into g.
+template <typename scalar_t>
+RNNFAST_CLONES void tracker_fwd_row(int64_t HT, scalar_t* g, const scalar_t* gb, const scalar_t* bias,
+                                    const scalar_t* c_prev, scalar_t* c, scalar_t* h) {
+  RNNFAST_IVDEP
+  for (int64_t j = 0; j < 4 * HT; ++j) g[j] += gb[j];
+  if (bias != nullptr) {
+    RNNFAST_IVDEP
+    for (int64_t j = 0; j < 4 * HT; ++j) g[j] += bias[j];
+  }
+  RNNFAST_IVDEP
+  for (int64_t j = 0; j < HT; ++j) {
+    const scalar_t i = sigmoid_fast(g[j]), f = sigmoid_fast(g[HT + j]), gg = tanh_fast(g[2 * HT + j]),
+                   o = sigmoid_fast(g[3 * HT + j]);
+    const scalar_t cv = (c_prev != nullptr ? f * c_prev[j] : scalar_t(0)) + i * gg;
+    g[j] = i;
+    g[HT + j] = f;
+    g[2 * HT + j] = gg;
+    g[3 * HT + j] = o;
+    c[j] = cv;
+    h[j] = o * tanh_fast(cv);
+  }
+}
+
+// Its gradient: dh (HT) the total gradient of h; dc (HT) in: of c from the next step, out: of c_prev.
+template <typename scalar_t>
+RNNFAST_CLONES void tracker_bwd_row(int64_t HT, const scalar_t* dh, scalar_t* dc, const scalar_t* act,
+                                    const scalar_t* c, const scalar_t* c_prev, scalar_t* dg) {
+  RNNFAST_IVDEP
+  for (int64_t j = 0; j < HT; ++j) {
+    const scalar_t i = act[j], f = act[HT + j], gg = act[2 * HT + j], o = act[3 * HT + j];
+    const scalar_t tc = tanh_fast(c[j]);
+    const scalar_t dct = dc[j] + dh[j] * o * (1 - tc * tc);
+    const scalar_t cp = c_prev != nullptr ? c_prev[j] : scalar_t(0);
+    dg[j] = dct * gg * i * (1 - i);
+    dg[HT + j] = dct * cp * f * (1 - f);
+    dg[2 * HT + j] = dct * i * (1 - gg * gg);
+    dg[3 * HT + j] = dh[j] * tc * o * (1 - o);
+    dc[j] = dct * f;
+  }
+}
+
+template <typename scalar_t>
+RNNFAST_INLINE void add_row(int64_t n, scalar_t* dst, const scalar_t* src) {
+  RNNFAST_IVDEP
+  for (int64_t j = 0; j < n; ++j) dst[j] += src[j];
+}
+
+template <typename scalar_t>
+RNNFAST_INLINE void copy_row(int64_t n, scalar_t* dst, const scalar_t* src) {
+  std::memcpy(dst, src, n * sizeof(scalar_t));
+}
+
+// Rows per task: enough elements (~16K) that a thread's share outweighs waking it.
+int64_t grain(int64_t width) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1)); }
+
+// ---------------------------------------------------------------------------------------------
+// Checks.
+
+void check_float(const char* name, const Tensor& t, const Tensor& ref) {
+  TORCH_CHECK(t.device().is_cpu(), "rnnfast_C: ", name, ": expected a CPU tensor, got ", t.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), "rnnfast_C: ", name, ": expected dtype ",
+                   ref.scalar_type(), ", got ", t.scalar_type());
+}
+
+void check_shape(const char* name, const Tensor& t, const Tensor& ref, at::IntArrayRef shape) {
+  check_float(name, t, ref);
+  TORCH_CHECK_VALUE(t.sizes() == shape, "rnnfast_C: ", name, ": expected shape ", shape, ", got ", t.sizes());
+}
+
+struct Weights {
+  int64_t H = 0, HT = 0;
+  bool tracker = false;
+  Tensor wk;     // (5H, K) [w_l w_r w_t]
+  Tensor w_buf;  // (4HT, H) buffer-top columns of w_ih
+  Tensor wtr;    // (4HT, K) [stack columns of w_ih, w_hh]
+};
+
+Weights weights(const Tensor& ref, int64_t H, const Tensor& w_l, const Tensor& w_r, const std::optional<Tensor>& w_t,
+                const std::optional<Tensor>& w_ih, const std::optional<Tensor>& w_hh) {
+  Weights w;
+  w.H = H;
+  w.tracker = w_ih.has_value();
+  TORCH_CHECK_VALUE(w_t.has_value() == w.tracker && w_hh.has_value() == w.tracker,
+                    "rnnfast_C: w_t, w_ih, w_hh: a tracker needs all three");
+  check_shape("w_l", w_l, ref, {5 * H, H});
+  check_shape("w_r", w_r, ref, {5 * H, H});
+  if (w.tracker) {
+    w.HT = w_hh->size(-1);
+    const int64_t HT = w.HT;
+    check_shape("w_t", *w_t, ref, {5 * H, HT});
+    check_shape("w_ih", *w_ih, ref, {4 * HT, 3 * H});
+    check_shape("w_hh", *w_hh, ref, {4 * HT, HT});
+    w.wk = at::cat({w_l, w_r, *w_t}, 1);
+    w.w_buf = w_ih->narrow(1, 0, H).contiguous();
+    w.wtr = at::cat({w_ih->narrow(1, H, 2 * H), *w_hh}, 1);
+  } else {
+    w.wk = at::cat({w_l, w_r}, 1);
+  }
+  return w;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward.
+
+template <typename scalar_t>
+void forward_loop(const Plan& p, const Weights& w, const Tensor& b_l, const Tensor& bias_trk, Tensor& ph, Tensor& pc,
+                  Tensor& xk, Tensor& lstm_in, Tensor& xs, Tensor& acts, Tensor& cs, Tensor& hs) {
+  const int64_t T = p.T, B = p.B, N = p.N, H = w.H, HT = w.HT, K = 2 * H + HT;
+  scalar_t* h_pool = ph.data_ptr<scalar_t>();
+  scalar_t* c_pool = pc.data_ptr<scalar_t>();
+  const scalar_t* bl = b_l.defined() ? b_l.data_ptr<scalar_t>() : nullptr;
+  const Linear reduce_mm(w.wk, p.T > 0 ? p.total() / std::max<int64_t>(T, 1) : 0);
+  Linear tracker_mm;
+  Tensor g_buf;
+  const scalar_t* bt = nullptr;
+  if (w.tracker) {
+    tracker_mm = Linear(w.wtr, B);
+    // Buffer-top part of every tracker step at once: the buffer top is always a null or leaf row.
+    g_buf = at::empty({(1 + N) * B, 4 * HT}, ph.options());
+    Linear(w.w_buf, (1 + N) * B).apply(ph.narrow(0, 0, (1 + N) * B), g_buf);
+    bt = bias_trk.defined() ? bias_trk.data_ptr<scalar_t>() : nullptr;
+  }
+  std::vector<char> reduces(B);
+  for (int64_t t = 0; t < T; ++t) {
+    if (w.tracker) {
+      scalar_t* x = xs.data_ptr<scalar_t>() + t * B * K;
+      const scalar_t* h_prev = t > 0 ? hs.data_ptr<scalar_t>() + (t - 1) * B * HT : nullptr;
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t i = t * B + b;
+        copy_row(H, x + b * K, h_pool + p.stk[2 * i] * H);
+        copy_row(H, x + b * K + H, h_pool + p.stk[2 * i + 1] * H);
+        if (h_prev != nullptr) {
+          copy_row(HT, x + b * K + 2 * H, h_prev + b * HT);
+        } else {
+          std::fill_n(x + b * K + 2 * H, HT, scalar_t(0));
+        }
+      }
+      Tensor g = acts[t];
+      tracker_mm.apply(xs[t], g);
+      scalar_t* gp = g.data_ptr<scalar_t>();
+      const scalar_t* gb = g_buf.data_ptr<scalar_t>();
+      const scalar_t* c_prev = t > 0 ? cs.data_ptr<scalar_t>() + (t - 1) * B * HT : nullptr;
+      scalar_t* c = cs.data_ptr<scalar_t>() + t * B * HT;
+      scalar_t* h = hs.data_ptr<scalar_t>() + t * B * HT;
+      at::parallel_for(0, B, grain(4 * HT), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          tracker_fwd_row<scalar_t>(HT, gp + b * 4 * HT, gb + p.buf[t * B + b] * 4 * HT, bt,
+                                    c_prev != nullptr ? c_prev + b * HT : nullptr, c + b * HT, h + b * HT);
+        }
+      });
+    }
+    const int64_t o = p.off[t], R = p.off[t + 1] - o;
+    std::fill(reduces.begin(), reduces.end(), 0);
+    if (R > 0) {
+      scalar_t* x = xk.data_ptr<scalar_t>() + o * K;
+      const scalar_t* h_trk = w.tracker ? hs.data_ptr<scalar_t>() + t * B * HT : nullptr;
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t b = p.ex[o + r];
+        reduces[b] = 1;
+        copy_row(H, x + r * K, h_pool + p.left[o + r] * H);
+        copy_row(H, x + r * K + H, h_pool + p.right[o + r] * H);
+        if (h_trk != nullptr) copy_row(HT, x + r * K + 2 * H, h_trk + b * HT);
+      }
+      Tensor li = lstm_in.narrow(0, o, R);
+      reduce_mm.apply(xk.narrow(0, o, R), li);
+      scalar_t* lp = li.data_ptr<scalar_t>();
+      at::parallel_for(0, R, grain(5 * H), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t out = p.out(t, p.ex[o + r]);
+          reduce_fwd_row<scalar_t>(H, lp + r * 5 * H, bl, c_pool + p.left[o + r] * H, c_pool + p.right[o + r] * H,
+                                   h_pool + out * H, c_pool + out * H);
+        }
+      });
+    }
+    for (int64_t b = 0; b < B; ++b) {  // slots no reduce writes: zero, so every output element is defined
+      if (!reduces[b]) {
+        std::fill_n(h_pool + p.out(t, b) * H, H, scalar_t(0));
+        std::fill_n(c_pool + p.out(t, b) * H, H, scalar_t(0));
+      }
+    }
+  }
+}
+
+using Outputs10 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+// Returns (h, c (B, H), hs (T, B, HT), ph, pc (S·B, H), xk (RM, K), lstm_in (RM, 5H), xs (T, B, K),
+// acts (T, B, 4HT), cs (T, B, HT)); without a tracker hs, xs, acts, cs are empty (0,).
+Outputs10 spinn_fwd(const Tensor& buffers, const Tensor& null, const Tensor& transitions, const Tensor& w_l,
+                    const std::optional<Tensor>& b_l, const Tensor& w_r, const std::optional<Tensor>& w_t,
+                    const std::optional<Tensor>& w_ih, const std::optional<Tensor>& w_hh,
+                    const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh) {
+  TORCH_CHECK_VALUE(buffers.dim() == 3 && buffers.size(2) % 2 == 0,
+                    "rnnfast_C: buffers: expected shape (B, N, 2·H), got ", buffers.sizes());
+  TORCH_CHECK_TYPE(buffers.scalar_type() == at::kFloat || buffers.scalar_type() == at::kDouble,
+                   "rnnfast_C: buffers: expected float32 or float64, got ", buffers.scalar_type());
+  check_float("buffers", buffers, buffers);
+  const int64_t B = buffers.size(0), N = buffers.size(1), H = buffers.size(2) / 2;
+  check_shape("null", null, buffers, {B, 2 * H});
+  TORCH_CHECK_VALUE(transitions.dim() == 2 && transitions.size(1) == B, "rnnfast_C: transitions: expected (T, B=", B,
+                    "), got ", transitions.sizes());
+  const Plan p = make_plan(transitions, N);
+  const Weights w = weights(buffers, H, w_l, w_r, w_t, w_ih, w_hh);
+  const int64_t T = p.T, HT = w.HT, K = 2 * H + HT, S = 1 + N + T, RM = max_reduce_rows(T, B, N);
+  Tensor bias_l;
+  if (b_l.has_value()) {
+    check_shape("b_l", *b_l, buffers, {5 * H});
+    bias_l = b_l->contiguous();
+  }
+  Tensor bias_trk;
+  TORCH_CHECK_VALUE(b_ih.has_value() == b_hh.has_value(), "rnnfast_C: b_ih, b_hh: expected both or neither");
+  if (w.tracker && b_ih.has_value()) {
+    check_shape("b_ih", *b_ih, buffers, {4 * HT});
+    check_shape("b_hh", *b_hh, buffers, {4 * HT});
+    bias_trk = (*b_ih + *b_hh).contiguous();
+  }
+  const auto opts = buffers.options();
+  Tensor ph = new_output({S * B, H}, opts), pc = new_output({S * B, H}, opts);
+  {
+    const Tensor leaves = buffers.transpose(0, 1);  // (N, B, 2H)
+    ph.narrow(0, 0, B).copy_(null.narrow(1, 0, H));
+    pc.narrow(0, 0, B).copy_(null.narrow(1, H, H));
+    ph.narrow(0, B, N * B).view({N, B, H}).copy_(leaves.narrow(2, 0, H));
+    pc.narrow(0, B, N * B).view({N, B, H}).copy_(leaves.narrow(2, H, H));
+  }
+  Tensor xk = new_output({RM, K}, opts), lstm_in = new_output({RM, 5 * H}, opts);
+  // Custom-op outputs may not alias one another: a fresh empty tensor per absent output.
+  Tensor xs = at::empty({0}, opts), acts = at::empty({0}, opts), cs = at::empty({0}, opts),
+         hs = at::empty({0}, opts);
+  if (w.tracker) {
+    xs = new_output({T, B, K}, opts);
+    acts = new_output({T, B, 4 * HT}, opts);
+    cs = new_output({T, B, HT}, opts);
+    hs = new_output({T, B, HT}, opts);
+  }
+  AT_DISPATCH_FLOATING_TYPES(buffers.scalar_type(), "spinn_fwd", [&] {
+    forward_loop<scalar_t>(p, w, bias_l, bias_trk, ph, pc, xk, lstm_in, xs, acts, cs, hs);
+  });
+  xk.narrow(0, p.total(), RM - p.total()).zero_();
+  lstm_in.narrow(0, p.total(), RM - p.total()).zero_();
+  const Tensor root = at::from_blob(const_cast<int64_t*>(p.root.data()), {B}, at::kLong);
+  Tensor h = new_output({B, H}, opts), c = new_output({B, H}, opts);
+  at::index_select_out(h, ph, 0, root);
+  at::index_select_out(c, pc, 0, root);
+  return {h, c, hs, ph, pc, xk, lstm_in, xs, acts, cs};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward.
+
+template <typename scalar_t>
+void backward_loop(const Plan& p, const Weights& w, const Tensor& pc, const Tensor& lstm_in, const Tensor& acts,
+                   const Tensor& cs, Tensor& dph, Tensor& dpc, Tensor& d_all, Tensor& dhs, Tensor& dg) {
+  const int64_t T = p.T, B = p.B, H = w.H, HT = w.HT, K = 2 * H + HT;
+  scalar_t* dh_pool = dph.data_ptr<scalar_t>();
+  scalar_t* dc_pool = dpc.data_ptr<scalar_t>();
+  const scalar_t* c_pool = pc.data_ptr<scalar_t>();
+  const scalar_t* li = lstm_in.data_ptr<scalar_t>();
+  // The NN products d·W run as x·(Wᵀ)ᵀ with Wᵀ copied contiguous once.
+  const Linear reduce_mm(w.wk.t().contiguous(), p.max_rows());
+  Tensor dxk = at::empty({p.max_rows(), K}, dph.options());
+  Linear tracker_mm;
+  Tensor dx, dh, dc;
+  if (w.tracker) {
+    tracker_mm = Linear(w.wtr.t().contiguous(), B);
+    dx = at::empty({B, K}, dph.options());
+    dh = at::zeros({B, HT}, dph.options());
+    dc = at::zeros({B, HT}, dph.options());
+  }
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const int64_t o = p.off[t], R = p.off[t + 1] - o;
+    if (R > 0) {
+      scalar_t* d = d_all.data_ptr<scalar_t>() + o * 5 * H;
+      at::parallel_for(0, R, grain(5 * H), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t out = p.out(t, p.ex[o + r]), l = p.left[o + r], rr = p.right[o + r];
+          reduce_bwd_row<scalar_t>(H, dh_pool + out * H, dc_pool + out * H, li + (o + r) * 5 * H, c_pool + l * H,
+                                   c_pool + rr * H, c_pool + out * H, d + r * 5 * H, dc_pool + l * H,
+                                   dc_pool + rr * H);
+        }
+      });
+      Tensor dxr = dxk.narrow(0, 0, R);
+      reduce_mm.apply(d_all.narrow(0, o, R), dxr);
+      const scalar_t* dxp = dxr.data_ptr<scalar_t>();
+      scalar_t* dht = w.tracker ? dhs.data_ptr<scalar_t>() + t * B * HT : nullptr;
+      for (int64_t r = 0; r < R; ++r) {
+        add_row(H, dh_pool + p.left[o + r] * H, dxp + r * K);
+        add_row(H, dh_pool + p.right[o + r] * H, dxp + r * K + H);
+        if (dht != nullptr) add_row(HT, dht + p.ex[o + r] * HT, dxp + r * K + 2 * H);
+      }
+    }
+    if (w.tracker) {
+      scalar_t* dhp = dh.data_ptr<scalar_t>();
+      scalar_t* dcp = dc.data_ptr<scalar_t>();
+      const scalar_t* dht = dhs.data_ptr<scalar_t>() + t * B * HT;
+      const scalar_t* act = acts.data_ptr<scalar_t>() + t * B * 4 * HT;
+      const scalar_t* c = cs.data_ptr<scalar_t>() + t * B * HT;
+      const scalar_t* c_prev = t > 0 ? cs.data_ptr<scalar_t>() + (t - 1) * B * HT : nullptr;
+      Tensor dgt = dg[t];
+      scalar_t* dgp = dgt.data_ptr<scalar_t>();
+      at::parallel_for(0, B, grain(4 * HT), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          add_row(HT, dhp + b * HT, dht + b * HT);
+          tracker_bwd_row<scalar_t>(HT, dhp + b * HT, dcp + b * HT, act + b * 4 * HT, c + b * HT,
+                                    c_prev != nullptr ? c_prev + b * HT : nullptr, dgp + b * 4 * HT);
+        }
+      });
+      tracker_mm.apply(dgt, dx);
+      const scalar_t* dxp = dx.data_ptr<scalar_t>();
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t i = t * B + b;
+        add_row(H, dh_pool + p.stk[2 * i] * H, dxp + b * K);
+        add_row(H, dh_pool + p.stk[2 * i + 1] * H, dxp + b * K + H);
+        copy_row(HT, dhp + b * HT, dxp + b * K + 2 * H);
+      }
+    }
+  }
+}
+
+// Returns (d_buffers (B, N, 2H), d_null (B, 2H), dw_l, db_l, dw_r, dw_t, dw_ih, dw_hh, db_ih, db_hh); absent
+// parameters get empty (0,) tensors. grad_hs (T, B, HT): the gradient of the tracker's h outputs, or none.
+Outputs10 spinn_bwd(const Tensor& grad_h, const Tensor& grad_c, const std::optional<Tensor>& grad_hs,
+                    const Tensor& transitions, const Tensor& ph, const Tensor& pc, const Tensor& xk,
+                    const Tensor& lstm_in, const Tensor& xs, const Tensor& acts, const Tensor& cs, const Tensor& w_l,
+                    bool has_b_l, const Tensor& w_r, const std::optional<Tensor>& w_t,
+                    const std::optional<Tensor>& w_ih, const std::optional<Tensor>& w_hh, bool has_b_ih) {
+  TORCH_CHECK_VALUE(grad_h.dim() == 2, "rnnfast_C: grad_h: expected (B, H), got ", grad_h.sizes());
+  TORCH_CHECK_TYPE(ph.scalar_type() == at::kFloat || ph.scalar_type() == at::kDouble,
+                   "rnnfast_C: ph: expected float32 or float64, got ", ph.scalar_type());
+  const int64_t B = grad_h.size(0), H = grad_h.size(1);
+  TORCH_CHECK_VALUE(transitions.dim() == 2 && transitions.size(1) == B, "rnnfast_C: transitions: expected (T, B=", B,
+                    "), got ", transitions.sizes());
+  const int64_t T = transitions.size(0);
+  TORCH_CHECK_VALUE(ph.dim() == 2 && B > 0 && ph.size(0) % B == 0 && ph.size(0) / B >= 1 + T,
+                    "rnnfast_C: ph: expected ((1 + N + T)·B, H), got ", ph.sizes());
+  const int64_t N = ph.size(0) / B - 1 - T, S = 1 + N + T, RM = max_reduce_rows(T, B, N);
+  const Plan p = make_plan(transitions, N);
+  const Weights w = weights(ph, H, w_l, w_r, w_t, w_ih, w_hh);
+  const int64_t HT = w.HT, K = 2 * H + HT;
+  check_shape("grad_h", grad_h, ph, {B, H});
+  check_shape("grad_c", grad_c, ph, {B, H});
+  check_shape("ph", ph, ph, {S * B, H});
+  check_shape("pc", pc, ph, {S * B, H});
+  check_shape("xk", xk, ph, {RM, K});
+  check_shape("lstm_in", lstm_in, ph, {RM, 5 * H});
+  const auto opts = ph.options();
+  const Tensor x_k = xk.contiguous(), li = lstm_in.contiguous(), p_c = pc.contiguous();
+  Tensor dph = at::zeros({S * B, H}, opts), dpc = at::zeros({S * B, H}, opts);
+  const Tensor root = at::from_blob(const_cast<int64_t*>(p.root.data()), {B}, at::kLong);
+  dph.index_add_(0, root, grad_h);
+  dpc.index_add_(0, root, grad_c);
+  Tensor d_all = at::empty({p.total(), 5 * H}, opts);
+  Tensor dhs, dg, a, c_s, x_s;
+  if (w.tracker) {
+    check_shape("xs", xs, ph, {T, B, K});
+    check_shape("acts", acts, ph, {T, B, 4 * HT});
+    check_shape("cs", cs, ph, {T, B, HT});
+    dhs = at::zeros({T, B, HT}, opts);
+    if (grad_hs.has_value()) {
+      check_shape("grad_hs", *grad_hs, ph, {T, B, HT});
+      dhs.copy_(*grad_hs);
+    }
+    dg = at::empty({T, B, 4 * HT}, opts);
+    a = acts.contiguous();
+    c_s = cs.contiguous();
+    x_s = xs.contiguous();
+  }
+  AT_DISPATCH_FLOATING_TYPES(ph.scalar_type(), "spinn_bwd", [&] {
+    backward_loop<scalar_t>(p, w, p_c, li, a, c_s, dph, dpc, d_all, dhs, dg);
+  });
+  // Weight gradients: one GEMM each over all rows.
+  auto none = [&] { return at::empty({0}, opts); };
+  Tensor dwk = at::empty({5 * H, K}, opts);
+  gemm_tn(dwk, d_all, x_k.narrow(0, 0, p.total()));
+  Tensor dw_l = dwk.narrow(1, 0, H).contiguous(), dw_r = dwk.narrow(1, H, H).contiguous();
+  Tensor db_l = has_b_l ? d_all.sum(0) : none();
+  Tensor dw_t = none(), dw_ih = none(), dw_hh = none(), db_ih = none(), db_hh = none();
+  if (w.tracker) {
+    dw_t = dwk.narrow(1, 2 * H, HT).contiguous();
+    const Tensor dg_all = dg.view({T * B, 4 * HT});
+    // The buffer-top part: gate gradients summed per null/leaf row, then one GEMM each way.
+    Tensor dg_buf = at::zeros({(1 + N) * B, 4 * HT}, opts);
+    AT_DISPATCH_FLOATING_TYPES(ph.scalar_type(), "spinn_bwd_buf", [&] {
+      scalar_t* dst = dg_buf.data_ptr<scalar_t>();
+      const scalar_t* src = dg_all.data_ptr<scalar_t>();
+      for (int64_t i = 0; i < T * B; ++i) add_row(4 * HT, dst + p.buf[i] * 4 * HT, src + i * 4 * HT);
+    });
+    Tensor d_leaves = dph.narrow(0, 0, (1 + N) * B);
+    Linear(w.w_buf.t().contiguous(), (1 + N) * B).apply(dg_buf, d_leaves, /*accumulate=*/true);
+    Tensor dwtr = at::empty({4 * HT, K}, opts), dw_buf = at::empty({4 * HT, H}, opts);
+    gemm_tn(dwtr, dg_all, x_s.view({T * B, K}));
+    gemm_tn(dw_buf, dg_buf, ph.narrow(0, 0, (1 + N) * B));
+    dw_ih = at::cat({dw_buf, dwtr.narrow(1, 0, 2 * H)}, 1);
+    dw_hh = dwtr.narrow(1, 2 * H, HT).contiguous();
+    if (has_b_ih) {
+      db_ih = dg_all.sum(0);
+      db_hh = db_ih.clone();
+    }
+  }
+  Tensor d_buffers = new_output({B, N, 2 * H}, opts), d_null = new_output({B, 2 * H}, opts);
+  {
+    Tensor dl = d_buffers.transpose(0, 1);  // (N, B, 2H)
+    dl.narrow(2, 0, H).copy_(dph.narrow(0, B, N * B).view({N, B, H}));
+    dl.narrow(2, H, H).copy_(dpc.narrow(0, B, N * B).view({N, B, H}));
+    d_null.narrow(1, 0, H).copy_(dph.narrow(0, 0, B));
+    d_null.narrow(1, H, H).copy_(dpc.narrow(0, 0, B));
+  }
+  return {d_buffers, d_null, dw_l, db_l, dw_r, dw_t, dw_ih, dw_hh, db_ih, db_hh};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rnnfast_C, CPU, m) {
+  m.impl("spinn_fwd", &spinn_fwd);
+  m.impl("spinn_bwd", &spinn_bwd);
+}
+
+}  // namespace rnnfast
