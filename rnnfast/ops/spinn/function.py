@@ -16,6 +16,7 @@ from torch import Tensor
 
 from rnnfast import _ext
 
+
 def max_reduce_rows(T: int, B: int, N: int) -> int:
     """Most reduces a batch of T steps over N leaves can hold: each needs one shift more than the
     reduces before it, so at most N − 1 and ⌊(T − 1)/2⌋ per example."""
@@ -39,7 +40,8 @@ def spinn_fwd(
     """(h, c (B, H), hs (T, B, HT), ph, pc (S·B, H), xk (RM, K), lstm_in (RM, 5H), xs (T, B, K),
     acts (T, B, 4HT), cs (T, B, HT)); without a tracker hs, xs, acts and cs are empty (0,)."""
     _ext.ensure_loaded()
-    return torch.ops.rnnfast_C.spinn_fwd(buffers, null, transitions, w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih, b_hh)
+    args = (buffers, null, transitions, w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih, b_hh)
+    return torch.ops.rnnfast_C.spinn_fwd(*args)
 
 
 @spinn_fwd.register_fake
