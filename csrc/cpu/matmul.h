@@ -11,6 +11,7 @@
 #include <algorithm>
 
 #include "common.h"
+#include "gemm.h"
 
 namespace rnnfast {
 
@@ -99,42 +100,62 @@ inline int64_t blas_min_rows() {
 }
 constexpr int64_t kSmallMaxWork = int64_t{1} << 18;
 
+// Where oneDNN (gemm.h) takes over: from this many rows (env RNNFAST_CPU_DNNL_MIN_B) and at least
+// kDnnlMinWork multiply-adds per step.
+inline int64_t dnnl_min_rows() {
+  static const int64_t v = [] {
+    const char* s = std::getenv("RNNFAST_CPU_DNNL_MIN_B");
+    return s ? std::atoll(s) : int64_t{8};
+  }();
+  return v;
+}
+
 // A fixed right-hand factor W (K, M) applied at every step: x (B, K) -> x·W (B, M).
 template <typename scalar_t>
 class StepMatmul {
  public:
-  // `w` is (K, M); a transposed view is fine (it is copied to row-major for small_mm when needed).
+  // `w` is (K, M); a transposed view is fine (it is copied to the layout each path wants).
   StepMatmul(const at::Tensor& w, int64_t B) : B_(B), K_(w.size(0)), M_(w.size(1)) {
-    use_blas_ = B >= blas_min_rows() || K_ * M_ > kSmallMaxWork;
-    if (use_blas_) {
-      w_ = w;
-    } else {
-      w_ = w.contiguous();
+    const at::Tensor wt = w.t();  // (M, K): a Linear weight
+    if (B >= dnnl_min_rows() && dnnl_pays(wt, B)) {
+      dnnl_.emplace(wt, B);
+      if (dnnl_->uses_dnnl()) return;
+      dnnl_.reset();
     }
+    use_blas_ = B >= blas_min_rows() || K_ * M_ > kSmallMaxWork;
+    w_ = use_blas_ ? w : w.contiguous();
     // Split the columns over threads only when a step has enough work to amortise waking them: measured
     // with 2 threads, B=4 H=256 GRU (0.8M multiply-adds) 20 µs on one thread vs 27 on two; B=32 (6.3M)
     // 146 vs 124.
     parallel_ = !use_blas_ && B * K_ * M_ >= (int64_t{1} << 22) && at::get_num_threads() > 1;
   }
 
-  // out (B, M) row stride ldo = x (B, K) row stride ldx · W.
-  void apply(const scalar_t* x, int64_t ldx, scalar_t* out, int64_t ldo) const {
-    if (use_blas_) {
-      auto opts = w_.options();
-      at::Tensor xt = at::from_blob(const_cast<scalar_t*>(x), {B_, K_}, {ldx, 1}, opts);
-      at::Tensor ot = at::from_blob(out, {B_, M_}, {ldo, 1}, opts);
-      at::mm_out(ot, xt, w_);
+  const char* path() const { return dnnl_.has_value() ? "onednn" : use_blas_ ? "aten" : "blocked"; }
+
+  // out (rows, M) row stride ldo = x (rows, K) row stride ldx · W, for the first rows <= B rows.
+  void apply(const scalar_t* x, int64_t ldx, scalar_t* out, int64_t ldo, int64_t rows = -1) const {
+    const int64_t B = rows < 0 ? B_ : rows;
+    if (B == 0) return;
+    if (dnnl_.has_value() || use_blas_) {
+      auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
+      at::Tensor xt = at::from_blob(const_cast<scalar_t*>(x), {B, K_}, {ldx, 1}, opts);
+      at::Tensor ot = at::from_blob(out, {B, M_}, {ldo, 1}, opts);
+      if (dnnl_.has_value()) {
+        dnnl_->apply(xt, ot);
+      } else {
+        at::mm_out(ot, xt, w_);
+      }
       return;
     }
     const scalar_t* w = w_.data_ptr<scalar_t>();
     if (!parallel_) {
-      small_mm<scalar_t>(B_, K_, x, ldx, w, M_, out, ldo, 0, M_);
+      small_mm<scalar_t>(B, K_, x, ldx, w, M_, out, ldo, 0, M_);
       return;
     }
     constexpr int64_t MB = 512 / sizeof(scalar_t);  // one 8-vector block per task
     const int64_t blocks = (M_ + MB - 1) / MB;
     at::parallel_for(0, blocks, 1, [&](int64_t lo, int64_t hi) {
-      small_mm<scalar_t>(B_, K_, x, ldx, w, M_, out, ldo, lo * MB, std::min(hi * MB, M_));
+      small_mm<scalar_t>(B, K_, x, ldx, w, M_, out, ldo, lo * MB, std::min(hi * MB, M_));
     });
   }
 
@@ -143,6 +164,7 @@ class StepMatmul {
   bool use_blas_ = false;
   bool parallel_ = false;
   at::Tensor w_;
+  c10::optional<LinearNT> dnnl_;
 };
 
 }  // namespace rnnfast

@@ -399,7 +399,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_bwd(
   });
 }
 
+// Which path a float32 per-step product x (m, k) · W (k, n) of the time loops takes: "onednn", "aten"
+// (MKL) or "blocked" (small_mm). For `rnnfast info` and the tests.
+std::string gemm_path(int64_t m, int64_t k, int64_t n) {
+  StepMatmul<float> mm(at::empty({k, n}, at::kFloat), m);
+  return mm.path();
+}
+
 }  // namespace
+
+TORCH_LIBRARY_FRAGMENT(rnnfast_C, m) { m.impl("gemm_path", &gemm_path); }
 
 TORCH_LIBRARY_IMPL(rnnfast_C, CPU, m) {
   m.impl("recurrence_fwd", &recurrence_fwd);

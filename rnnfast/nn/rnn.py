@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from rnnfast import backends
+from rnnfast.ops.linear import input_projection
 from rnnfast.ops.recurrence.function import recurrence
 
 __all__ = ["RNN", "GRU", "LSTM", "from_torch"]
@@ -192,7 +193,7 @@ class _FusedRNNMixin:
                 b_ih = getattr(self, "bias_ih_" + sfx).to(dt) if self.bias else None
                 b_hh = getattr(self, "bias_hh_" + sfx).to(dt) if self.bias else None
                 w_hr = getattr(self, "weight_hr_" + sfx).to(dt) if self.proj_size > 0 else None
-                gi = F.linear(x, w_ih, b_ih)
+                gi = input_projection(x, w_ih, b_ih) if backend == "cpu" else F.linear(x, w_ih, b_ih)
                 c_k = c0[k].to(dt) if c0 is not None else None
                 y, h, c = recurrence(cell, gi, h0[k].to(dt), c_k, w_hh, b_hh, w_hr, lengths, bool(d), backend)
                 outs.append(y)

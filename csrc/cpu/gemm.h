@@ -1,0 +1,167 @@
+// Large float32 products through oneDNN, with ATen's GEMM as the fallback.
+//
+// ATen's CPU GEMM is MKL, which on AMD CPUs runs its AVX2 code: measured on a 2-core AMD EPYC (AVX-512),
+// 2 threads, GFLOP/s of torch.mm vs oneDNN with the weight pre-packed: 16x512x2048 94 vs 179,
+// 64x512x2048 138 vs 213, 1600x512x2048 163 vs 208. oneDNN is what torch.nn.LSTM's CPU path uses, so
+// its fused kernels compete with these rates. The extension reaches oneDNN through the `mkldnn::`
+// operators torch registers (`_reorder_linear_weight` packs a Linear weight once into oneDNN's blocked
+// layout, `_linear_pointwise` runs the product): torch does not export oneDNN's own symbols. A call costs
+// ~25 µs of fixed overhead (primitive lookup), so only products of at least kDnnlMinWork multiply-adds go
+// there; smaller ones stay with the caller's own kernel or at::mm.
+//
+// RNNFAST_CPU_GEMM=aten turns the oneDNN path off (for comparisons and as an escape hatch); any failure
+// of the oneDNN call (a torch built without it, an unexpected layout) falls back to at::mm for good.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+
+namespace rnnfast {
+
+// Below ~2M multiply-adds the oneDNN call overhead eats the gain (measured: 16x256x1024, 4.2M, 69 µs vs
+// 86 µs through MKL; 4x256x1024, 1M, 27 µs vs 20 µs for the register-blocked kernel of matmul.h).
+constexpr int64_t kDnnlMinWork = int64_t{1} << 21;
+
+class Dnnl {
+ public:
+  static Dnnl& get() {
+    static Dnnl d;
+    return d;
+  }
+  bool usable() const { return ok_.load(std::memory_order_relaxed); }
+  void disable(const char* why) {
+    if (ok_.exchange(false)) {
+      TORCH_WARN_ONCE("rnnfast: oneDNN products disabled, using at::mm (", why, ")");
+    }
+  }
+
+  // w (N, K) float32 contiguous -> oneDNN-blocked copy for products with about m rows.
+  at::Tensor pack(const at::Tensor& w, int64_t m) const {
+    torch::jit::Stack s{w, m};
+    reorder_->callBoxed(&s);
+    return s[0].toTensor();
+  }
+  // x (M, K) · wᵀ with w from pack() or a plain (N, K) tensor -> new (M, N).
+  at::Tensor linear(const at::Tensor& x, const at::Tensor& w) const {
+    torch::jit::Stack s{x, w, c10::IValue(), std::string("none"), c10::List<std::optional<at::Scalar>>(),
+                        c10::IValue()};
+    linear_->callBoxed(&s);
+    return s[0].toTensor();
+  }
+
+ private:
+  Dnnl() {
+    const char* env = std::getenv("RNNFAST_CPU_GEMM");
+    bool want = !(env != nullptr && std::strcmp(env, "aten") == 0);
+    auto& d = c10::Dispatcher::singleton();
+    auto lin = d.findSchema({"mkldnn::_linear_pointwise", ""});
+    auto reo = d.findSchema({"mkldnn::_reorder_linear_weight", ""});
+    if (want && at::hasMKLDNN() && lin.has_value() && reo.has_value()) {
+      linear_ = *lin;
+      reorder_ = *reo;
+      ok_ = true;
+    }
+  }
+  std::optional<c10::OperatorHandle> linear_, reorder_;
+  std::atomic<bool> ok_{false};
+};
+
+inline bool dnnl_pays(const at::Tensor& w, int64_t m) {
+  return w.scalar_type() == at::kFloat && m * w.size(0) * w.size(1) >= kDnnlMinWork && Dnnl::get().usable();
+}
+
+// y (M, N) = x (M, K) · wᵀ (+ y when accumulate), as torch.nn.functional.linear without bias.
+// y may be a view with strided rows (stride(1) == 1).
+inline void mm_nt(at::Tensor& y, const at::Tensor& x, const at::Tensor& w, bool accumulate = false) {
+  if (dnnl_pays(w, x.size(0))) {
+    try {
+      at::Tensor r = Dnnl::get().linear(x.contiguous(), w.contiguous());
+      if (accumulate) {
+        y.add_(r);
+      } else {
+        y.copy_(r);
+      }
+      return;
+    } catch (const std::exception& e) {
+      Dnnl::get().disable(e.what());
+    }
+  }
+  if (accumulate) {
+    y.addmm_(x, w.t());
+  } else {
+    at::mm_out(y, x, w.t());
+  }
+}
+
+// y (K, N) = aᵀ · b (+ y), a (M, K), b (M, N): the weight gradients, a sum over the M rows. oneDNN gets
+// it as linear(aᵀ, bᵀ) = aᵀ·b with both transposes materialised: copies of O(M·(K+N)) against the
+// product's O(M·K·N).
+inline void mm_tn(at::Tensor& y, const at::Tensor& a, const at::Tensor& b, bool accumulate = false) {
+  const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
+  if (a.scalar_type() == at::kFloat && M * K * N >= kDnnlMinWork && Dnnl::get().usable()) {
+    try {
+      at::Tensor r = Dnnl::get().linear(a.t().contiguous(), b.t().contiguous());
+      if (accumulate) {
+        y.add_(r);
+      } else {
+        y.copy_(r);
+      }
+      return;
+    } catch (const std::exception& e) {
+      Dnnl::get().disable(e.what());
+    }
+  }
+  if (accumulate) {
+    y.addmm_(a.t(), b);
+  } else {
+    at::mm_out(y, a.t(), b);
+  }
+}
+
+// A weight applied at every step of a loop: packed once for oneDNN when the products are big enough.
+class LinearNT {
+ public:
+  // w (N, K) contiguous float32/float64; m_hint: the rows of the products to come.
+  LinearNT(const at::Tensor& w, int64_t m_hint) : w_(w.contiguous()) {
+    if (dnnl_pays(w_, m_hint)) {
+      try {
+        packed_ = Dnnl::get().pack(w_, m_hint);
+      } catch (const std::exception& e) {
+        Dnnl::get().disable(e.what());
+      }
+    }
+  }
+  bool uses_dnnl() const { return packed_.defined(); }
+
+  // y (M, N) = x (M, K) · wᵀ (+ y when accumulate).
+  void apply(const at::Tensor& x, at::Tensor& y, bool accumulate = false) const {
+    if (packed_.defined() && Dnnl::get().usable()) {
+      try {
+        at::Tensor r = Dnnl::get().linear(x.contiguous(), packed_);
+        if (accumulate) {
+        y.add_(r);
+      } else {
+        y.copy_(r);
+      }
+        return;
+      } catch (const std::exception& e) {
+        Dnnl::get().disable(e.what());
+      }
+    }
+    if (accumulate) {
+      y.addmm_(x, w_.t());
+    } else {
+      at::mm_out(y, x, w_.t());
+    }
+  }
+
+ private:
+  at::Tensor w_, packed_;
+};
+
+}  // namespace rnnfast
