@@ -36,7 +36,48 @@ constexpr int64_t kShift = 3, kReduce = 2, kPad = 1;
 // GEMMs go through gemm.h: oneDNN for float32 products big enough to pay its call overhead (every
 // per-step product here at B=128, H=100 is), ATen's GEMM otherwise.
 
-using Linear = LinearNT;  // y (M, Nout) = x (M, Kin) · wᵀ (+ y);  w (Nout, Kin), packed once
+// x (M, Kin) · wᵀ for a weight w (Nout, Kin) used at every step, packed once for oneDNN when that pays
+// (as gemm.h's LinearNT). The product is returned rather than copied into a buffer: oneDNN hands back a
+// fresh tensor, which the pointwise code or the scatter after the product reads directly (saves a copy
+// of every step's product: ~2 ms per batch at D=100). ATen's GEMM writes into `out`, returned then.
+class Product {
+ public:
+  Product(const Tensor& w, int64_t m_hint) : w_(w.contiguous()) {
+    if (dnnl_pays(w_, m_hint)) {
+      try {
+        packed_ = Dnnl::get().pack(w_, m_hint);
+      } catch (const std::exception& e) {
+        Dnnl::get().disable(e.what());
+      }
+    }
+  }
+  Tensor operator()(const Tensor& x, Tensor out) const {
+    if (packed_.defined() && Dnnl::get().usable()) {
+      try {
+        return Dnnl::get().linear(x.contiguous(), packed_);
+      } catch (const std::exception& e) {
+        Dnnl::get().disable(e.what());
+      }
+    }
+    at::mm_out(out, x, w_.t());
+    return out;
+  }
+
+ private:
+  Tensor w_, packed_;
+};
+
+// x (M, Kin) · wᵀ once: oneDNN without packing when the product is big enough, else ATen.
+Tensor product_once(const Tensor& x, const Tensor& w) {
+  if (dnnl_pays(w, x.size(0))) {
+    try {
+      return Dnnl::get().linear(x.contiguous(), w.contiguous());
+    } catch (const std::exception& e) {
+      Dnnl::get().disable(e.what());
+    }
+  }
+  return at::mm(x, w.t());
+}
 
 // y = aᵀ·b (weight gradients). ATen's GEMM takes the transposed operand as it is; mm_tn's oneDNN path
 // would copy both operands transposed first (measured at D=100: +40 ms of copies for -10 ms of GEMM).
@@ -132,20 +173,21 @@ Plan make_plan(const Tensor& transitions, int64_t N) {
 // Pointwise rows. float uses the vectorisable exp/tanh of common.h; double keeps libm.
 
 // Tree-LSTM (chunks a, i, f1, f2, o): c = tanh(a)σ(i) + σ(f1)c_l + σ(f2)c_r, h = σ(o)tanh(c).
-// x (5H) pre-activations without bias; the biased values are written back (backward reads them).
+// in (5H) the product without bias, bias (5H); x (5H) gets the pre-activations (backward reads them);
+// in and x may be the same row.
 template <typename scalar_t>
-RNNFAST_CLONES void reduce_fwd_row(int64_t H, scalar_t* x, const scalar_t* bias, const scalar_t* cl,
-                                   const scalar_t* cr, scalar_t* h, scalar_t* c) {
-  if (bias != nullptr) {
-    RNNFAST_IVDEP
-    for (int64_t j = 0; j < 5 * H; ++j) x[j] += bias[j];
-  }
+RNNFAST_CLONES void reduce_fwd_row(int64_t H, const scalar_t* in, const scalar_t* bias, scalar_t* x,
+                                   const scalar_t* cl, const scalar_t* cr, scalar_t* h, scalar_t* c) {
   RNNFAST_IVDEP
   for (int64_t j = 0; j < H; ++j) {
-    const scalar_t cv = tanh_fast(x[j]) * sigmoid_fast(x[H + j]) + sigmoid_fast(x[2 * H + j]) * cl[j] +
-                        sigmoid_fast(x[3 * H + j]) * cr[j];
+    scalar_t v[5];
+    for (int k = 0; k < 5; ++k) {
+      v[k] = in[k * H + j] + bias[k * H + j];
+      x[k * H + j] = v[k];
+    }
+    const scalar_t cv = tanh_fast(v[0]) * sigmoid_fast(v[1]) + sigmoid_fast(v[2]) * cl[j] + sigmoid_fast(v[3]) * cr[j];
     c[j] = cv;
-    h[j] = sigmoid_fast(x[4 * H + j]) * tanh_fast(cv);
+    h[j] = sigmoid_fast(v[4]) * tanh_fast(cv);
   }
 }
 
@@ -170,23 +212,18 @@ RNNFAST_CLONES void reduce_bwd_row(int64_t H, const scalar_t* gh, const scalar_t
   }
 }
 
-// LSTMCell (gates i, f, g, o, as torch.nn.LSTMCell): g (4HT) holds x·W_stkᵀ + h·W_hhᵀ from the GEMM;
-// gb the buffer top's precomputed part; bias b_ih + b_hh or null; c_prev null at the first step.
-// Writes the activated gates back into g.
+// LSTMCell (gates i, f, g, o, as torch.nn.LSTMCell): in (4HT) holds x·W_stkᵀ + h·W_hhᵀ from the GEMM;
+// gb the buffer top's precomputed part; bias b_ih + b_hh; c_prev zeros at the first step.
+// Writes the activated gates to g (may be in).
 template <typename scalar_t>
-RNNFAST_CLONES void tracker_fwd_row(int64_t HT, scalar_t* g, const scalar_t* gb, const scalar_t* bias,
-                                    const scalar_t* c_prev, scalar_t* c, scalar_t* h) {
-  RNNFAST_IVDEP
-  for (int64_t j = 0; j < 4 * HT; ++j) g[j] += gb[j];
-  if (bias != nullptr) {
-    RNNFAST_IVDEP
-    for (int64_t j = 0; j < 4 * HT; ++j) g[j] += bias[j];
-  }
+RNNFAST_CLONES void tracker_fwd_row(int64_t HT, const scalar_t* in, const scalar_t* gb, const scalar_t* bias,
+                                    const scalar_t* c_prev, scalar_t* g, scalar_t* c, scalar_t* h) {
   RNNFAST_IVDEP
   for (int64_t j = 0; j < HT; ++j) {
-    const scalar_t i = sigmoid_fast(g[j]), f = sigmoid_fast(g[HT + j]), gg = tanh_fast(g[2 * HT + j]),
-                   o = sigmoid_fast(g[3 * HT + j]);
-    const scalar_t cv = (c_prev != nullptr ? f * c_prev[j] : scalar_t(0)) + i * gg;
+    scalar_t v[4];
+    for (int k = 0; k < 4; ++k) v[k] = in[k * HT + j] + gb[k * HT + j] + bias[k * HT + j];
+    const scalar_t i = sigmoid_fast(v[0]), f = sigmoid_fast(v[1]), gg = tanh_fast(v[2]), o = sigmoid_fast(v[3]);
+    const scalar_t cv = f * c_prev[j] + i * gg;
     g[j] = i;
     g[HT + j] = f;
     g[2 * HT + j] = gg;
@@ -205,7 +242,7 @@ RNNFAST_CLONES void tracker_bwd_row(int64_t HT, const scalar_t* dh, scalar_t* dc
     const scalar_t i = act[j], f = act[HT + j], gg = act[2 * HT + j], o = act[3 * HT + j];
     const scalar_t tc = tanh_fast(c[j]);
     const scalar_t dct = dc[j] + dh[j] * o * (1 - tc * tc);
-    const scalar_t cp = c_prev != nullptr ? c_prev[j] : scalar_t(0);
+    const scalar_t cp = c_prev[j];
     dg[j] = dct * gg * i * (1 - i);
     dg[HT + j] = dct * cp * f * (1 - f);
     dg[2 * HT + j] = dct * i * (1 - gg * gg);
@@ -283,17 +320,18 @@ void forward_loop(const Plan& p, const Weights& w, const Tensor& b_l, const Tens
   const int64_t T = p.T, B = p.B, N = p.N, H = w.H, HT = w.HT, K = 2 * H + HT;
   scalar_t* h_pool = ph.data_ptr<scalar_t>();
   scalar_t* c_pool = pc.data_ptr<scalar_t>();
-  const scalar_t* bl = b_l.defined() ? b_l.data_ptr<scalar_t>() : nullptr;
-  const Linear reduce_mm(w.wk, p.mean_rows());
-  std::optional<Linear> tracker_mm;
+  const scalar_t* bl = b_l.data_ptr<scalar_t>();
+  const Product reduce_mm(w.wk, p.mean_rows());
+  std::optional<Product> tracker_mm;
   Tensor g_buf;
   const scalar_t* bt = nullptr;
+  Tensor c0;  // the tracker's initial c
   if (w.tracker) {
     tracker_mm.emplace(w.wtr, B);
     // Buffer-top part of every tracker step at once: the buffer top is always a null or leaf row.
-    g_buf = at::empty({(1 + N) * B, 4 * HT}, ph.options());
-    mm_nt(g_buf, ph.narrow(0, 0, (1 + N) * B), w.w_buf);
-    bt = bias_trk.defined() ? bias_trk.data_ptr<scalar_t>() : nullptr;
+    g_buf = product_once(ph.narrow(0, 0, (1 + N) * B), w.w_buf);
+    bt = bias_trk.data_ptr<scalar_t>();
+    c0 = at::zeros({B, HT}, ph.options());
   }
   std::vector<char> reduces(B);
   for (int64_t t = 0; t < T; ++t) {
@@ -311,16 +349,17 @@ void forward_loop(const Plan& p, const Weights& w, const Tensor& b_l, const Tens
         }
       }
       Tensor g = acts[t];
-      tracker_mm->apply(xs[t], g);
+      const Tensor pre = (*tracker_mm)(xs[t], g);
+      const scalar_t* pp = pre.data_ptr<scalar_t>();
       scalar_t* gp = g.data_ptr<scalar_t>();
       const scalar_t* gb = g_buf.data_ptr<scalar_t>();
-      const scalar_t* c_prev = t > 0 ? cs.data_ptr<scalar_t>() + (t - 1) * B * HT : nullptr;
+      const scalar_t* c_prev = t > 0 ? cs.data_ptr<scalar_t>() + (t - 1) * B * HT : c0.data_ptr<scalar_t>();
       scalar_t* c = cs.data_ptr<scalar_t>() + t * B * HT;
       scalar_t* h = hs.data_ptr<scalar_t>() + t * B * HT;
       at::parallel_for(0, B, grain(4 * HT), [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
-          tracker_fwd_row<scalar_t>(HT, gp + b * 4 * HT, gb + p.buf[t * B + b] * 4 * HT, bt,
-                                    c_prev != nullptr ? c_prev + b * HT : nullptr, c + b * HT, h + b * HT);
+          tracker_fwd_row<scalar_t>(HT, pp + b * 4 * HT, gb + p.buf[t * B + b] * 4 * HT, bt,
+                                    c_prev + b * HT, gp + b * 4 * HT, c + b * HT, h + b * HT);
         }
       });
     }
@@ -337,13 +376,14 @@ void forward_loop(const Plan& p, const Weights& w, const Tensor& b_l, const Tens
         if (h_trk != nullptr) copy_row(HT, x + r * K + 2 * H, h_trk + b * HT);
       }
       Tensor li = lstm_in.narrow(0, o, R);
-      reduce_mm.apply(xk.narrow(0, o, R), li);
+      const Tensor pre = reduce_mm(xk.narrow(0, o, R), li);
+      const scalar_t* pp = pre.data_ptr<scalar_t>();
       scalar_t* lp = li.data_ptr<scalar_t>();
       at::parallel_for(0, R, grain(5 * H), [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t out = p.out(t, p.ex[o + r]);
-          reduce_fwd_row<scalar_t>(H, lp + r * 5 * H, bl, c_pool + p.left[o + r] * H, c_pool + p.right[o + r] * H,
-                                   h_pool + out * H, c_pool + out * H);
+          reduce_fwd_row<scalar_t>(H, pp + r * 5 * H, bl, lp + r * 5 * H, c_pool + p.left[o + r] * H,
+                                   c_pool + p.right[o + r] * H, h_pool + out * H, c_pool + out * H);
         }
       });
     }
@@ -376,12 +416,13 @@ Outputs10 spinn_fwd(const Tensor& buffers, const Tensor& null, const Tensor& tra
   const Plan p = make_plan(transitions, N);
   const Weights w = weights(buffers, H, w_l, w_r, w_t, w_ih, w_hh);
   const int64_t T = p.T, HT = w.HT, K = 2 * H + HT, S = 1 + N + T, RM = max_reduce_rows(T, B, N);
-  Tensor bias_l;
+  // Absent biases are zeros here: the pointwise loops then have no branch.
+  Tensor bias_l = at::zeros({5 * H}, buffers.options());
   if (b_l.has_value()) {
     check_shape("b_l", *b_l, buffers, {5 * H});
     bias_l = b_l->contiguous();
   }
-  Tensor bias_trk;
+  Tensor bias_trk = at::zeros({4 * HT}, buffers.options());
   TORCH_CHECK_VALUE(b_ih.has_value() == b_hh.has_value(), "rnnfast_C: b_ih, b_hh: expected both or neither");
   if (w.tracker && b_ih.has_value()) {
     check_shape("b_ih", *b_ih, buffers, {4 * HT});
@@ -431,13 +472,14 @@ void backward_loop(const Plan& p, const Weights& w, const Tensor& pc, const Tens
   const scalar_t* c_pool = pc.data_ptr<scalar_t>();
   const scalar_t* li = lstm_in.data_ptr<scalar_t>();
   // The NN products d·W run as x·(Wᵀ)ᵀ with Wᵀ copied contiguous once.
-  const Linear reduce_mm(w.wk.t().contiguous(), p.mean_rows());
+  const Product reduce_mm(w.wk.t().contiguous(), p.mean_rows());
   Tensor dxk = at::empty({p.max_rows(), K}, dph.options());
-  std::optional<Linear> tracker_mm;
-  Tensor dx, dh, dc;
+  std::optional<Product> tracker_mm;
+  Tensor dx, dh, dc, c0;
   if (w.tracker) {
     tracker_mm.emplace(w.wtr.t().contiguous(), B);
     dx = at::empty({B, K}, dph.options());
+    c0 = at::zeros({B, HT}, dph.options());
     dh = at::zeros({B, HT}, dph.options());
     dc = at::zeros({B, HT}, dph.options());
   }
@@ -453,8 +495,7 @@ void backward_loop(const Plan& p, const Weights& w, const Tensor& pc, const Tens
                                    dc_pool + rr * H);
         }
       });
-      Tensor dxr = dxk.narrow(0, 0, R);
-      reduce_mm.apply(d_all.narrow(0, o, R), dxr);
+      const Tensor dxr = reduce_mm(d_all.narrow(0, o, R), dxk.narrow(0, 0, R));
       const scalar_t* dxp = dxr.data_ptr<scalar_t>();
       scalar_t* dht = w.tracker ? dhs.data_ptr<scalar_t>() + t * B * HT : nullptr;
       for (int64_t r = 0; r < R; ++r) {
@@ -469,18 +510,18 @@ void backward_loop(const Plan& p, const Weights& w, const Tensor& pc, const Tens
       const scalar_t* dht = dhs.data_ptr<scalar_t>() + t * B * HT;
       const scalar_t* act = acts.data_ptr<scalar_t>() + t * B * 4 * HT;
       const scalar_t* c = cs.data_ptr<scalar_t>() + t * B * HT;
-      const scalar_t* c_prev = t > 0 ? cs.data_ptr<scalar_t>() + (t - 1) * B * HT : nullptr;
+      const scalar_t* c_prev = t > 0 ? cs.data_ptr<scalar_t>() + (t - 1) * B * HT : c0.data_ptr<scalar_t>();
       Tensor dgt = dg[t];
       scalar_t* dgp = dgt.data_ptr<scalar_t>();
       at::parallel_for(0, B, grain(4 * HT), [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           add_row(HT, dhp + b * HT, dht + b * HT);
           tracker_bwd_row<scalar_t>(HT, dhp + b * HT, dcp + b * HT, act + b * 4 * HT, c + b * HT,
-                                    c_prev != nullptr ? c_prev + b * HT : nullptr, dgp + b * 4 * HT);
+                                    c_prev + b * HT, dgp + b * 4 * HT);
         }
       });
-      tracker_mm->apply(dgt, dx);
-      const scalar_t* dxp = dx.data_ptr<scalar_t>();
+      const Tensor dxt = (*tracker_mm)(dgt, dx);
+      const scalar_t* dxp = dxt.data_ptr<scalar_t>();
       for (int64_t b = 0; b < B; ++b) {
         const int64_t i = t * B + b;
         add_row(H, dh_pool + p.stk[2 * i] * H, dxp + b * K);
