@@ -66,7 +66,6 @@ class Plan:
     root: Tensor
     tr: Tensor | None = None  # the transitions (T, B) int64 on the host, for the C++ loop
 
-
     @property
     def slots(self) -> int:
         return 1 + self.N + self.T
@@ -557,11 +556,12 @@ def spinn_encode(
         _check("w_trans", w_trans, (None, HT), buffers)
         if b_trans is not None:
             _check("b_trans", b_trans, (w_trans.shape[0],), buffers)
-    # The reduce's three linears run here as one fused GEMM into packed buffers (see SpinnEncode); the
-    # tree-LSTM composition is the registered op, served by the best backend for the device.
+    # The Python loop runs the reduce's three linears as one fused GEMM into packed buffers (see
+    # SpinnEncode); its tree-LSTM composition is the registered op, served by the best backend for the
+    # device. (The backend module is looked up only where the Python loop runs: torch.compile cannot
+    # trace that lookup, and the C++ loop does not need it.)
     sizes = {"R": B, "H": H}
     name = backends.resolve("tree_lstm", buffers.device, buffers.dtype, sizes, backend)
-    impl = backends.implementation(name, "tree_lstm")
     # The whole loop in C++ (rnnfast::spinn_fwd/_bwd) where the tree-LSTM cell runs on the cpu backend;
     # the Python loop below is for other devices, dtypes and backends (and the all-rows variant).
     cpp = name == "cpu" and buffers.dtype in _CPP_DTYPES and not all_rows and B > 0
@@ -572,9 +572,8 @@ def spinn_encode(
         if cpp and plan.tr is not None:
             h, c, logits = _encode_cpp(buffers, null, plan.tr, weights, w_trans, b_trans)
             return h, c, logits, transitions
-        h, c, logits = SpinnEncode.apply(
-            plan, impl, buffers, null, w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih, b_hh, w_trans, b_trans
-        )
+        impl = backends.implementation(name, "tree_lstm")
+        h, c, logits = SpinnEncode.apply(plan, impl, buffers, null, *weights, w_trans, b_trans)
         return h, c, (logits if w_trans is not None else None), transitions
     if transitions is None:
         if w_trans is None or w_trans.shape[0] != 4:
@@ -586,7 +585,8 @@ def spinn_encode(
         lengths = lengths.cpu()
         if B and (int(lengths.min()) < 0 or int(lengths.max()) > N):
             raise ValueError(f"lengths: expected values in [0, N={N}], got {lengths.tolist()}")
-        args = (w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih, b_hh, w_trans, b_trans)
+        args = (*weights, w_trans, b_trans)
+        impl = backends.implementation(name, "tree_lstm")
         h, c, logits, predicted = _predict(impl, buffers, null, lengths, *args)
         needs_grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (buffers, null, *args)
@@ -600,7 +600,6 @@ def spinn_encode(
         h, c, logits = _encode_cpp(buffers, null, tr, weights, w_trans, b_trans)
         return h, c, logits, transitions
     p = _to_device(build_plan(check_transitions(transitions, B, N), N, all_rows), buffers.device)
-    h, c, logits = SpinnEncode.apply(
-        p, impl, buffers, null, w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih, b_hh, w_trans, b_trans
-    )
+    impl = backends.implementation(name, "tree_lstm")
+    h, c, logits = SpinnEncode.apply(p, impl, buffers, null, *weights, w_trans, b_trans)
     return h, c, (logits if w_trans is not None else None), transitions
