@@ -20,10 +20,10 @@ TORCH_LIBRARY(rnnfast_C, m) {
   m.def(
       "spinn_fwd(Tensor buffers, Tensor null, Tensor transitions, Tensor w_l, Tensor? b_l, Tensor w_r, "
       "Tensor? w_t, Tensor? w_ih, Tensor? w_hh, Tensor? b_ih, Tensor? b_hh) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "spinn_bwd(Tensor grad_h, Tensor grad_c, Tensor? grad_hs, Tensor transitions, Tensor ph, Tensor pc, "
-      "Tensor xk, Tensor lstm_in, Tensor xs, Tensor acts, Tensor cs, Tensor w_l, bool has_b_l, Tensor w_r, "
+      "Tensor lstm_in, Tensor acts, Tensor cs, Tensor hs, Tensor w_l, bool has_b_l, Tensor w_r, "
       "Tensor? w_t, Tensor? w_ih, Tensor? w_hh, bool has_b_ih) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

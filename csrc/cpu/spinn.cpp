@@ -10,16 +10,20 @@
 //
 // Pool (S·B, H) h and c, row slot·B + b: slot 0 null, 1..N leaves, N+1+t the state step t composes
 // (rows of examples that do not reduce at step t are zero). Saved for backward, all written here:
-//   xk (RM, K)       reduce GEMM input rows [h_l, h_r, h_tracker]  (rows from ΣR on zero)
-//   lstm_in (RM, 5H) reduce pre-activations, bias included          (rows from ΣR on zero)
-//   xs (T, B, K)     tracker GEMM input [stack top h, stack second h, previous tracker h]
+//   lstm_in (RM, 5H) reduce pre-activations, bias included (rows from ΣR on zero)
 //   acts (T, B, 4HT) activated tracker gates i, f, g, o;  cs, hs (T, B, HT) tracker c and h
+// The GEMM inputs, gathered per step, live in scratch memory and are gathered again by the backward for
+// the weight gradients (a gather is ~1% of the products' time; keeping them would add 13 MB of outputs
+// per batch at D=100):
+//   xk (ΣR, K)       reduce rows [h_l, h_r, h_tracker]
+//   xs (T, B, K)     tracker rows [stack top h, stack second h, previous tracker h]
 // The buffer-top third of the tracker's input product runs once over all null+leaf rows before the loop.
 #include <torch/library.h>
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <mutex>
 #include <vector>
 
 #include "common.h"
@@ -277,6 +281,67 @@ RNNFAST_INLINE void copy_row(int64_t n, scalar_t* dst, const scalar_t* src) {
 int64_t grain(int64_t width) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1)); }
 
 // ---------------------------------------------------------------------------------------------
+// Scratch memory, reused across calls. Fresh temporaries of this size (~40 MB per batch at B=128, D=100)
+// are handed back to the system by glibc when freed and page-faulted in again by the next batch:
+// measured 3-11K page faults and 6-29 ms of kernel time per forward+backward, 10-25% of it. Blocks are
+// kept in a small process-wide cache (at most two, the largest; a block is used by one call at a time).
+
+class Workspace {
+ public:
+  // sizes: the element counts of the tensors to carve, in order, each of `dtype`.
+  Workspace(std::initializer_list<int64_t> sizes, at::ScalarType dtype) : dtype_(dtype) {
+    const int64_t item = c10::elementSize(dtype);
+    int64_t bytes = 0;
+    for (int64_t n : sizes) bytes += round_up(n * item);
+    std::lock_guard<std::mutex> lock(mutex());
+    auto& blocks = cache();
+    auto best = blocks.end();
+    for (auto it = blocks.begin(); it != blocks.end(); ++it) {
+      if (it->numel() >= bytes && (best == blocks.end() || it->numel() < best->numel())) best = it;
+    }
+    if (best != blocks.end()) {
+      block_ = *best;
+      blocks.erase(best);
+    } else {
+      block_ = at::empty({std::max<int64_t>(bytes, 1)}, at::kByte);
+    }
+  }
+  ~Workspace() {
+    std::lock_guard<std::mutex> lock(mutex());
+    auto& blocks = cache();
+    blocks.push_back(block_);
+    if (blocks.size() > 2) {
+      blocks.erase(std::min_element(blocks.begin(), blocks.end(),
+                                    [](const Tensor& a, const Tensor& b) { return a.numel() < b.numel(); }));
+    }
+  }
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+
+  // The next tensor of `sizes` (uninitialised), carved in the order the constructor was given.
+  Tensor take(at::IntArrayRef sizes) {
+    const int64_t n = c10::multiply_integers(sizes) * c10::elementSize(dtype_);
+    Tensor t = block_.narrow(0, used_, n).view(dtype_).view(sizes);
+    used_ += round_up(n);
+    return t;
+  }
+
+ private:
+  static int64_t round_up(int64_t bytes) { return (bytes + 63) / 64 * 64; }
+  static std::mutex& mutex() {
+    static std::mutex m;
+    return m;
+  }
+  static std::vector<Tensor>& cache() {
+    static std::vector<Tensor> blocks;
+    return blocks;
+  }
+  at::ScalarType dtype_;
+  Tensor block_;
+  int64_t used_ = 0;
+};
+
+// ---------------------------------------------------------------------------------------------
 // Checks.
 
 void check_float(const char* name, const Tensor& t, const Tensor& ref) {
@@ -325,6 +390,41 @@ Weights weights(const Tensor& ref, int64_t H, const Tensor& w_l, const Tensor& w
 // ---------------------------------------------------------------------------------------------
 // Forward.
 
+// Step t's tracker rows x (B, K): [stack top h, stack second h, previous tracker h (zeros at t = 0)].
+template <typename scalar_t>
+void gather_tracker(const Plan& p, int64_t t, int64_t H, int64_t HT, const scalar_t* h_pool, const scalar_t* hs,
+                    scalar_t* x) {
+  const int64_t B = p.B, K = 2 * H + HT;
+  const scalar_t* h_prev = t > 0 ? hs + (t - 1) * B * HT : nullptr;
+  at::parallel_for(0, B, grain(K), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t i = t * B + b;
+      copy_row(H, x + b * K, h_pool + p.stk[2 * i] * H);
+      copy_row(H, x + b * K + H, h_pool + p.stk[2 * i + 1] * H);
+      if (h_prev != nullptr) {
+        copy_row(HT, x + b * K + 2 * H, h_prev + b * HT);
+      } else {
+        std::fill_n(x + b * K + 2 * H, HT, scalar_t(0));
+      }
+    }
+  });
+}
+
+// Step t's reduce rows x (R, K), the packed rows from off[t]: [h_l, h_r, tracker h (hs null: none)].
+template <typename scalar_t>
+void gather_reduce(const Plan& p, int64_t t, int64_t H, int64_t HT, const scalar_t* h_pool, const scalar_t* hs,
+                   scalar_t* x) {
+  const int64_t B = p.B, K = 2 * H + HT, o = p.off[t], R = p.off[t + 1] - o;
+  const scalar_t* h_trk = hs != nullptr ? hs + t * B * HT : nullptr;
+  at::parallel_for(0, R, grain(K), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      copy_row(H, x + r * K, h_pool + p.left[o + r] * H);
+      copy_row(H, x + r * K + H, h_pool + p.right[o + r] * H);
+      if (h_trk != nullptr) copy_row(HT, x + r * K + 2 * H, h_trk + p.ex[o + r] * HT);
+    }
+  });
+}
+
 template <typename scalar_t>
 void forward_loop(const Plan& p, const Weights& w, const Tensor& b_l, const Tensor& bias_trk, Tensor& ph, Tensor& pc,
                   Tensor& xk, Tensor& lstm_in, Tensor& xs, Tensor& acts, Tensor& cs, Tensor& hs) {
@@ -347,20 +447,7 @@ void forward_loop(const Plan& p, const Weights& w, const Tensor& b_l, const Tens
   std::vector<char> reduces(B);
   for (int64_t t = 0; t < T; ++t) {
     if (w.tracker) {
-      scalar_t* x = xs.data_ptr<scalar_t>() + t * B * K;
-      const scalar_t* h_prev = t > 0 ? hs.data_ptr<scalar_t>() + (t - 1) * B * HT : nullptr;
-      at::parallel_for(0, B, grain(K), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t i = t * B + b;
-          copy_row(H, x + b * K, h_pool + p.stk[2 * i] * H);
-          copy_row(H, x + b * K + H, h_pool + p.stk[2 * i + 1] * H);
-          if (h_prev != nullptr) {
-            copy_row(HT, x + b * K + 2 * H, h_prev + b * HT);
-          } else {
-            std::fill_n(x + b * K + 2 * H, HT, scalar_t(0));
-          }
-        }
-      });
+      gather_tracker<scalar_t>(p, t, H, HT, h_pool, hs.data_ptr<scalar_t>(), xs.data_ptr<scalar_t>() + t * B * K);
       Tensor g = acts[t];
       const Tensor pre = (*tracker_mm)(xs[t], g);
       const scalar_t* pp = pre.data_ptr<scalar_t>();
@@ -379,16 +466,9 @@ void forward_loop(const Plan& p, const Weights& w, const Tensor& b_l, const Tens
     const int64_t o = p.off[t], R = p.off[t + 1] - o;
     std::fill(reduces.begin(), reduces.end(), 0);
     if (R > 0) {
-      scalar_t* x = xk.data_ptr<scalar_t>() + o * K;
-      const scalar_t* h_trk = w.tracker ? hs.data_ptr<scalar_t>() + t * B * HT : nullptr;
       for (int64_t r = 0; r < R; ++r) reduces[p.ex[o + r]] = 1;
-      at::parallel_for(0, R, grain(K), [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) {
-          copy_row(H, x + r * K, h_pool + p.left[o + r] * H);
-          copy_row(H, x + r * K + H, h_pool + p.right[o + r] * H);
-          if (h_trk != nullptr) copy_row(HT, x + r * K + 2 * H, h_trk + p.ex[o + r] * HT);
-        }
-      });
+      gather_reduce<scalar_t>(p, t, H, HT, h_pool, w.tracker ? hs.data_ptr<scalar_t>() : nullptr,
+                              xk.data_ptr<scalar_t>() + o * K);
       Tensor li = lstm_in.narrow(0, o, R);
       const Tensor pre = reduce_mm(xk.narrow(0, o, R), li);
       const scalar_t* pp = pre.data_ptr<scalar_t>();
@@ -412,9 +492,11 @@ void forward_loop(const Plan& p, const Weights& w, const Tensor& b_l, const Tens
 
 using Outputs10 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
-// Returns (h, c (B, H), hs (T, B, HT), ph, pc (S·B, H), xk (RM, K), lstm_in (RM, 5H), xs (T, B, K),
-// acts (T, B, 4HT), cs (T, B, HT)); without a tracker hs, xs, acts, cs are empty (0,).
-Outputs10 spinn_fwd(const Tensor& buffers, const Tensor& null, const Tensor& transitions, const Tensor& w_l,
+using Outputs8 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+// Returns (h, c (B, H), hs (T, B, HT), ph, pc (S·B, H), lstm_in (RM, 5H), acts (T, B, 4HT), cs (T, B, HT));
+// without a tracker hs, acts, cs are empty (0,).
+Outputs8 spinn_fwd(const Tensor& buffers, const Tensor& null, const Tensor& transitions, const Tensor& w_l,
                     const std::optional<Tensor>& b_l, const Tensor& w_r, const std::optional<Tensor>& w_t,
                     const std::optional<Tensor>& w_ih, const std::optional<Tensor>& w_hh,
                     const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh) {
@@ -452,12 +534,13 @@ Outputs10 spinn_fwd(const Tensor& buffers, const Tensor& null, const Tensor& tra
     ph.narrow(0, B, N * B).view({N, B, H}).copy_(leaves.narrow(2, 0, H));
     pc.narrow(0, B, N * B).view({N, B, H}).copy_(leaves.narrow(2, H, H));
   }
-  Tensor xk = new_output({RM, K}, opts), lstm_in = new_output({RM, 5 * H}, opts);
+  Tensor lstm_in = new_output({RM, 5 * H}, opts);
   // Custom-op outputs may not alias one another: a fresh empty tensor per absent output.
-  Tensor xs = at::empty({0}, opts), acts = at::empty({0}, opts), cs = at::empty({0}, opts),
-         hs = at::empty({0}, opts);
+  Tensor acts = at::empty({0}, opts), cs = at::empty({0}, opts), hs = at::empty({0}, opts);
+  Workspace ws({p.total() * K, w.tracker ? T * B * K : 0}, buffers.scalar_type());
+  Tensor xk = ws.take({p.total(), K}), xs = ws.take({w.tracker ? T * B * K : 0});
   if (w.tracker) {
-    xs = new_output({T, B, K}, opts);
+    xs = xs.view({T, B, K});
     acts = new_output({T, B, 4 * HT}, opts);
     cs = new_output({T, B, HT}, opts);
     hs = new_output({T, B, HT}, opts);
@@ -465,13 +548,12 @@ Outputs10 spinn_fwd(const Tensor& buffers, const Tensor& null, const Tensor& tra
   AT_DISPATCH_FLOATING_TYPES(buffers.scalar_type(), "spinn_fwd", [&] {
     forward_loop<scalar_t>(p, w, bias_l, bias_trk, ph, pc, xk, lstm_in, xs, acts, cs, hs);
   });
-  xk.narrow(0, p.total(), RM - p.total()).zero_();
   lstm_in.narrow(0, p.total(), RM - p.total()).zero_();
   const Tensor root = at::from_blob(const_cast<int64_t*>(p.root.data()), {B}, at::kLong);
   Tensor h = new_output({B, H}, opts), c = new_output({B, H}, opts);
   at::index_select_out(h, ph, 0, root);
   at::index_select_out(c, pc, 0, root);
-  return {h, c, hs, ph, pc, xk, lstm_in, xs, acts, cs};
+  return {h, c, hs, ph, pc, lstm_in, acts, cs};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -549,10 +631,10 @@ void backward_loop(const Plan& p, const Weights& w, const Tensor& pc, const Tens
 // Returns (d_buffers (B, N, 2H), d_null (B, 2H), dw_l, db_l, dw_r, dw_t, dw_ih, dw_hh, db_ih, db_hh); absent
 // parameters get empty (0,) tensors. grad_hs (T, B, HT): the gradient of the tracker's h outputs, or none.
 Outputs10 spinn_bwd(const Tensor& grad_h, const Tensor& grad_c, const std::optional<Tensor>& grad_hs,
-                    const Tensor& transitions, const Tensor& ph, const Tensor& pc, const Tensor& xk,
-                    const Tensor& lstm_in, const Tensor& xs, const Tensor& acts, const Tensor& cs, const Tensor& w_l,
-                    bool has_b_l, const Tensor& w_r, const std::optional<Tensor>& w_t,
-                    const std::optional<Tensor>& w_ih, const std::optional<Tensor>& w_hh, bool has_b_ih) {
+                    const Tensor& transitions, const Tensor& ph, const Tensor& pc, const Tensor& lstm_in,
+                    const Tensor& acts, const Tensor& cs, const Tensor& hs, const Tensor& w_l, bool has_b_l,
+                    const Tensor& w_r, const std::optional<Tensor>& w_t, const std::optional<Tensor>& w_ih,
+                    const std::optional<Tensor>& w_hh, bool has_b_ih) {
   TORCH_CHECK_VALUE(grad_h.dim() == 2, "rnnfast_C: grad_h: expected (B, H), got ", grad_h.sizes());
   TORCH_CHECK_TYPE(ph.scalar_type() == at::kFloat || ph.scalar_type() == at::kDouble,
                    "rnnfast_C: ph: expected float32 or float64, got ", ph.scalar_type());
@@ -565,42 +647,58 @@ Outputs10 spinn_bwd(const Tensor& grad_h, const Tensor& grad_c, const std::optio
   const int64_t N = ph.size(0) / B - 1 - T, S = 1 + N + T, RM = max_reduce_rows(T, B, N);
   const Plan p = make_plan(transitions, N);
   const Weights w = weights(ph, H, w_l, w_r, w_t, w_ih, w_hh);
-  const int64_t HT = w.HT, K = 2 * H + HT;
+  const int64_t HT = w.HT, K = 2 * H + HT, TB = w.tracker ? T * B : 0, LB = (1 + N) * B;
   check_shape("grad_h", grad_h, ph, {B, H});
   check_shape("grad_c", grad_c, ph, {B, H});
   check_shape("ph", ph, ph, {S * B, H});
   check_shape("pc", pc, ph, {S * B, H});
-  check_shape("xk", xk, ph, {RM, K});
   check_shape("lstm_in", lstm_in, ph, {RM, 5 * H});
   const auto opts = ph.options();
-  const Tensor x_k = xk.contiguous(), li = lstm_in.contiguous(), p_c = pc.contiguous();
-  Tensor dph = at::zeros({S * B, H}, opts), dpc = at::zeros({S * B, H}, opts);
+  const Tensor h_pool = ph.contiguous(), li = lstm_in.contiguous(), p_c = pc.contiguous();
+  Tensor a, c_s, h_s;
+  if (w.tracker) {
+    check_shape("acts", acts, ph, {T, B, 4 * HT});
+    check_shape("cs", cs, ph, {T, B, HT});
+    check_shape("hs", hs, ph, {T, B, HT});
+    a = acts.contiguous();
+    c_s = cs.contiguous();
+    h_s = hs.contiguous();
+  }
+  const int64_t SB = S * B, R = p.total();
+  Workspace ws({SB * H, SB * H, R * 5 * H, R * K, TB * HT, TB * 4 * HT, TB * K, w.tracker ? LB * 4 * HT : 0},
+               ph.scalar_type());
+  Tensor dph = ws.take({SB, H}).zero_(), dpc = ws.take({SB, H}).zero_();
+  Tensor d_all = ws.take({R, 5 * H}), xk = ws.take({R, K});
+  Tensor dhs = ws.take({TB * HT}), dg = ws.take({TB * 4 * HT}), xs = ws.take({TB * K});
+  Tensor dg_buf = ws.take({w.tracker ? LB * 4 * HT : 0});
   const Tensor root = at::from_blob(const_cast<int64_t*>(p.root.data()), {B}, at::kLong);
   dph.index_add_(0, root, grad_h);
   dpc.index_add_(0, root, grad_c);
-  Tensor d_all = at::empty({p.total(), 5 * H}, opts);
-  Tensor dhs, dg, a, c_s, x_s;
   if (w.tracker) {
-    check_shape("xs", xs, ph, {T, B, K});
-    check_shape("acts", acts, ph, {T, B, 4 * HT});
-    check_shape("cs", cs, ph, {T, B, HT});
-    dhs = at::zeros({T, B, HT}, opts);
+    dhs = dhs.view({T, B, HT});
+    dg = dg.view({T, B, 4 * HT});
+    xs = xs.view({T, B, K});
     if (grad_hs.has_value()) {
       check_shape("grad_hs", *grad_hs, ph, {T, B, HT});
       dhs.copy_(*grad_hs);
+    } else {
+      dhs.zero_();
     }
-    dg = at::empty({T, B, 4 * HT}, opts);
-    a = acts.contiguous();
-    c_s = cs.contiguous();
-    x_s = xs.contiguous();
   }
   AT_DISPATCH_FLOATING_TYPES(ph.scalar_type(), "spinn_bwd", [&] {
     backward_loop<scalar_t>(p, w, p_c, li, a, c_s, dph, dpc, d_all, dhs, dg);
+    // The products' inputs again, for the weight gradients.
+    const scalar_t* hp = h_pool.data_ptr<scalar_t>();
+    const scalar_t* hsp = w.tracker ? h_s.data_ptr<scalar_t>() : nullptr;
+    for (int64_t t = 0; t < T; ++t) {
+      if (w.tracker) gather_tracker<scalar_t>(p, t, H, HT, hp, hsp, xs.data_ptr<scalar_t>() + t * B * K);
+      if (p.off[t + 1] > p.off[t]) gather_reduce<scalar_t>(p, t, H, HT, hp, hsp, xk.data_ptr<scalar_t>() + p.off[t] * K);
+    }
   });
   // Weight gradients: one GEMM each over all rows.
   auto none = [&] { return at::empty({0}, opts); };
   Tensor dwk = at::empty({5 * H, K}, opts);
-  gemm_tn(dwk, d_all, x_k.narrow(0, 0, p.total()));
+  gemm_tn(dwk, d_all, xk);
   Tensor dw_l = dwk.narrow(1, 0, H).contiguous(), dw_r = dwk.narrow(1, H, H).contiguous();
   Tensor db_l = has_b_l ? d_all.sum(0) : none();
   Tensor dw_t = none(), dw_ih = none(), dw_hh = none(), db_ih = none(), db_hh = none();
@@ -608,7 +706,7 @@ Outputs10 spinn_bwd(const Tensor& grad_h, const Tensor& grad_c, const std::optio
     dw_t = dwk.narrow(1, 2 * H, HT).contiguous();
     const Tensor dg_all = dg.view({T * B, 4 * HT});
     // The buffer-top part: gate gradients summed per null/leaf row, then one GEMM each way.
-    Tensor dg_buf = at::zeros({(1 + N) * B, 4 * HT}, opts);
+    dg_buf = dg_buf.view({LB, 4 * HT}).zero_();
     AT_DISPATCH_FLOATING_TYPES(ph.scalar_type(), "spinn_bwd_buf", [&] {
       scalar_t* dst = dg_buf.data_ptr<scalar_t>();
       const scalar_t* src = dg_all.data_ptr<scalar_t>();
@@ -619,11 +717,11 @@ Outputs10 spinn_bwd(const Tensor& grad_h, const Tensor& grad_c, const std::optio
         }
       });
     });
-    Tensor d_leaves = dph.narrow(0, 0, (1 + N) * B);
+    Tensor d_leaves = dph.narrow(0, 0, LB);
     mm_nt(d_leaves, dg_buf, w.w_buf.t().contiguous(), /*accumulate=*/true);
     Tensor dwtr = at::empty({4 * HT, K}, opts), dw_buf = at::empty({4 * HT, H}, opts);
-    gemm_tn(dwtr, dg_all, x_s.view({T * B, K}));
-    gemm_tn(dw_buf, dg_buf, ph.narrow(0, 0, (1 + N) * B));
+    gemm_tn(dwtr, dg_all, xs.view({T * B, K}));
+    gemm_tn(dw_buf, dg_buf, h_pool.narrow(0, 0, LB));
     dw_ih = at::cat({dw_buf, dwtr.narrow(1, 0, 2 * H)}, 1);
     dw_hh = dwtr.narrow(1, 2 * H, HT).contiguous();
     if (has_b_ih) {

@@ -36,9 +36,9 @@ def spinn_fwd(
     w_hh: Tensor | None,
     b_ih: Tensor | None,
     b_hh: Tensor | None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(h, c (B, H), hs (T, B, HT), ph, pc (S·B, H), xk (RM, K), lstm_in (RM, 5H), xs (T, B, K),
-    acts (T, B, 4HT), cs (T, B, HT)); without a tracker hs, xs, acts and cs are empty (0,)."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(h, c (B, H), hs (T, B, HT), ph, pc (S·B, H), lstm_in (RM, 5H), acts (T, B, 4HT), cs (T, B, HT));
+    without a tracker hs, acts and cs are empty (0,)."""
     _ext.ensure_loaded()
     args = (buffers, null, transitions, w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih, b_hh)
     return torch.ops.rnnfast_C.spinn_fwd(*args)
@@ -49,14 +49,12 @@ def _(buffers, null, transitions, w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih, b_hh):
     B, N, H2 = buffers.shape
     H, T = H2 // 2, transitions.shape[0]
     HT = w_hh.shape[1] if w_hh is not None else 0
-    K, RM = 2 * H + HT, max_reduce_rows(T, B, N)
+    RM, S = max_reduce_rows(T, B, N), 1 + N + T
     new = buffers.new_empty
-    trk = (new((T, B, HT)), new((T, B, K)), new((T, B, 4 * HT)), new((T, B, HT)))
+    hs, acts, cs = (new((T, B, HT)), new((T, B, 4 * HT)), new((T, B, HT)))
     if w_hh is None:
-        trk = tuple(new((0,)) for _ in trk)
-    S = 1 + N + T
-    return (new((B, H)), new((B, H)), trk[0], new((S * B, H)), new((S * B, H)), new((RM, K)),
-            new((RM, 5 * H)), *trk[1:])  # fmt: skip
+        hs, acts, cs = new((0,)), new((0,)), new((0,))
+    return new((B, H)), new((B, H)), hs, new((S * B, H)), new((S * B, H)), new((RM, 5 * H)), acts, cs
 
 
 @torch.library.custom_op("rnnfast::spinn_bwd", mutates_args=(), device_types="cpu")
@@ -67,11 +65,10 @@ def spinn_bwd(
     transitions: Tensor,
     ph: Tensor,
     pc: Tensor,
-    xk: Tensor,
     lstm_in: Tensor,
-    xs: Tensor,
     acts: Tensor,
     cs: Tensor,
+    hs: Tensor,
     w_l: Tensor,
     has_b_l: bool,
     w_r: Tensor,
@@ -84,13 +81,13 @@ def spinn_bwd(
     gradients of absent parameters are empty (0,)."""
     _ext.ensure_loaded()
     return torch.ops.rnnfast_C.spinn_bwd(
-        grad_h, grad_c, grad_hs, transitions, ph, pc, xk, lstm_in, xs, acts, cs, w_l, has_b_l, w_r, w_t,
+        grad_h, grad_c, grad_hs, transitions, ph, pc, lstm_in, acts, cs, hs, w_l, has_b_l, w_r, w_t,
         w_ih, w_hh, has_b_ih,
     )  # fmt: skip
 
 
 @spinn_bwd.register_fake
-def _(grad_h, grad_c, grad_hs, transitions, ph, pc, xk, lstm_in, xs, acts, cs, w_l, has_b_l, w_r, w_t,
+def _(grad_h, grad_c, grad_hs, transitions, ph, pc, lstm_in, acts, cs, hs, w_l, has_b_l, w_r, w_t,
       w_ih, w_hh, has_b_ih):  # fmt: skip
     B, H = grad_h.shape
     N = ph.shape[0] // B - 1 - transitions.shape[0]
@@ -121,10 +118,10 @@ class SpinnEncodeCpu(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, buffers, null, transitions, w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih, b_hh):
-        h, c, hs, *ws = torch.ops.rnnfast.spinn_fwd(
+        h, c, hs, ph, pc, lstm_in, acts, cs = torch.ops.rnnfast.spinn_fwd(
             buffers, null, transitions, w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih, b_hh
         )
-        ctx.save_for_backward(transitions, w_l, w_r, w_t, w_ih, w_hh, *ws)
+        ctx.save_for_backward(transitions, w_l, w_r, w_t, w_ih, w_hh, ph, pc, lstm_in, acts, cs, hs)
         ctx.flags = (b_l is not None, b_ih is not None)
         if w_ih is None:
             ctx.mark_non_differentiable(hs)
@@ -133,13 +130,13 @@ class SpinnEncodeCpu(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_h, grad_c, grad_hs):
-        transitions, w_l, w_r, w_t, w_ih, w_hh, ph, pc, xk, lstm_in, xs, acts, cs = ctx.saved_tensors
+        transitions, w_l, w_r, w_t, w_ih, w_hh, ph, pc, lstm_in, acts, cs, hs = ctx.saved_tensors
         has_b_l, has_b_ih = ctx.flags
         tracker = w_ih is not None
         grads = torch.ops.rnnfast.spinn_bwd(
             grad_h.contiguous(), grad_c.contiguous(),
             grad_hs.contiguous() if tracker and grad_hs is not None else None,
-            transitions, ph, pc, xk, lstm_in, xs, acts, cs, w_l, has_b_l, w_r, w_t, w_ih, w_hh, has_b_ih,
+            transitions, ph, pc, lstm_in, acts, cs, hs, w_l, has_b_l, w_r, w_t, w_ih, w_hh, has_b_ih,
         )  # fmt: skip
         d_buffers, d_null, dw_l, db_l, dw_r, dw_t, dw_ih, dw_hh, db_ih, db_hh = grads
         return (
