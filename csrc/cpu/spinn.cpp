@@ -4,12 +4,13 @@
 // a step at D=100) shrink to two GEMM calls and plain loops.
 //
 // Dimensions: T transitions, B batch, N leaves, H hidden, HT tracker hidden (0 without a tracker),
-// K = 2H + HT, S = 1 + N + T pool slots per example, R rows reducing at a step, RM = B·max(0,
-// min(N − 1, ⌊(T − 1)/2⌋)) the most reduces a batch can hold (each reduce needs a shift more than the
-// reduces before it), the packed rows' size: fixed by the shapes, so the outputs' shapes are too.
+// K = 2H + HT, R rows reducing at a step, ΣR all reduces, RM = B·max(0, min(N − 1, ⌊(T − 1)/2⌋)) the
+// most reduces a batch can hold (each reduce needs a shift more than the reduces before it), the size of
+// the packed reduce rows: fixed by the shapes, so the outputs' shapes are too. LB = (1 + N)·B, P = LB + RM.
 //
-// Pool (S·B, H) h and c, row slot·B + b: slot 0 null, 1..N leaves, N+1+t the state step t composes
-// (rows of examples that do not reduce at step t are zero). Saved for backward, all written here:
+// Pool (P, H) of h and of c: rows [0, LB) slot·B + b, slot 0 the null, slots 1..N the leaves; row LB + j
+// the state the packed reduce row j composes (step t's reduces are rows off[t] .. off[t+1] − 1; rows
+// from ΣR on are zero). Every state is stored once. Saved for backward, all written here:
 //   lstm_in (RM, 5H) reduce pre-activations, bias included (rows from ΣR on zero)
 //   acts (T, B, 4HT) activated tracker gates i, f, g, o;  cs, hs (T, B, HT) tracker c and h
 // The GEMM inputs, gathered per step, live in scratch memory and are gathered again by the backward for
@@ -98,7 +99,7 @@ struct Plan {
   std::vector<int64_t> ex, left, right;     // (ΣR) example, pool rows of the left and right child
   std::vector<int64_t> root;                // (B) pool row of the final stack top
   int64_t total() const { return off.back(); }
-  int64_t out(int64_t t, int64_t b) const { return (N + 1 + t) * B + b; }
+  int64_t out(int64_t j) const { return (1 + N) * B + j; }  // pool row of packed reduce row j
   int64_t mean_rows() const {  // over the steps that reduce
     int64_t steps = 0;
     for (int64_t t = 0; t < T; ++t) steps += off[t + 1] > off[t];
@@ -144,7 +145,8 @@ Plan make_plan(const Tensor& transitions, int64_t N) {
   p.off.resize(T + 1);
   p.root.resize(B);
   const int64_t depth = T + 2;
-  std::vector<int64_t> stack(B * depth, 0), sp(B, 2), bp(B, 0);  // slots; two null bottoms
+  std::vector<int64_t> stack(B * depth), sp(B, 2), bp(B, 0);  // pool rows; two null bottoms
+  for (int64_t b = 0; b < B; ++b) stack[b * depth] = stack[b * depth + 1] = b;
   for (int64_t t = 0; t < T; ++t) {
     p.off[t] = static_cast<int64_t>(p.ex.size());
     for (int64_t b = 0; b < B; ++b) {
@@ -152,24 +154,24 @@ Plan make_plan(const Tensor& transitions, int64_t N) {
       int64_t* s = stack.data() + b * depth;
       const int64_t top = s[sp[b] - 1], second = s[sp[b] - 2];
       p.buf[i] = (bp[b] < shifts[b] ? bp[b] + 1 : 0) * B + b;
-      p.stk[2 * i] = top * B + b;
-      p.stk[2 * i + 1] = second * B + b;
+      p.stk[2 * i] = top;
+      p.stk[2 * i + 1] = second;
       if (a[i] == kShift) {
-        s[sp[b]++] = ++bp[b];
+        s[sp[b]++] = ++bp[b] * B + b;
       } else if (a[i] == kReduce) {
         const int64_t have = sp[b] - 2;
         TORCH_CHECK_VALUE(have >= 2, "transitions: step ", t, ", example ", b, " reduces with ", have,
                           have == 1 ? " entry" : " entries", " on the stack; a reduce needs 2");
-        p.ex.push_back(b);
-        p.left.push_back(second * B + b);
-        p.right.push_back(top * B + b);
         sp[b] -= 2;
-        s[sp[b]++] = N + 1 + t;
+        s[sp[b]++] = p.out(static_cast<int64_t>(p.ex.size()));
+        p.ex.push_back(b);
+        p.left.push_back(second);
+        p.right.push_back(top);
       }
     }
   }
   p.off[T] = static_cast<int64_t>(p.ex.size());
-  for (int64_t b = 0; b < B; ++b) p.root[b] = stack[b * depth + sp[b] - 1] * B + b;
+  for (int64_t b = 0; b < B; ++b) p.root[b] = stack[b * depth + sp[b] - 1];
   return p;
 }
 
@@ -444,7 +446,6 @@ void forward_loop(const Plan& p, const Weights& w, const Tensor& b_l, const Tens
     bt = bias_trk.data_ptr<scalar_t>();
     c0 = at::zeros({B, HT}, ph.options());
   }
-  std::vector<char> reduces(B);
   for (int64_t t = 0; t < T; ++t) {
     if (w.tracker) {
       gather_tracker<scalar_t>(p, t, H, HT, h_pool, hs.data_ptr<scalar_t>(), xs.data_ptr<scalar_t>() + t * B * K);
@@ -464,9 +465,7 @@ void forward_loop(const Plan& p, const Weights& w, const Tensor& b_l, const Tens
       });
     }
     const int64_t o = p.off[t], R = p.off[t + 1] - o;
-    std::fill(reduces.begin(), reduces.end(), 0);
     if (R > 0) {
-      for (int64_t r = 0; r < R; ++r) reduces[p.ex[o + r]] = 1;
       gather_reduce<scalar_t>(p, t, H, HT, h_pool, w.tracker ? hs.data_ptr<scalar_t>() : nullptr,
                               xk.data_ptr<scalar_t>() + o * K);
       Tensor li = lstm_in.narrow(0, o, R);
@@ -475,17 +474,11 @@ void forward_loop(const Plan& p, const Weights& w, const Tensor& b_l, const Tens
       scalar_t* lp = li.data_ptr<scalar_t>();
       at::parallel_for(0, R, grain(5 * H), [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
-          const int64_t out = p.out(t, p.ex[o + r]);
+          const int64_t out = p.out(o + r);
           reduce_fwd_row<scalar_t>(H, pp + r * 5 * H, bl, lp + r * 5 * H, c_pool + p.left[o + r] * H,
                                    c_pool + p.right[o + r] * H, h_pool + out * H, c_pool + out * H);
         }
       });
-    }
-    for (int64_t b = 0; b < B; ++b) {  // slots no reduce writes: zero, so every output element is defined
-      if (!reduces[b]) {
-        std::fill_n(h_pool + p.out(t, b) * H, H, scalar_t(0));
-        std::fill_n(c_pool + p.out(t, b) * H, H, scalar_t(0));
-      }
     }
   }
 }
@@ -494,7 +487,7 @@ using Outputs10 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Ten
 
 using Outputs8 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
-// Returns (h, c (B, H), hs (T, B, HT), ph, pc (S·B, H), lstm_in (RM, 5H), acts (T, B, 4HT), cs (T, B, HT));
+// Returns (h, c (B, H), hs (T, B, HT), ph, pc (P, H), lstm_in (RM, 5H), acts (T, B, 4HT), cs (T, B, HT));
 // without a tracker hs, acts, cs are empty (0,).
 Outputs8 spinn_fwd(const Tensor& buffers, const Tensor& null, const Tensor& transitions, const Tensor& w_l,
                     const std::optional<Tensor>& b_l, const Tensor& w_r, const std::optional<Tensor>& w_t,
@@ -511,7 +504,7 @@ Outputs8 spinn_fwd(const Tensor& buffers, const Tensor& null, const Tensor& tran
                     "), got ", transitions.sizes());
   const Plan p = make_plan(transitions, N);
   const Weights w = weights(buffers, H, w_l, w_r, w_t, w_ih, w_hh);
-  const int64_t T = p.T, HT = w.HT, K = 2 * H + HT, S = 1 + N + T, RM = max_reduce_rows(T, B, N);
+  const int64_t T = p.T, HT = w.HT, K = 2 * H + HT, RM = max_reduce_rows(T, B, N), P = (1 + N) * B + RM;
   // Absent biases are zeros here: the pointwise loops then have no branch.
   Tensor bias_l = at::zeros({5 * H}, buffers.options());
   if (b_l.has_value()) {
@@ -526,7 +519,7 @@ Outputs8 spinn_fwd(const Tensor& buffers, const Tensor& null, const Tensor& tran
     bias_trk = (*b_ih + *b_hh).contiguous();
   }
   const auto opts = buffers.options();
-  Tensor ph = new_output({S * B, H}, opts), pc = new_output({S * B, H}, opts);
+  Tensor ph = new_output({P, H}, opts), pc = new_output({P, H}, opts);
   {
     const Tensor leaves = buffers.transpose(0, 1);  // (N, B, 2H)
     ph.narrow(0, 0, B).copy_(null.narrow(1, 0, H));
@@ -548,7 +541,9 @@ Outputs8 spinn_fwd(const Tensor& buffers, const Tensor& null, const Tensor& tran
   AT_DISPATCH_FLOATING_TYPES(buffers.scalar_type(), "spinn_fwd", [&] {
     forward_loop<scalar_t>(p, w, bias_l, bias_trk, ph, pc, xk, lstm_in, xs, acts, cs, hs);
   });
-  lstm_in.narrow(0, p.total(), RM - p.total()).zero_();
+  lstm_in.narrow(0, p.total(), RM - p.total()).zero_();  // rows no reduce writes: every element defined
+  ph.narrow(0, p.out(p.total()), RM - p.total()).zero_();
+  pc.narrow(0, p.out(p.total()), RM - p.total()).zero_();
   const Tensor root = at::from_blob(const_cast<int64_t*>(p.root.data()), {B}, at::kLong);
   Tensor h = new_output({B, H}, opts), c = new_output({B, H}, opts);
   at::index_select_out(h, ph, 0, root);
@@ -585,7 +580,7 @@ void backward_loop(const Plan& p, const Weights& w, const Tensor& pc, const Tens
       scalar_t* d = d_all.data_ptr<scalar_t>() + o * 5 * H;
       at::parallel_for(0, R, grain(5 * H), [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
-          const int64_t out = p.out(t, p.ex[o + r]), l = p.left[o + r], rr = p.right[o + r];
+          const int64_t out = p.out(o + r), l = p.left[o + r], rr = p.right[o + r];
           reduce_bwd_row<scalar_t>(H, dh_pool + out * H, dc_pool + out * H, li + (o + r) * 5 * H, c_pool + l * H,
                                    c_pool + rr * H, c_pool + out * H, d + r * 5 * H, dc_pool + l * H,
                                    dc_pool + rr * H);
@@ -594,7 +589,7 @@ void backward_loop(const Plan& p, const Weights& w, const Tensor& pc, const Tens
       const Tensor dxr = reduce_mm(d_all.narrow(0, o, R), dxk.narrow(0, 0, R));
       const scalar_t* dxp = dxr.data_ptr<scalar_t>();
       scalar_t* dht = w.tracker ? dhs.data_ptr<scalar_t>() + t * B * HT : nullptr;
-      // Rows are distinct within a step (one row per example and slot): the scatters run in parallel.
+      // Rows are distinct within a step (each example's own): the scatters run in parallel.
       at::parallel_for(0, R, grain(K), [&](int64_t r0, int64_t r1) {
         scatter_add<scalar_t, 1>(r0, r1, H, dh_pool, p.left.data() + o, dxp, K);
         scatter_add<scalar_t, 1>(r0, r1, H, dh_pool, p.right.data() + o, dxp + H, K);
@@ -642,16 +637,20 @@ Outputs10 spinn_bwd(const Tensor& grad_h, const Tensor& grad_c, const std::optio
   TORCH_CHECK_VALUE(transitions.dim() == 2 && transitions.size(1) == B, "rnnfast_C: transitions: expected (T, B=", B,
                     "), got ", transitions.sizes());
   const int64_t T = transitions.size(0);
-  TORCH_CHECK_VALUE(ph.dim() == 2 && B > 0 && ph.size(0) % B == 0 && ph.size(0) / B >= 1 + T,
-                    "rnnfast_C: ph: expected ((1 + N + T)·B, H), got ", ph.sizes());
-  const int64_t N = ph.size(0) / B - 1 - T, S = 1 + N + T, RM = max_reduce_rows(T, B, N);
+  TORCH_CHECK_VALUE(lstm_in.dim() == 2, "rnnfast_C: lstm_in: expected (RM, 5·H), got ", lstm_in.sizes());
+  const int64_t RM = lstm_in.size(0), P = ph.size(0);
+  TORCH_CHECK_VALUE(ph.dim() == 2 && B > 0 && (P - RM) % B == 0 && P - RM >= B,
+                    "rnnfast_C: ph: expected ((1 + N)·B + RM, H), got ", ph.sizes());
+  const int64_t N = (P - RM) / B - 1;
+  TORCH_CHECK_VALUE(RM == max_reduce_rows(T, B, N), "rnnfast_C: lstm_in: expected ", max_reduce_rows(T, B, N),
+                    " rows for T=", T, ", B=", B, ", N=", N, ", got ", RM);
   const Plan p = make_plan(transitions, N);
   const Weights w = weights(ph, H, w_l, w_r, w_t, w_ih, w_hh);
   const int64_t HT = w.HT, K = 2 * H + HT, TB = w.tracker ? T * B : 0, LB = (1 + N) * B;
   check_shape("grad_h", grad_h, ph, {B, H});
   check_shape("grad_c", grad_c, ph, {B, H});
-  check_shape("ph", ph, ph, {S * B, H});
-  check_shape("pc", pc, ph, {S * B, H});
+  check_shape("ph", ph, ph, {P, H});
+  check_shape("pc", pc, ph, {P, H});
   check_shape("lstm_in", lstm_in, ph, {RM, 5 * H});
   const auto opts = ph.options();
   const Tensor h_pool = ph.contiguous(), li = lstm_in.contiguous(), p_c = pc.contiguous();
@@ -664,10 +663,10 @@ Outputs10 spinn_bwd(const Tensor& grad_h, const Tensor& grad_c, const std::optio
     c_s = cs.contiguous();
     h_s = hs.contiguous();
   }
-  const int64_t SB = S * B, R = p.total();
-  Workspace ws({SB * H, SB * H, R * 5 * H, R * K, TB * HT, TB * 4 * HT, TB * K, w.tracker ? LB * 4 * HT : 0},
+  const int64_t R = p.total();
+  Workspace ws({P * H, P * H, R * 5 * H, R * K, TB * HT, TB * 4 * HT, TB * K, w.tracker ? LB * 4 * HT : 0},
                ph.scalar_type());
-  Tensor dph = ws.take({SB, H}).zero_(), dpc = ws.take({SB, H}).zero_();
+  Tensor dph = ws.take({P, H}).zero_(), dpc = ws.take({P, H}).zero_();
   Tensor d_all = ws.take({R, 5 * H}), xk = ws.take({R, K});
   Tensor dhs = ws.take({TB * HT}), dg = ws.take({TB * 4 * HT}), xs = ws.take({TB * K});
   Tensor dg_buf = ws.take({w.tracker ? LB * 4 * HT : 0});

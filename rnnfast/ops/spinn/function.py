@@ -1,7 +1,8 @@
 """The SPINN encoder's C++ CPU loop as custom ops ``rnnfast::spinn_fwd`` / ``spinn_bwd`` + autograd.
 
-Dimensions: T transitions, B batch, N leaves, H hidden, HT tracker hidden, K = 2H + HT, S = 1 + N + T
-pool slots per example, RM = B·max(0, min(N − 1, ⌊(T − 1)/2⌋)) the most reduces a batch can hold.
+Dimensions: T transitions, B batch, N leaves, H hidden, HT tracker hidden, RM = B·max(0, min(N − 1,
+⌊(T − 1)/2⌋)) the most reduces a batch can hold, P = (1 + N)·B + RM pool rows (null, leaves, one row per
+possible reduce).
 
 The ops take the transitions (T, B) int64 on the host and plan the loop themselves (csrc/cpu/spinn.cpp),
 so every output shape follows from the input shapes: ``torch.compile`` traces them through the fake
@@ -37,7 +38,7 @@ def spinn_fwd(
     b_ih: Tensor | None,
     b_hh: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(h, c (B, H), hs (T, B, HT), ph, pc (S·B, H), lstm_in (RM, 5H), acts (T, B, 4HT), cs (T, B, HT));
+    """(h, c (B, H), hs (T, B, HT), ph, pc (P, H), lstm_in (RM, 5H), acts (T, B, 4HT), cs (T, B, HT));
     without a tracker hs, acts and cs are empty (0,)."""
     _ext.ensure_loaded()
     args = (buffers, null, transitions, w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih, b_hh)
@@ -49,12 +50,13 @@ def _(buffers, null, transitions, w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih, b_hh):
     B, N, H2 = buffers.shape
     H, T = H2 // 2, transitions.shape[0]
     HT = w_hh.shape[1] if w_hh is not None else 0
-    RM, S = max_reduce_rows(T, B, N), 1 + N + T
+    RM = max_reduce_rows(T, B, N)
+    P = (1 + N) * B + RM
     new = buffers.new_empty
     hs, acts, cs = (new((T, B, HT)), new((T, B, 4 * HT)), new((T, B, HT)))
     if w_hh is None:
         hs, acts, cs = new((0,)), new((0,)), new((0,))
-    return new((B, H)), new((B, H)), hs, new((S * B, H)), new((S * B, H)), new((RM, 5 * H)), acts, cs
+    return new((B, H)), new((B, H)), hs, new((P, H)), new((P, H)), new((RM, 5 * H)), acts, cs
 
 
 @torch.library.custom_op("rnnfast::spinn_bwd", mutates_args=(), device_types="cpu")
@@ -90,7 +92,7 @@ def spinn_bwd(
 def _(grad_h, grad_c, grad_hs, transitions, ph, pc, lstm_in, acts, cs, hs, w_l, has_b_l, w_r, w_t,
       w_ih, w_hh, has_b_ih):  # fmt: skip
     B, H = grad_h.shape
-    N = ph.shape[0] // B - 1 - transitions.shape[0]
+    N = (ph.shape[0] - lstm_in.shape[0]) // B - 1
     new = grad_h.new_empty
     tracker = w_ih is not None
 
