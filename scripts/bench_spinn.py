@@ -5,7 +5,8 @@
 
 SNLI-like trees: leaves per sentence uniform in [--min-leaves, --max-leaves] (default 18..25, so up to
 49 transitions), random binary trees, left-padded. Prints the median time of forward and of
-forward+backward per provider and the speedup over the reference. Providers: the list-based
+forward+backward per provider (the providers timed in turns, so that load from other processes falls on
+all alike) and the speedup over the reference. Providers: the list-based
 reference; the thin-stack encoder as SPINN runs it on the CPU (the planned loop in C++, one op call per
 direction); the same planned loop in Python (what other devices run); the Python loop composing all rows
 with masking; the Python loop in out-of-place ops with autograd's backward.
@@ -36,15 +37,19 @@ def _inputs(B, H, lo, hi, seed):
     return buffers, tr, null
 
 
-def _time(fn, reps, warmup=1):
-    for _ in range(warmup):
+def _time_round_robin(fns, reps):
+    """Median seconds of each fn, the reps taken in turns (fn 0, fn 1, ..., fn 0, ...) so that load from
+    other processes on a shared machine falls on all of them alike; fn i runs reps[i] times."""
+    for fn in fns:  # warm-up
         fn()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts), min(ts), max(ts)
+    ts = [[] for _ in fns]
+    for r in range(max(reps)):
+        for i, fn in enumerate(fns):
+            if r < reps[i]:
+                t0 = time.perf_counter()
+                fn()
+                ts[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in ts]
 
 
 def run(H, HT, B, lo, hi, reps, ref_reps, only=None, seed=0):
@@ -102,15 +107,14 @@ def run(H, HT, B, lo, hi, reps, ref_reps, only=None, seed=0):
     ]
     print(f"D={H} tracker={HT} B={B} T={tr.shape[0]} leaves {lo}..{hi} threads={torch.get_num_threads()}")
     print(f"{'provider':<26}{'fwd ms':>10}{'speedup':>9}{'fwd+bwd ms':>12}{'speedup':>9}")
-    base = None
     if only:  # the reference always runs: every speedup is against it, in the same process
         providers = providers[:1] + [p for p in providers[1:] if any(p[0].startswith(o) for o in only)]
-    for name, f, n in providers:
-        tf = _time(fwd(f), n)[0] * 1e3
-        tb = _time(fwd_bwd(f), n)[0] * 1e3
-        if base is None:
-            base = (tf, tb)
-        print(f"{name:<26}{tf:>10.1f}{base[0] / tf:>8.2f}x{tb:>12.1f}{base[1] / tb:>8.2f}x")
+    reps_of = [n for _, _, n in providers]
+    tfs = _time_round_robin([fwd(f) for _, f, _ in providers], reps_of)
+    tbs = _time_round_robin([fwd_bwd(f) for _, f, _ in providers], reps_of)
+    base = (tfs[0], tbs[0])
+    for (name, _, _), tf, tb in zip(providers, tfs, tbs):
+        print(f"{name:<26}{tf * 1e3:>10.1f}{base[0] / tf:>8.2f}x{tb * 1e3:>12.1f}{base[1] / tb:>8.2f}x")
 
 
 def main(argv=None):
@@ -121,7 +125,7 @@ def main(argv=None):
     ap.add_argument("--min-leaves", type=int, default=18)
     ap.add_argument("--max-leaves", type=int, default=25)
     ap.add_argument("--reps", type=int, default=7)
-    ap.add_argument("--ref-reps", type=int, default=3)
+    ap.add_argument("--ref-reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--only", nargs="*", default=None, help="providers to run (prefixes; default all)")
     a = ap.parse_args(argv)
