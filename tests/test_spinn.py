@@ -434,12 +434,12 @@ def test_cpp_ops_opcheck_and_every_output_written(tracker):
     outs = torch.ops.rnnfast.spinn_fwd(*fwd)
     for i, o in enumerate(outs):
         assert not o.isnan().any(), f"output {i} of spinn_fwd has unwritten elements"
-    h, c, hs, ph, pc, lstm_in, acts, cs = outs
+    h, c, hs, ph, pc, gates, acts, cs = outs
     assert (hs.numel() > 0) == tracker
     g = torch.Generator().manual_seed(3)
     grads = [torch.rand(t.shape, generator=g, dtype=t.dtype) for t in (h, c)]
     grads.append(torch.rand(hs.shape, generator=g, dtype=hs.dtype) if tracker else None)
-    bwd = (*grads, tr, ph, pc, lstm_in, acts, cs, hs, w["w_l"], True, w["w_r"], w["w_t"], w["w_ih"],
+    bwd = (*grads, tr, ph, pc, gates, acts, cs, hs, w["w_l"], True, w["w_r"], w["w_t"], w["w_ih"],
            w["w_hh"], tracker)  # fmt: skip
     torch.library.opcheck(torch.ops.rnnfast.spinn_bwd.default, bwd)
     for i, o in enumerate(torch.ops.rnnfast.spinn_bwd(*bwd)):

@@ -23,7 +23,7 @@ TORCH_LIBRARY(rnnfast_C, m) {
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "spinn_bwd(Tensor grad_h, Tensor grad_c, Tensor? grad_hs, Tensor transitions, Tensor ph, Tensor pc, "
-      "Tensor lstm_in, Tensor acts, Tensor cs, Tensor hs, Tensor w_l, bool has_b_l, Tensor w_r, "
+      "Tensor gates, Tensor acts, Tensor cs, Tensor hs, Tensor w_l, bool has_b_l, Tensor w_r, "
       "Tensor? w_t, Tensor? w_ih, Tensor? w_hh, bool has_b_ih) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

@@ -11,7 +11,7 @@
 // Pool (P, H) of h and of c: rows [0, LB) slot·B + b, slot 0 the null, slots 1..N the leaves; row LB + j
 // the state the packed reduce row j composes (step t's reduces are rows off[t] .. off[t+1] − 1; rows
 // from ΣR on are zero). Every state is stored once. Saved for backward, all written here:
-//   lstm_in (RM, 5H) reduce pre-activations, bias included (rows from ΣR on zero)
+//   gates (RM, 5H)   reduce chunks activated: tanh(a), σ(i), σ(f1), σ(f2), σ(o) (rows from ΣR on zero)
 //   acts (T, B, 4HT) activated tracker gates i, f, g, o;  cs, hs (T, B, HT) tracker c and h
 // The GEMM inputs, gathered per step, live in scratch memory and are gathered again by the backward for
 // the weight gradients (a gather is ~1% of the products' time; keeping them would add 13 MB of outputs
@@ -179,33 +179,37 @@ Plan make_plan(const Tensor& transitions, int64_t N) {
 // Pointwise rows. float uses the vectorisable exp/tanh of common.h; double keeps libm.
 
 // Tree-LSTM (chunks a, i, f1, f2, o): c = tanh(a)σ(i) + σ(f1)c_l + σ(f2)c_r, h = σ(o)tanh(c).
-// in (5H) the product without bias, bias (5H); x (5H) gets the pre-activations (backward reads them);
-// in and x may be the same row.
+// in (5H) the product without bias, bias (5H); g (5H) gets the activated chunks tanh(a), σ(i), σ(f1),
+// σ(f2), σ(o) (the backward needs only those: 5 of its 6 transcendentals saved); in and g may alias.
 template <typename scalar_t>
-RNNFAST_CLONES void reduce_fwd_row(int64_t H, const scalar_t* in, const scalar_t* bias, scalar_t* x,
+RNNFAST_CLONES void reduce_fwd_row(int64_t H, const scalar_t* in, const scalar_t* bias, scalar_t* g,
                                    const scalar_t* cl, const scalar_t* cr, scalar_t* h, scalar_t* c) {
   RNNFAST_IVDEP
   for (int64_t j = 0; j < H; ++j) {
-    scalar_t v[5];
-    for (int k = 0; k < 5; ++k) {
-      v[k] = in[k * H + j] + bias[k * H + j];
-      x[k * H + j] = v[k];
-    }
-    const scalar_t cv = tanh_fast(v[0]) * sigmoid_fast(v[1]) + sigmoid_fast(v[2]) * cl[j] + sigmoid_fast(v[3]) * cr[j];
+    const scalar_t ta = tanh_fast(in[j] + bias[j]), si = sigmoid_fast(in[H + j] + bias[H + j]),
+                   sf1 = sigmoid_fast(in[2 * H + j] + bias[2 * H + j]),
+                   sf2 = sigmoid_fast(in[3 * H + j] + bias[3 * H + j]),
+                   so = sigmoid_fast(in[4 * H + j] + bias[4 * H + j]);
+    const scalar_t cv = ta * si + sf1 * cl[j] + sf2 * cr[j];
+    g[j] = ta;
+    g[H + j] = si;
+    g[2 * H + j] = sf1;
+    g[3 * H + j] = sf2;
+    g[4 * H + j] = so;
     c[j] = cv;
-    h[j] = sigmoid_fast(v[4]) * tanh_fast(cv);
+    h[j] = so * tanh_fast(cv);
   }
 }
 
-// Gradient of the row above: d (5H) w.r.t. lstm_in; dcl, dcr (H) accumulated into the children.
+// Gradient of the row above: d (5H) w.r.t. the pre-activations; dcl, dcr (H) accumulated into the
+// children; g (5H) the activated chunks.
 template <typename scalar_t>
-RNNFAST_CLONES void reduce_bwd_row(int64_t H, const scalar_t* gh, const scalar_t* gc, const scalar_t* x,
+RNNFAST_CLONES void reduce_bwd_row(int64_t H, const scalar_t* gh, const scalar_t* gc, const scalar_t* g,
                                    const scalar_t* cl, const scalar_t* cr, const scalar_t* c, scalar_t* d,
                                    scalar_t* dcl, scalar_t* dcr) {
   RNNFAST_IVDEP
   for (int64_t j = 0; j < H; ++j) {
-    const scalar_t ta = tanh_fast(x[j]), si = sigmoid_fast(x[H + j]), sf1 = sigmoid_fast(x[2 * H + j]),
-                   sf2 = sigmoid_fast(x[3 * H + j]), so = sigmoid_fast(x[4 * H + j]);
+    const scalar_t ta = g[j], si = g[H + j], sf1 = g[2 * H + j], sf2 = g[3 * H + j], so = g[4 * H + j];
     const scalar_t tc = tanh_fast(c[j]);
     const scalar_t dc = gc[j] + gh[j] * so * (1 - tc * tc);
     d[j] = dc * si * (1 - ta * ta);
@@ -429,7 +433,7 @@ void gather_reduce(const Plan& p, int64_t t, int64_t H, int64_t HT, const scalar
 
 template <typename scalar_t>
 void forward_loop(const Plan& p, const Weights& w, const Tensor& b_l, const Tensor& bias_trk, Tensor& ph, Tensor& pc,
-                  Tensor& xk, Tensor& lstm_in, Tensor& xs, Tensor& acts, Tensor& cs, Tensor& hs) {
+                  Tensor& xk, Tensor& gates, Tensor& xs, Tensor& acts, Tensor& cs, Tensor& hs) {
   const int64_t T = p.T, B = p.B, N = p.N, H = w.H, HT = w.HT, K = 2 * H + HT;
   scalar_t* h_pool = ph.data_ptr<scalar_t>();
   scalar_t* c_pool = pc.data_ptr<scalar_t>();
@@ -468,10 +472,10 @@ void forward_loop(const Plan& p, const Weights& w, const Tensor& b_l, const Tens
     if (R > 0) {
       gather_reduce<scalar_t>(p, t, H, HT, h_pool, w.tracker ? hs.data_ptr<scalar_t>() : nullptr,
                               xk.data_ptr<scalar_t>() + o * K);
-      Tensor li = lstm_in.narrow(0, o, R);
-      const Tensor pre = reduce_mm(xk.narrow(0, o, R), li);
+      Tensor gr = gates.narrow(0, o, R);
+      const Tensor pre = reduce_mm(xk.narrow(0, o, R), gr);
       const scalar_t* pp = pre.data_ptr<scalar_t>();
-      scalar_t* lp = li.data_ptr<scalar_t>();
+      scalar_t* lp = gr.data_ptr<scalar_t>();
       at::parallel_for(0, R, grain(5 * H), [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t out = p.out(o + r);
@@ -487,7 +491,7 @@ using Outputs10 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Ten
 
 using Outputs8 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
-// Returns (h, c (B, H), hs (T, B, HT), ph, pc (P, H), lstm_in (RM, 5H), acts (T, B, 4HT), cs (T, B, HT));
+// Returns (h, c (B, H), hs (T, B, HT), ph, pc (P, H), gates (RM, 5H), acts (T, B, 4HT), cs (T, B, HT));
 // without a tracker hs, acts, cs are empty (0,).
 Outputs8 spinn_fwd(const Tensor& buffers, const Tensor& null, const Tensor& transitions, const Tensor& w_l,
                     const std::optional<Tensor>& b_l, const Tensor& w_r, const std::optional<Tensor>& w_t,
@@ -527,7 +531,7 @@ Outputs8 spinn_fwd(const Tensor& buffers, const Tensor& null, const Tensor& tran
     ph.narrow(0, B, N * B).view({N, B, H}).copy_(leaves.narrow(2, 0, H));
     pc.narrow(0, B, N * B).view({N, B, H}).copy_(leaves.narrow(2, H, H));
   }
-  Tensor lstm_in = new_output({RM, 5 * H}, opts);
+  Tensor gates = new_output({RM, 5 * H}, opts);
   // Custom-op outputs may not alias one another: a fresh empty tensor per absent output.
   Tensor acts = at::empty({0}, opts), cs = at::empty({0}, opts), hs = at::empty({0}, opts);
   Workspace ws({p.total() * K, w.tracker ? T * B * K : 0}, buffers.scalar_type());
@@ -539,29 +543,29 @@ Outputs8 spinn_fwd(const Tensor& buffers, const Tensor& null, const Tensor& tran
     hs = new_output({T, B, HT}, opts);
   }
   AT_DISPATCH_FLOATING_TYPES(buffers.scalar_type(), "spinn_fwd", [&] {
-    forward_loop<scalar_t>(p, w, bias_l, bias_trk, ph, pc, xk, lstm_in, xs, acts, cs, hs);
+    forward_loop<scalar_t>(p, w, bias_l, bias_trk, ph, pc, xk, gates, xs, acts, cs, hs);
   });
-  lstm_in.narrow(0, p.total(), RM - p.total()).zero_();  // rows no reduce writes: every element defined
+  gates.narrow(0, p.total(), RM - p.total()).zero_();  // rows no reduce writes: every element defined
   ph.narrow(0, p.out(p.total()), RM - p.total()).zero_();
   pc.narrow(0, p.out(p.total()), RM - p.total()).zero_();
   const Tensor root = at::from_blob(const_cast<int64_t*>(p.root.data()), {B}, at::kLong);
   Tensor h = new_output({B, H}, opts), c = new_output({B, H}, opts);
   at::index_select_out(h, ph, 0, root);
   at::index_select_out(c, pc, 0, root);
-  return {h, c, hs, ph, pc, lstm_in, acts, cs};
+  return {h, c, hs, ph, pc, gates, acts, cs};
 }
 
 // ---------------------------------------------------------------------------------------------
 // Backward.
 
 template <typename scalar_t>
-void backward_loop(const Plan& p, const Weights& w, const Tensor& pc, const Tensor& lstm_in, const Tensor& acts,
+void backward_loop(const Plan& p, const Weights& w, const Tensor& pc, const Tensor& gates, const Tensor& acts,
                    const Tensor& cs, Tensor& dph, Tensor& dpc, Tensor& d_all, Tensor& dhs, Tensor& dg) {
   const int64_t T = p.T, B = p.B, H = w.H, HT = w.HT, K = 2 * H + HT;
   scalar_t* dh_pool = dph.data_ptr<scalar_t>();
   scalar_t* dc_pool = dpc.data_ptr<scalar_t>();
   const scalar_t* c_pool = pc.data_ptr<scalar_t>();
-  const scalar_t* li = lstm_in.data_ptr<scalar_t>();
+  const scalar_t* li = gates.data_ptr<scalar_t>();
   // The NN products d·W run as x·(Wᵀ)ᵀ with Wᵀ copied contiguous once.
   const Product reduce_mm(w.wk.t().contiguous(), p.mean_rows());
   Tensor dxk = at::empty({p.max_rows(), K}, dph.options());
@@ -626,7 +630,7 @@ void backward_loop(const Plan& p, const Weights& w, const Tensor& pc, const Tens
 // Returns (d_buffers (B, N, 2H), d_null (B, 2H), dw_l, db_l, dw_r, dw_t, dw_ih, dw_hh, db_ih, db_hh); absent
 // parameters get empty (0,) tensors. grad_hs (T, B, HT): the gradient of the tracker's h outputs, or none.
 Outputs10 spinn_bwd(const Tensor& grad_h, const Tensor& grad_c, const std::optional<Tensor>& grad_hs,
-                    const Tensor& transitions, const Tensor& ph, const Tensor& pc, const Tensor& lstm_in,
+                    const Tensor& transitions, const Tensor& ph, const Tensor& pc, const Tensor& gates,
                     const Tensor& acts, const Tensor& cs, const Tensor& hs, const Tensor& w_l, bool has_b_l,
                     const Tensor& w_r, const std::optional<Tensor>& w_t, const std::optional<Tensor>& w_ih,
                     const std::optional<Tensor>& w_hh, bool has_b_ih) {
@@ -637,12 +641,12 @@ Outputs10 spinn_bwd(const Tensor& grad_h, const Tensor& grad_c, const std::optio
   TORCH_CHECK_VALUE(transitions.dim() == 2 && transitions.size(1) == B, "rnnfast_C: transitions: expected (T, B=", B,
                     "), got ", transitions.sizes());
   const int64_t T = transitions.size(0);
-  TORCH_CHECK_VALUE(lstm_in.dim() == 2, "rnnfast_C: lstm_in: expected (RM, 5·H), got ", lstm_in.sizes());
-  const int64_t RM = lstm_in.size(0), P = ph.size(0);
+  TORCH_CHECK_VALUE(gates.dim() == 2, "rnnfast_C: gates: expected (RM, 5·H), got ", gates.sizes());
+  const int64_t RM = gates.size(0), P = ph.size(0);
   TORCH_CHECK_VALUE(ph.dim() == 2 && B > 0 && (P - RM) % B == 0 && P - RM >= B,
                     "rnnfast_C: ph: expected ((1 + N)·B + RM, H), got ", ph.sizes());
   const int64_t N = (P - RM) / B - 1;
-  TORCH_CHECK_VALUE(RM == max_reduce_rows(T, B, N), "rnnfast_C: lstm_in: expected ", max_reduce_rows(T, B, N),
+  TORCH_CHECK_VALUE(RM == max_reduce_rows(T, B, N), "rnnfast_C: gates: expected ", max_reduce_rows(T, B, N),
                     " rows for T=", T, ", B=", B, ", N=", N, ", got ", RM);
   const Plan p = make_plan(transitions, N);
   const Weights w = weights(ph, H, w_l, w_r, w_t, w_ih, w_hh);
@@ -651,9 +655,9 @@ Outputs10 spinn_bwd(const Tensor& grad_h, const Tensor& grad_c, const std::optio
   check_shape("grad_c", grad_c, ph, {B, H});
   check_shape("ph", ph, ph, {P, H});
   check_shape("pc", pc, ph, {P, H});
-  check_shape("lstm_in", lstm_in, ph, {RM, 5 * H});
+  check_shape("gates", gates, ph, {RM, 5 * H});
   const auto opts = ph.options();
-  const Tensor h_pool = ph.contiguous(), li = lstm_in.contiguous(), p_c = pc.contiguous();
+  const Tensor h_pool = ph.contiguous(), li = gates.contiguous(), p_c = pc.contiguous();
   Tensor a, c_s, h_s;
   if (w.tracker) {
     check_shape("acts", acts, ph, {T, B, 4 * HT});

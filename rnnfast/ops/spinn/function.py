@@ -38,7 +38,7 @@ def spinn_fwd(
     b_ih: Tensor | None,
     b_hh: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(h, c (B, H), hs (T, B, HT), ph, pc (P, H), lstm_in (RM, 5H), acts (T, B, 4HT), cs (T, B, HT));
+    """(h, c (B, H), hs (T, B, HT), ph, pc (P, H), gates (RM, 5H), acts (T, B, 4HT), cs (T, B, HT));
     without a tracker hs, acts and cs are empty (0,)."""
     _ext.ensure_loaded()
     args = (buffers, null, transitions, w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih, b_hh)
@@ -67,7 +67,7 @@ def spinn_bwd(
     transitions: Tensor,
     ph: Tensor,
     pc: Tensor,
-    lstm_in: Tensor,
+    gates: Tensor,
     acts: Tensor,
     cs: Tensor,
     hs: Tensor,
@@ -83,16 +83,16 @@ def spinn_bwd(
     gradients of absent parameters are empty (0,)."""
     _ext.ensure_loaded()
     return torch.ops.rnnfast_C.spinn_bwd(
-        grad_h, grad_c, grad_hs, transitions, ph, pc, lstm_in, acts, cs, hs, w_l, has_b_l, w_r, w_t,
+        grad_h, grad_c, grad_hs, transitions, ph, pc, gates, acts, cs, hs, w_l, has_b_l, w_r, w_t,
         w_ih, w_hh, has_b_ih,
     )  # fmt: skip
 
 
 @spinn_bwd.register_fake
-def _(grad_h, grad_c, grad_hs, transitions, ph, pc, lstm_in, acts, cs, hs, w_l, has_b_l, w_r, w_t,
+def _(grad_h, grad_c, grad_hs, transitions, ph, pc, gates, acts, cs, hs, w_l, has_b_l, w_r, w_t,
       w_ih, w_hh, has_b_ih):  # fmt: skip
     B, H = grad_h.shape
-    N = (ph.shape[0] - lstm_in.shape[0]) // B - 1
+    N = (ph.shape[0] - gates.shape[0]) // B - 1
     new = grad_h.new_empty
     tracker = w_ih is not None
 
@@ -120,10 +120,10 @@ class SpinnEncodeCpu(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, buffers, null, transitions, w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih, b_hh):
-        h, c, hs, ph, pc, lstm_in, acts, cs = torch.ops.rnnfast.spinn_fwd(
+        h, c, hs, ph, pc, gates, acts, cs = torch.ops.rnnfast.spinn_fwd(
             buffers, null, transitions, w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih, b_hh
         )
-        ctx.save_for_backward(transitions, w_l, w_r, w_t, w_ih, w_hh, ph, pc, lstm_in, acts, cs, hs)
+        ctx.save_for_backward(transitions, w_l, w_r, w_t, w_ih, w_hh, ph, pc, gates, acts, cs, hs)
         ctx.flags = (b_l is not None, b_ih is not None)
         if w_ih is None:
             ctx.mark_non_differentiable(hs)
@@ -132,13 +132,13 @@ class SpinnEncodeCpu(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_h, grad_c, grad_hs):
-        transitions, w_l, w_r, w_t, w_ih, w_hh, ph, pc, lstm_in, acts, cs, hs = ctx.saved_tensors
+        transitions, w_l, w_r, w_t, w_ih, w_hh, ph, pc, gates, acts, cs, hs = ctx.saved_tensors
         has_b_l, has_b_ih = ctx.flags
         tracker = w_ih is not None
         grads = torch.ops.rnnfast.spinn_bwd(
             grad_h.contiguous(), grad_c.contiguous(),
             grad_hs.contiguous() if tracker and grad_hs is not None else None,
-            transitions, ph, pc, lstm_in, acts, cs, hs, w_l, has_b_l, w_r, w_t, w_ih, w_hh, has_b_ih,
+            transitions, ph, pc, gates, acts, cs, hs, w_l, has_b_l, w_r, w_t, w_ih, w_hh, has_b_ih,
         )  # fmt: skip
         d_buffers, d_null, dw_l, db_l, dw_r, dw_t, dw_ih, dw_hh, db_ih, db_hh = grads
         return (
