@@ -285,6 +285,9 @@ RNNFAST_INLINE void copy_row(int64_t n, scalar_t* dst, const scalar_t* src) {
 
 // Rows per task: enough elements (~16K) that a thread's share outweighs waking it.
 int64_t grain(int64_t width) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1)); }
+// The gathers and scatters split finer (4K elements per task): at D=100, B=128, 2 threads, forward+backward
+// took 41 ms (best of 30) against 43 ms with 16K per task.
+int64_t copy_grain(int64_t width) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(width, 1)); }
 
 // ---------------------------------------------------------------------------------------------
 // Scratch memory, reused across calls. Fresh temporaries of this size (~40 MB per batch at B=128, D=100)
@@ -402,7 +405,7 @@ void gather_tracker(const Plan& p, int64_t t, int64_t H, int64_t HT, const scala
                     scalar_t* x) {
   const int64_t B = p.B, K = 2 * H + HT;
   const scalar_t* h_prev = t > 0 ? hs + (t - 1) * B * HT : nullptr;
-  at::parallel_for(0, B, grain(K), [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, B, copy_grain(K), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t i = t * B + b;
       copy_row(H, x + b * K, h_pool + p.stk[2 * i] * H);
@@ -422,7 +425,7 @@ void gather_reduce(const Plan& p, int64_t t, int64_t H, int64_t HT, const scalar
                    scalar_t* x) {
   const int64_t B = p.B, K = 2 * H + HT, o = p.off[t], R = p.off[t + 1] - o;
   const scalar_t* h_trk = hs != nullptr ? hs + t * B * HT : nullptr;
-  at::parallel_for(0, R, grain(K), [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, R, copy_grain(K), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       copy_row(H, x + r * K, h_pool + p.left[o + r] * H);
       copy_row(H, x + r * K + H, h_pool + p.right[o + r] * H);
@@ -594,7 +597,7 @@ void backward_loop(const Plan& p, const Weights& w, const Tensor& pc, const Tens
       const scalar_t* dxp = dxr.data_ptr<scalar_t>();
       scalar_t* dht = w.tracker ? dhs.data_ptr<scalar_t>() + t * B * HT : nullptr;
       // Rows are distinct within a step (each example's own): the scatters run in parallel.
-      at::parallel_for(0, R, grain(K), [&](int64_t r0, int64_t r1) {
+      at::parallel_for(0, R, copy_grain(K), [&](int64_t r0, int64_t r1) {
         scatter_add<scalar_t, 1>(r0, r1, H, dh_pool, p.left.data() + o, dxp, K);
         scatter_add<scalar_t, 1>(r0, r1, H, dh_pool, p.right.data() + o, dxp + H, K);
         if (dht != nullptr) scatter_add<scalar_t, 1>(r0, r1, HT, dht, p.ex.data() + o, dxp + 2 * H, K);
@@ -618,7 +621,7 @@ void backward_loop(const Plan& p, const Weights& w, const Tensor& pc, const Tens
       });
       const Tensor dxt = (*tracker_mm)(dgt, dx);
       const scalar_t* dxp = dxt.data_ptr<scalar_t>();
-      at::parallel_for(0, B, grain(K), [&](int64_t b0, int64_t b1) {
+      at::parallel_for(0, B, copy_grain(K), [&](int64_t b0, int64_t b1) {
         // stk interleaves top and second per example, as the product's row b holds them side by side.
         scatter_add<scalar_t, 2>(b0, b1, H, dh_pool, p.stk.data() + 2 * t * B, dxp, K);
         for (int64_t b = b0; b < b1; ++b) copy_row(HT, dhp + b * HT, dxp + b * K + 2 * H);
@@ -714,7 +717,7 @@ Outputs10 spinn_bwd(const Tensor& grad_h, const Tensor& grad_c, const std::optio
       scalar_t* dst = dg_buf.data_ptr<scalar_t>();
       const scalar_t* src = dg_all.data_ptr<scalar_t>();
       // An example's buffer tops are its own rows (slot·B + b): parallel over examples.
-      at::parallel_for(0, B, grain(T * 4 * HT), [&](int64_t b0, int64_t b1) {
+      at::parallel_for(0, B, copy_grain(T * 4 * HT), [&](int64_t b0, int64_t b1) {
         for (int64_t t = 0; t < T; ++t) {
           scatter_add<scalar_t, 1>(t * B + b0, t * B + b1, 4 * HT, dst, p.buf.data(), src, 4 * HT);
         }
