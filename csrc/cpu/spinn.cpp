@@ -14,7 +14,7 @@
 //   gates (RM, 5H)   reduce chunks activated: tanh(a), σ(i), σ(f1), σ(f2), σ(o) (rows from ΣR on zero)
 //   acts (T, B, 4HT) activated tracker gates i, f, g, o;  cs, hs (T, B, HT) tracker c and h
 // The GEMM inputs, gathered per step, live in scratch memory and are gathered again by the backward for
-// the weight gradients (a gather is ~1% of the products' time; keeping them would add 13 MB of outputs
+// the weight gradients (a gather is ~1% of the products' time; keeping them would add ~9 MB of outputs
 // per batch at D=100):
 //   xk (ΣR, K)       reduce rows [h_l, h_r, h_tracker]
 //   xs (T, B, K)     tracker rows [stack top h, stack second h, previous tracker h]
@@ -85,7 +85,8 @@ Tensor product_once(const Tensor& x, const Tensor& w) {
 }
 
 // y = aᵀ·b (weight gradients). ATen's GEMM takes the transposed operand as it is; mm_tn's oneDNN path
-// would copy both operands transposed first (measured at D=100: +40 ms of copies for -10 ms of GEMM).
+// would copy both operands transposed first (measured at D=100, one thread: +16 ms of copies per batch for
+// -3.5 ms of GEMM).
 void gemm_tn(Tensor& y, const Tensor& a, const Tensor& b) { at::mm_out(y, a.t(), b); }
 
 // ---------------------------------------------------------------------------------------------
@@ -269,7 +270,7 @@ RNNFAST_INLINE void add_row(int64_t n, scalar_t* dst, const scalar_t* src) {
 
 // The scatters of the backward: for source rows r in [r0, r1) (row stride lds) and parts q < P (width n
 // each, side by side), dst row rows[r·P + q] += src[r, q·n : (q+1)·n]. Cloned per ISA like the cells
-// (in baseline SSE2 these adds took 4x longer on AVX-512).
+// (the build's baseline is SSE2).
 template <typename scalar_t, int P>
 RNNFAST_CLONES void scatter_add(int64_t r0, int64_t r1, int64_t n, scalar_t* dst, const int64_t* rows,
                                 const scalar_t* src, int64_t lds) {
@@ -342,8 +343,9 @@ class Workspace {
     return m;
   }
   static std::vector<Tensor>& cache() {
-    static std::vector<Tensor> blocks;
-    return blocks;
+    // Never destroyed: freeing tensors after the allocator's own teardown at exit would crash.
+    static auto* blocks = new std::vector<Tensor>();
+    return *blocks;
   }
   at::ScalarType dtype_;
   Tensor block_;
