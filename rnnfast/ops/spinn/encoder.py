@@ -19,6 +19,11 @@ CUDA graph. Backward is a hand-written reverse loop over the same plan; every we
 big GEMM after it. Measured against the alternatives (all rows composed with masking; autograd over
 out-of-place ops) in scripts/bench_spinn.py and docs/spinn.md.
 
+On CPU tensors (float32/float64, the tree-LSTM cell on the ``cpu`` backend, not ``all_rows``) the same
+loop runs in C++ instead, planning included: the custom ops ``rnnfast::spinn_fwd/_bwd``
+(rnnfast/ops/spinn/function.py, csrc/cpu/spinn.cpp), which torch.compile traces without a graph break.
+The Python loop here serves the other devices, dtypes and backends.
+
 Without transitions (a predicting tracker), :func:`_predict` keeps the stack pointers on the device and
 picks each step's action by a masked argmax; see :func:`spinn_encode`.
 """
