@@ -143,12 +143,14 @@ REGISTRY: dict[str, Backend] = {
 def _onednn_lstm_faster(sizes: Sizes) -> bool:
     """Whether torch.nn's CPU LSTM (oneDNN's fused LSTM) beats the cpu kernels for a module of ``sizes``.
 
-    Measured over the CPU grid (benchmarks/results/cpu-full-gru-rnn-lstm-fwd-fwdbwd-infer.json, float32,
-    2 threads): oneDNN is ahead in 29 of 33 LSTM cases (cpu 0.40x-0.94x), the cpu kernels only at B=1
-    H=128 and in a few training cases, by at most 1.5x. So modules take oneDNN for every LSTM; the bare
-    lstm op has no oneDNN alternative and keeps cpu.
+    torch.nn runs a padded CPU LSTM through oneDNN's fused LSTM, which keeps its weights packed and
+    its per-step products near the machine's GEMM peak: measured on a 2-core AMD EPYC (float32,
+    scripts/bench_cpu.py --threads 1), the cpu kernels are within about 0.8x-1.07x of it (0.96x at B=1,
+    H=128, T=200; 0.80x at B=16, H=256). PackedSequence input does not take oneDNN in torch.nn: there
+    the cpu kernels are ahead (B=64, H=256, T=100: 1.2x inference, 1.8x training). So padded LSTM
+    modules take oneDNN, packed ones the cpu kernels; the bare lstm op has no oneDNN alternative.
     """
-    return sizes.get("cell") == "lstm"
+    return sizes.get("cell") == "lstm" and not sizes.get("lengths")
 
 
 def auto_order(op: str, device: torch.device, sizes: Sizes | None = None) -> list[str]:

@@ -44,6 +44,10 @@ def info(argv: list[str] | None = None) -> int:
     for name in ("cpu", "triton", "cuda"):
         ok, why = backends.REGISTRY[name].available()
         print(f"  {name:7s} {'available' if ok else 'unavailable'}: {why}")
+        if name == "cpu" and ok:
+            path = torch.ops.rnnfast_C.gemm_path(16, 512, 2048)
+            lib = "oneDNN" if path == "onednn" else "ATen (no oneDNN in this torch, or RNNFAST_CPU_GEMM=aten)"
+            print(f"          large float32 products (e.g. a B=16, H=512 LSTM step): {lib}")
     env = backends.requested_backend(None)
     print(f"RNNFAST_BACKEND: {env}   GPU-verified for auto: {sorted(backends.GPU_VERIFIED) or 'none'}")
     print(f"\nSupport on {device} (float32, sample sizes):")

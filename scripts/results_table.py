@@ -3,8 +3,9 @@
 For every quick-grid results file (one per device, written by ``rnnfast bench``; ``--all`` adds the
 other grids and restricted runs) and every case: the
 baseline's median (torch.nn for the modules, the reference for the bare ops), the fastest rnnfast
-backend that passed the correctness check, and its speedup. Numbers are copied from the files, never
-recomputed or edited.
+backend that passed the correctness check, and its speedup; files written with the GEMM floor
+(rows with ``pct_floor``) add that backend's % of floor ("—" where the op has none). Numbers are
+copied from the files, never recomputed or edited, except the speedup (a ratio of two of them).
 
     python scripts/results_table.py                      # print the table
     python scripts/results_table.py --update README.md   # rewrite it between the README markers
@@ -36,12 +37,15 @@ def file_table(path: Path, root: Path) -> list[str]:
     tf32 = "" if m["device"] != "cuda" else f", cuDNN TF32 {'on' if m['cudnn_allow_tf32'] else 'off'}"
     if m.get("loadavg_1min") is not None:
         tf32 += f", load average {m['loadavg_1min']}"
+    # Files from before the GEMM floor have no pct_floor key: their table keeps its columns.
+    floor = any("pct_floor" in r for r in doc["rows"])
     lines = [
         f"**{m['device_name']}** ({m['device']}, {m['threads']} threads{tf32}) · torch {m['torch']} · "
         f"rnnfast {m.get('rnnfast')} @ `{commit}` · grid `{doc.get('grid')}` · [`{rel}`]({rel})",
         "",
-        "| case | baseline | baseline ms | fastest rnnfast | ms | speedup |",
-        "|---|---|---:|---|---:|---:|",
+        "| case | baseline | baseline ms | fastest rnnfast | ms | speedup |"
+        + (" % of floor |" if floor else ""),
+        "|---|---|---:|---|---:|---:|" + ("---:|" if floor else ""),
     ]
     cases: dict[str, list[dict]] = {}
     for r in doc["rows"]:
@@ -56,21 +60,27 @@ def file_table(path: Path, root: Path) -> list[str]:
         base_ms = _ms(base["median_ms"]) if base else "—"
         if best is None:
             note = ", ".join(f"{r['provider']} {r['status']}" for r in failed) or "only the baseline ran"
-            lines.append(f"| {rows[0]['label']} | {base_name} | {base_ms} | {note} | | |")
+            lines.append(
+                f"| {rows[0]['label']} | {base_name} | {base_ms} | {note} | | |" + (" |" if floor else "")
+            )
             continue
         speedup = f"{base['median_ms'] / best['median_ms']:.2f}×" if base else "—"
         extra = "".join(f" ({r['provider']} {r['status']})" for r in failed)
+        pct = best.get("pct_floor")
         lines.append(
             f"| {rows[0]['label']} | {base_name} | {base_ms} | {best['provider']}{extra} | "
             f"{_ms(best['median_ms'])} | {speedup} |"
+            + ((f" {pct:.0f}% |" if pct is not None else " — |") if floor else "")
         )
     return lines
 
 
 def headline(doc: dict) -> bool:
-    """A headline run: the whole quick grid (no --ops/--dtype/--modes restriction)."""
+    """A headline run: the whole quick grid (no --ops/--dtype/--modes/--filter restriction)."""
     filters = doc.get("filters") or {}
-    return doc.get("grid") == "quick" and not any(filters.get(k) for k in ("ops", "dtypes", "modes"))
+    return doc.get("grid") == "quick" and not any(
+        filters.get(k) for k in ("ops", "dtypes", "modes", "filter")
+    )
 
 
 def build(results: Path, root: Path = ROOT, everything: bool = False) -> str:

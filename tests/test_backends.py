@@ -15,8 +15,10 @@ def test_auto_order_cpu():
     cpu = torch.device("cpu")
     assert backends.auto_order("recurrence", cpu, GRU) == ["cpu", "reference"]
     assert backends.auto_order("module", cpu, GRU) == ["cpu", "torch"]
-    # torch.nn's oneDNN LSTM beats the cpu kernels almost everywhere: modules prefer it; bare ops keep cpu.
+    # torch.nn's oneDNN LSTM is ahead on padded input: those modules prefer it; packed input (no oneDNN in
+    # torch.nn) and bare ops keep cpu.
     assert backends.auto_order("module", cpu, LSTM) == ["torch", "cpu"]
+    assert backends.auto_order("module", cpu, dict(LSTM, lengths=True)) == ["cpu", "torch"]
     assert backends.auto_order("recurrence", cpu, dict(LSTM, B=16)) == ["cpu", "reference"]
     assert backends.auto_order("recurrence", cpu, LSTM) == ["cpu", "reference"]
 

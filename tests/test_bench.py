@@ -134,6 +134,133 @@ def test_spinn_in_the_grids():
     assert {c.H for c in registry.grid("full", "cpu", ops=["spinn"])} == {100, 300}
 
 
+# --------------------------------------------------------------------------------------------------
+# The GEMM floor and the sweep grid
+
+
+def test_floor_gemms_hand_computed():
+    # GRU fwdbwd B=2 T=3 I=4 H=5: tokens 6, G·H = 15
+    gemms = registry.floor_gemms(registry.Case("gru", "fwdbwd", B=2, T=3, I=4, H=5))
+    assert gemms == {
+        (6, 4, 15): 1,  # input GEMM
+        (2, 5, 15): 3,  # recurrent, once per step
+        (6, 15, 4): 1,  # dX = dGi·W_ih
+        (15, 6, 4): 1,  # dW_ih = dGiᵀ·X
+        (15, 6, 5): 1,  # dW_hh = dGhᵀ·h
+        (2, 15, 5): 3,  # dh = dg·W_hh, once per step
+    }
+    assert registry.floor_gemms(registry.Case("gru", "infer", B=2, T=3, I=4, H=5)) == {
+        (6, 4, 15): 1,
+        (2, 5, 15): 3,
+    }
+    # the bare op: recurrent part only (gi is its input, dgi its output)
+    assert registry.floor_gemms(registry.Case("gru_op", "fwdbwd", B=2, T=3, H=5)) == {
+        (2, 5, 15): 3,
+        (15, 6, 5): 1,
+        (2, 15, 5): 3,
+    }
+    # LSTM with projection P=2 (N = P): projection T×(B,H)×(H,P), its backward dW_hr and T×dh_raw
+    lstm = registry.recurrence_gemms(4, "fwdbwd", T=3, B=2, tokens=6, H=5, I=4, P=2)
+    assert lstm == {
+        (6, 4, 20): 1,
+        (2, 2, 20): 3,
+        (2, 5, 2): 3,
+        (6, 20, 4): 1,
+        (20, 6, 4): 1,
+        (20, 6, 2): 1,
+        (2, 20, 2): 3,
+        (2, 6, 5): 1,
+        (2, 2, 5): 3,
+    }
+    for op in ("tree_lstm", "tree_lstm_reduce", "spinn"):
+        assert registry.floor_gemms(next(iter(registry.grid("tiny", "cpu", ops=[op])))) is None
+
+
+def test_floor_gemm_flop_equals_the_case_flop():
+    """Unpacked, the floor's GEMMs are exactly the FLOP count (which leaves pointwise math out), in
+    every mode, with layers and directions; packed, the per-step GEMMs keep the full batch."""
+    cases = [c for g in ("tiny", "quick", "full") for c in registry.grid(g, "cpu") if c.spec.floor]
+    cases += [registry.Case("lstm", "fwdbwd", B=2, T=3, I=4, H=5, layers=3, bidir=True)]
+    for case in cases:
+        flop = sum(2 * m * k * n * count for (m, k, n), count in registry.floor_gemms(case).items())
+        if case.packed:
+            assert flop > registry.flops_of(case), case.id
+        else:
+            assert flop == registry.flops_of(case), case.id
+
+
+def test_floor_of_a_small_case_is_positive_and_cached(monkeypatch):
+    calls = []
+    timed = runner.time_after_first
+
+    def counting(fn, device, first_call_s, min_time=0.3):
+        calls.append(1)
+        return timed(fn, device, first_call_s, min_time)
+
+    monkeypatch.setattr(runner, "time_after_first", counting)
+    floor = runner.GemmFloor("cpu", min_time=0.001)
+    infer = registry.Case("gru", "infer", B=3, T=5, I=8, H=8)
+    ms = floor.floor_ms(infer)
+    assert 0 < ms < float("inf") and len(calls) == 2  # input and recurrent GEMM
+    # fwdbwd of the same shape: its forward GEMMs and dW_hh (= dW_ih's shape, I = H) come from the cache
+    assert 0 < floor.floor_ms(registry.Case("gru", "fwdbwd", B=3, T=5, I=8, H=8)) < float("inf")
+    assert len(calls) == 2 + 3
+    # T = 10: only the input GEMM is new; the per-step GEMM is timed once for every T
+    floor.floor_ms(registry.Case("gru", "infer", B=3, T=10, I=8, H=8))
+    assert len(calls) == 6 and len(floor.timings) == 6
+    assert floor.floor_ms(infer) == ms and len(calls) == 6
+    step = floor.gemm_ms("float32", 3, 8, 24)
+    assert ms == pytest.approx(floor.gemm_ms("float32", 15, 8, 24) + 5 * step)
+    assert {g["m"] for g in floor.as_list()} >= {3, 15, 30} and all(
+        g["median_ms"] > 0 for g in floor.as_list()
+    )
+    assert floor.floor_ms(registry.Case("tree_lstm", R=4, H=8)) is None and len(calls) == 6
+
+
+def test_rep_policy_reuses_the_first_long_call():
+    calls = []
+    fn = lambda: calls.append(1)  # noqa: E731
+    t = runner.time_after_first(fn, "cpu", first_call_s=runner.LONG_CALL_S + 1, min_time=0.0)
+    assert len(calls) == runner.LONG_REPS - 1 and t.reps == runner.LONG_REPS
+    assert t.max_ms == pytest.approx((runner.LONG_CALL_S + 1) * 1e3)
+    calls.clear()
+    t = runner.time_after_first(fn, "cpu", first_call_s=1e-4, min_time=0.0)
+    assert len(calls) == runner.WARMUP + runner.MIN_REPS and t.reps == runner.MIN_REPS
+
+
+def test_sweep_grid_shapes():
+    for device in ("cpu", "cuda"):
+        cases = registry.grid("sweep", device)
+        assert len(cases) == 3 * 5 * 5 * 2 * 2
+        for mode in ("infer", "fwdbwd"):
+            got = {(c.op, c.B, c.H, c.T) for c in cases if c.mode == mode}
+            assert got == {
+                (op, B, H, T)
+                for op in ("gru", "rnn", "lstm")
+                for B in (1, 4, 16, 64, 256)
+                for H in (64, 128, 256, 512, 1024)
+                for T in (50, 200)
+            }
+        assert {c.mode for c in cases} == {"infer", "fwdbwd"}
+        assert all(
+            c.I == c.H and c.layers == 1 and not c.bidir and not c.packed and c.dtype == "float32"
+            for c in cases
+        )
+    assert {c.mode for c in registry.grid("sweep", "cpu", modes=["fwd"])} == {"fwd"}
+
+
+def test_sweep_estimate_fits_the_budget():
+    """The rep policy keeps the sweep command's estimated CPU run time under 40 minutes (the model of
+    runner.estimate_seconds: 100 GFLOP/s plus per-step overhead, both providers, floor included)."""
+    cases = registry.grid("sweep", "cpu")
+    est = runner.estimate_seconds(cases, [2] * len(cases))
+    assert 10 * 60 < est < 40 * 60
+    assert runner.estimate_seconds(cases, [2] * len(cases), floor=False) < est
+    rc, text = _run_cli(["--device", "cpu", "--grid", "sweep", "--providers", "torch.nn,cpu", "--list"])
+    assert rc == 0 and f"estimated run time: {est / 60:.1f} min" in text
+    assert "lstm fwdbwd B256 T200 I1024 H1024 f32" in text and "300 cases" in text
+
+
 def test_case_validation_names_the_field():
     with pytest.raises(ValueError, match="mode"):
         registry.Case("gru", mode="backward")
@@ -213,6 +340,7 @@ def test_cli_prints_the_table(tiny_run):
         "median ms",
         "IQR ms",
         "speedup",
+        "%floor",
         "tokens/s",
         "TFLOP/s",
         "%FLOP",
@@ -245,6 +373,16 @@ def test_cli_writes_json_and_csv(tiny_run):
     assert len(table) == len(rows)
     assert [r["case"] for r in table] == [r["case"] for r in rows]
     assert float(table[0]["median_ms"]) == pytest.approx(rows[0]["median_ms"])
+    # The GEMM floor: every timed gru row has it, the tree op has none; the CSV carries the same.
+    for r, c in zip(rows, table):
+        if r["op"] == "gru" and r["status"] == "ok":
+            assert 0 < r["floor_ms"] < float("inf")
+            assert r["pct_floor"] == pytest.approx(100 * r["floor_ms"] / r["median_ms"])
+            assert float(c["pct_floor"]) == pytest.approx(r["pct_floor"])
+        elif r["op"] == "tree_lstm_reduce":
+            assert r["floor_ms"] is None and r["pct_floor"] is None and c["pct_floor"] == ""
+    assert any(r["pct_floor"] for r in rows)
+    assert doc["schema"] == 1 and {"m", "k", "n", "median_ms", "reps"} <= set(doc["floor_gemms"][0])
 
 
 def test_cli_writes_the_png(tiny_run):
@@ -293,6 +431,14 @@ def test_broken_provider_is_a_mismatch_and_not_timed(monkeypatch, tmp_path):
     assert all(r["status"] == "ok" for r in rows if r["provider"] == "torch.nn")
 
 
+def test_cli_no_floor(tmp_path):
+    argv = ["--device", "cpu", "--grid", "tiny", "--ops", "rnn", "--modes", "infer", "--out", str(tmp_path)]
+    rc, _ = _run_cli(argv + ["--no-floor", "--no-plot", "--min-time", "0.01", "--quiet"])
+    doc = json.loads((tmp_path / "cpu-tiny-rnn-infer.json").read_text())
+    assert rc == 0 and doc["floor_gemms"] is None
+    assert all(r["floor_ms"] is None and r["pct_floor"] is None for r in doc["rows"])
+
+
 def test_cli_runs_spinn_on_the_tiny_grid(tmp_path):
     argv = ["--device", "cpu", "--grid", "tiny", "--ops", "spinn", "--out", str(tmp_path), "--no-plot"]
     rc, text = _run_cli(argv + ["--min-time", "0.01", "--quiet"])
@@ -317,6 +463,18 @@ def test_cli_rejects_bad_arguments():
         main_bench(["--device", "cpu", "--grid", "tiny", "--providers", "nope"])
     with pytest.raises(SystemExit, match="--dtype"):
         main_bench(["--device", "cpu", "--grid", "tiny", "--dtype", "float8"])
+    with pytest.raises(SystemExit, match="--filter: not a regular expression"):
+        main_bench(["--device", "cpu", "--grid", "tiny", "--filter", "B(1"])
+    with pytest.raises(SystemExit, match="--filter: no case label"):
+        main_bench(["--device", "cpu", "--grid", "tiny", "--filter", "B9999"])
+
+
+def test_cli_filter_keeps_matching_cases():
+    argv = ["--device", "cpu", "--grid", "sweep", "--ops", "gru", "--modes", "infer", "--list"]
+    rc, text = _run_cli(argv + ["--filter", "B(1|16) T50 I(64|256) "])
+    listed = [ln.split("  ")[0] for ln in text.splitlines() if ln.startswith("gru ")]
+    assert rc == 0 and "4 cases" in text
+    assert listed == [f"gru infer B{B} T50 I{H} H{H} f32" for B in (1, 16) for H in (64, 256)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -395,6 +553,20 @@ def test_results_table_from_cli_output(tiny_run, tmp_path):
     table = rt.build(out_dir, root=out_dir, everything=True)
     assert "| gru fwd B3 T5 I6 H8 f32 | torch.nn |" in table
     assert "| tree_lstm_reduce fwdbwd R4 H8 HT3 f32 | reference |" in table
+    # A file with pct_floor gets the column ("—" for ops without a floor); one without keeps its columns.
+    assert "| speedup | % of floor |" in table
+    assert all(ln.endswith("% |") for ln in table.splitlines() if ln.startswith("| gru "))
+    assert all(ln.endswith("| — |") for ln in table.splitlines() if ln.startswith("| tree_lstm_reduce "))
+    old = tmp_path / "old"
+    old.mkdir()
+    doc = json.loads((out_dir / "cpu-tiny-gru-tree_lstm_reduce.json").read_text())
+    doc["rows"] = [{k: v for k, v in r.items() if k not in ("floor_ms", "pct_floor")} for r in doc["rows"]]
+    (old / "cpu-tiny.json").write_text(json.dumps(doc))
+    old_table = rt.build(old, root=old, everything=True)
+    assert (
+        "floor" not in old_table
+        and "| case | baseline | baseline ms | fastest rnnfast | ms | speedup |\n" in old_table
+    )
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{rt.START}\nold table\n{rt.END}\nafter\n")
     assert rt.main(["--results", str(out_dir), "--all", "--check", str(readme)]) == 1

@@ -14,7 +14,7 @@ from rnnfast import functional as RF
 from rnnfast.ops.recurrence import common
 from rnnfast.ops.tree_lstm import reference as tree_ref
 from rnnfast.ops.tree_lstm_reduce import reference as reduce_ref
-from tests.utils import assert_close, case_id, oracle, recurrence_inputs
+from tests.utils import assert_close, case_id, oracle, recurrence_inputs, run_recurrence
 
 ok, why = _ext.status()
 pytestmark = pytest.mark.skipif(not ok, reason=f"C++ CPU kernels unavailable: {why}")
@@ -24,15 +24,7 @@ CELL_IDS = [f"{c}-P{p}" for c, p in CELL_CASES]
 
 
 def _call(cell, args, reverse, backend):
-    a = args
-    if cell == "gru":
-        y, h = RF.gru(a["gi"], a["h0"], a["w_hh"], a["b_hh"], a["lengths"], reverse, backend=backend)
-        return y, h
-    if cell == "lstm":
-        return RF.lstm(
-            a["gi"], a["h0"], a["c0"], a["w_hh"], a["b_hh"], a["w_hr"], a["lengths"], reverse, backend=backend
-        )
-    return RF.rnn(a["gi"], a["h0"], a["w_hh"], a["b_hh"], a["lengths"], reverse, cell[4:], backend=backend)
+    return [o for o in run_recurrence(cell, args, reverse, backend) if o is not None]
 
 
 def _grad_inputs(args):

@@ -9,9 +9,8 @@ import torch.nn.functional as F
 
 import rnnfast
 from rnnfast import _ext
-from rnnfast import functional as RF
 from rnnfast.ops import linear
-from tests.utils import assert_close, oracle, recurrence_inputs
+from tests.utils import assert_close, oracle, recurrence_inputs, run_recurrence
 
 ok, why = _ext.status()
 pytestmark = pytest.mark.skipif(not ok, reason=f"C++ CPU kernels unavailable: {why}")
@@ -24,28 +23,28 @@ def test_step_products_pick_their_path():
     path = torch.ops.rnnfast_C.gemm_path
     assert path(1, 128, 512) == "blocked"
     assert path(4, 256, 1024) == "blocked"
+    assert path(16, 256, 1024) == "blocked"
+    assert path(16, 512, 1536) == ("onednn" if ONEDNN else "aten")
     assert path(16, 512, 2048) == ("onednn" if ONEDNN else "aten")
     assert path(64, 1024, 4096) == ("onednn" if ONEDNN else "aten")
+    assert path(4, 1024, 3072) == ("onednn" if ONEDNN else "aten")
+    assert path(1, 1024, 3072) == "aten"
 
 
-# B=16, H=256 LSTM: 16·256·1024 = 4M multiply-adds per step (oneDNN forward and backward);
-# GRU: 3M; RNN 1M stays blocked, so it checks the mix of paths in one run. Ragged rows and reverse too.
+# B=16, H=512: LSTM and GRU steps (K·M = 1M, 0.8M > the blocked kernel's 2^18) take oneDNN forward
+# and backward; RNN (K·M = 2^18) stays blocked, so the mix of paths runs too. B=4, H=1024: oneDNN for
+# all three, at a small batch. Ragged rows and reverse.
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
 @pytest.mark.parametrize("ragged", [False, True], ids=["full", "ragged"])
-def test_large_steps_match_oracle(cell, ragged):
-    T, B, H = 5, 16, 256
-    lengths = [5, 3, 5, 1, 0, 4, 5, 2, 5, 5, 3, 1, 5, 4, 2, 5] if ragged else None
+@pytest.mark.parametrize("B,H", [(16, 512), (4, 1024)], ids=["B16-H512", "B4-H1024"])
+def test_large_steps_match_oracle(cell, ragged, B, H):
+    T = 4
+    # Sorted as PackedSequence rows are: the products shrink to the rows still running.
+    full = [4, 4, 4, 4, 4, 3, 3, 3, 3, 2, 2, 2, 1, 1, 0, 0] if B == 16 else [4, 3, 1, 0]
+    lengths = full if ragged else None
     args = recurrence_inputs(cell, T, B, H, lengths=lengths, dtype=torch.float32)
     keys = ("gi", "h0", "c0", "w_hh", "b_hh", "w_hr", "lengths")
-    a = args
-    if cell == "lstm":
-        outs = RF.lstm(
-            a["gi"], a["h0"], a["c0"], a["w_hh"], a["b_hh"], None, a["lengths"], ragged, backend="cpu"
-        )
-    elif cell == "gru":
-        outs = RF.gru(a["gi"], a["h0"], a["w_hh"], a["b_hh"], a["lengths"], ragged, backend="cpu")
-    else:
-        outs = RF.rnn(a["gi"], a["h0"], a["w_hh"], a["b_hh"], a["lengths"], ragged, "tanh", backend="cpu")
+    outs = [o for o in run_recurrence(cell, args, ragged, "cpu") if o is not None]
     args64 = {
         k: (
             v.detach().double().requires_grad_(v.requires_grad)
@@ -64,6 +63,18 @@ def test_large_steps_match_oracle(cell, ragged):
     exp = torch.autograd.grad(want, [args64[k] for k in names], [u.double() for u in ups])
     for name, x, y in zip(names, got, exp):
         assert_close("d" + name, x.double(), y, atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_single_step_unpacked_weights_match_oracle(cell):
+    """T = 1 (token-by-token decoding): oneDNN takes W unpacked, since packing would cost two products."""
+    args = recurrence_inputs(cell, 1, 16, 512, dtype=torch.float32)
+    outs = [o for o in run_recurrence(cell, args, False, "cpu") if o is not None]
+    keys = ("gi", "h0", "c0", "w_hh", "b_hh", "w_hr", "lengths")
+    a64 = {k: (v.detach().double() if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
+    want = [w for w in oracle(cell, *(a64[k] for k in keys), False) if w is not None]
+    for name, o, w in zip(["y", "h_n", "c_n"], outs, want):
+        assert_close(name, o.double(), w, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])

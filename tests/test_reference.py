@@ -9,7 +9,7 @@ import rnnfast.ops.tree_lstm_reduce.function  # noqa: F401
 from rnnfast import functional as RF
 from rnnfast.ops.recurrence import reference as rec_ref
 from rnnfast.ops.tree_lstm_reduce import reference as red_ref
-from tests.utils import assert_close, case_id, oracle, recurrence_inputs
+from tests.utils import assert_close, case_id, oracle, recurrence_inputs, run_recurrence
 
 SHAPES = [(1, 1, 1), (5, 3, 7), (4, 2, 33)]  # (T, B, H)
 CASES = [
@@ -33,24 +33,11 @@ def _lengths(T, B):
     return vals
 
 
-def _call(cell, a, reverse, backend="reference"):
-    if cell == "lstm":
-        y, h, c = RF.lstm(
-            a["gi"], a["h0"], a["c0"], a["w_hh"], a["b_hh"], a["w_hr"], a["lengths"], reverse, backend
-        )
-        return y, h, c
-    if cell == "gru":
-        y, h = RF.gru(a["gi"], a["h0"], a["w_hh"], a["b_hh"], a["lengths"], reverse, backend)
-    else:
-        y, h = RF.rnn(a["gi"], a["h0"], a["w_hh"], a["b_hh"], a["lengths"], reverse, cell[4:], backend)
-    return y, h, None
-
-
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 def test_bptt_matches_autograd_oracle(case):
     cell, T, B, H, P, lens, rev = case
     a = recurrence_inputs(cell, T, B, H, P, lengths=_lengths(T, B) if lens else None)
-    y, h, c = _call(cell, a, rev)
+    y, h, c = run_recurrence(cell, a, rev, "reference")
     y_o, h_o, c_o = oracle(cell, **a, reverse=rev)
     assert_close("y", y, y_o, 1e-12)
     assert_close("h_n", h, h_o, 1e-12)
@@ -83,7 +70,7 @@ def test_gradcheck_reference(case):
 
     def f(*xs):
         b = dict(a, **dict(zip(names, xs)))
-        return tuple(t for t in _call(cell, b, rev) if t is not None)
+        return tuple(t for t in run_recurrence(cell, b, rev, "reference") if t is not None)
 
     assert torch.autograd.gradcheck(f, [a[k] for k in names], fast_mode=True)
 
@@ -94,7 +81,7 @@ def test_lengths_semantics_per_sequence():
     lens = [6, 3, 1, 4]
     for rev in (False, True):
         a = recurrence_inputs("gru", T, B, H, lengths=lens, grad=False)
-        y, h, _ = _call("gru", a, rev)
+        y, h, _ = run_recurrence("gru", a, rev, "reference")
         for b, L in enumerate(lens):
             yb, hb = rec_ref.gru(
                 a["gi"][:L, b : b + 1], a["h0"][b : b + 1], a["w_hh"], a["b_hh"], reverse=rev

@@ -14,7 +14,7 @@ import rnnfast
 from rnnfast import functional
 from rnnfast.ops.tree_lstm import reference as tree_ref
 from rnnfast.ops.tree_lstm_reduce import reference as reduce_ref
-from tests.utils import CELLS, assert_close, case_id, oracle, recurrence_inputs
+from tests.utils import CELLS, assert_close, case_id, oracle, recurrence_inputs, run_recurrence
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
 
@@ -116,16 +116,7 @@ def test_op_fp32_vs_oracle(cell, T, B, H, ragged, reverse, monkeypatch):
     if a["lengths"] is not None:
         a["lengths"] = a["lengths"].cuda()
     keys = [k for k in ("gi", "h0", "c0", "w_hh", "b_hh") if a[k] is not None]
-    if cell == "lstm":
-        got = functional.lstm(
-            a["gi"], a["h0"], a["c0"], a["w_hh"], a["b_hh"], None, a["lengths"], reverse, backend="triton"
-        )
-    elif cell == "gru":
-        got = functional.gru(a["gi"], a["h0"], a["w_hh"], a["b_hh"], a["lengths"], reverse, backend="triton")
-    else:
-        got = functional.rnn(
-            a["gi"], a["h0"], a["w_hh"], a["b_hh"], a["lengths"], reverse, cell[4:], backend="triton"
-        )
+    got = [o for o in run_recurrence(cell, a, reverse, "triton") if o is not None]
     want = [
         o
         for o in oracle(

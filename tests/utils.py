@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from rnnfast import functional
 from rnnfast.ops.recurrence import common
 from rnnfast.ops.recurrence import reference as rec_ref
 
@@ -63,4 +64,19 @@ def oracle(cell, gi, h0, c0, w_hh, b_hh, w_hr, lengths, reverse):
     if cell == "lstm":
         return rec_ref.lstm(gi, h0, c0, w_hh, b_hh, w_hr, lengths, reverse)
     y, h = rec_ref.rnn(gi, h0, w_hh, b_hh, lengths, reverse, nonlinearity=cell[4:])
+    return y, h, None
+
+
+def run_recurrence(cell, a: dict, reverse: bool, backend: str):
+    """The functional op of ``cell`` on the arguments of :func:`recurrence_inputs`: (y, h_n, c_n or None)."""
+    if cell == "lstm":
+        return functional.lstm(
+            a["gi"], a["h0"], a["c0"], a["w_hh"], a["b_hh"], a["w_hr"], a["lengths"], reverse, backend=backend
+        )
+    if cell == "gru":
+        y, h = functional.gru(a["gi"], a["h0"], a["w_hh"], a["b_hh"], a["lengths"], reverse, backend=backend)
+    else:
+        y, h = functional.rnn(
+            a["gi"], a["h0"], a["w_hh"], a["b_hh"], a["lengths"], reverse, cell[4:], backend=backend
+        )
     return y, h, None

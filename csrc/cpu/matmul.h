@@ -3,7 +3,7 @@
 // At small B the product is dominated by call overhead in ATen (4.6 µs for 1×128·128×384 through
 // torch.mm, where the arithmetic is < 1 µs), and MKL re-packs W at every call: a register-blocked
 // kernel streaming W (kept in L2 across steps) does it directly up to B = 63. From B = 64, or when W
-// outgrows L2, it is a real GEMM and goes to ATen/MKL.
+// outgrows L2, it is a real GEMM and goes to oneDNN (gemm.h), or to ATen/MKL where torch has no oneDNN.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -100,12 +100,14 @@ inline int64_t blas_min_rows() {
 }
 constexpr int64_t kSmallMaxWork = int64_t{1} << 18;
 
-// Where oneDNN (gemm.h) takes over: from this many rows (env RNNFAST_CPU_DNNL_MIN_B) and at least
-// kDnnlMinWork multiply-adds per step.
+// Where oneDNN (gemm.h) takes the products the blocked kernel leaves to a GEMM library: from this many
+// rows (env RNNFAST_CPU_DNNL_MIN_B) and at least kDnnlMinWork multiply-adds per step. Measured per step,
+// 1 thread, oneDNN vs MKL: GRU B=4 H=1024 460 vs 1090 µs, B=4 H=512 107-133 vs 212; at B=1 (a matrix-
+// vector product, bound by reading W) no clear winner (GRU H=1024: 262-398 vs 290-302 µs).
 inline int64_t dnnl_min_rows() {
   static const int64_t v = [] {
     const char* s = std::getenv("RNNFAST_CPU_DNNL_MIN_B");
-    return s ? std::atoll(s) : int64_t{8};
+    return s ? std::atoll(s) : int64_t{2};
   }();
   return v;
 }
@@ -114,15 +116,18 @@ inline int64_t dnnl_min_rows() {
 template <typename scalar_t>
 class StepMatmul {
  public:
-  // `w` is (K, M); a transposed view is fine (it is copied to the layout each path wants).
-  StepMatmul(const at::Tensor& w, int64_t B) : B_(B), K_(w.size(0)), M_(w.size(1)) {
+  // `w` is (K, M); a transposed view is fine (it is copied to the layout each path wants). steps: how
+  // many products will be taken (the packing decision of LinearNT).
+  StepMatmul(const at::Tensor& w, int64_t B, int64_t steps) : B_(B), K_(w.size(0)), M_(w.size(1)) {
+    use_blas_ = B >= blas_min_rows() || K_ * M_ > kSmallMaxWork;
+    // Where the register-blocked kernel applies it beats oneDNN, whose per-call overhead (~25 µs) is
+    // paid every step (measured, 1 thread, LSTM B=16 H=256: 109 vs 125 µs per step; B=8: 51 vs 75).
     const at::Tensor wt = w.t();  // (M, K): a Linear weight
-    if (B >= dnnl_min_rows() && dnnl_pays(wt, B)) {
-      dnnl_.emplace(wt, B);
+    if (use_blas_ && B >= dnnl_min_rows() && dnnl_pays(wt, B)) {
+      dnnl_.emplace(wt, B, steps);
       if (dnnl_->uses_dnnl()) return;
       dnnl_.reset();
     }
-    use_blas_ = B >= blas_min_rows() || K_ * M_ > kSmallMaxWork;
     w_ = use_blas_ ? w : w.contiguous();
     // Split the columns over threads only when a step has enough work to amortise waking them: measured
     // with 2 threads, B=4 H=256 GRU (0.8M multiply-adds) 20 µs on one thread vs 27 on two; B=32 (6.3M)
@@ -133,30 +138,38 @@ class StepMatmul {
   const char* path() const { return dnnl_.has_value() ? "onednn" : use_blas_ ? "aten" : "blocked"; }
 
   // out (rows, M) row stride ldo = x (rows, K) row stride ldx · W, for the first rows <= B rows.
-  void apply(const scalar_t* x, int64_t ldx, scalar_t* out, int64_t ldo, int64_t rows = -1) const {
+  // Returns where the result is: `out`, or, on the oneDNN path when ldo == M and `keep` is given, the
+  // product's own buffer (held in *keep; saves copying it, 5 µs a step at B=16, H=256 LSTM).
+  const scalar_t* apply(const scalar_t* x, int64_t ldx, scalar_t* out, int64_t ldo, int64_t rows = -1,
+                        at::Tensor* keep = nullptr) const {
     const int64_t B = rows < 0 ? B_ : rows;
-    if (B == 0) return;
+    if (B == 0) return out;
     if (dnnl_.has_value() || use_blas_) {
       auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
       at::Tensor xt = at::from_blob(const_cast<scalar_t*>(x), {B, K_}, {ldx, 1}, opts);
+      if (dnnl_.has_value() && keep != nullptr && ldo == M_) {
+        *keep = dnnl_->product(xt);
+        return keep->data_ptr<scalar_t>();
+      }
       at::Tensor ot = at::from_blob(out, {B, M_}, {ldo, 1}, opts);
       if (dnnl_.has_value()) {
         dnnl_->apply(xt, ot);
       } else {
         at::mm_out(ot, xt, w_);
       }
-      return;
+      return out;
     }
     const scalar_t* w = w_.data_ptr<scalar_t>();
     if (!parallel_) {
       small_mm<scalar_t>(B, K_, x, ldx, w, M_, out, ldo, 0, M_);
-      return;
+      return out;
     }
     constexpr int64_t MB = 512 / sizeof(scalar_t);  // one 8-vector block per task
     const int64_t blocks = (M_ + MB - 1) / MB;
     at::parallel_for(0, blocks, 1, [&](int64_t lo, int64_t hi) {
       small_mm<scalar_t>(B, K_, x, ldx, w, M_, out, ldo, lo * MB, std::min(hi * MB, M_));
     });
+    return out;
   }
 
  private:

@@ -13,6 +13,7 @@
 
 #include "cells.h"
 #include "common.h"
+#include "gemm.h"
 #include "matmul.h"
 
 namespace rnnfast {
@@ -92,6 +93,15 @@ struct Steps {
       for (int64_t b = 0; b < B; ++b) len[b] = std::min<int64_t>(std::max<int64_t>(p[b], 0), T);
     }
   }
+  // The rows a step's products must cover: up to the last row still running at step t. Rows past it
+  // are finished and their products would be discarded; with PackedSequence input (rows sorted by
+  // length) this is the packed batch size of step t, so no time goes into the padding.
+  int64_t rows(int64_t t) const {
+    if (len.empty()) return B;
+    int64_t r = B;
+    while (r > 0 && len[r - 1] <= t) --r;
+    return r;
+  }
   bool ragged() const { return !len.empty(); }
   int64_t length(int64_t b) const { return len.empty() ? T : len[b]; }
   // Fills valid[b] for step t; returns nullptr when every row is valid.
@@ -123,9 +133,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& gi, const 
   Tensor c_n = kLSTM ? new_output({B, H}, opts) : new_output({0}, opts);
   Tensor ws = need_ws ? new_output({T, B, S * H}, opts) : new_output({0}, opts);
 
-  StepMatmul<scalar_t> mm_hh(w_hh.t(), B);
+  StepMatmul<scalar_t> mm_hh(w_hh.t(), B, T);
   c10::optional<StepMatmul<scalar_t>> mm_hr;
-  if (proj) mm_hr.emplace(w_hr->t(), B);
+  if (proj) mm_hr.emplace(w_hr->t(), B, T);
 
   Tensor bias = (b_hh.has_value() && b_hh->defined()) ? b_hh->contiguous() : at::zeros({GH}, opts);
   Tensor h = h0.contiguous().clone();                            // (B, N) state
@@ -145,20 +155,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& gi, const 
   scalar_t* ws_p = need_ws ? ws.data_ptr<scalar_t>() : nullptr;
 
   std::vector<uint8_t> valid(B);
+  at::Tensor keep;  // the step product's buffer when it is not gh (StepMatmul::apply)
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = st.reverse ? T - 1 - s : s;
     const uint8_t* m = st.mask(t, valid);
-    mm_hh.apply(h_p, N, gh_p, GH);
+    const int64_t rows = st.rows(t);
+    const scalar_t* ghr = mm_hh.apply(h_p, N, gh_p, GH, rows, &keep);
     for_rows(B, GH, [&](int64_t b0, int64_t b1) {
       if (need_ws && S > 0) {
-        forward_rows<Cell, scalar_t, true>(b0, b1, H, m, gi_p + t * B * GH, gh_p, bias_p, h_p, N, c_p, hnew_p,
+        forward_rows<Cell, scalar_t, true>(b0, b1, H, m, gi_p + t * B * GH, ghr, bias_p, h_p, N, c_p, hnew_p,
                                            ws_p + t * B * S * H);
       } else {
-        forward_rows<Cell, scalar_t, false>(b0, b1, H, m, gi_p + t * B * GH, gh_p, bias_p, h_p, N, c_p, hnew_p,
+        forward_rows<Cell, scalar_t, false>(b0, b1, H, m, gi_p + t * B * GH, ghr, bias_p, h_p, N, c_p, hnew_p,
                                             nullptr);
       }
     });
-    if (proj) mm_hr->apply(hnew_p, H, hproj.data_ptr<scalar_t>(), N);
+    if (proj) mm_hr->apply(hnew_p, H, hproj.data_ptr<scalar_t>(), N, rows);
     scalar_t* yt = y_p + t * B * N;
     for (int64_t b = 0; b < B; ++b) {
       if (m == nullptr || m[b]) {
@@ -196,9 +208,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
 
   // Gradients w.r.t. W_hh·h + b_hh: the same as dgi except for the GRU's n gate (r·dn).
   Tensor dgh = kGRU ? at::empty({T, B, GH}, opts) : dgi;
-  StepMatmul<scalar_t> mm_hh(w_hh, B);  // dh_{t-1} = dgh·W_hh
+  StepMatmul<scalar_t> mm_hh(w_hh, B, T);  // dh_{t-1} = dgh·W_hh
   c10::optional<StepMatmul<scalar_t>> mm_hr;
-  if (proj) mm_hr.emplace(*w_hr, B);    // d(o·tanh c) = dh·W_hr
+  if (proj) mm_hr.emplace(*w_hr, B, T);    // d(o·tanh c) = dh·W_hr
 
   Tensor dh = grad_hn.contiguous().clone();                                         // (B, N)
   Tensor dc = kLSTM ? (grad_cn.has_value() && grad_cn->defined() ? grad_cn->contiguous().clone()
@@ -227,6 +239,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
 
   std::vector<uint8_t> valid(B);
   std::vector<const scalar_t*> hp(B), cp(B);
+  at::Tensor keep;  // the step product's buffer when it is not dhp (StepMatmul::apply)
   for (int64_t s = T - 1; s >= 0; --s) {
     const int64_t t = st.reverse ? T - 1 - s : s;
     const uint8_t* m = st.mask(t, valid);
@@ -251,7 +264,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
           std::fill(dhr_t + b * N, dhr_t + (b + 1) * N, scalar_t(0));
         }
       }
-      mm_hr->apply(dht_p, N, du_p, H);
+      mm_hr->apply(dht_p, N, du_p, H, st.rows(t));
     }
     scalar_t* u_t = proj ? u.data_ptr<scalar_t>() + t * B * H : nullptr;
     for_rows(B, GH, [&](int64_t b0, int64_t b1) {
@@ -259,11 +272,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
                                     N, hp.data(), kLSTM ? cp.data() : nullptr, dc_p, dgi_p + t * B * GH,
                                     dgh_p + t * B * GH, direct_p, u_t);
     });
-    mm_hh.apply(dgh_p + t * B * GH, GH, dhp_p, N);
+    const scalar_t* dhpr = mm_hh.apply(dgh_p + t * B * GH, GH, dhp_p, N, st.rows(t), &keep);
     for (int64_t b = 0; b < B; ++b) {
       if (m != nullptr && !m[b]) continue;
       scalar_t* d = dh_p + b * N;
-      const scalar_t* p = dhp_p + b * N;
+      const scalar_t* p = dhpr + b * N;
       if (kGRU) {
         const scalar_t* q = direct_p + b * H;
         for (int64_t j = 0; j < N; ++j) d[j] = p[j] + q[j];
@@ -292,10 +305,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
   if (T > 1) {
     Tensor g = st.reverse ? dgh.narrow(0, 0, T - 1) : dgh.narrow(0, 1, T - 1);
     Tensor hprev = st.reverse ? y.narrow(0, 1, T - 1) : y.narrow(0, 0, T - 1);
-    dw_hh.addmm_(g.reshape({-1, GH}).t(), hprev.reshape({-1, N}));
+    mm_tn(dw_hh, g.reshape({-1, GH}), hprev.reshape({-1, N}), /*accumulate=*/true);
   }
   if (has_bias) at::sum_out(db_hh, dgh.reshape({-1, GH}), {0});
-  if (proj) at::mm_out(dw_hr, d_hr.reshape({-1, N}).t(), u.reshape({-1, H}));
+  if (proj) mm_tn(dw_hr, d_hr.reshape({-1, N}), u.reshape({-1, H}));
   return {dgi, dh0, dc0, dw_hh, db_hh, dw_hr};
 }
 
@@ -402,7 +415,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_bwd(
 // Which path a float32 per-step product x (m, k) · W (k, n) of the time loops takes: "onednn", "aten"
 // (MKL) or "blocked" (small_mm). For `rnnfast info` and the tests.
 std::string gemm_path(int64_t m, int64_t k, int64_t n) {
-  StepMatmul<float> mm(at::empty({k, n}, at::kFloat), m);
+  StepMatmul<float> mm(at::empty({k, n}, at::kFloat), m, 2);
   return mm.path();
 }
 

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 
@@ -79,6 +80,11 @@ def bench_parser() -> argparse.ArgumentParser:
         "--modes", type=_csv, help="comma-separated modes replacing the grid's (fwd, fwdbwd, infer)"
     )
     p.add_argument(
+        "--filter",
+        metavar="REGEX",
+        help="keep the cases whose label matches (re.search), e.g. 'B(1|4) T50 I64' or 'B256 .* H1024'",
+    )
+    p.add_argument(
         "--providers",
         type=_csv,
         help="comma-separated providers to time (torch.nn, reference, cpu, triton, cuda, compile); "
@@ -97,6 +103,11 @@ def bench_parser() -> argparse.ArgumentParser:
         "--min-time", type=float, default=0.3, help="seconds of timed samples per provider (default 0.3)"
     )
     p.add_argument("--threads", type=int, help="torch.set_num_threads for the run (default: torch's choice)")
+    p.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="skip the GEMM floor (pct_floor): no torch.mm timings of each case's GEMMs",
+    )
     p.add_argument("--list", action="store_true", help="print the cases and their providers, run nothing")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -125,6 +136,18 @@ def main_bench(argv: list[str] | None = None) -> int:
         cases = registry.grid(args.grid, device, modes=args.modes, dtypes=args.dtype, ops=args.ops)
     except ValueError as e:
         raise SystemExit(f"rnnfast bench: {e}") from None
+    if args.filter:
+        try:
+            pattern = re.compile(args.filter)
+        except re.error as e:
+            raise SystemExit(
+                f"rnnfast bench: --filter: not a regular expression ({e}): {args.filter!r}"
+            ) from None
+        cases = [c for c in cases if pattern.search(c.label)]
+        if not cases:
+            raise SystemExit(
+                f"rnnfast bench: --filter: no case label of the '{args.grid}' grid matches {args.filter!r}"
+            )
     compile_ = args.compile or bool(args.providers and "compile" in args.providers)
     if args.providers:
         known = {"compile", *registry.KERNEL_BACKENDS}.union(*(s.extra for s in registry.OPS.values()))
@@ -133,15 +156,24 @@ def main_bench(argv: list[str] | None = None) -> int:
             raise SystemExit(f"rnnfast bench: --providers: expected names from {sorted(known)}, got {bad}")
 
     if args.list:
+        runnable = []
         for case in cases:
             listed = registry.providers(case, device, compile=compile_)
-            names = [
-                n + ("" if ok else " (no)")
+            chosen = [
+                (n, ok)
                 for n, ok, _ in listed
-                if not args.providers or n in args.providers
+                if not args.providers or n in args.providers or n == case.spec.baseline
             ]
+            runnable.append(sum(ok for _, ok in chosen))
+            names = [n + ("" if ok else " (no)") for n, ok in chosen]
             print(f"{case.label:<46} {', '.join(names)}")
         print(f"{len(cases)} cases; '(no)': not runnable here (the reason is in the table of a run)")
+        if device.type == "cpu":
+            est = runner.estimate_seconds(cases, runnable, min_time=args.min_time, floor=not args.no_floor)
+            print(
+                f"estimated run time: {est / 60:.1f} min (model: {runner.CPU_FLOP_RATE / 1e9:.0f} GFLOP/s "
+                "plus a per-step overhead; compiles not counted)"
+            )
         return 0
 
     machine = report.machine_info(device)
@@ -151,6 +183,7 @@ def main_bench(argv: list[str] | None = None) -> int:
     peak = runner.measure_peak(device, dtypes, min_time=max(args.min_time, 0.05))
     print("\n".join(report.header_lines(machine, peak)), flush=True)
 
+    floor = None if args.no_floor else runner.GemmFloor(device, min_time=args.min_time)
     rows: list[dict] = []
     t0 = time.perf_counter()
     for case in cases:
@@ -163,6 +196,7 @@ def main_bench(argv: list[str] | None = None) -> int:
             compile=compile_,
             min_time=args.min_time,
             on_provider=lambda name, case=case: progress.show(f"{case.label}: {name}", transient=True),
+            floor=floor,
         )
         progress.step()
     progress.show(f"done in {time.perf_counter() - t0:.0f}s")
@@ -178,13 +212,26 @@ def main_bench(argv: list[str] | None = None) -> int:
 
     out = report.ensure_dir(args.out)
     # Restricted runs get their own files, so runs split by dtype or op do not overwrite each other.
-    filters = [*(args.ops or []), *(args.dtype or []), *(args.modes or [])]
+    filters = [
+        *(args.ops or []),
+        *(args.dtype or []),
+        *(args.modes or []),
+        *(["filtered"] if args.filter else []),
+    ]
     stem = args.name or "-".join([report.result_stem(machine, args.grid), *filters])
     meta = {
         "grid": args.grid,
-        "filters": {"ops": args.ops, "dtypes": args.dtype, "modes": args.modes, "providers": args.providers},
+        "filters": {
+            "ops": args.ops,
+            "dtypes": args.dtype,
+            "modes": args.modes,
+            "providers": args.providers,
+            "filter": args.filter,
+        },
         "command": "rnnfast bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "seconds": round(time.perf_counter() - t0, 1),
+        # The GEMMs behind floor_ms (registry.floor_gemms), each timed once in this run.
+        "floor_gemms": floor.as_list() if floor is not None else None,
     }
     report.write_json(out / f"{stem}.json", machine, peak, rows, meta)
     report.write_csv(out / f"{stem}.csv", machine, rows)

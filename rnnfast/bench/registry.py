@@ -64,7 +64,7 @@ SHORT_DTYPE = {"float32": "f32", "float64": "f64", "float16": "f16", "bfloat16":
 MODES = ("fwd", "fwdbwd", "infer")
 # The rnnfast backends that can serve a case; "torch" is left out: for a module it is torch.nn itself.
 KERNEL_BACKENDS = ("reference", "cpu", "triton", "cuda")
-GRIDS = ("tiny", "quick", "full")
+GRIDS = ("tiny", "quick", "full", "sweep")
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,9 @@ class Bound:
     params: list[Tensor] = field(default_factory=list)
 
 
+Gemm = tuple[int, int, int]  # (m, k, n): torch.mm of an (m, k) by a (k, n) matrix
+
+
 @dataclass(frozen=True)
 class OpSpec:
     """How to build, run and count one op. See :func:`register_op`."""
@@ -166,6 +169,8 @@ class OpSpec:
     flops: Callable[[Case], float]
     bytes: Callable[[Case], float]
     tokens: Callable[[Case], int]
+    # GEMMs the computation cannot avoid, {(m, k, n): count}; None: the op has no GEMM floor
+    floor: Callable[[Case], dict[Gemm, int]] | None = None
 
 
 OPS: dict[str, OpSpec] = {}
@@ -184,6 +189,7 @@ def register_op(spec: OpSpec) -> None:
                     a fresh module with the workload's parameters, its parameters in ``params``)
         extra       other providers by name (a plain-PyTorch SPINN as the baseline, ``compile``)
         flops, bytes, tokens   forward counts; ``flops_of``/``bytes_of`` scale them for the mode
+        floor       optional: the GEMMs the op cannot avoid in the case's mode (see :func:`floor_gemms`)
     then add its cases to :func:`grid`.
     """
     OPS[spec.name] = spec
@@ -338,6 +344,91 @@ def _reduce_bytes(case: Case) -> float:
     """Weights 5H·(2H+HT) + bias 5H, inputs R·(4H+HT), outputs 2·R·H, saved lstm_in 5·R·H."""
     R, H, HT = case.R, case.H, case.HT
     return float((5 * H * (2 * H + HT) + 5 * H + R * (4 * H + HT) + 2 * R * H + 5 * R * H) * _itemsize(case))
+
+
+# --------------------------------------------------------------------------------------------------
+# The GEMM floor: the matrix products a case cannot avoid. runner.GemmFloor times each distinct shape
+# on its own with torch.mm; the floor of a case is Σ count × time. A recurrence can fuse its pointwise
+# gate math into these GEMMs but cannot do less GEMM work, so a time at the floor is as fast as this
+# machine's GEMM makes the case (pct_floor = 100·floor/median).
+
+
+def recurrence_gemms(
+    G: int,
+    mode: str,
+    T: int,
+    B: int,
+    tokens: int,
+    H: int,
+    I: int = 0,
+    P: int = 0,
+    input_gemm: bool = True,
+) -> dict[Gemm, int]:
+    """The unavoidable GEMMs of one layer and direction of a recurrence, {(m, k, n): count}.
+
+    tokens = T·B (Σ lengths when packed), N = P (LSTM with projection) or H: the width of the state h.
+    Forward (every mode):
+        input GEMM   (tokens, I) × (I, G·H)          once (all steps together; skipped for a bare op,
+                                                     whose gi is given)
+        recurrent    (B, N) × (N, G·H)               T times: one GEMM per step, timed once
+        projection   (B, H) × (H, P)                 T times, when P > 0
+    fwdbwd adds the backward:
+        dX  = dGi·W_ih   (tokens, G·H) × (G·H, I)    once    (input GEMM only)
+        dW_ih = dGiᵀ·X   (G·H, tokens) × (tokens, I) once    (input GEMM only)
+        dW_hh = dGhᵀ·h   (G·H, tokens) × (tokens, N) once
+        dh  = dg·W_hh    (B, G·H) × (G·H, N)         T times
+        with P > 0: dW_hr (P, tokens) × (tokens, H) once and dh_raw = dh·W_hr (B, P) × (P, H) T times.
+    Packed cases keep the full batch B in the per-step GEMMs (the floor then slightly overstates what
+    a kernel that shrinks the batch as sequences end must do).
+    """
+    N = P or H
+    gemms: dict[Gemm, int] = {}
+
+    def add(shape: Gemm, count: int) -> None:
+        gemms[shape] = gemms.get(shape, 0) + count
+
+    if input_gemm:
+        add((tokens, I, G * H), 1)
+    add((B, N, G * H), T)
+    if P:
+        add((B, H, P), T)
+    if mode == "fwdbwd":
+        if input_gemm:
+            add((tokens, G * H, I), 1)
+            add((G * H, tokens, I), 1)
+        add((G * H, tokens, N), 1)
+        add((B, G * H, N), T)
+        if P:
+            add((P, tokens, H), 1)
+            add((B, P, H), T)
+    return gemms
+
+
+def _module_floor(case: Case) -> dict[Gemm, int]:
+    """Every layer and direction: :func:`recurrence_gemms` with I_0 = I, I_l = D·H (the benchmark's
+    modules have no projection, P = 0)."""
+    G = common.GATES[_CELL_OF[case.op]]
+    D = 2 if case.bidir else 1
+    tokens = _packed_tokens(case)
+    total: dict[Gemm, int] = {}
+    for layer in range(case.layers):
+        I_l = case.I if layer == 0 else D * case.H
+        for shape, count in recurrence_gemms(G, case.mode, case.T, case.B, tokens, case.H, I_l).items():
+            total[shape] = total.get(shape, 0) + D * count
+    return total
+
+
+def _op_floor(case: Case) -> dict[Gemm, int]:
+    """The bare op's recurrent part only: its gi comes precomputed and its backward returns dgi, so
+    neither the input GEMM nor dX/dW_ih is its work."""
+    G = common.GATES[_CELL_OF[case.op]]
+    return recurrence_gemms(G, case.mode, case.T, case.B, _packed_tokens(case), case.H, input_gemm=False)
+
+
+def floor_gemms(case: Case) -> dict[Gemm, int] | None:
+    """{(m, k, n): count} of the GEMMs ``case`` cannot avoid in its mode, or None for ops without a
+    GEMM floor (the tree ops and spinn: their GEMMs are a minor or data-dependent part)."""
+    return case.spec.floor(case) if case.spec.floor is not None else None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -594,7 +685,7 @@ for _name in ("gru", "rnn", "lstm"):
             name=_name, family="module", baseline="torch.nn",
             shape=_module_shape, sizes=_module_sizes, make=_module_make, run_backend=_module_backend,
             extra={"torch.nn": _module_torch, "compile": _module_compile},
-            flops=_module_flops, bytes=_module_bytes, tokens=_packed_tokens,
+            flops=_module_flops, bytes=_module_bytes, tokens=_packed_tokens, floor=_module_floor,
         )
     )  # fmt: skip
     register_op(
@@ -602,7 +693,7 @@ for _name in ("gru", "rnn", "lstm"):
             name=_name + "_op", family="recurrence", baseline="reference",
             shape=_op_shape, sizes=_op_sizes, make=_op_make, run_backend=_op_backend,
             extra={"compile": _op_compile},
-            flops=_op_flops, bytes=_op_bytes, tokens=_packed_tokens,
+            flops=_op_flops, bytes=_op_bytes, tokens=_packed_tokens, floor=_op_floor,
         )
     )  # fmt: skip
 register_op(
@@ -774,6 +865,13 @@ def bind(case: Case, provider: str, workload: Workload) -> Bound:
     raise ValueError(f"provider: expected one of {sorted({*spec.extra, *KERNEL_BACKENDS})}, got {provider!r}")
 
 
+# The sweep grid: where the GEMM floor is the target (B ≥ 16 or H ≥ 256) and where per-step overhead
+# rules (small B and H).
+SWEEP_B = (1, 4, 16, 64, 256)
+SWEEP_H = (64, 128, 256, 512, 1024)
+SWEEP_T = (50, 200)
+
+
 def _modules(ops, shapes, modes, dtypes, **kw) -> list[Case]:
     return [Case(op, mode, dt, **s, **kw) for s in shapes for op in ops for mode in modes for dt in dtypes]
 
@@ -794,6 +892,9 @@ def grid(
            (B1 H256 T512) and large (B64 H1024 T256) shapes, bf16, packed, and the tree ops and the
            SPINN encoder at SNLI sizes
     full   B × H sweeps for every module and op, 2-layer bidirectional, packed, and inference
+    sweep  the modules' GEMM-floor grid: B ∈ {1, 4, 16, 64, 256} × H ∈ {64, 128, 256, 512, 1024}
+           × T ∈ {50, 200}, I = H, one layer, unidirectional, float32, infer and fwdbwd (the same on
+           every device; docs/benchmarks.md has its command and run time)
     ``modes`` and ``dtypes`` replace the grid's own; ``ops`` keeps only those ops.
     """
     if name not in GRIDS:
@@ -831,6 +932,10 @@ def grid(
             cases += _modules(["tree_lstm"], [dict(R=128, H=300)], m, d)
             cases += _modules(["tree_lstm_reduce"], [dict(R=128, H=300, HT=64)], m, d)
             cases += _modules(["spinn"], [dict(B=128, T=49, H=300, HT=64)], m, d)
+    elif name == "sweep":
+        m, d = modes or ["infer", "fwdbwd"], dtypes or ["float32"]
+        shapes = [dict(B=B, T=T, I=H, H=H) for B in SWEEP_B for H in SWEEP_H for T in SWEEP_T]
+        cases = _modules(cell_ops, shapes, m, d)
     else:
         m = modes or ["fwd", "fwdbwd", "infer"]
         d = dtypes or (["float32", "bfloat16", "float16"] if cuda else ["float32"])

@@ -53,6 +53,8 @@ ROW_KEYS = (
     "tflops",
     "pct_peak_flops",
     "pct_peak_bw",
+    "floor_ms",
+    "pct_floor",
 )
 MACHINE_KEYS = (
     "device",
@@ -168,6 +170,7 @@ COLUMNS = (
     ("median ms", ">"),
     ("IQR ms", ">"),
     ("speedup", ">"),
+    ("%floor", ">"),
     ("tokens/s", ">"),
     ("TFLOP/s", ">"),
     ("%FLOP", ">"),
@@ -197,6 +200,7 @@ def table_lines(rows: list[dict]) -> list[str]:
                 _ms(r["median_ms"]),
                 f"{_ms(r['q25_ms'])}-{_ms(r['q75_ms'])}",
                 speed,
+                _pct(r.get("pct_floor")),
                 _si(r["tokens_per_s"]),
                 f"{r['tflops']:.3g}",
                 _pct(r["pct_peak_flops"]),
@@ -257,6 +261,7 @@ def header_lines(machine: dict, peak: dict) -> list[str]:
 LEGEND = (
     "median ms: per call, after warm-up; IQR: 25th-75th percentile; * marks the case's baseline "
     "(torch.nn for modules, reference for bare ops); speedup = baseline median / median; "
+    "%floor: 100 x the time of the case's unavoidable GEMMs (torch.mm, timed in this run) / median; "
     "%FLOP, %BW: achieved FLOP/s and bytes/s against the GEMM and copy peaks measured above."
 )
 
@@ -276,7 +281,7 @@ def write_json(path: Path, machine: dict, peak: dict, rows: list[dict], meta: di
         **meta,
         "machine": machine,
         "peak": peak,
-        "rows": [{k: _finite(r[k]) for k in ROW_KEYS} for r in rows],
+        "rows": [{k: _finite(r.get(k)) for k in ROW_KEYS} for r in rows],
     }
     path.write_text(json.dumps(doc, indent=1) + "\n")
 
@@ -286,7 +291,7 @@ def write_csv(path: Path, machine: dict, rows: list[dict]) -> None:
         w = csv.writer(f)
         w.writerow(MACHINE_KEYS + ROW_KEYS)
         for r in rows:
-            w.writerow([machine.get(k) for k in MACHINE_KEYS] + [_finite(r[k]) for k in ROW_KEYS])
+            w.writerow([machine.get(k) for k in MACHINE_KEYS] + [_finite(r.get(k)) for k in ROW_KEYS])
 
 
 def write_plot(path: Path, rows: list[dict], title: str) -> str | None:

@@ -129,27 +129,49 @@ def _summary(samples: list[float], method: str) -> Timing:
     return Timing(statistics.median(s), q25, q75, s[0], s[-1], len(s), method)
 
 
+# Rep policy. Short calls: 2 warm-up calls, then samples for min_time seconds (at least MIN_REPS, at
+# most MAX_REPS). A call longer than LONG_CALL_S is far above the timer's resolution, and its one-time
+# costs (first allocations, autograd graph) are a fraction of a percent of it: on the CPU the first call
+# (the correctness check, or the floor's first GEMM) is the first of LONG_REPS samples, no warm-up
+# besides (on CUDA, whose samples are CUDA events, LONG_REPS more). The sweep grid's largest case (lstm
+# fwdbwd B256 T200 H1024, 2.6 TFLOP: ~25 s a call at 100 GFLOP/s) costs 3 calls per provider instead
+# of 8, and the whole sweep grid (2 providers, floor included) ~23 min by estimate_seconds instead of ~49.
+MIN_REPS = 5
+MAX_REPS = 200
+WARMUP = 2
+LONG_CALL_S = 0.5
+LONG_REPS = 3
+
+
+def rep_policy(first_call_s: float) -> tuple[int, int]:
+    """(warm-up calls, samples at least) for a callable whose first call took ``first_call_s``;
+    for a long call the first call is one of the samples on the CPU (:func:`time_after_first`)."""
+    return (0, LONG_REPS) if first_call_s > LONG_CALL_S else (WARMUP, MIN_REPS)
+
+
 def time_fn(
     fn: Callable[[], object],
     device: torch.device,
     min_time: float = 0.3,
-    min_reps: int = 5,
-    max_reps: int = 200,
-    warmup: int = 2,
+    min_reps: int = MIN_REPS,
+    max_reps: int = MAX_REPS,
+    warmup: int = WARMUP,
+    first_ms: float | None = None,
 ) -> Timing:
     """Median and spread of ``fn``'s wall time per call, after ``warmup`` calls.
 
     Samples are taken until ``min_time`` seconds have passed and at least ``min_reps`` calls were
     made, or ``max_reps`` calls. CUDA: one pair of CUDA events per call, synchronised once at the end,
-    plus ``triton.testing.do_bench``'s median when Triton is importable. CPU: ``time.perf_counter``.
+    plus ``triton.testing.do_bench``'s median when Triton is importable. CPU: ``time.perf_counter``;
+    ``first_ms``, a call already timed the same way, counts as the first sample.
     """
     device = torch.device(device)
     for _ in range(warmup):
         fn()
     synchronize(device)
     if device.type != "cuda":
-        samples: list[float] = []
-        start = time.perf_counter()
+        samples: list[float] = [] if first_ms is None else [first_ms]
+        start = time.perf_counter() - (first_ms or 0.0) * 1e-3
         while len(samples) < max_reps and (len(samples) < min_reps or time.perf_counter() - start < min_time):
             t0 = time.perf_counter()
             fn()
@@ -170,6 +192,117 @@ def time_fn(
     timing = _summary([a.elapsed_time(b) for a, b in events], "cuda_events")
     timing.do_bench_ms = do_bench_ms(fn)
     return timing
+
+
+def timed_call(fn: Callable[[], object], device: torch.device) -> tuple[object, float]:
+    """(fn(), seconds it took, synchronised)."""
+    t0 = time.perf_counter()
+    out = fn()
+    synchronize(device)
+    return out, time.perf_counter() - t0
+
+
+def time_after_first(
+    fn: Callable[[], object], device: torch.device, first_call_s: float, min_time: float = 0.3
+) -> Timing:
+    """:func:`time_fn` with the warm-up and samples :func:`rep_policy` gives for a callable whose
+    first call (made and timed by :func:`timed_call`) took ``first_call_s``."""
+    warmup, min_reps = rep_policy(first_call_s)
+    first_ms = first_call_s * 1e3 if warmup == 0 and torch.device(device).type != "cuda" else None
+    return time_fn(fn, device, min_time=min_time, min_reps=min_reps, warmup=warmup, first_ms=first_ms)
+
+
+class GemmFloor:
+    """The GEMM floor of cases (``registry.floor_gemms``), one timing per distinct GEMM in a run.
+
+    Each (dtype, m, k, n) is timed on its own, ``torch.mm`` of seeded uniform (m, k) and (k, n)
+    matrices on the run's device, with the providers' method (:func:`time_after_first`: median of
+    repeated calls); many cases share shapes (infer and fwdbwd their forward GEMMs, T = 50 and 200
+    their per-step GEMMs), so the cache keeps the floor's cost to a fraction of the providers'. A GEMM
+    that runs T times per call (the recurrent one) is timed once and its median multiplied by T: a
+    step's GEMM is the same work at every step. For small per-step GEMMs the time includes torch.mm's
+    call overhead (a few µs from Python), which a compiled time loop partly avoids: pct_floor above 100
+    is possible for overhead-bound cases, and the floor is meant for GEMM-bound ones.
+    """
+
+    def __init__(self, device: torch.device, min_time: float = 0.3):
+        self.device, self.min_time = torch.device(device), min_time
+        self.timings: dict[tuple[str, int, int, int], Timing] = {}
+
+    def gemm_ms(self, dtype: str, m: int, k: int, n: int) -> float:
+        """Median ms of torch.mm (m, k) × (k, n) in ``dtype`` (a registry dtype name), cached."""
+        key = (dtype, m, k, n)
+        if key not in self.timings:
+            g = torch.Generator().manual_seed(m * 1_000_003 + k * 1009 + n)
+            dt = registry.DTYPES[dtype]
+            a = torch.rand((m, k), generator=g).to(self.device, dt)
+            b = torch.rand((k, n), generator=g).to(self.device, dt)
+            out = torch.empty((m, n), device=self.device, dtype=dt)
+
+            def mm():
+                return torch.mm(a, b, out=out)
+
+            _, first = timed_call(mm, self.device)
+            self.timings[key] = time_after_first(mm, self.device, first, self.min_time)
+            del a, b, out
+            _free(self.device)
+        return self.timings[key].median_ms
+
+    def floor_ms(self, case: Case) -> float | None:
+        """Σ count × median time over the case's floor GEMMs, or None when the op has no floor."""
+        gemms = registry.floor_gemms(case)
+        if gemms is None:
+            return None
+        return sum(count * self.gemm_ms(case.dtype, *shape) for shape, count in gemms.items())
+
+    def as_list(self) -> list[dict]:
+        """The timed GEMMs, for the JSON: dtype, m, k, n and the timing."""
+        return [
+            {"dtype": dt, "m": m, "k": k, "n": n, **t.as_dict()} for (dt, m, k, n), t in self.timings.items()
+        ]
+
+
+# The run-time estimate (``rnnfast bench --list`` on the CPU): a call takes flop / CPU_FLOP_RATE plus a
+# per-step overhead per layer and direction. Rates and overheads seen on a 2-core AMD EPYC with 2 threads
+# (torch.mm 90-160 GFLOP/s): GEMM-bound cases run at 100-160 GFLOP/s; at B1 H64 a step costs ~3 µs
+# (cpu infer) to ~13 µs (torch.nn infer) and ~100 µs (torch.nn fwdbwd, autograd per step).
+CPU_FLOP_RATE = 100e9
+STEP_OVERHEAD_S = {"infer": 10e-6, "fwd": 20e-6, "fwdbwd": 60e-6}
+GEMM_CALL_S = 5e-6  # one torch.mm call from Python, besides its FLOP
+
+
+def _calls_seconds(t: float, min_time: float) -> float:
+    """Seconds :func:`time_after_first` plus the first call spend on a callable taking ``t`` s."""
+    warmup, min_reps = rep_policy(t)
+    if warmup == 0:
+        return t * LONG_REPS  # the first call is a sample
+    reps = max(min_reps, min(MAX_REPS, int(min_time / max(t, 1e-9)) + 1))
+    return t * (1 + warmup + reps)
+
+
+def estimate_seconds(
+    cases: list[Case],
+    providers_per_case: list[int],
+    min_time: float = 0.3,
+    floor: bool = True,
+    flop_rate: float = CPU_FLOP_RATE,
+) -> float:
+    """Estimated seconds of a CPU run of ``cases`` (``providers_per_case[i]`` providers timed for case
+    i, the baseline included), with the rep policy of :func:`rep_policy` and, with ``floor``, one
+    timing per distinct floor GEMM (as :class:`GemmFloor` caches them). A model, not a measurement:
+    each call is its FLOP at ``flop_rate`` plus :data:`STEP_OVERHEAD_S` per step, layer and direction.
+    """
+    total = 0.0
+    gemms: set[tuple[str, int, int, int]] = set()
+    for case, n in zip(cases, providers_per_case):
+        steps = case.T * case.layers * (2 if case.bidir else 1)
+        t = registry.flops_of(case) / flop_rate + steps * STEP_OVERHEAD_S[case.mode]
+        total += n * _calls_seconds(t, min_time)
+        shapes = registry.floor_gemms(case) if floor and n else None
+        gemms.update((case.dtype, *shape) for shape in shapes or ())
+    for _, m, k, n in gemms:
+        total += _calls_seconds(2.0 * m * k * n / flop_rate + GEMM_CALL_S, min_time)
+    return total
 
 
 def do_bench_ms(fn: Callable[[], object]) -> float | None:
@@ -225,12 +358,17 @@ def run_case(
     compile: bool = False,
     min_time: float = 0.3,
     on_provider: Callable[[str], None] | None = None,
+    floor: GemmFloor | None = None,
 ) -> list[dict]:
     """Check and time every provider of ``case`` (or those named). One row dict per provider.
 
     status: ``ok`` (checked and timed), ``MISMATCH`` (disagrees with the baseline beyond the tolerance:
     not timed), ``ERROR`` (raised: the message is in ``detail``; not timed), ``unsupported`` (the backend
-    refuses the case: ``detail`` says why). The baseline is always run (first, for the check) and timed.
+    refuses the case: ``detail`` says why). The baseline is always run (first, for the check) and timed;
+    the check's call is every provider's first warm-up (:func:`rep_policy`), and the baseline's own
+    check is that first call (its error is 0 by definition). With ``floor``, rows of ops with a GEMM
+    floor get ``floor_ms`` and ``pct_floor`` = 100·floor_ms/median_ms (timed once at least one
+    provider was).
     """
     device = torch.device(device)
     spec = case.spec
@@ -241,11 +379,12 @@ def run_case(
     tol = tolerance(case.torch_dtype, device)
     workload = spec.make(case, device)
 
-    base_out, base_error = None, None
+    base_fn, base_out, base_first, base_error = None, None, 0.0, None
     try:
         base_fn = step_fn(workload, registry.bind(case, spec.baseline, workload))
-        base_out = [t.detach() for t in base_fn()]
-        synchronize(device)
+        outs, base_first = timed_call(base_fn, device)
+        base_out = [t.detach() for t in outs]
+        del outs
     except Exception as e:  # reported in every row below: no provider can be checked without it
         base_error = f"baseline {spec.baseline} failed: {type(e).__name__}: {e}"
 
@@ -264,29 +403,42 @@ def run_case(
             rows.append(row)
             continue
         try:
-            fn = step_fn(workload, registry.bind(case, name, workload))
-            err, where = max_rel_error(fn(), base_out)
+            if name == spec.baseline:
+                fn, err, first = base_fn, 0.0, base_first
+            else:
+                fn = step_fn(workload, registry.bind(case, name, workload))
+                outs, first = timed_call(fn, device)
+                err, where = max_rel_error(outs, base_out)
+                del outs
             row["max_rel_err"] = err
             if not err <= tol:
                 row.update(status="MISMATCH", detail=f"{where}: rel. error {err:.2e} > tolerance {tol:.0e}")
                 rows.append(row)
                 continue
-            timing = time_fn(fn, device, min_time=min_time)
+            timing = time_after_first(fn, device, first, min_time=min_time)
         except Exception as e:  # a provider that raises is a result to report, not a crash of the run
             row.update(status="ERROR", detail=f"{type(e).__name__}: {e}")
             rows.append(row)
             continue
         finally:
             fn = None
+            if name == spec.baseline:
+                base_fn = None
             _free(device)
         row.update(status="ok", **timing.as_dict())
         _throughput(row, case, peak)
         if name == spec.baseline:
             base_ms = timing.median_ms
         rows.append(row)
+    floor_ms = None
+    if floor is not None and any(r["status"] == "ok" for r in rows):
+        floor_ms = floor.floor_ms(case)
     for row in rows:
+        row["floor_ms"] = floor_ms
         if row["status"] == "ok" and base_ms is not None:
             row["speedup"] = base_ms / row["median_ms"]
+        if row["status"] == "ok" and floor_ms is not None:
+            row["pct_floor"] = 100.0 * floor_ms / row["median_ms"]
     return rows
 
 
@@ -328,6 +480,8 @@ def _row_head(case: Case, provider: str, tol: float) -> dict:
         "tflops": None,
         "pct_peak_flops": None,
         "pct_peak_bw": None,
+        "floor_ms": None,
+        "pct_floor": None,
     }
 
 

@@ -118,11 +118,17 @@ class _FusedRNNMixin:
         if name == "torch":
             return self._torch_forward(input, hx)
 
-        sorted_indices = unsorted_indices = lengths = None
+        sorted_indices = unsorted_indices = lengths = rows = None
         if packed:
             data, batch_sizes, sorted_indices, unsorted_indices = input
-            # Padded, in the packed (length-sorted) order; the kernels take the lengths.
-            x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
+            # The kernels take padded gi in the packed (length-sorted) order, and the lengths. The input
+            # projections run on the packed rows (x stays `data`), padded afterwards; under torch.compile
+            # (no data-dependent index tensors) x is padded first.
+            if torch.compiler.is_compiling():
+                x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
+            else:
+                *rows, lengths = _packed_rows(batch_sizes, data.device)
+                x = data
         elif not batched:
             x = x.unsqueeze(1)
 
@@ -154,12 +160,18 @@ class _FusedRNNMixin:
         # input GEMMs and the recurrence must agree on one dtype).
         if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
             with torch.autocast(x.device.type, enabled=False):
-                y, h_n, c_n = self._layers(x, h0, c0, lengths, name, _autocast_dtype(self, x.device))
+                y, h_n, c_n = self._layers(
+                    x, T, B, h0, c0, lengths, rows, name, _autocast_dtype(self, x.device)
+                )
         else:
-            y, h_n, c_n = self._layers(x, h0, c0, lengths, name, None)
+            y, h_n, c_n = self._layers(x, T, B, h0, c0, lengths, rows, name, None)
 
         if packed:
-            data = pack_padded_sequence(y, lengths).data
+            data = (
+                pack_padded_sequence(y, lengths).data
+                if rows is None
+                else y.flatten(0, 1).index_select(0, rows[0])
+            )
             out = PackedSequence(data, input.batch_sizes, sorted_indices, unsorted_indices)
             if unsorted_indices is not None:
                 h_n = h_n.index_select(1, unsorted_indices)
@@ -174,8 +186,14 @@ class _FusedRNNMixin:
                 out = out.transpose(0, 1)
         return (out, (h_n, c_n)) if is_lstm else (out, h_n)
 
-    def _layers(self, x, h0, c0, lengths, backend, cast):
-        """Run the layer stack on seq-first x (T, B, I); returns y (T, B, D·N), h_n, c_n (L·D, B, ·)."""
+    def _layers(self, x, T, B, h0, c0, lengths, rows, backend, cast):
+        """Run the layer stack on seq-first x (T, B, I); returns y (T, B, D·N), h_n, c_n (L·D, B, ·).
+
+        With ``rows`` (PackedSequence input: the flat (t, b) rows that hold tokens and the others, from
+        _packed_rows) x is the packed data (ΣL, I) and every input projection runs on the packed rows
+        only, padded afterwards, so no GEMM time goes into the padding (the time loops likewise skip
+        finished rows).
+        """
         cell = _cell(self)
         D = 2 if self.bidirectional else 1
         dt = cast or x.dtype
@@ -185,6 +203,9 @@ class _FusedRNNMixin:
         hs, cs = [], []
         for layer in range(self.num_layers):
             outs = []
+            x_rows = None
+            if rows is not None:
+                x_rows = x if layer == 0 else x.flatten(0, 1).index_select(0, rows[0])
             for d in range(D):
                 k = layer * D + d
                 sfx = f"l{layer}" + ("_reverse" if d else "")
@@ -193,7 +214,11 @@ class _FusedRNNMixin:
                 b_ih = getattr(self, "bias_ih_" + sfx).to(dt) if self.bias else None
                 b_hh = getattr(self, "bias_hh_" + sfx).to(dt) if self.bias else None
                 w_hr = getattr(self, "weight_hr_" + sfx).to(dt) if self.proj_size > 0 else None
-                gi = input_projection(x, w_ih, b_ih) if backend == "cpu" else F.linear(x, w_ih, b_ih)
+                project = input_projection if backend == "cpu" else F.linear
+                if rows is not None:
+                    gi = _pad_rows(project(x_rows, w_ih, b_ih), rows, T, B)
+                else:
+                    gi = project(x, w_ih, b_ih)
                 c_k = c0[k].to(dt) if c0 is not None else None
                 y, h, c = recurrence(cell, gi, h0[k].to(dt), c_k, w_hh, b_hh, w_hr, lengths, bool(d), backend)
                 outs.append(y)
@@ -205,6 +230,25 @@ class _FusedRNNMixin:
         h_n = torch.stack(hs)
         c_n = torch.stack(cs) if c0 is not None else None
         return x, h_n, c_n
+
+
+def _packed_rows(batch_sizes: Tensor, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """PackedSequence layout -> (rows, pad, lengths): rows (ΣL,) the flat t·B + b index of each packed
+    token (packed order is time-major with rows sorted by length, i.e. the row-major order of the valid
+    (t, b) cells), pad the other flat indices, lengths (B,) per sorted row on the CPU."""
+    B = int(batch_sizes[0])
+    valid = (torch.arange(B) < batch_sizes.unsqueeze(1)).flatten()  # (T·B,)
+    idx = torch.arange(valid.numel())
+    return idx[valid].to(device), idx[~valid].to(device), valid.view(-1, B).sum(0)
+
+
+def _pad_rows(data: Tensor, rows: tuple[Tensor, Tensor], T: int, B: int) -> Tensor:
+    """(ΣL, C) packed rows -> (T, B, C) zero-padded, by index_copy: its backward is one index_select
+    (pad_packed_sequence copies step by step in place, and autograd then re-copies the whole tensor per
+    step: measured 0.3 s of a 0.5 s GRU training step at B=64, H=256, T=100)."""
+    out = data.new_empty(T * B, data.shape[-1])
+    out.index_fill_(0, rows[1], 0)
+    return out.index_copy_(0, rows[0], data).view(T, B, -1)
 
 
 def _no_proj(cls_name: str, kwargs: dict) -> None:

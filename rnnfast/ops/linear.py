@@ -5,13 +5,16 @@ Dimensions: M rows (T·B tokens), I input, GH = G·H gate columns.
 torch.nn.functional.linear on the CPU is MKL's sgemm, which on AMD CPUs runs its AVX2 code while oneDNN
 (torch.nn.LSTM's CPU path) uses AVX-512: measured on a 2-core AMD EPYC, 2 threads, forward
 1600x512x2048 torch.mm 20.6 ms vs oneDNN 16.3 ms, 1600x256x1024 5.8 vs 4.1 ms. The fused LSTM of
-torch.nn gets that rate for its input GEMM, so the cpu backend does too: forward, dX and dW all go to
+torch.nn gets that rate for its input GEMM, so the cpu backend does too: forward and dX go to
 ``torch.ops.mkldnn._linear_pointwise`` for float32 products of at least ``_MIN_WORK`` multiply-adds
-(below that its ~25 µs call overhead loses to F.linear). Under torch.compile, or where torch has no
-oneDNN, it is plain F.linear.
+(below that its ~25 µs call overhead loses to F.linear). Under torch.compile, where torch has no
+oneDNN, or with RNNFAST_CPU_GEMM=aten (as for the time loops' products, csrc/cpu/gemm.h), it is plain
+F.linear.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +24,8 @@ _MIN_WORK = 1 << 21
 
 
 def _dnnl_available() -> bool:
+    if os.environ.get("RNNFAST_CPU_GEMM") == "aten":
+        return False
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
@@ -49,7 +54,9 @@ class _DnnlLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             dx = _mm_nt(g2, w.t()).reshape(ctx.x_shape)  # (M, GH)·(GH, I)
         if ctx.needs_input_grad[1]:
-            dw = _mm_nt(g2.t(), x2.t())  # (GH, M)·(M, I)
+            # (GH, M)·(M, I) through ATen: oneDNN would need both transposed into copies, which cost as
+            # much as it saves (B=256, H=64: 0.7 ms per copy against a 1 ms product).
+            dw = g2.t().mm(x2)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = g2.sum(0)
         return dx, dw, db

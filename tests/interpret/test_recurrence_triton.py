@@ -7,9 +7,9 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnfast
-from rnnfast import backends, functional
+from rnnfast import backends
 from rnnfast.ops.recurrence import triton as rec_triton
-from tests.utils import CELLS, assert_close, case_id, oracle, recurrence_inputs
+from tests.utils import CELLS, assert_close, case_id, oracle, recurrence_inputs, run_recurrence
 
 # (T, B, H, lengths, reverse): B=1 and H=1 edges, odd H inside one tile (7, 33) and across two (70),
 # ragged lengths including an empty sequence, both directions.
@@ -24,20 +24,6 @@ SHAPES = [
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
 
 
-def _call(cell, a, reverse, backend):
-    if cell == "lstm":
-        return functional.lstm(
-            a["gi"], a["h0"], a["c0"], a["w_hh"], a["b_hh"], a["w_hr"], a["lengths"], reverse, backend=backend
-        )
-    if cell == "gru":
-        y, h = functional.gru(a["gi"], a["h0"], a["w_hh"], a["b_hh"], a["lengths"], reverse, backend=backend)
-    else:
-        y, h = functional.rnn(
-            a["gi"], a["h0"], a["w_hh"], a["b_hh"], a["lengths"], reverse, cell[4:], backend=backend
-        )
-    return y, h, None
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize(
     "T,B,H,lengths,reverse",
@@ -47,7 +33,7 @@ def _call(cell, a, reverse, backend):
 @pytest.mark.parametrize("cell", CELLS)
 def test_forward_backward_vs_oracle(cell, T, B, H, lengths, reverse, dtype):
     a = recurrence_inputs(cell, T, B, H, lengths=lengths, dtype=dtype)
-    got = _call(cell, a, reverse, "triton")
+    got = run_recurrence(cell, a, reverse, "triton")
     want = oracle(cell, a["gi"], a["h0"], a["c0"], a["w_hh"], a["b_hh"], None, a["lengths"], reverse)
     tol = TOL[dtype]
     names = ("y", "h_n", "c_n")
@@ -75,7 +61,7 @@ def test_inference_forward(cell):
     """Without autograd the op runs with need_ws=False (nothing saved): same outputs."""
     a = recurrence_inputs(cell, 4, 3, 9, lengths=[4, 0, 2], dtype=torch.float64, grad=False)
     with torch.no_grad():
-        got = _call(cell, a, True, "triton")
+        got = run_recurrence(cell, a, True, "triton")
     want = oracle(cell, a["gi"], a["h0"], a["c0"], a["w_hh"], a["b_hh"], None, a["lengths"], True)
     for name, g, w in zip(("y", "h_n", "c_n"), got, want):
         if w is not None:
@@ -90,7 +76,7 @@ def test_gradcheck(cell, lengths, reverse):
 
     def f(*xs):
         kw = dict(a, **dict(zip(keys, xs)))
-        return tuple(o for o in _call(cell, kw, reverse, "triton") if o is not None)
+        return tuple(o for o in run_recurrence(cell, kw, reverse, "triton") if o is not None)
 
     assert torch.autograd.gradcheck(f, [a[k] for k in keys], fast_mode=True)
 
@@ -145,7 +131,7 @@ PROJ_SHAPES = [(1, 1, 1, 1, None, False), (5, 3, 33, 20, [5, 2, 0], True), (3, 2
 )
 def test_lstm_projection_vs_oracle(T, B, H, P, lengths, reverse, dtype):
     a = recurrence_inputs("lstm", T, B, H, P=P, lengths=lengths, dtype=dtype)
-    got = _call("lstm", a, reverse, "triton")
+    got = run_recurrence("lstm", a, reverse, "triton")
     want = oracle("lstm", a["gi"], a["h0"], a["c0"], a["w_hh"], a["b_hh"], a["w_hr"], a["lengths"], reverse)
     tol = TOL[dtype]
     for name, g, w in zip(("y", "h_n", "c_n"), got, want):
@@ -164,7 +150,7 @@ def test_lstm_projection_gradcheck():
     keys = ("gi", "h0", "c0", "w_hh", "b_hh", "w_hr")
 
     def f(*xs):
-        return _call("lstm", dict(a, **dict(zip(keys, xs))), True, "triton")
+        return run_recurrence("lstm", dict(a, **dict(zip(keys, xs))), True, "triton")
 
     assert torch.autograd.gradcheck(f, [a[k] for k in keys], fast_mode=True)
 
@@ -195,7 +181,7 @@ def test_non_contiguous_inputs(cell):
     strided["w_hh"] = a["w_hh"].t().contiguous().t()
     strided["h0"] = torch.stack([a["h0"], a["h0"]], -1)[..., 0]
     assert not any(strided[k].is_contiguous() for k in ("gi", "w_hh", "h0"))
-    got = _call(cell, strided, False, "triton")
+    got = run_recurrence(cell, strided, False, "triton")
     want = oracle(cell, a["gi"], a["h0"], a["c0"], a["w_hh"], a["b_hh"], None, a["lengths"], False)
     for name, g, w in zip(("y", "h_n", "c_n"), got, want):
         if w is not None:
