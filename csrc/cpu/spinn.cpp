@@ -38,56 +38,11 @@ using at::Tensor;
 constexpr int64_t kShift = 3, kReduce = 2, kPad = 1;
 
 // ---------------------------------------------------------------------------------------------
-// GEMMs go through gemm.h: oneDNN for float32 products big enough to pay its call overhead (every
-// per-step product here at B=128, H=100 is), ATen's GEMM otherwise.
-
-// x (M, Kin) · wᵀ for a weight w (Nout, Kin) used at every step, packed once for oneDNN when that pays
-// (as gemm.h's LinearNT). The product is returned rather than copied into a buffer: oneDNN hands back a
-// fresh tensor, which the pointwise code or the scatter after the product reads directly (saves a copy
-// of every step's product: ~2 ms per batch at D=100). ATen's GEMM writes into `out`, returned then.
-class Product {
- public:
-  Product(const Tensor& w, int64_t m_hint) : w_(w.contiguous()) {
-    if (dnnl_pays(w_, m_hint)) {
-      try {
-        packed_ = Dnnl::get().pack(w_, m_hint);
-      } catch (const std::exception& e) {
-        Dnnl::get().disable(e.what());
-      }
-    }
-  }
-  Tensor operator()(const Tensor& x, Tensor out) const {
-    if (packed_.defined() && Dnnl::get().usable()) {
-      try {
-        return Dnnl::get().linear(x.contiguous(), packed_);
-      } catch (const std::exception& e) {
-        Dnnl::get().disable(e.what());
-      }
-    }
-    at::mm_out(out, x, w_.t());
-    return out;
-  }
-
- private:
-  Tensor w_, packed_;
-};
-
-// x (M, Kin) · wᵀ once: oneDNN without packing when the product is big enough, else ATen.
-Tensor product_once(const Tensor& x, const Tensor& w) {
-  if (dnnl_pays(w, x.size(0))) {
-    try {
-      return Dnnl::get().linear(x.contiguous(), w.contiguous());
-    } catch (const std::exception& e) {
-      Dnnl::get().disable(e.what());
-    }
-  }
-  return at::mm(x, w.t());
-}
-
-// y = aᵀ·b (weight gradients). ATen's GEMM takes the transposed operand as it is; mm_tn's oneDNN path
-// would copy both operands transposed first (measured at D=100, one thread: +16 ms of copies per batch for
-// -3.5 ms of GEMM).
-void gemm_tn(Tensor& y, const Tensor& a, const Tensor& b) { at::mm_out(y, a.t(), b); }
+// Products go through gemm.h: oneDNN for float32 products big enough to pay its call overhead (every
+// per-step product here at B=128, H=100 is), ATen's GEMM otherwise. The per-step weights are packed once
+// per call (LinearNT) and each product is taken as a new tensor that the pointwise code or the scatter
+// after it reads directly (copying it into a preallocated buffer cost ~2 ms per batch at D=100). The
+// weight gradients (aᵀ·b) go through ATen, which takes the transposed operand as it is.
 
 // ---------------------------------------------------------------------------------------------
 // The plan: every pointer of the loop, from the transitions alone (the C++ twin of build_plan).
@@ -105,11 +60,6 @@ struct Plan {
     int64_t steps = 0;
     for (int64_t t = 0; t < T; ++t) steps += off[t + 1] > off[t];
     return steps > 0 ? total() / steps : 0;
-  }
-  int64_t max_rows() const {
-    int64_t m = 0;
-    for (int64_t t = 0; t < T; ++t) m = std::max(m, off[t + 1] - off[t]);
-    return m;
   }
 };
 
@@ -443,15 +393,15 @@ void forward_loop(const Plan& p, const Weights& w, const Tensor& b_l, const Tens
   scalar_t* h_pool = ph.data_ptr<scalar_t>();
   scalar_t* c_pool = pc.data_ptr<scalar_t>();
   const scalar_t* bl = b_l.data_ptr<scalar_t>();
-  const Product reduce_mm(w.wk, p.mean_rows());
-  std::optional<Product> tracker_mm;
+  const LinearNT reduce_mm(w.wk, p.mean_rows());
+  std::optional<LinearNT> tracker_mm;
   Tensor g_buf;
   const scalar_t* bt = nullptr;
   Tensor c0;  // the tracker's initial c
   if (w.tracker) {
     tracker_mm.emplace(w.wtr, B);
     // Buffer-top part of every tracker step at once: the buffer top is always a null or leaf row.
-    g_buf = product_once(ph.narrow(0, 0, (1 + N) * B), w.w_buf);
+    g_buf = LinearNT(w.w_buf, (1 + N) * B, /*uses=*/1).product(ph.narrow(0, 0, (1 + N) * B));
     bt = bias_trk.data_ptr<scalar_t>();
     c0 = at::zeros({B, HT}, ph.options());
   }
@@ -459,7 +409,7 @@ void forward_loop(const Plan& p, const Weights& w, const Tensor& b_l, const Tens
     if (w.tracker) {
       gather_tracker<scalar_t>(p, t, H, HT, h_pool, hs.data_ptr<scalar_t>(), xs.data_ptr<scalar_t>() + t * B * K);
       Tensor g = acts[t];
-      const Tensor pre = (*tracker_mm)(xs[t], g);
+      const Tensor pre = tracker_mm->product(xs[t]);
       const scalar_t* pp = pre.data_ptr<scalar_t>();
       scalar_t* gp = g.data_ptr<scalar_t>();
       const scalar_t* gb = g_buf.data_ptr<scalar_t>();
@@ -478,7 +428,7 @@ void forward_loop(const Plan& p, const Weights& w, const Tensor& b_l, const Tens
       gather_reduce<scalar_t>(p, t, H, HT, h_pool, w.tracker ? hs.data_ptr<scalar_t>() : nullptr,
                               xk.data_ptr<scalar_t>() + o * K);
       Tensor gr = gates.narrow(0, o, R);
-      const Tensor pre = reduce_mm(xk.narrow(0, o, R), gr);
+      const Tensor pre = reduce_mm.product(xk.narrow(0, o, R));
       const scalar_t* pp = pre.data_ptr<scalar_t>();
       scalar_t* lp = gr.data_ptr<scalar_t>();
       at::parallel_for(0, R, grain(5 * H), [&](int64_t r0, int64_t r1) {
@@ -572,13 +522,11 @@ void backward_loop(const Plan& p, const Weights& w, const Tensor& pc, const Tens
   const scalar_t* c_pool = pc.data_ptr<scalar_t>();
   const scalar_t* li = gates.data_ptr<scalar_t>();
   // The NN products d·W run as x·(Wᵀ)ᵀ with Wᵀ copied contiguous once.
-  const Product reduce_mm(w.wk.t().contiguous(), p.mean_rows());
-  Tensor dxk = at::empty({p.max_rows(), K}, dph.options());
-  std::optional<Product> tracker_mm;
-  Tensor dx, dh, dc, c0;
+  const LinearNT reduce_mm(w.wk.t().contiguous(), p.mean_rows());
+  std::optional<LinearNT> tracker_mm;
+  Tensor dh, dc, c0;
   if (w.tracker) {
     tracker_mm.emplace(w.wtr.t().contiguous(), B);
-    dx = at::empty({B, K}, dph.options());
     c0 = at::zeros({B, HT}, dph.options());
     dh = at::zeros({B, HT}, dph.options());
     dc = at::zeros({B, HT}, dph.options());
@@ -595,7 +543,7 @@ void backward_loop(const Plan& p, const Weights& w, const Tensor& pc, const Tens
                                    dc_pool + rr * H);
         }
       });
-      const Tensor dxr = reduce_mm(d_all.narrow(0, o, R), dxk.narrow(0, 0, R));
+      const Tensor dxr = reduce_mm.product(d_all.narrow(0, o, R));
       const scalar_t* dxp = dxr.data_ptr<scalar_t>();
       scalar_t* dht = w.tracker ? dhs.data_ptr<scalar_t>() + t * B * HT : nullptr;
       // Rows are distinct within a step (each example's own): the scatters run in parallel.
@@ -621,7 +569,7 @@ void backward_loop(const Plan& p, const Weights& w, const Tensor& pc, const Tens
                                     c_prev + b * HT, dgp + b * 4 * HT);
         }
       });
-      const Tensor dxt = (*tracker_mm)(dgt, dx);
+      const Tensor dxt = tracker_mm->product(dgt);
       const scalar_t* dxp = dxt.data_ptr<scalar_t>();
       at::parallel_for(0, B, copy_grain(K), [&](int64_t b0, int64_t b1) {
         // stk interleaves top and second per example, as the product's row b holds them side by side.
@@ -706,7 +654,7 @@ Outputs10 spinn_bwd(const Tensor& grad_h, const Tensor& grad_c, const std::optio
   // Weight gradients: one GEMM each over all rows.
   auto none = [&] { return at::empty({0}, opts); };
   Tensor dwk = at::empty({5 * H, K}, opts);
-  gemm_tn(dwk, d_all, xk);
+  mm_tn(dwk, d_all, xk);
   Tensor dw_l = dwk.narrow(1, 0, H).contiguous(), dw_r = dwk.narrow(1, H, H).contiguous();
   Tensor db_l = has_b_l ? d_all.sum(0) : none();
   Tensor dw_t = none(), dw_ih = none(), dw_hh = none(), db_ih = none(), db_hh = none();
@@ -728,8 +676,8 @@ Outputs10 spinn_bwd(const Tensor& grad_h, const Tensor& grad_c, const std::optio
     Tensor d_leaves = dph.narrow(0, 0, LB);
     mm_nt(d_leaves, dg_buf, w.w_buf.t().contiguous(), /*accumulate=*/true);
     Tensor dwtr = at::empty({4 * HT, K}, opts), dw_buf = at::empty({4 * HT, H}, opts);
-    gemm_tn(dwtr, dg_all, xs.view({T * B, K}));
-    gemm_tn(dw_buf, dg_buf, h_pool.narrow(0, 0, LB));
+    mm_tn(dwtr, dg_all, xs.view({T * B, K}));
+    mm_tn(dw_buf, dg_buf, h_pool.narrow(0, 0, LB));
     dw_ih = at::cat({dw_buf, dwtr.narrow(1, 0, 2 * H)}, 1);
     dw_hh = dwtr.narrow(1, 2 * H, HT).contiguous();
     if (has_b_ih) {
