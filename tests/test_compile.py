@@ -61,3 +61,47 @@ def test_fake_tensors_reach_the_registered_op():
         w_hh, b_hh = torch.randn(12, 4), torch.randn(12)
         y, h = RF.gru(gi, h0, w_hh, b_hh, backend="cpu")
     assert type(y).__name__ == "FakeTensor" and tuple(y.shape) == (5, 2, 4) and tuple(h.shape) == (2, 4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tracker", [False, True], ids=["no-tracker", "tracker"])
+def test_compile_fullgraph_spinn(tracker):
+    """The SPINN encoder with transitions given on the CPU: rnnfast::spinn_fwd/_bwd in one graph."""
+    import random
+
+    from rnnfast.data.trees import pad_transitions, random_transitions
+    from rnnfast.nn.spinn import SPINN
+
+    torch._dynamo.reset()
+    B, H = 5, 6
+    model = SPINN(H, 4 if tracker else None, predict=tracker)
+    rng = random.Random(0)
+    tr = pad_transitions([random_transitions(rng.randint(1, 6), rng) for _ in range(B)])
+    N = int((tr == rnnfast.SHIFT).sum(0).max())
+    buffers = torch.randn(B, N, 2 * H, requires_grad=True)
+    null = torch.randn(B, 2 * H, requires_grad=True)
+
+    def step(buffers, null):
+        out = model(buffers, tr, null, return_c=True)
+        loss = out[0].sum() + (out[1] * out[1]).sum()
+        return loss + out[2].square().sum() if tracker else loss
+
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
+
+    inputs = [buffers, null] + list(model.parameters())
+    eager = step(buffers, null)
+    g_eager = torch.autograd.grad(eager, inputs)
+    compiled = torch.compile(step, fullgraph=True, backend=backend)
+    out = compiled(buffers, null)
+    g_comp = torch.autograd.grad(out, inputs)
+    assert len(graphs) == 1
+    code = "".join(m.code for m in graphs[0].modules() if isinstance(m, torch.fx.GraphModule))
+    assert "rnnfast.spinn_fwd" in code and "rnnfast.spinn_bwd" in code
+    assert_close("loss", out, eager, 1e-5)
+    names = ["buffers", "null"] + [n for n, _ in model.named_parameters()]
+    for name, a, b in zip(names, g_comp, g_eager):
+        assert_close("d" + name, a, b, 1e-5)

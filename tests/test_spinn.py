@@ -346,3 +346,115 @@ def test_cuda_graph_capture():
         torch.cuda.synchronize()
         want, *_ = spinn_encode(buffers, None, null, *weights, plan=p)
     assert_close("h (graph replay)", h, want, 1e-6)
+
+
+# The C++ loop (rnnfast::spinn_fwd / spinn_bwd), which SPINN runs on CPU float32/float64 tensors.
+
+
+def _op_inputs(tracker=True, biases=True, B=4, H=3, HT=2, lens=(3, 1, 4, 2), seed=11):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*s):
+        return torch.rand(*s, generator=g, dtype=torch.float64) * 1.2 - 0.6
+
+    rng = random.Random(seed)
+    tr = pad_transitions([random_transitions(n, rng) for n in lens])
+    N = max(lens)
+    w = dict(w_l=r(5 * H, H), b_l=r(5 * H) if biases else None, w_r=r(5 * H, H))
+    w.update(w_t=None, w_ih=None, w_hh=None, b_ih=None, b_hh=None)
+    if tracker:
+        w.update(w_t=r(5 * H, HT), w_ih=r(4 * HT, 3 * H), w_hh=r(4 * HT, HT))
+        if biases:
+            w.update(b_ih=r(4 * HT), b_hh=r(4 * HT))
+    return r(B, N, 2 * H), r(B, 2 * H), tr, w
+
+
+def _cpp_calls(monkeypatch):
+    from rnnfast.ops.spinn import function
+
+    calls = []
+    real = function.spinn_cpu
+
+    def counting(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(function, "spinn_cpu", counting)
+    return calls
+
+
+@pytest.mark.parametrize("tracker,biases", [(True, True), (True, False), (False, True), (False, False)],
+                         ids=["tracker", "tracker-nobias", "no-tracker", "no-tracker-nobias"])  # fmt: skip
+def test_cpp_loop_gradcheck(tracker, biases, monkeypatch):
+    calls = _cpp_calls(monkeypatch)
+    buffers, null, tr, w = _op_inputs(tracker, biases)
+    names = [k for k, v in w.items() if v is not None]
+    w_trans = torch.rand(4, 2, dtype=torch.float64) - 0.5 if tracker else None
+
+    def f(buffers, null, *ws):
+        kw = dict(zip(names, ws))
+        h, c, logits, _ = spinn_encode(buffers, tr, null, **{**w, **kw}, w_trans=w_trans)
+        return (h, c, logits) if tracker else (h, c)
+
+    args = [buffers.requires_grad_(), null.requires_grad_()] + [w[n].requires_grad_() for n in names]
+    assert torch.autograd.gradcheck(f, args)
+    assert calls, "the C++ loop did not run"
+
+
+def test_cpp_loop_matches_python_loop_float32(monkeypatch):
+    """float32 (the fast exp/tanh of the C++ cells) against the Python loop in float64."""
+    calls = _cpp_calls(monkeypatch)
+    B, H, HT = 24, 16, 8
+    model = _model(H, HT, predict=True)
+    rng = random.Random(5)
+    buffers, tr, null = _inputs(B, H, [rng.randint(1, 12) for _ in range(B)], seed=5)
+    model.backend = model.reduce.backend = "reference"
+    want = model(buffers, tr, null, return_c=True)
+    params = [buffers, null] + list(model.parameters())
+    g_want = torch.autograd.grad(sum(o.sum() for o in want), params)
+    model.backend = model.reduce.backend = "auto"
+    model.float()
+    b32, n32 = buffers.detach().float().requires_grad_(), null.detach().float().requires_grad_()
+    got = model(b32, tr, n32, return_c=True)
+    g_got = torch.autograd.grad(sum(o.sum() for o in got), [b32, n32] + list(model.parameters()))
+    assert len(calls) == 1
+    for name, a, b in zip(["h", "c", "logits"], got, want):
+        assert_close(name, a, b.float(), 2e-5)
+    for name, a, b in zip(["buffers", "null"] + [n for n, _ in model.named_parameters()], g_got, g_want):
+        assert_close(f"grad {name}", a, b.float(), 1e-4)
+
+
+@pytest.mark.parametrize("tracker", [True, False], ids=["tracker", "no-tracker"])
+def test_cpp_ops_opcheck_and_every_output_written(tracker):
+    """opcheck of both custom ops; with RNNFAST_DEBUG_POISON=1 (set by conftest) every output starts as
+    NaN, so a NaN left anywhere is an element the C++ code forgot to write."""
+    buffers, null, tr, w = _op_inputs(tracker, lens=(3, 1, 4, 0))
+    fwd = (buffers, null, tr, *w.values())
+    torch.library.opcheck(torch.ops.rnnfast.spinn_fwd.default, fwd)
+    outs = torch.ops.rnnfast.spinn_fwd(*fwd)
+    for i, o in enumerate(outs):
+        assert not o.isnan().any(), f"output {i} of spinn_fwd has unwritten elements"
+    h, c, hs, ph, pc, gates, acts, cs = outs
+    assert (hs.numel() > 0) == tracker
+    g = torch.Generator().manual_seed(3)
+    grads = [torch.rand(t.shape, generator=g, dtype=t.dtype) for t in (h, c)]
+    grads.append(torch.rand(hs.shape, generator=g, dtype=hs.dtype) if tracker else None)
+    bwd = (*grads, tr, ph, pc, gates, acts, cs, hs, w["w_l"], True, w["w_r"], w["w_t"], w["w_ih"],
+           w["w_hh"], tracker)  # fmt: skip
+    torch.library.opcheck(torch.ops.rnnfast.spinn_bwd.default, bwd)
+    for i, o in enumerate(torch.ops.rnnfast.spinn_bwd(*bwd)):
+        assert not o.isnan().any(), f"output {i} of spinn_bwd has unwritten elements"
+
+
+def test_cpp_ops_refuse_bad_transitions():
+    """The ops validate the transitions themselves (compiled graphs skip the Python checks)."""
+    buffers, null, tr, w = _op_inputs()
+    bad = tr.clone()
+    bad[0, 1] = REDUCE
+    with pytest.raises(ValueError, match="step 0, example 1 reduces with 0 entries"):
+        torch.ops.rnnfast.spinn_fwd(buffers, null, bad, *w.values())
+    bad[0, 1] = 7
+    with pytest.raises(ValueError, match="unknown code 7 at step 0, example 1"):
+        torch.ops.rnnfast.spinn_fwd(buffers, null, bad, *w.values())
+    with pytest.raises(ValueError, match="example 2 shifts 4 times but buffers holds only N=2"):
+        torch.ops.rnnfast.spinn_fwd(buffers[:, :2], null, tr, *w.values())

@@ -1,5 +1,5 @@
 // Schemas of the compiled ops, declared once; each device registers its kernels with TORCH_LIBRARY_IMPL
-// (CPU: recurrence.cpp, tree_lstm.cpp). Argument conventions: rnnfast/ops/recurrence/common.py, cell codes
+// (CPU: recurrence.cpp, tree_lstm.cpp, spinn.cpp). Argument conventions: rnnfast/ops/recurrence/common.py, cell codes
 // 0 rnn_tanh, 1 rnn_relu, 2 gru, 3 lstm.
 #include <Python.h>
 #include <torch/library.h>
@@ -17,6 +17,15 @@ TORCH_LIBRARY(rnnfast_C, m) {
   m.def(
       "tree_lstm_bwd(Tensor grad_h, Tensor grad_c, Tensor lstm_in, Tensor c_l, Tensor c_r, Tensor c) "
       "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "spinn_fwd(Tensor buffers, Tensor null, Tensor transitions, Tensor w_l, Tensor? b_l, Tensor w_r, "
+      "Tensor? w_t, Tensor? w_ih, Tensor? w_hh, Tensor? b_ih, Tensor? b_hh) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "spinn_bwd(Tensor grad_h, Tensor grad_c, Tensor? grad_hs, Tensor transitions, Tensor ph, Tensor pc, "
+      "Tensor gates, Tensor acts, Tensor cs, Tensor hs, Tensor w_l, bool has_b_l, Tensor w_r, "
+      "Tensor? w_t, Tensor? w_ih, Tensor? w_hh, bool has_b_ih) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 // `import rnnfast._C` loads the library (and so runs the registrations above); the module itself is

@@ -19,6 +19,11 @@ CUDA graph. Backward is a hand-written reverse loop over the same plan; every we
 big GEMM after it. Measured against the alternatives (all rows composed with masking; autograd over
 out-of-place ops) in scripts/bench_spinn.py and docs/spinn.md.
 
+On CPU tensors (float32/float64, the tree-LSTM cell on the ``cpu`` backend, not ``all_rows``) the same
+loop runs in C++ instead, planning included: the custom ops ``rnnfast::spinn_fwd/_bwd``
+(rnnfast/ops/spinn/function.py, csrc/cpu/spinn.cpp), which torch.compile traces without a graph break.
+The Python loop here serves the other devices, dtypes and backends.
+
 Without transitions (a predicting tracker), :func:`_predict` keeps the stack pointers on the device and
 picks each step's action by a masked argmax; see :func:`spinn_encode`.
 """
@@ -33,8 +38,10 @@ from torch import Tensor
 
 from rnnfast import backends, functional
 from rnnfast.nn.transitions import PAD, REDUCE, SHIFT
+from rnnfast.ops.spinn import function
 
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+_CPP_DTYPES = (torch.float32, torch.float64)
 
 
 @dataclass
@@ -62,6 +69,7 @@ class Plan:
     off: dict[int, int]
     total: int
     root: Tensor
+    tr: Tensor | None = None  # the transitions (T, B) int64 on the host, for the C++ loop
 
     @property
     def slots(self) -> int:
@@ -72,8 +80,8 @@ class Plan:
         return list(self.off)
 
 
-def check_transitions(transitions, B: int, N: int) -> Tensor:
-    """Validate the transitions (T, B) once, on the host. Returns them as an int64 CPU tensor."""
+def _transitions_tensor(transitions, B: int) -> Tensor:
+    """Type and shape of the transitions (T, B), checked without reading them; as int64 on the host."""
     if not isinstance(transitions, Tensor):
         raise TypeError(f"transitions: expected a torch.Tensor, got {type(transitions).__name__}")
     if transitions.dtype not in _INT_DTYPES:
@@ -82,7 +90,14 @@ def check_transitions(transitions, B: int, N: int) -> Tensor:
         )
     if transitions.dim() != 2 or transitions.shape[1] != B:
         raise ValueError(f"transitions: expected shape (T, B={B}), got {tuple(transitions.shape)}")
-    tr = transitions.to("cpu", torch.int64)
+    return transitions.to("cpu", torch.int64)
+
+
+def check_transitions(transitions, B: int, N: int) -> Tensor:
+    """Validate the transitions (T, B) once, on the host. Returns them as an int64 CPU tensor.
+
+    The C++ loop (csrc/cpu/spinn.cpp) repeats these value checks with the same messages."""
+    tr = _transitions_tensor(transitions, B)
     bad = ~((tr == SHIFT) | (tr == REDUCE) | (tr == PAD))
     if bad.any():
         t, b = (int(v) for v in bad.nonzero()[0])
@@ -160,7 +175,7 @@ def build_plan(tr: Tensor, N: int, all_rows: bool = False) -> Plan:
     rows_d, pair_d, kids_d, out_d = {}, {}, {}, {}
     for t in off:
         rows_d[t], pair_d[t], kids_d[t], out_d[t] = next(views), next(views), next(views), next(views)
-    return Plan(T, B, N, buf_t, stk_t, rows_d, pair_d, kids_d, out_d, off, total, root_t)
+    return Plan(T, B, N, buf_t, stk_t, rows_d, pair_d, kids_d, out_d, off, total, root_t, tr)
 
 
 def _to_device(p: Plan, device: torch.device) -> Plan:
@@ -176,7 +191,7 @@ def _to_device(p: Plan, device: torch.device) -> Plan:
     rows, pair, kids, out = {}, {}, {}, {}
     for t in steps:
         rows[t], pair[t], kids[t], out[t] = next(views), next(views), next(views), next(views)
-    return Plan(p.T, p.B, p.N, buf, stk, rows, pair, kids, out, dict(p.off), p.total, root)
+    return Plan(p.T, p.B, p.N, buf, stk, rows, pair, kids, out, dict(p.off), p.total, root, p.tr)
 
 
 def make_plan(transitions: Tensor, N: int, all_rows: bool = False, device=None) -> Plan:
@@ -451,6 +466,12 @@ def _predict(impl, buffers, null, lengths, w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih,
     return ph.index_select(0, root), pc.index_select(0, root), lg, tr
 
 
+def _encode_cpp(buffers, null, tr, weights, w_trans, b_trans):
+    """The C++ loop (validates ``tr`` (T, B) int64 on the host itself); logits (T, B, 4) or None."""
+    h, c, hs = function.spinn_cpu(buffers, null, tr, *weights)
+    return h, c, (F.linear(hs, w_trans, b_trans) if w_trans is not None else None)
+
+
 def _check(name: str, t, shape: tuple[int | None, ...], ref: Tensor) -> None:
     if not isinstance(t, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
@@ -540,18 +561,24 @@ def spinn_encode(
         _check("w_trans", w_trans, (None, HT), buffers)
         if b_trans is not None:
             _check("b_trans", b_trans, (w_trans.shape[0],), buffers)
-    # The reduce's three linears run here as one fused GEMM into packed buffers (see SpinnEncode); the
-    # tree-LSTM composition is the registered op, served by the best backend for the device.
+    # The Python loop runs the reduce's three linears as one fused GEMM into packed buffers (see
+    # SpinnEncode); its tree-LSTM composition is the registered op, served by the best backend for the
+    # device. (The backend module is looked up only where the Python loop runs: torch.compile cannot
+    # trace that lookup, and the C++ loop does not need it.)
     sizes = {"R": B, "H": H}
-    impl = backends.implementation(
-        backends.resolve("tree_lstm", buffers.device, buffers.dtype, sizes, backend), "tree_lstm"
-    )
+    name = backends.resolve("tree_lstm", buffers.device, buffers.dtype, sizes, backend)
+    # The whole loop in C++ (rnnfast::spinn_fwd/_bwd) where the tree-LSTM cell runs on the cpu backend;
+    # the Python loop below is for other devices, dtypes and backends (and the all-rows variant).
+    cpp = name == "cpu" and buffers.dtype in _CPP_DTYPES and not all_rows and B > 0
+    weights = (w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih, b_hh)
     if plan is not None:
         if not isinstance(plan, Plan) or (plan.B, plan.N) != (B, N):
             raise ValueError(f"plan: expected a Plan for B={B}, N={N}, got {plan!r:.80}")
-        h, c, logits = SpinnEncode.apply(
-            plan, impl, buffers, null, w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih, b_hh, w_trans, b_trans
-        )
+        if cpp and plan.tr is not None:
+            h, c, logits = _encode_cpp(buffers, null, plan.tr, weights, w_trans, b_trans)
+            return h, c, logits, transitions
+        impl = backends.implementation(name, "tree_lstm")
+        h, c, logits = SpinnEncode.apply(plan, impl, buffers, null, *weights, w_trans, b_trans)
         return h, c, (logits if w_trans is not None else None), transitions
     if transitions is None:
         if w_trans is None or w_trans.shape[0] != 4:
@@ -563,7 +590,8 @@ def spinn_encode(
         lengths = lengths.cpu()
         if B and (int(lengths.min()) < 0 or int(lengths.max()) > N):
             raise ValueError(f"lengths: expected values in [0, N={N}], got {lengths.tolist()}")
-        args = (w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih, b_hh, w_trans, b_trans)
+        args = (*weights, w_trans, b_trans)
+        impl = backends.implementation(name, "tree_lstm")
         h, c, logits, predicted = _predict(impl, buffers, null, lengths, *args)
         needs_grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (buffers, null, *args)
@@ -572,8 +600,11 @@ def spinn_encode(
             return h, c, logits, predicted
         # Gradients flow through the states the predicted transitions built: replay them (one host copy).
         transitions = predicted
+    if cpp:
+        tr = _transitions_tensor(transitions, B)
+        h, c, logits = _encode_cpp(buffers, null, tr, weights, w_trans, b_trans)
+        return h, c, logits, transitions
     p = _to_device(build_plan(check_transitions(transitions, B, N), N, all_rows), buffers.device)
-    h, c, logits = SpinnEncode.apply(
-        p, impl, buffers, null, w_l, b_l, w_r, w_t, w_ih, w_hh, b_ih, b_hh, w_trans, b_trans
-    )
+    impl = backends.implementation(name, "tree_lstm")
+    h, c, logits = SpinnEncode.apply(p, impl, buffers, null, *weights, w_trans, b_trans)
     return h, c, (logits if w_trans is not None else None), transitions
