@@ -144,11 +144,12 @@ def _onednn_lstm_faster(sizes: Sizes) -> bool:
     """Whether torch.nn's CPU LSTM (oneDNN's fused LSTM) beats the cpu kernels for a module of ``sizes``.
 
     torch.nn runs a padded CPU LSTM through oneDNN's fused LSTM, which keeps its weights packed and
-    its per-step products near the machine's GEMM peak: measured on a 2-core AMD EPYC (float32,
-    scripts/bench_cpu.py --threads 1), the cpu kernels are within about 0.8x-1.07x of it (0.96x at B=1,
-    H=128, T=200; 0.80x at B=16, H=256). PackedSequence input does not take oneDNN in torch.nn: there
-    the cpu kernels are ahead (B=64, H=256, T=100: 1.2x inference, 1.8x training). So padded LSTM
-    modules take oneDNN, packed ones the cpu kernels; the bare lstm op has no oneDNN alternative.
+    its per-step products near the machine's GEMM peak: measured on a 2-core AMD EPYC (float32, 2 threads,
+    benchmarks/results/cpu-sweep-gru-rnn-lstm-infer-fwdbwd.json), the cpu kernels are at 0.45x-1.51x of it
+    and below 0.95x in 61 of 100 cases (0.86x-0.90x at B=16, H=256). PackedSequence input does not take
+    oneDNN in torch.nn: there the cpu kernels are ahead (B=64, H=256, T=100: 1.2x inference, 1.8x
+    training). So padded LSTM modules take oneDNN, packed ones the cpu kernels; the bare lstm op has no
+    oneDNN alternative.
     """
     return sizes.get("cell") == "lstm" and not sizes.get("lengths")
 
