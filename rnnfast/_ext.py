@@ -35,7 +35,11 @@ import torch
 # Compiler flags shared by setup.py and the JIT build. No -march: the hot loops carry their own ISA
 # clones (csrc/cpu/common.h), so one build runs on any x86-64 CPU. -fopenmp makes at::parallel_for
 # (an inline OpenMP region in ATen's headers) parallel; it resolves to the libgomp torch already loaded.
-CXX_FLAGS = ["-O3", "-fno-math-errno"] + (["-fopenmp"] if sys.platform.startswith("linux") else [])
+# -fno-trapping-math lets GCC turn the clamps and selects of the vectorised math (common.h) into blends:
+# with trapping math only the AVX-512 clones, which have mask registers, vectorised the cell loops, and
+# the AVX2 ones ran scalar (LSTM B=16 H=128: 38 vs ~5 µs of pointwise per step). Values are unchanged.
+CXX_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
+CXX_FLAGS += ["-fopenmp"] if sys.platform.startswith("linux") else []
 LD_FLAGS = ["-fopenmp"] if sys.platform.startswith("linux") else []
 
 _lock = threading.Lock()

@@ -150,8 +150,12 @@ def _onednn_lstm_faster(sizes: Sizes) -> bool:
     oneDNN in torch.nn: there the cpu kernels are ahead (B=64, H=256, T=100: 1.2x inference, 1.8x
     training). So padded LSTM modules take oneDNN, packed ones the cpu kernels; the bare lstm op has no
     oneDNN alternative.
+
+    Not under autocast: there torch.nn's LSTM runs oneDNN in bfloat16, which raises on CPUs without
+    AVX-512 bf16 support ("could not create a primitive descriptor"), while the cpu kernels compute in
+    float32 everywhere.
     """
-    return sizes.get("cell") == "lstm" and not sizes.get("lengths")
+    return sizes.get("cell") == "lstm" and not sizes.get("lengths") and not sizes.get("autocast")
 
 
 def _short_sequence(sizes: Sizes) -> bool:

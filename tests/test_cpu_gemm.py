@@ -28,7 +28,29 @@ def test_step_products_pick_their_path():
     assert path(16, 512, 2048) == ("onednn" if ONEDNN else "aten")
     assert path(64, 1024, 4096) == ("onednn" if ONEDNN else "aten")
     assert path(4, 1024, 3072) == ("onednn" if ONEDNN else "aten")
-    assert path(1, 1024, 3072) == "aten"
+    assert path(1, 1024, 3072) == "matvec"
+    assert path(1, 300, 1200) == "matvec"
+
+
+# One row and a W beyond L2 (K·M > 2^18) take the matrix-vector kernel, forward and backward (T >= 8 so
+# that the backward's transposed copy of W pays): K = 300 leaves a tail after the vector loop, M = 1200 a
+# split over threads that is not a multiple of the kernel's four rows. float64 against the oracle.
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_single_row_large_w_matches_oracle(cell, reverse):
+    args = recurrence_inputs(cell, 9, 1, 300, dtype=torch.float64)
+    outs = [o for o in run_recurrence(cell, args, reverse, "cpu") if o is not None]
+    keys = ("gi", "h0", "c0", "w_hh", "b_hh", "w_hr", "lengths")
+    want = [w for w in oracle(cell, *(args[k] for k in keys), reverse) if w is not None]
+    for name, o, w in zip(["y", "h_n", "c_n"], outs, want):
+        assert_close(name, o, w, atol=1e-11, rtol=1e-11)
+    g = torch.Generator().manual_seed(5)
+    ups = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in outs]
+    names = [k for k, v in args.items() if isinstance(v, torch.Tensor) and v.requires_grad]
+    got = torch.autograd.grad(outs, [args[k] for k in names], ups)
+    exp = torch.autograd.grad(want, [args[k] for k in names], ups)
+    for name, x, y in zip(names, got, exp):
+        assert_close("d" + name, x, y, atol=1e-10, rtol=1e-10)
 
 
 # B=16, H=512: LSTM and GRU steps (K·M = 1M, 0.8M > the blocked kernel's 2^18) take oneDNN forward

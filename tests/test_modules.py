@@ -187,10 +187,27 @@ def test_autocast_cpu_dtype_like_torch(name):
     f = rnnfast.from_torch(t, backend="reference")
     x = torch.randn(3, 2, 4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y_t = t(x)[0]
+        try:
+            y_t = t(x)[0]
+        except RuntimeError as e:
+            # torch.nn's oneDNN LSTM cannot build a bfloat16 primitive on CPUs without AVX-512 bf16
+            # support; with oneDNN off the output dtype differs, so there is nothing to compare with.
+            pytest.skip(f"torch.nn.{name} does not run under bfloat16 autocast on this CPU: {e}")
         y_f = f(x)[0]
     assert y_f.dtype == y_t.dtype
     assert_close("output", y_f.float(), y_t.float(), 3e-2)
+
+
+@pytest.mark.parametrize("name", ["GRU", "LSTM"])
+def test_autocast_cpu_default_backend_runs(name):
+    """The default backend under CPU autocast works on every CPU (it does not hand the LSTM to torch.nn's
+    bfloat16 oneDNN path, which some CPUs lack) and stays close to the float32 result."""
+    t = getattr(nn, name)(16, 24)
+    f = rnnfast.from_torch(t)
+    x = torch.randn(7, 3, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = f(x)[0]
+    assert_close("output", y.float(), t(x)[0], 3e-2)
 
 
 def test_no_grad_saves_nothing(monkeypatch):

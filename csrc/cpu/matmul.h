@@ -15,15 +15,14 @@
 
 namespace rnnfast {
 
-// NB rows of x times columns [0, NV·L) of w, L = lanes of a 64-byte vector. GCC vector extensions keep
+// NB rows of x times columns [0, NV·L) of w, L = lanes of a VB-byte vector. GCC vector extensions keep
 // the NB·NV accumulators in registers (plain arrays ended up on the stack: 3 GMAC/s); each w vector
-// loaded is used NB times, and NB·NV >= 8 independent FMA chains cover the FMA latency. Under the ISA
-// clones a 64-byte vector is one AVX-512 register, two AVX2 or four SSE registers.
-template <typename scalar_t, int NB, int NV>
+// loaded is used NB times, and NB·NV >= 8 independent FMA chains cover the FMA latency.
+template <typename scalar_t, int VB, int NB, int NV>
 RNNFAST_INLINE void block_kernel(int64_t K, const scalar_t* x, int64_t ldx, const scalar_t* w, int64_t ldw,
                                  scalar_t* out, int64_t ldo) {
-  typedef scalar_t V __attribute__((vector_size(64)));
-  constexpr int L = 64 / sizeof(scalar_t);
+  typedef scalar_t V __attribute__((vector_size(VB)));
+  constexpr int L = VB / sizeof(scalar_t);
   V acc[NB][NV];
 #pragma GCC unroll 4
   for (int i = 0; i < NB; ++i) {
@@ -49,14 +48,22 @@ RNNFAST_INLINE void block_kernel(int64_t K, const scalar_t* x, int64_t ldx, cons
   }
 }
 
-template <typename scalar_t, int NB>
+// Accumulators per row block, sized to the register file: AVX-512 has 32 vector registers (4 rows x 4
+// vectors = 16 accumulators), AVX2 and SSE 16 (4 x 3 = 12, leaving room for the w vectors and the
+// broadcast; 4 x 4 there spills to the stack and runs 20x slower).
+template <int VB, int NB>
+constexpr int block_vectors() {
+  return NB == 1 ? 8 : (VB == 64 ? 4 : 3);
+}
+
+template <typename scalar_t, int VB, int NB>
 RNNFAST_INLINE void rows_kernel(int64_t K, const scalar_t* x, int64_t ldx, const scalar_t* w, int64_t ldw,
                                 scalar_t* out, int64_t ldo, int64_t m0, int64_t m1) {
-  constexpr int64_t L = 64 / sizeof(scalar_t);
-  constexpr int NV = NB == 1 ? 8 : 4;
+  constexpr int64_t L = VB / sizeof(scalar_t);
+  constexpr int NV = block_vectors<VB, NB>();
   int64_t m = m0;
-  for (; m + NV * L <= m1; m += NV * L) block_kernel<scalar_t, NB, NV>(K, x, ldx, w + m, ldw, out + m, ldo);
-  for (; m + L <= m1; m += L) block_kernel<scalar_t, NB, 1>(K, x, ldx, w + m, ldw, out + m, ldo);
+  for (; m + NV * L <= m1; m += NV * L) block_kernel<scalar_t, VB, NB, NV>(K, x, ldx, w + m, ldw, out + m, ldo);
+  for (; m + L <= m1; m += L) block_kernel<scalar_t, VB, NB, 1>(K, x, ldx, w + m, ldw, out + m, ldo);
   if (m < m1) {
     for (int i = 0; i < NB; ++i) {
       scalar_t* o = out + i * ldo;
@@ -69,21 +76,143 @@ RNNFAST_INLINE void rows_kernel(int64_t K, const scalar_t* x, int64_t ldx, const
   }
 }
 
-// out[:, m0:m1] = x · w[:, m0:m1];  x (B, K) stride ldx, w (K, M) stride ldw, out (B, M) stride ldo.
-template <typename scalar_t>
-RNNFAST_CLONES void small_mm(int64_t B, int64_t K, const scalar_t* x, int64_t ldx, const scalar_t* w, int64_t ldw,
-                             scalar_t* out, int64_t ldo, int64_t m0, int64_t m1) {
+template <typename scalar_t, int VB>
+RNNFAST_INLINE void small_mm_body(int64_t B, int64_t K, const scalar_t* x, int64_t ldx, const scalar_t* w,
+                                  int64_t ldw, scalar_t* out, int64_t ldo, int64_t m0, int64_t m1) {
   for (int64_t b = 0; b < B; b += 4) {
     const scalar_t* xb = x + b * ldx;
     scalar_t* ob = out + b * ldo;
     switch (std::min<int64_t>(4, B - b)) {
-      case 4: rows_kernel<scalar_t, 4>(K, xb, ldx, w, ldw, ob, ldo, m0, m1); break;
-      case 3: rows_kernel<scalar_t, 3>(K, xb, ldx, w, ldw, ob, ldo, m0, m1); break;
-      case 2: rows_kernel<scalar_t, 2>(K, xb, ldx, w, ldw, ob, ldo, m0, m1); break;
-      default: rows_kernel<scalar_t, 1>(K, xb, ldx, w, ldw, ob, ldo, m0, m1); break;
+      case 4: rows_kernel<scalar_t, VB, 4>(K, xb, ldx, w, ldw, ob, ldo, m0, m1); break;
+      case 3: rows_kernel<scalar_t, VB, 3>(K, xb, ldx, w, ldw, ob, ldo, m0, m1); break;
+      case 2: rows_kernel<scalar_t, VB, 2>(K, xb, ldx, w, ldw, ob, ldo, m0, m1); break;
+      default: rows_kernel<scalar_t, VB, 1>(K, xb, ldx, w, ldw, ob, ldo, m0, m1); break;
     }
   }
 }
+
+// B = 1 with a W too large for L2: the product is bound by reading W, so read it in memory order.
+// out[m] = x · wt[m, :] for m in [m0, m1), wt (M, K) row stride ldw (a Linear weight): four rows at a
+// time, two VB-byte accumulators per row, each x vector loaded once for the four rows.
+template <typename scalar_t, int VB>
+RNNFAST_INLINE void matvec_body(int64_t K, const scalar_t* x, const scalar_t* wt, int64_t ldw, scalar_t* out,
+                                int64_t m0, int64_t m1) {
+  typedef scalar_t V __attribute__((vector_size(VB)));
+  constexpr int64_t L = VB / sizeof(scalar_t);
+  constexpr int R = 4;
+  const int64_t K2 = K - K % (2 * L);
+  int64_t m = m0;
+  for (; m < m1; m += R) {
+    const int rows = static_cast<int>(std::min<int64_t>(R, m1 - m));
+    V acc[R][2];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = V{};
+    const scalar_t* w[R];
+    for (int r = 0; r < R; ++r) w[r] = wt + (m + std::min(r, rows - 1)) * ldw;
+    for (int64_t k = 0; k < K2; k += 2 * L) {
+      V x0, x1;
+      std::memcpy(&x0, x + k, sizeof(V));
+      std::memcpy(&x1, x + k + L, sizeof(V));
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) {
+        V w0, w1;
+        std::memcpy(&w0, w[r] + k, sizeof(V));
+        std::memcpy(&w1, w[r] + k + L, sizeof(V));
+        acc[r][0] += x0 * w0;
+        acc[r][1] += x1 * w1;
+      }
+    }
+    for (int r = 0; r < rows; ++r) {
+      const V a = acc[r][0] + acc[r][1];
+      scalar_t sum = 0;
+      for (int64_t l = 0; l < L; ++l) sum += a[l];
+      for (int64_t k = K2; k < K; ++k) sum += x[k] * w[r][k];
+      out[m + r] = sum;
+    }
+  }
+}
+
+// The blocked kernel is compiled once per ISA level with the vector width and block shape of that
+// level (target_clones cannot do this: its clones share one source, so one block shape), and the
+// level is picked once from the running CPU.
+#define RNNFAST_SMALL_MM_ARGS                                                                           \
+  int64_t B, int64_t K, const scalar_t *x, int64_t ldx, const scalar_t *w, int64_t ldw, scalar_t *out, \
+      int64_t ldo, int64_t m0, int64_t m1
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(RNNFAST_NO_CLONES)
+template <typename scalar_t>
+__attribute__((target("arch=x86-64-v4"))) void small_mm_v4(RNNFAST_SMALL_MM_ARGS) {
+  small_mm_body<scalar_t, 64>(B, K, x, ldx, w, ldw, out, ldo, m0, m1);
+}
+template <typename scalar_t>
+__attribute__((target("arch=x86-64-v3"))) void small_mm_v3(RNNFAST_SMALL_MM_ARGS) {
+  small_mm_body<scalar_t, 32>(B, K, x, ldx, w, ldw, out, ldo, m0, m1);
+}
+template <typename scalar_t>
+void small_mm_base(RNNFAST_SMALL_MM_ARGS) {
+  small_mm_body<scalar_t, 16>(B, K, x, ldx, w, ldw, out, ldo, m0, m1);
+}
+#define RNNFAST_MATVEC_ARGS \
+  int64_t K, const scalar_t *x, const scalar_t *wt, int64_t ldw, scalar_t *out, int64_t m0, int64_t m1
+template <typename scalar_t>
+__attribute__((target("arch=x86-64-v4"))) void matvec_v4(RNNFAST_MATVEC_ARGS) {
+  matvec_body<scalar_t, 64>(K, x, wt, ldw, out, m0, m1);
+}
+template <typename scalar_t>
+__attribute__((target("arch=x86-64-v3"))) void matvec_v3(RNNFAST_MATVEC_ARGS) {
+  matvec_body<scalar_t, 32>(K, x, wt, ldw, out, m0, m1);
+}
+template <typename scalar_t>
+void matvec_base(RNNFAST_MATVEC_ARGS) {
+  matvec_body<scalar_t, 16>(K, x, wt, ldw, out, m0, m1);
+}
+
+// 4: AVX-512 (x86-64-v4), 3: AVX2 + FMA (x86-64-v3), 1: baseline SSE2.
+inline int isa_level() {
+  static const int level = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+      return 4;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 3;
+    return 1;
+  }();
+  return level;
+}
+
+// out[:, m0:m1] = x · w[:, m0:m1];  x (B, K) stride ldx, w (K, M) stride ldw, out (B, M) stride ldo.
+template <typename scalar_t>
+void small_mm(RNNFAST_SMALL_MM_ARGS) {
+  switch (isa_level()) {
+    case 4: small_mm_v4<scalar_t>(B, K, x, ldx, w, ldw, out, ldo, m0, m1); break;
+    case 3: small_mm_v3<scalar_t>(B, K, x, ldx, w, ldw, out, ldo, m0, m1); break;
+    default: small_mm_base<scalar_t>(B, K, x, ldx, w, ldw, out, ldo, m0, m1); break;
+  }
+}
+
+// out[m0:m1] = x · wt[m0:m1, :]ᵀ;  x (K), wt (M, K) row stride ldw.
+template <typename scalar_t>
+void matvec(RNNFAST_MATVEC_ARGS) {
+  switch (isa_level()) {
+    case 4: matvec_v4<scalar_t>(K, x, wt, ldw, out, m0, m1); break;
+    case 3: matvec_v3<scalar_t>(K, x, wt, ldw, out, m0, m1); break;
+    default: matvec_base<scalar_t>(K, x, wt, ldw, out, m0, m1); break;
+  }
+}
+#else
+#define RNNFAST_MATVEC_ARGS \
+  int64_t K, const scalar_t *x, const scalar_t *wt, int64_t ldw, scalar_t *out, int64_t m0, int64_t m1
+inline int isa_level() { return 0; }
+template <typename scalar_t>
+void small_mm(RNNFAST_SMALL_MM_ARGS) {
+  small_mm_body<scalar_t, 32>(B, K, x, ldx, w, ldw, out, ldo, m0, m1);
+}
+template <typename scalar_t>
+void matvec(RNNFAST_MATVEC_ARGS) {
+  matvec_body<scalar_t, 32>(K, x, wt, ldw, out, m0, m1);
+}
+#endif
+#undef RNNFAST_SMALL_MM_ARGS
+#undef RNNFAST_MATVEC_ARGS
 
 // Where ATen's GEMM takes over from small_mm: from this many rows (env RNNFAST_CPU_BLAS_MIN_B), or
 // from 2^18 multiply-adds per row, where W (1 MiB in float32) no longer stays in a core's L2.
@@ -98,7 +227,13 @@ inline int64_t blas_min_rows() {
   }();
   return v;
 }
-constexpr int64_t kSmallMaxWork = int64_t{1} << 18;
+inline int64_t small_max_work() {
+  static const int64_t v = [] {
+    const char* s = std::getenv("RNNFAST_CPU_SMALL_MAX_WORK");
+    return s ? std::atoll(s) : (int64_t{1} << 18);
+  }();
+  return v;
+}
 
 // Where oneDNN (gemm.h) takes the products the blocked kernel leaves to a GEMM library: from this many
 // rows (env RNNFAST_CPU_DNNL_MIN_B) and at least kDnnlMinWork multiply-adds per step. Measured per step,
@@ -108,6 +243,31 @@ inline int64_t dnnl_min_rows() {
   static const int64_t v = [] {
     const char* s = std::getenv("RNNFAST_CPU_DNNL_MIN_B");
     return s ? std::atoll(s) : int64_t{2};
+  }();
+  return v;
+}
+
+// From how many multiply-adds (B·K·M) a blocked product is split over threads (env
+// RNNFAST_CPU_PARALLEL_MIN_WORK). Waking a second thread costs a few µs, which a step must earn back: with
+// AVX-512 that takes 2^22 (measured, B=4 H=256 GRU, 0.8M: 20 µs on one thread vs 27 on two; B=32, 6.3M:
+// 146 vs 124); at half the vector width 2^19 (measured, whole step, AVX2: GRU B=4 H=256 59 vs 48 µs,
+// B=16 H=256 193 vs 148; LSTM B=4 H=256 78 vs 60).
+inline int64_t parallel_min_work() {
+  static const int64_t v = [] {
+    const char* s = std::getenv("RNNFAST_CPU_PARALLEL_MIN_WORK");
+    return s ? std::atoll(s) : (isa_level() == 4 ? int64_t{1} << 22 : int64_t{1} << 19);
+  }();
+  return v;
+}
+
+// From how many multiply-adds (K·M) a one-row product takes matvec() (env RNNFAST_CPU_MATVEC_MIN_WORK):
+// 2^18, W of 1 MiB in float32, beyond a 512 KiB L2. Measured per step, 2 threads (AVX2), inference,
+// whole step: LSTM H=256 (2^18) 33 µs blocked vs 23 matvec on two threads; RNN H=256 (2^16) 7.7 vs 6.0;
+// but LSTM H=128 (2^16) 7.0 vs 12.7, where the horizontal sums of the short rows (K = 128) dominate.
+inline int64_t matvec_min_work() {
+  static const int64_t v = [] {
+    const char* s = std::getenv("RNNFAST_CPU_MATVEC_MIN_WORK");
+    return s ? std::atoll(s) : (int64_t{1} << 18);
   }();
   return v;
 }
@@ -122,7 +282,16 @@ class StepMatmul {
     // The blocked kernel wants W row-major: for the forward (W_hhᵀ, a transposed view) that is a copy per
     // call, which a short sequence does not earn back (GRU B=1 H=128: 30 µs against ~3 µs saved per step).
     const bool copy_pays = w.is_contiguous() || steps >= 8;
-    use_blas_ = B >= blas_min_rows() || K_ * M_ > kSmallMaxWork || !copy_pays;
+    // One row and a W beyond L2: a matrix-vector product bound by reading W, which matvec() does in
+    // memory order on all threads (measured, 2 threads, AVX2, LSTM B=1 inference: H=512 T=200 23 vs
+    // 39 ms through ATen's GEMM; H=1024 T=100 33 vs 140 ms).
+    if (B == 1 && K_ * M_ >= matvec_min_work() && (w.t().is_contiguous() || steps >= 8)) {
+      matvec_ = true;
+      w_ = w.t().contiguous();
+      parallel_ = at::get_num_threads() > 1;
+      return;
+    }
+    use_blas_ = B >= blas_min_rows() || K_ * M_ > small_max_work() || !copy_pays;
     // Where the register-blocked kernel applies it beats oneDNN, whose per-call overhead (~25 µs) is
     // paid every step (measured, 1 thread, LSTM B=16 H=256: 109 vs 125 µs per step; B=8: 51 vs 75).
     const at::Tensor wt = w.t();  // (M, K): a Linear weight
@@ -135,10 +304,12 @@ class StepMatmul {
     // Split the columns over threads only when a step has enough work to amortise waking them: measured
     // with 2 threads, B=4 H=256 GRU (0.8M multiply-adds) 20 µs on one thread vs 27 on two; B=32 (6.3M)
     // 146 vs 124.
-    parallel_ = !use_blas_ && B * K_ * M_ >= (int64_t{1} << 22) && at::get_num_threads() > 1;
+    parallel_ = !use_blas_ && B * K_ * M_ >= parallel_min_work() && at::get_num_threads() > 1;
   }
 
-  const char* path() const { return dnnl_.has_value() ? "onednn" : use_blas_ ? "aten" : "blocked"; }
+  const char* path() const {
+    return dnnl_.has_value() ? "onednn" : use_blas_ ? "aten" : matvec_ ? "matvec" : "blocked";
+  }
 
   // out (rows, M) row stride ldo = x (rows, K) row stride ldx · W, for the first rows <= B rows.
   // Returns where the result is: `out`, or, on the oneDNN path when ldo == M and `keep` is given, the
@@ -163,14 +334,26 @@ class StepMatmul {
       return out;
     }
     const scalar_t* w = w_.data_ptr<scalar_t>();
+    if (matvec_) {
+      // Rows of W in chunks of 64 per task (16 KiB at K = 64 in float32).
+      if (!parallel_) {
+        matvec<scalar_t>(K_, x, w, K_, out, 0, M_);
+      } else {
+        at::parallel_for(0, M_, 64, [&](int64_t lo, int64_t hi) { matvec<scalar_t>(K_, x, w, K_, out, lo, hi); });
+      }
+      return out;
+    }
     if (!parallel_) {
       small_mm<scalar_t>(B, K_, x, ldx, w, M_, out, ldo, 0, M_);
       return out;
     }
-    constexpr int64_t MB = 512 / sizeof(scalar_t);  // one 8-vector block per task
-    const int64_t blocks = (M_ + MB - 1) / MB;
-    at::parallel_for(0, blocks, 1, [&](int64_t lo, int64_t hi) {
-      small_mm<scalar_t>(B, K_, x, ldx, w, M_, out, ldo, lo * MB, std::min(hi * MB, M_));
+    // One even share of the columns per thread, in whole 64-byte vectors (3 blocks of 128 columns for
+    // M = 384 would give one thread twice the work of the other).
+    const int64_t nt = at::get_num_threads();
+    constexpr int64_t A = 64 / sizeof(scalar_t);
+    const int64_t share = ((M_ + nt - 1) / nt + A - 1) / A * A;
+    at::parallel_for(0, nt, 1, [&](int64_t lo, int64_t hi) {
+      small_mm<scalar_t>(B, K_, x, ldx, w, M_, out, ldo, std::min(lo * share, M_), std::min(hi * share, M_));
     });
     return out;
   }
@@ -179,6 +362,7 @@ class StepMatmul {
   int64_t B_, K_, M_;
   bool use_blas_ = false;
   bool parallel_ = false;
+  bool matvec_ = false;  // w_ holds Wᵀ (M, K), see matvec()
   at::Tensor w_;
   c10::optional<LinearNT> dnnl_;
 };

@@ -71,14 +71,21 @@ MACHINE_KEYS = (
 
 
 def _cpu_name() -> str:
+    """The CPU model and its widest vector ISA, e.g. 'AMD EPYC (AVX2)': CPU timings differ by ISA even
+    where the model name does not (the C++ kernels and oneDNN pick their code by it)."""
+    name, flags = None, set()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if name is None and line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                elif not flags and line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = name or platform.processor() or platform.machine()
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
+    return f"{name} ({isa})" if isa else name
 
 
 def git_commit() -> str | None:

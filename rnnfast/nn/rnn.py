@@ -92,6 +92,7 @@ class _FusedRNNMixin:
             "P": self.proj_size,
             "lengths": packed,
             "reverse": self.bidirectional,
+            "autocast": x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type),
         }
         return backends.resolve("module", x.device, x.dtype, sizes, self.backend)
 
