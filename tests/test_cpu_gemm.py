@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import rnnfast
 from rnnfast import _ext
 from rnnfast.ops import linear
+from rnnfast.ops.recurrence import common
 from tests.utils import assert_close, oracle, recurrence_inputs, run_recurrence
 
 ok, why = _ext.status()
@@ -22,14 +23,39 @@ def test_step_products_pick_their_path():
     _ext.ensure_loaded()
     path = torch.ops.rnnfast_C.gemm_path
     assert path(1, 128, 512) == "blocked"
-    assert path(4, 256, 1024) == "blocked"
-    assert path(16, 256, 1024) == "blocked"
+    assert path(4, 256, 1024) == "packed"
+    assert path(16, 128, 512) == "blocked"
+    assert path(16, 256, 1024) == "packed"
+    assert path(3, 256, 1024) == "blocked"
     assert path(16, 512, 1536) == ("onednn" if ONEDNN else "aten")
     assert path(16, 512, 2048) == ("onednn" if ONEDNN else "aten")
     assert path(64, 1024, 4096) == ("onednn" if ONEDNN else "aten")
     assert path(4, 1024, 3072) == ("onednn" if ONEDNN else "aten")
     assert path(1, 1024, 3072) == "matvec"
     assert path(1, 300, 1200) == "matvec"
+
+
+# W packed in panels (B >= 4, K·M >= 2^17): M = 3·H or 4·H with H = 215 is no multiple of any panel width
+# (zero-padded last panel), B = 7 a block of 4 rows and one of 3, ragged rows shrink the products. float64.
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_packed_panels_match_oracle(cell):
+    _ext.ensure_loaded()
+    H, B, T = 215, 7, 9
+    assert torch.ops.rnnfast_C.gemm_path(B, H, common.GATES[cell] * H) == "packed"
+    lengths = [9, 9, 7, 5, 5, 2, 1]
+    args = recurrence_inputs(cell, T, B, H, lengths=lengths, dtype=torch.float64)
+    outs = [o for o in run_recurrence(cell, args, True, "cpu") if o is not None]
+    keys = ("gi", "h0", "c0", "w_hh", "b_hh", "w_hr", "lengths")
+    want = [w for w in oracle(cell, *(args[k] for k in keys), True) if w is not None]
+    for name, o, w in zip(["y", "h_n", "c_n"], outs, want):
+        assert_close(name, o, w, atol=1e-11, rtol=1e-11)
+    g = torch.Generator().manual_seed(6)
+    ups = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in outs]
+    names = [k for k, v in args.items() if isinstance(v, torch.Tensor) and v.requires_grad]
+    got = torch.autograd.grad(outs, [args[k] for k in names], ups)
+    exp = torch.autograd.grad(want, [args[k] for k in names], ups)
+    for name, x, y in zip(names, got, exp):
+        assert_close("d" + name, x, y, atol=1e-10, rtol=1e-10)
 
 
 # One row and a W beyond L2 (K·M > 2^18) take the matrix-vector kernel, forward and backward (T >= 8 so
