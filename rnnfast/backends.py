@@ -144,18 +144,22 @@ def _onednn_lstm_faster(sizes: Sizes) -> bool:
     """Whether torch.nn's CPU LSTM (oneDNN's fused LSTM) beats the cpu kernels for a module of ``sizes``.
 
     torch.nn runs a padded CPU LSTM through oneDNN's fused LSTM, which keeps its weights packed and
-    its per-step products near the machine's GEMM peak: measured on a 2-core AMD EPYC (float32, 2 threads,
-    benchmarks/results/cpu-sweep-gru-rnn-lstm-infer-fwdbwd.json), the cpu kernels are at 0.45x-1.51x of it
-    and below 0.95x in 61 of 100 cases (0.86x-0.90x at B=16, H=256). PackedSequence input does not take
-    oneDNN in torch.nn: there the cpu kernels are ahead (B=64, H=256, T=100: 1.2x inference, 1.8x
-    training). So padded LSTM modules take oneDNN, packed ones the cpu kernels; the bare lstm op has no
-    oneDNN alternative.
+    its per-step products near the machine's GEMM peak. Measured on 2-core AMD EPYCs (float32, 2 threads):
+    with AVX-512 (benchmarks/results/cpu-sweep-gru-rnn-lstm-infer-fwdbwd.json) the cpu kernels were at
+    0.45x-1.51x of it and below 0.95x in 61 of 100 cases; with AVX2
+    (benchmarks/results/cpu-avx2-sweep-gru-rnn-lstm-infer-fwdbwd.json) at 0.58x-2.89x and below 0.95x in
+    50 of 100, but ahead at one row and H >= 512 (1.04x-2.89x: the one-row product reads W on both
+    cores). PackedSequence input does not take oneDNN in torch.nn: there the cpu kernels are ahead (B=64,
+    H=256, T=100: 1.2x inference, 1.8x training). So padded LSTM modules take oneDNN, except one-row
+    ones with H >= 512; packed ones the cpu kernels; the bare lstm op has no oneDNN alternative.
 
     Not under autocast: there torch.nn's LSTM runs oneDNN in bfloat16, which raises on CPUs without
     AVX-512 bf16 support ("could not create a primitive descriptor"), while the cpu kernels compute in
     float32 everywhere.
     """
-    return sizes.get("cell") == "lstm" and not sizes.get("lengths") and not sizes.get("autocast")
+    if sizes.get("cell") != "lstm" or sizes.get("lengths") or sizes.get("autocast"):
+        return False
+    return not (sizes.get("B") == 1 and sizes.get("H", 0) >= 512)
 
 
 def _short_sequence(sizes: Sizes) -> bool:

@@ -19,6 +19,10 @@ def test_auto_order_cpu():
     # torch.nn) and bare ops keep cpu.
     assert backends.auto_order("module", cpu, LSTM) == ["torch", "cpu"]
     assert backends.auto_order("module", cpu, dict(LSTM, lengths=True)) == ["cpu", "torch"]
+    # One row with a large W: the cpu kernels' product reads W on all cores, ahead of oneDNN's LSTM.
+    assert backends.auto_order("module", cpu, dict(LSTM, B=1, H=512)) == ["cpu", "torch"]
+    assert backends.auto_order("module", cpu, dict(LSTM, B=1, H=256)) == ["torch", "cpu"]
+    assert backends.auto_order("module", cpu, dict(LSTM, B=2, H=512)) == ["torch", "cpu"]
     # Under autocast torch.nn's LSTM runs oneDNN in bfloat16, which some CPUs cannot: cpu first.
     assert backends.auto_order("module", cpu, dict(LSTM, autocast=True)) == ["cpu", "torch"]
     # One or two steps: torch.nn's single C++ call beats the fixed cost of a cpu call.

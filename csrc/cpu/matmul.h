@@ -170,55 +170,19 @@ RNNFAST_INLINE void matvec_body(int64_t K, const scalar_t* x, const scalar_t* wt
   }
 }
 
-// The blocked kernel is compiled once per ISA level with the vector width and block shape of that
-// level (target_clones cannot do this: its clones share one source, so one block shape), and the
-// level is picked once from the running CPU.
+// The kernels are compiled once per ISA level with the vector width and block shape of that level
+// (target_clones cannot do this: its clones share one source, so one block shape), and the level is
+// picked once from the running CPU. NAME_body<scalar_t, VB> is the kernel; NAME(...) the dispatcher.
 #define RNNFAST_SMALL_MM_ARGS                                                                           \
   int64_t B, int64_t K, const scalar_t *x, int64_t ldx, const scalar_t *w, int64_t ldw, scalar_t *out, \
       int64_t ldo, int64_t m0, int64_t m1
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(RNNFAST_NO_CLONES)
-template <typename scalar_t>
-__attribute__((target("arch=x86-64-v4"))) void small_mm_v4(RNNFAST_SMALL_MM_ARGS) {
-  small_mm_body<scalar_t, 64>(B, K, x, ldx, w, ldw, out, ldo, m0, m1);
-}
-template <typename scalar_t>
-__attribute__((target("arch=x86-64-v3"))) void small_mm_v3(RNNFAST_SMALL_MM_ARGS) {
-  small_mm_body<scalar_t, 32>(B, K, x, ldx, w, ldw, out, ldo, m0, m1);
-}
-template <typename scalar_t>
-void small_mm_base(RNNFAST_SMALL_MM_ARGS) {
-  small_mm_body<scalar_t, 16>(B, K, x, ldx, w, ldw, out, ldo, m0, m1);
-}
 #define RNNFAST_PACKED_MM_ARGS                                                                      \
   int64_t B, int64_t K, const scalar_t *x, int64_t ldx, const scalar_t *wp, scalar_t *out, int64_t ldo, \
       int64_t M, int64_t p0, int64_t p1
-template <typename scalar_t>
-__attribute__((target("arch=x86-64-v4"))) void packed_mm_v4(RNNFAST_PACKED_MM_ARGS) {
-  packed_mm_body<scalar_t, 64>(B, K, x, ldx, wp, out, ldo, M, p0, p1);
-}
-template <typename scalar_t>
-__attribute__((target("arch=x86-64-v3"))) void packed_mm_v3(RNNFAST_PACKED_MM_ARGS) {
-  packed_mm_body<scalar_t, 32>(B, K, x, ldx, wp, out, ldo, M, p0, p1);
-}
-template <typename scalar_t>
-void packed_mm_base(RNNFAST_PACKED_MM_ARGS) {
-  packed_mm_body<scalar_t, 16>(B, K, x, ldx, wp, out, ldo, M, p0, p1);
-}
 #define RNNFAST_MATVEC_ARGS \
   int64_t K, const scalar_t *x, const scalar_t *wt, int64_t ldw, scalar_t *out, int64_t m0, int64_t m1
-template <typename scalar_t>
-__attribute__((target("arch=x86-64-v4"))) void matvec_v4(RNNFAST_MATVEC_ARGS) {
-  matvec_body<scalar_t, 64>(K, x, wt, ldw, out, m0, m1);
-}
-template <typename scalar_t>
-__attribute__((target("arch=x86-64-v3"))) void matvec_v3(RNNFAST_MATVEC_ARGS) {
-  matvec_body<scalar_t, 32>(K, x, wt, ldw, out, m0, m1);
-}
-template <typename scalar_t>
-void matvec_base(RNNFAST_MATVEC_ARGS) {
-  matvec_body<scalar_t, 16>(K, x, wt, ldw, out, m0, m1);
-}
 
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(RNNFAST_NO_CLONES)
 // 4: AVX-512 (x86-64-v4), 3: AVX2 + FMA (x86-64-v3), 1: baseline SSE2.
 inline int isa_level() {
   static const int level = [] {
@@ -231,25 +195,27 @@ inline int isa_level() {
   }();
   return level;
 }
-
-// out[:, m0:m1] = x · w[:, m0:m1];  x (B, K) stride ldx, w (K, M) stride ldw, out (B, M) stride ldo.
-template <typename scalar_t>
-void small_mm(RNNFAST_SMALL_MM_ARGS) {
-  switch (isa_level()) {
-    case 4: small_mm_v4<scalar_t>(B, K, x, ldx, w, ldw, out, ldo, m0, m1); break;
-    case 3: small_mm_v3<scalar_t>(B, K, x, ldx, w, ldw, out, ldo, m0, m1); break;
-    default: small_mm_base<scalar_t>(B, K, x, ldx, w, ldw, out, ldo, m0, m1); break;
+#define RNNFAST_ISA_KERNEL(NAME, ARGS, CALL)                                                          \
+  template <typename scalar_t>                                                                        \
+  __attribute__((target("arch=x86-64-v4"))) void NAME##_v4(ARGS) {                                    \
+    NAME##_body<scalar_t, 64> CALL;                                                                   \
+  }                                                                                                   \
+  template <typename scalar_t>                                                                        \
+  __attribute__((target("arch=x86-64-v3"))) void NAME##_v3(ARGS) {                                    \
+    NAME##_body<scalar_t, 32> CALL;                                                                   \
+  }                                                                                                   \
+  template <typename scalar_t>                                                                        \
+  void NAME##_base(ARGS) {                                                                            \
+    NAME##_body<scalar_t, 16> CALL;                                                                   \
+  }                                                                                                   \
+  template <typename scalar_t>                                                                        \
+  void NAME(ARGS) {                                                                                   \
+    switch (isa_level()) {                                                                            \
+      case 4: NAME##_v4<scalar_t> CALL; break;                                                        \
+      case 3: NAME##_v3<scalar_t> CALL; break;                                                        \
+      default: NAME##_base<scalar_t> CALL; break;                                                     \
+    }                                                                                                 \
   }
-}
-
-template <typename scalar_t>
-void packed_mm(RNNFAST_PACKED_MM_ARGS) {
-  switch (isa_level()) {
-    case 4: packed_mm_v4<scalar_t>(B, K, x, ldx, wp, out, ldo, M, p0, p1); break;
-    case 3: packed_mm_v3<scalar_t>(B, K, x, ldx, wp, out, ldo, M, p0, p1); break;
-    default: packed_mm_base<scalar_t>(B, K, x, ldx, wp, out, ldo, M, p0, p1); break;
-  }
-}
 template <typename scalar_t>
 int64_t packed_width() {
   switch (isa_level()) {
@@ -258,40 +224,26 @@ int64_t packed_width() {
     default: return panel_width<scalar_t, 16>();
   }
 }
-
-// out[m0:m1] = x · wt[m0:m1, :]ᵀ;  x (K), wt (M, K) row stride ldw.
-template <typename scalar_t>
-void matvec(RNNFAST_MATVEC_ARGS) {
-  switch (isa_level()) {
-    case 4: matvec_v4<scalar_t>(K, x, wt, ldw, out, m0, m1); break;
-    case 3: matvec_v3<scalar_t>(K, x, wt, ldw, out, m0, m1); break;
-    default: matvec_base<scalar_t>(K, x, wt, ldw, out, m0, m1); break;
-  }
-}
 #else
-#define RNNFAST_PACKED_MM_ARGS                                                                      \
-  int64_t B, int64_t K, const scalar_t *x, int64_t ldx, const scalar_t *wp, scalar_t *out, int64_t ldo, \
-      int64_t M, int64_t p0, int64_t p1
-#define RNNFAST_MATVEC_ARGS \
-  int64_t K, const scalar_t *x, const scalar_t *wt, int64_t ldw, scalar_t *out, int64_t m0, int64_t m1
 inline int isa_level() { return 0; }
-template <typename scalar_t>
-void small_mm(RNNFAST_SMALL_MM_ARGS) {
-  small_mm_body<scalar_t, 32>(B, K, x, ldx, w, ldw, out, ldo, m0, m1);
-}
-template <typename scalar_t>
-void matvec(RNNFAST_MATVEC_ARGS) {
-  matvec_body<scalar_t, 32>(K, x, wt, ldw, out, m0, m1);
-}
-template <typename scalar_t>
-void packed_mm(RNNFAST_PACKED_MM_ARGS) {
-  packed_mm_body<scalar_t, 32>(B, K, x, ldx, wp, out, ldo, M, p0, p1);
-}
+#define RNNFAST_ISA_KERNEL(NAME, ARGS, CALL) \
+  template <typename scalar_t>               \
+  void NAME(ARGS) {                          \
+    NAME##_body<scalar_t, 32> CALL;          \
+  }
 template <typename scalar_t>
 int64_t packed_width() {
   return panel_width<scalar_t, 32>();
 }
 #endif
+
+// out[:, m0:m1] = x · w[:, m0:m1];  x (B, K) stride ldx, w (K, M) stride ldw, out (B, M) stride ldo.
+RNNFAST_ISA_KERNEL(small_mm, RNNFAST_SMALL_MM_ARGS, (B, K, x, ldx, w, ldw, out, ldo, m0, m1))
+// out[:, panels p0..p1) = x · W, W packed (see packed_mm_body).
+RNNFAST_ISA_KERNEL(packed_mm, RNNFAST_PACKED_MM_ARGS, (B, K, x, ldx, wp, out, ldo, M, p0, p1))
+// out[m0:m1] = x · wt[m0:m1, :]ᵀ;  x (K), wt (M, K) row stride ldw.
+RNNFAST_ISA_KERNEL(matvec, RNNFAST_MATVEC_ARGS, (K, x, wt, ldw, out, m0, m1))
+#undef RNNFAST_ISA_KERNEL
 #undef RNNFAST_SMALL_MM_ARGS
 #undef RNNFAST_PACKED_MM_ARGS
 #undef RNNFAST_MATVEC_ARGS
