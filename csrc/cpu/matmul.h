@@ -248,6 +248,12 @@ RNNFAST_ISA_KERNEL(matvec, RNNFAST_MATVEC_ARGS, (K, x, wt, ldw, out, m0, m1))
 #undef RNNFAST_PACKED_MM_ARGS
 #undef RNNFAST_MATVEC_ARGS
 
+// A tuning knob: the environment variable `name` as an integer, else `fallback`.
+inline int64_t env_int(const char* name, int64_t fallback) {
+  const char* s = std::getenv(name);
+  return s ? std::atoll(s) : fallback;
+}
+
 // Where ATen's GEMM takes over from small_mm: from this many rows (env RNNFAST_CPU_BLAS_MIN_B), or
 // from 2^18 multiply-adds per row, where W (1 MiB in float32) no longer stays in a core's L2.
 // Measured per step, GRU (K = H, M = 3H), float32, small_mm vs at::mm (MKL), 2 threads:
@@ -255,17 +261,12 @@ RNNFAST_ISA_KERNEL(matvec, RNNFAST_MATVEC_ARGS, (K, x, wt, ldw, out, m0, m1))
 //   H=128: B=1 3.4 vs 4.9 µs, B=4 6.3 vs 9.8, B=16 20 vs 26, B=32 44 vs 58
 //   H=256: B=1 11 vs 21 µs, B=4 20 vs 58, B=16 69 vs 101, B=32 124 vs 181; H=1024, B=1: 1.6 vs 1.1 ms
 inline int64_t blas_min_rows() {
-  static const int64_t v = [] {
-    const char* s = std::getenv("RNNFAST_CPU_BLAS_MIN_B");
-    return s ? std::atoll(s) : int64_t{64};
-  }();
+  static const int64_t v = env_int("RNNFAST_CPU_BLAS_MIN_B", int64_t{64});
   return v;
 }
+// The largest K·M the blocked kernel takes (env RNNFAST_CPU_SMALL_MAX_WORK), see blas_min_rows().
 inline int64_t small_max_work() {
-  static const int64_t v = [] {
-    const char* s = std::getenv("RNNFAST_CPU_SMALL_MAX_WORK");
-    return s ? std::atoll(s) : (int64_t{1} << 18);
-  }();
+  static const int64_t v = env_int("RNNFAST_CPU_SMALL_MAX_WORK", int64_t{1} << 18);
   return v;
 }
 
@@ -274,10 +275,7 @@ inline int64_t small_max_work() {
 // 1 thread, oneDNN vs MKL: GRU B=4 H=1024 460 vs 1090 µs, B=4 H=512 107-133 vs 212; at B=1 (a matrix-
 // vector product, bound by reading W) no clear winner (GRU H=1024: 262-398 vs 290-302 µs).
 inline int64_t dnnl_min_rows() {
-  static const int64_t v = [] {
-    const char* s = std::getenv("RNNFAST_CPU_DNNL_MIN_B");
-    return s ? std::atoll(s) : int64_t{2};
-  }();
+  static const int64_t v = env_int("RNNFAST_CPU_DNNL_MIN_B", int64_t{2});
   return v;
 }
 
@@ -287,10 +285,8 @@ inline int64_t dnnl_min_rows() {
 // 146 vs 124); at half the vector width 2^19 (measured, whole step, AVX2: GRU B=4 H=256 59 vs 48 µs,
 // B=16 H=256 193 vs 148; LSTM B=4 H=256 78 vs 60).
 inline int64_t parallel_min_work() {
-  static const int64_t v = [] {
-    const char* s = std::getenv("RNNFAST_CPU_PARALLEL_MIN_WORK");
-    return s ? std::atoll(s) : (isa_level() == 4 ? int64_t{1} << 22 : int64_t{1} << 19);
-  }();
+  static const int64_t v =
+      env_int("RNNFAST_CPU_PARALLEL_MIN_WORK", isa_level() == 4 ? int64_t{1} << 22 : int64_t{1} << 19);
   return v;
 }
 
@@ -299,10 +295,7 @@ inline int64_t parallel_min_work() {
 // whole step: LSTM H=256 (2^18) 33 µs blocked vs 23 matvec on two threads; RNN H=256 (2^16) 7.7 vs 6.0;
 // but LSTM H=128 (2^16) 7.0 vs 12.7, where the horizontal sums of the short rows (K = 128) dominate.
 inline int64_t matvec_min_work() {
-  static const int64_t v = [] {
-    const char* s = std::getenv("RNNFAST_CPU_MATVEC_MIN_WORK");
-    return s ? std::atoll(s) : (int64_t{1} << 18);
-  }();
+  static const int64_t v = env_int("RNNFAST_CPU_MATVEC_MIN_WORK", int64_t{1} << 18);
   return v;
 }
 
@@ -312,10 +305,7 @@ inline int64_t matvec_min_work() {
 // B=64 H=128 231 vs 248, LSTM B=16 H=128 91 vs 97; 2 threads LSTM B=16 H=256 185 vs 229, but with each
 // thread's half of a smaller W in its own L2, LSTM B=16 H=128 74 vs 68, GRU B=64 H=128 210 vs 189.
 inline int64_t packed_min_work() {
-  static const int64_t v = [] {
-    const char* s = std::getenv("RNNFAST_CPU_PACKED_MIN_WORK");
-    return s ? std::atoll(s) : (int64_t{1} << 17);
-  }();
+  static const int64_t v = env_int("RNNFAST_CPU_PACKED_MIN_WORK", int64_t{1} << 17);
   return v;
 }
 
