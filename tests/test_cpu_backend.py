@@ -14,7 +14,13 @@ from rnnfast import functional as RF
 from rnnfast.ops.recurrence import common
 from rnnfast.ops.tree_lstm import reference as tree_ref
 from rnnfast.ops.tree_lstm_reduce import reference as reduce_ref
-from tests.utils import assert_close, case_id, oracle, recurrence_inputs, run_recurrence
+from tests.utils import (
+    assert_close,
+    assert_matches_oracle,
+    case_id,
+    recurrence_inputs,
+    run_recurrence,
+)
 
 ok, why = _ext.status()
 pytestmark = pytest.mark.skipif(not ok, reason=f"C++ CPU kernels unavailable: {why}")
@@ -104,19 +110,7 @@ def test_matches_oracle(cell, P, shape, dtype, ragged):
     reverse = ragged  # cover both directions without doubling the grid
     lengths = _ragged(T, B) if ragged else None
     args = recurrence_inputs(cell, T, B, H, P=P, lengths=lengths, dtype=dtype)
-    outs = _call(cell, args, reverse, "cpu")
-    want = oracle(cell, *(args[k] for k in ("gi", "h0", "c0", "w_hh", "b_hh", "w_hr", "lengths")), reverse)
-    want = [w for w in want if w is not None]
-    tol = TOL[dtype]
-    for name, o, w in zip(["y", "h_n", "c_n"], outs, want):
-        assert_close(name, o, w.detach(), atol=tol, rtol=tol)
-    g = torch.Generator().manual_seed(7)
-    ups = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(dtype) for o in outs]
-    inputs = _grad_inputs(args)
-    got = torch.autograd.grad(outs, list(inputs.values()), ups)
-    exp = torch.autograd.grad(want, list(inputs.values()), ups)
-    for name, a, b in zip(inputs, got, exp):
-        assert_close("d" + name, a, b, atol=10 * tol, rtol=10 * tol)
+    assert_matches_oracle(cell, args, reverse, "cpu", TOL[dtype], seed=7)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])

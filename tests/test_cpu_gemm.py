@@ -11,7 +11,7 @@ import rnnfast
 from rnnfast import _ext
 from rnnfast.ops import linear
 from rnnfast.ops.recurrence import common
-from tests.utils import assert_close, oracle, recurrence_inputs, run_recurrence
+from tests.utils import assert_close, assert_matches_oracle, oracle, recurrence_inputs, run_recurrence
 
 ok, why = _ext.status()
 pytestmark = pytest.mark.skipif(not ok, reason=f"C++ CPU kernels unavailable: {why}")
@@ -35,22 +35,6 @@ def test_step_products_pick_their_path():
     assert path(1, 300, 1200) == "matvec"
 
 
-def _matches_oracle_f64(cell, args, reverse, seed):
-    """The cpu op's outputs and every input gradient equal the float64 oracle's (to 1e-11 / 1e-10)."""
-    outs = [o for o in run_recurrence(cell, args, reverse, "cpu") if o is not None]
-    keys = ("gi", "h0", "c0", "w_hh", "b_hh", "w_hr", "lengths")
-    want = [w for w in oracle(cell, *(args[k] for k in keys), reverse) if w is not None]
-    for name, o, w in zip(["y", "h_n", "c_n"], outs, want):
-        assert_close(name, o, w, atol=1e-11, rtol=1e-11)
-    g = torch.Generator().manual_seed(seed)
-    ups = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in outs]
-    names = [k for k, v in args.items() if isinstance(v, torch.Tensor) and v.requires_grad]
-    got = torch.autograd.grad(outs, [args[k] for k in names], ups)
-    exp = torch.autograd.grad(want, [args[k] for k in names], ups)
-    for name, x, y in zip(names, got, exp):
-        assert_close("d" + name, x, y, atol=1e-10, rtol=1e-10)
-
-
 # W packed in panels (B >= 4, K·M >= 2^17): M = 3·H or 4·H with H = 215 is no multiple of any panel width
 # (zero-padded last panel), 4·192 is one of all of them; B = 7 a block of 4 rows and one of 3, ragged rows
 # shrink the products, reverse. float64.
@@ -60,7 +44,8 @@ def test_packed_panels_match_oracle(cell, H):
     B, T = 7, 9
     assert torch.ops.rnnfast_C.gemm_path(B, H, common.GATES[cell] * H) == "packed"
     lengths = [9, 9, 7, 5, 5, 2, 1]
-    _matches_oracle_f64(cell, recurrence_inputs(cell, T, B, H, lengths=lengths, dtype=torch.float64), True, 6)
+    args = recurrence_inputs(cell, T, B, H, lengths=lengths, dtype=torch.float64)
+    assert_matches_oracle(cell, args, True, "cpu", 1e-11, seed=6)
 
 
 # One row and a W beyond L2 (K·M > 2^18) take the matrix-vector kernel, forward and backward (T >= 8 so
@@ -69,7 +54,8 @@ def test_packed_panels_match_oracle(cell, H):
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 def test_single_row_large_w_matches_oracle(cell, reverse):
-    _matches_oracle_f64(cell, recurrence_inputs(cell, 9, 1, 300, dtype=torch.float64), reverse, 5)
+    args = recurrence_inputs(cell, 9, 1, 300, dtype=torch.float64)
+    assert_matches_oracle(cell, args, reverse, "cpu", 1e-11, seed=5)
 
 
 # B=16, H=512: LSTM and GRU steps (K·M = 1M, 0.8M > the blocked kernel's 2^18) take oneDNN forward

@@ -80,3 +80,20 @@ def run_recurrence(cell, a: dict, reverse: bool, backend: str):
             a["gi"], a["h0"], a["w_hh"], a["b_hh"], a["lengths"], reverse, cell[4:], backend=backend
         )
     return y, h, None
+
+
+def assert_matches_oracle(cell, args: dict, reverse: bool, backend: str, tol: float, seed: int) -> None:
+    """``backend``'s op on :func:`recurrence_inputs` ``args`` against :func:`oracle` (same dtype): outputs to
+    ``tol``, the gradient of every input that requires one to ``10·tol`` under random output gradients."""
+    outs = [o for o in run_recurrence(cell, args, reverse, backend) if o is not None]
+    keys = ("gi", "h0", "c0", "w_hh", "b_hh", "w_hr", "lengths")
+    want = [w for w in oracle(cell, *(args[k] for k in keys), reverse) if w is not None]
+    for name, o, w in zip(["y", "h_n", "c_n"], outs, want):
+        assert_close(name, o, w.detach(), atol=tol, rtol=tol)
+    g = torch.Generator().manual_seed(seed)
+    ups = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype) for o in outs]
+    inputs = {k: v for k, v in args.items() if isinstance(v, torch.Tensor) and v.requires_grad}
+    got = torch.autograd.grad(outs, list(inputs.values()), ups)
+    exp = torch.autograd.grad(want, list(inputs.values()), ups)
+    for name, a, b in zip(inputs, got, exp):
+        assert_close("d" + name, a, b, atol=10 * tol, rtol=10 * tol)

@@ -26,6 +26,11 @@ def _cell(module: nn.RNNBase) -> str:
     return {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "GRU": "gru", "LSTM": "lstm"}[module.mode]
 
 
+def _autocast_on(x: Tensor) -> bool:
+    """Whether autocast is on for ``x``'s device (CPU and CUDA, where torch.nn's RNNs honour it)."""
+    return x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
+
+
 def _autocast_dtype(module: nn.RNNBase, device: torch.device) -> torch.dtype | None:
     """The dtype torch.nn computes in under autocast (enabled on ``device``), or None to keep the input dtype.
 
@@ -92,7 +97,7 @@ class _FusedRNNMixin:
             "P": self.proj_size,
             "lengths": packed,
             "reverse": self.bidirectional,
-            "autocast": x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type),
+            "autocast": _autocast_on(x),
         }
         return backends.resolve("module", x.device, x.dtype, sizes, self.backend)
 
@@ -159,7 +164,7 @@ class _FusedRNNMixin:
 
         # Under autocast, compute in the dtype torch.nn would use, with autocast itself off inside (the
         # input GEMMs and the recurrence must agree on one dtype).
-        if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
+        if _autocast_on(x):
             with torch.autocast(x.device.type, enabled=False):
                 y, h_n, c_n = self._layers(
                     x, T, B, h0, c0, lengths, rows, name, _autocast_dtype(self, x.device)
