@@ -1,5 +1,7 @@
 // The cells: pointwise forward and backward of one batch row, plugged into the time loops of
-// recurrence.cpp. Each loop over j runs over the H units of the row and vectorises.
+// recurrence.cpp. Each loop over j runs over n units of the row and vectorises: all H, or one
+// thread's slice of them in the persistent loops (the row pointers then start at the slice; the
+// gates of a unit stay H apart).
 //
 // Dimensions: H hidden, G gates, S saved activations per unit (see rnnfast/ops/recurrence/common.py).
 // Gate pre-activations: gi (G·H) input part incl. b_ih, gh (G·H) = W_hh·h without bias, bh (G·H) = b_hh
@@ -42,18 +44,18 @@ struct RNNCell {
   static constexpr int S = 0;
 
   template <typename scalar_t, bool Save>
-  static RNNFAST_INLINE void forward(const FwdRow<scalar_t>& a, int64_t H) {
+  static RNNFAST_INLINE void forward(const FwdRow<scalar_t>& a, int64_t n, int64_t H) {
     RNNFAST_IVDEP
-    for (int64_t j = 0; j < H; ++j) {
+    for (int64_t j = 0; j < n; ++j) {
       scalar_t v = a.gi[j] + a.gh[j] + a.bh[j];
       a.h[j] = Relu ? (v > 0 ? v : scalar_t(0)) : tanh_fast(v);
     }
   }
 
   template <typename scalar_t>
-  static RNNFAST_INLINE void backward(const BwdRow<scalar_t>& a, int64_t H) {
+  static RNNFAST_INLINE void backward(const BwdRow<scalar_t>& a, int64_t n, int64_t H) {
     RNNFAST_IVDEP
-    for (int64_t j = 0; j < H; ++j) {
+    for (int64_t j = 0; j < n; ++j) {
       scalar_t y = a.y[j];
       a.dgi[j] = Relu ? (y > 0 ? a.dh[j] : scalar_t(0)) : a.dh[j] * (1 - y * y);
     }
@@ -65,10 +67,10 @@ struct GRUCell {
   static constexpr int S = 4;
 
   template <typename scalar_t, bool Save>
-  static RNNFAST_INLINE void forward(const FwdRow<scalar_t>& a, int64_t H) {
+  static RNNFAST_INLINE void forward(const FwdRow<scalar_t>& a, int64_t n, int64_t H) {
     const scalar_t *gi = a.gi, *gh = a.gh, *bh = a.bh;
     RNNFAST_IVDEP
-    for (int64_t j = 0; j < H; ++j) {
+    for (int64_t j = 0; j < n; ++j) {
       scalar_t r = sigmoid_fast(gi[j] + gh[j] + bh[j]);
       scalar_t z = sigmoid_fast(gi[H + j] + gh[H + j] + bh[H + j]);
       scalar_t hn = gh[2 * H + j] + bh[2 * H + j];
@@ -84,10 +86,10 @@ struct GRUCell {
   }
 
   template <typename scalar_t>
-  static RNNFAST_INLINE void backward(const BwdRow<scalar_t>& a, int64_t H) {
+  static RNNFAST_INLINE void backward(const BwdRow<scalar_t>& a, int64_t n, int64_t H) {
     const scalar_t* ws = a.ws;
     RNNFAST_IVDEP
-    for (int64_t j = 0; j < H; ++j) {
+    for (int64_t j = 0; j < n; ++j) {
       scalar_t r = ws[j], z = ws[H + j], n = ws[2 * H + j], hn = ws[3 * H + j];
       scalar_t dh = a.dh[j];
       scalar_t dn = dh * (1 - z) * (1 - n * n);
@@ -109,10 +111,10 @@ struct LSTMCell {
   static constexpr int S = 5;
 
   template <typename scalar_t, bool Save>
-  static RNNFAST_INLINE void forward(const FwdRow<scalar_t>& a, int64_t H) {
+  static RNNFAST_INLINE void forward(const FwdRow<scalar_t>& a, int64_t n, int64_t H) {
     const scalar_t *gi = a.gi, *gh = a.gh, *bh = a.bh;
     RNNFAST_IVDEP
-    for (int64_t j = 0; j < H; ++j) {
+    for (int64_t j = 0; j < n; ++j) {
       scalar_t i = sigmoid_fast(gi[j] + gh[j] + bh[j]);
       scalar_t f = sigmoid_fast(gi[H + j] + gh[H + j] + bh[H + j]);
       scalar_t g = tanh_fast(gi[2 * H + j] + gh[2 * H + j] + bh[2 * H + j]);
@@ -131,10 +133,10 @@ struct LSTMCell {
   }
 
   template <typename scalar_t>
-  static RNNFAST_INLINE void backward(const BwdRow<scalar_t>& a, int64_t H) {
+  static RNNFAST_INLINE void backward(const BwdRow<scalar_t>& a, int64_t n, int64_t H) {
     const scalar_t* ws = a.ws;
     RNNFAST_IVDEP
-    for (int64_t j = 0; j < H; ++j) {
+    for (int64_t j = 0; j < n; ++j) {
       scalar_t i = ws[j], f = ws[H + j], g = ws[2 * H + j], o = ws[3 * H + j], c = ws[4 * H + j];
       scalar_t tc = tanh_fast(c);
       scalar_t dh = a.dh[j];

@@ -15,36 +15,56 @@
 
 namespace rnnfast {
 
+// acc += x[:, k] ⊗ w[k, 0:NV·L] for the NB rows of a block (see block_kernel).
+template <typename scalar_t, int VB, int NB, int NV, typename V>
+RNNFAST_INLINE void block_step(int64_t k, const scalar_t* x, int64_t ldx, const scalar_t* w, int64_t ldw,
+                               V (&acc)[NB][NV]) {
+  constexpr int L = VB / sizeof(scalar_t);
+  const scalar_t* wr = w + k * ldw;
+  V wv[NV];
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) std::memcpy(&wv[v], wr + v * L, sizeof(V));
+#pragma GCC unroll 4
+  for (int i = 0; i < NB; ++i) {
+    const V a = V{} + x[i * ldx + k];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[i][v] += a * wv[v];
+  }
+}
+
 // NB rows of x times columns [0, NV·L) of w, L = lanes of a VB-byte vector. GCC vector extensions keep
 // the NB·NV accumulators in registers (plain arrays ended up on the stack: 3 GMAC/s); each w vector
-// loaded is used NB times, and NB·NV >= 8 independent FMA chains cover the FMA latency.
+// loaded is used NB times, and >= 8 independent FMA chains cover the FMA latency: a block of fewer
+// than 8 accumulators (one row of a 4-vector panel) keeps two sets, for even and odd k.
 template <typename scalar_t, int VB, int NB, int NV>
 RNNFAST_INLINE void block_kernel(int64_t K, const scalar_t* x, int64_t ldx, const scalar_t* w, int64_t ldw,
                                  scalar_t* out, int64_t ldo) {
   typedef scalar_t V __attribute__((vector_size(VB)));
   constexpr int L = VB / sizeof(scalar_t);
-  V acc[NB][NV];
-#pragma GCC unroll 4
-  for (int i = 0; i < NB; ++i) {
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) acc[i][v] = V{};
-  }
-  for (int64_t k = 0; k < K; ++k) {
-    const scalar_t* wr = w + k * ldw;
-    V wv[NV];
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) std::memcpy(&wv[v], wr + v * L, sizeof(V));
+  constexpr int KS = NB * NV < 8 ? 2 : 1;
+  V acc[KS][NB][NV];
+#pragma GCC unroll 2
+  for (int s = 0; s < KS; ++s) {
 #pragma GCC unroll 4
     for (int i = 0; i < NB; ++i) {
-      const V a = V{} + x[i * ldx + k];
 #pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) acc[i][v] += a * wv[v];
+      for (int v = 0; v < NV; ++v) acc[s][i][v] = V{};
     }
   }
+  int64_t k = 0;
+  for (; k + KS <= K; k += KS) {
+#pragma GCC unroll 2
+    for (int s = 0; s < KS; ++s) block_step<scalar_t, VB, NB, NV>(k + s, x, ldx, w, ldw, acc[s]);
+  }
+  for (; k < K; ++k) block_step<scalar_t, VB, NB, NV>(k, x, ldx, w, ldw, acc[0]);
 #pragma GCC unroll 4
   for (int i = 0; i < NB; ++i) {
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) std::memcpy(out + i * ldo + v * L, &acc[i][v], sizeof(V));
+    for (int v = 0; v < NV; ++v) {
+      V sum = acc[0][i][v];
+      if (KS == 2) sum += acc[KS - 1][i][v];
+      std::memcpy(out + i * ldo + v * L, &sum, sizeof(V));
+    }
   }
 }
 
@@ -247,6 +267,26 @@ RNNFAST_ISA_KERNEL(matvec, RNNFAST_MATVEC_ARGS, (K, x, wt, ldw, out, m0, m1))
 #undef RNNFAST_SMALL_MM_ARGS
 #undef RNNFAST_PACKED_MM_ARGS
 #undef RNNFAST_MATVEC_ARGS
+
+// Packs the right factor w (K, M), element (k, m) at w[k·sk + m·sm], into packed_mm's layout at dst:
+// ⌈M / PW⌉ panels of (K, PW), PW = packed_width(), the last zero-padded.
+template <typename scalar_t>
+void pack_panels(const scalar_t* w, int64_t sk, int64_t sm, int64_t K, int64_t M, scalar_t* dst) {
+  const int64_t PW = packed_width<scalar_t>();
+  for (int64_t m0 = 0; m0 < M; m0 += PW, dst += K * PW) {
+    const int64_t cols = std::min(PW, M - m0);
+    if (cols < PW) std::fill(dst, dst + K * PW, scalar_t(0));
+    // Along whichever of w's dimensions is contiguous (a panel, K·PW, stays in L1 for the other).
+    if (sm == 1) {
+      for (int64_t k = 0; k < K; ++k) std::copy(w + k * sk + m0, w + k * sk + m0 + cols, dst + k * PW);
+    } else {
+      for (int64_t j = 0; j < cols; ++j) {
+        const scalar_t* src = w + (m0 + j) * sm;
+        for (int64_t k = 0; k < K; ++k) dst[k * PW + j] = src[k * sk];
+      }
+    }
+  }
+}
 
 // A tuning knob: the environment variable `name` as an integer, else `fallback`.
 inline int64_t env_int(const char* name, int64_t fallback) {

@@ -1,0 +1,144 @@
+"""The ``cpu`` backend's team loops: at small batch, with several threads, the forward and backward time
+loops run on a team of threads that each own a slice of the hidden units for the whole call
+(csrc/cpu/team.h, ``team_parts`` in csrc/cpu/recurrence.cpp). Every case first checks that the team
+really runs, then compares with the float64 oracle, the plain one-thread loop and torch.nn.
+
+The thread count is set per test (OpenMP starts the threads even where the machine has fewer cores,
+so these run everywhere; oversubscribed, the barrier yields)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+import rnnfast
+from rnnfast import _ext
+from rnnfast.ops.recurrence import common
+from tests.utils import assert_close, assert_matches_oracle, case_id, recurrence_inputs, run_recurrence
+
+ok, why = _ext.status()
+pytestmark = pytest.mark.skipif(not ok, reason=f"C++ CPU kernels unavailable: {why}")
+
+CELLS = ["rnn_tanh", "rnn_relu", "gru", "lstm"]
+
+
+@contextlib.contextmanager
+def threads(n):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def team_parts(cell, T, B, H, dtype=torch.float32):
+    _ext.ensure_loaded()
+    return torch.ops.rnnfast_C.team_parts(T, B, common.CELL_CODE[cell], H, False, dtype)
+
+
+# float64 (panels of 32 units with AVX-512, 12 with AVX2), a W_hh slice within a 512 KiB L2 on two
+# threads. H per cell: an RNN takes a team from H=256 (G·H >= 256); GRU H=160 and LSTM H=128 split in
+# slices that end inside a panel where the panel width does not divide them.
+H_OF = {"rnn_tanh": 256, "rnn_relu": 256, "gru": 160, "lstm": 128}
+# B=5: a block of 4 rows and one of 1; ragged unsorted lengths with an empty row shrink the products
+# and freeze rows at different steps; B=1 the one-row product.
+TEAM_CASES = [(1, 8, None), (5, 7, [7, 0, 3, 7, 5]), (3, 9, [2, 9, 9])]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("B,T,lengths", TEAM_CASES, ids=[case_id(B=c[0], T=c[1]) for c in TEAM_CASES])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("n", [2, 3], ids=["threads2", "threads3"])
+def test_team_matches_oracle(cell, B, T, lengths, reverse, n):
+    H = H_OF[cell]
+    with threads(n):
+        assert team_parts(cell, T, B, H, torch.float64) > 1, f"expected a team at {cell} B={B} T={T} H={H}"
+        args = recurrence_inputs(cell, T, B, H, lengths=lengths, dtype=torch.float64)
+        assert_matches_oracle(cell, args, reverse, "cpu", 1e-11, seed=11)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("n", [2, 4], ids=["threads2", "threads4"])
+def test_team_float32_matches_plain_loop(cell, n, monkeypatch):
+    """float32, one team per thread count, against the plain loop in the same process and the oracle."""
+    B, T, H = 4, 12, 256
+    lengths = [12, 5, 12, 1]
+    args = recurrence_inputs(cell, T, B, H, lengths=lengths, dtype=torch.float32)
+    with threads(n):
+        assert team_parts(cell, T, B, H) == n
+        team = run_recurrence(cell, args, False, "cpu")
+        monkeypatch.setenv("RNNFAST_CPU_TEAM_MIN_WORK", "-1")
+        assert team_parts(cell, T, B, H) == 1
+        plain = run_recurrence(cell, args, False, "cpu")
+    for name, a, b in zip(["y", "h_n", "c_n"], team, plain):
+        if a is not None:
+            assert_close(name, a, b.detach(), atol=2e-6, rtol=2e-6)
+    monkeypatch.delenv("RNNFAST_CPU_TEAM_MIN_WORK")
+    with threads(n):
+        assert_matches_oracle(cell, args, True, "cpu", 3e-5, seed=4)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_team_gradcheck(cell):
+    B, T, H = 3, 5, H_OF[cell]
+    args = recurrence_inputs(cell, T, B, H, lengths=[5, 2, 4])
+    names = [k for k, v in args.items() if isinstance(v, torch.Tensor) and v.requires_grad]
+    with threads(2):
+        assert team_parts(cell, T, B, H, torch.float64) == 2
+
+        def f(*ts):
+            a = dict(args, **dict(zip(names, ts)))
+            return [o for o in run_recurrence(cell, a, False, "cpu") if o is not None]
+
+        assert torch.autograd.gradcheck(f, [args[k] for k in names], fast_mode=True)
+
+
+def test_team_choice():
+    """Which loops take a team, on two threads (float32)."""
+    _ext.ensure_loaded()
+    lstm, gru, rnn = (common.CELL_CODE[c] for c in ("lstm", "gru", "rnn_tanh"))
+
+    def parts(T, B, cell, H, proj):
+        return torch.ops.rnnfast_C.team_parts(T, B, cell, H, proj, torch.float32)
+
+    with threads(2):
+        assert parts(200, 1, lstm, 128, False) == 2
+        assert parts(200, 16, gru, 256, False) == 2
+        assert parts(200, 1, rnn, 256, False) == 2
+        assert parts(200, 16, rnn, 128, False) == 1  # G·H < 256
+        assert parts(200, 16, lstm, 64, False) == 1  # one panel
+        assert parts(200, 64, lstm, 128, False) == 1  # a real GEMM per step
+        assert parts(200, 1, lstm, 128, True) == 1  # projection
+        assert parts(2, 1, lstm, 128, False) == 1  # too short to pack W
+        assert parts(200, 32, lstm, 512, False) == 1  # oneDNN's products
+    with threads(1):
+        assert parts(200, 1, lstm, 128, False) == 1
+
+
+@pytest.mark.parametrize("mode", ["nn.GRU", "nn.LSTM"])
+def test_team_modules_match_torch_nn(mode):
+    """Two layers, bidirectional, packed unsorted input, float64, every gradient, against torch.nn."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    B, T = 3, 9
+    kind = mode.split(".")[1]
+    H = H_OF[kind.lower()]
+    ref = getattr(torch.nn, kind)(H, H, num_layers=2, bidirectional=True).double()
+    mod = rnnfast.from_torch(ref, backend="cpu")
+    x = torch.randn(T, B, H, dtype=torch.float64)
+    lengths = torch.tensor([4, 9, 6])
+    with threads(2):
+        assert team_parts(kind.lower(), T, B, H, torch.float64) == 2
+        outs = []
+        for m in (mod, ref):
+            xi = x.clone().requires_grad_(True)
+            y, _ = m(pack_padded_sequence(xi, lengths, enforce_sorted=False))
+            y, _ = pad_packed_sequence(y)
+            g = torch.autograd.grad(y, [xi, *m.parameters()], torch.ones_like(y) * 0.1 + y.detach())
+            outs.append((y, g))
+    assert_close("y", outs[0][0], outs[1][0].detach(), atol=1e-10)
+    for i, (a, b) in enumerate(zip(outs[0][1], outs[1][1])):
+        assert_close(f"grad[{i}]", a, b, atol=1e-9)
