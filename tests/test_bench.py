@@ -431,6 +431,43 @@ def test_broken_provider_is_a_mismatch_and_not_timed(monkeypatch, tmp_path):
     assert all(r["status"] == "ok" for r in rows if r["provider"] == "torch.nn")
 
 
+def test_rounds_time_providers_in_turns():
+    order = []
+    fns = {name: ((lambda name=name: order.append(name)), 1e-4) for name in ("a", "b")}
+    timings = runner.time_in_rounds(fns, "cpu", rounds=3, min_time=0.0)
+    assert all(t.reps == 3 * runner.MIN_REPS for t in timings.values())
+    # round 1: the rep policy's warm-up and samples; rounds 2 and 3: one warm-up call and MIN_REPS
+    first = runner.WARMUP + runner.MIN_REPS
+    later = 1 + runner.MIN_REPS
+    runs = [order[0]]
+    for name in order[1:]:
+        if name != runs[-1]:
+            runs.append(name)
+    assert runs == ["a", "b"] * 3 and len(order) == 2 * (first + 2 * later)
+
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) > 3:
+            raise RuntimeError("went wrong later")
+
+    timings = runner.time_in_rounds({"ok": (lambda: None, 1e-4), "flaky": (flaky, 1e-4)}, "cpu", 3, 0.0)
+    assert isinstance(timings["flaky"], RuntimeError) and timings["ok"].reps == 3 * runner.MIN_REPS
+
+
+def test_cli_rounds(tmp_path):
+    argv = ["--device", "cpu", "--grid", "tiny", "--ops", "gru", "--modes", "fwd", "--out", str(tmp_path)]
+    rc, text = _run_cli(argv + ["--rounds", "2", "--min-time", "0.01", "--quiet", "--no-plot"])
+    assert rc == 0, text
+    rows = json.loads((tmp_path / "cpu-tiny-gru-fwd.json").read_text())["rows"]
+    timed = [r for r in rows if r["status"] == "ok"]
+    assert {r["provider"] for r in timed} >= {"torch.nn", "reference", "cpu"}
+    assert all(r["reps"] >= 2 * runner.MIN_REPS and r["speedup"] > 0 for r in timed)
+    with pytest.raises(SystemExit, match="--rounds"):
+        main_bench(argv + ["--rounds", "0"])
+
+
 def test_cli_no_floor(tmp_path):
     argv = ["--device", "cpu", "--grid", "tiny", "--ops", "rnn", "--modes", "infer", "--out", str(tmp_path)]
     rc, _ = _run_cli(argv + ["--no-floor", "--no-plot", "--min-time", "0.01", "--quiet"])

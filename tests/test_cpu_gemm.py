@@ -105,7 +105,9 @@ def test_single_step_unpacked_weights_match_oracle(cell):
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-def test_input_projection_matches_linear(bias):
+def test_input_projection_matches_linear(bias, monkeypatch):
+    # The oneDNN path is the default on CPUs other than Intel's; tested on every CPU.
+    monkeypatch.setattr(linear, "_AVAILABLE", ONEDNN)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(50, 16, 256, generator=g).transpose(0, 1).requires_grad_()  # non-contiguous input
     w = torch.randn(768, 256, generator=g).mul_(0.05).requires_grad_()
@@ -132,6 +134,22 @@ def test_input_projection_small_or_float64_is_linear():
     assert "DnnlLinear" not in type(y.grad_fn).__name__
     x32 = torch.randn(3, 2, 8, requires_grad=True)
     assert "DnnlLinear" not in type(linear.input_projection(x32, w.float(), None).grad_fn).__name__
+
+
+def test_input_projection_library_choice(monkeypatch):
+    """oneDNN where MKL is not at its best (CPUs other than Intel's); RNNFAST_CPU_GEMM overrides."""
+    for intel, env, want in [
+        (True, None, False),
+        (False, None, ONEDNN),
+        (True, "onednn", ONEDNN),
+        (False, "aten", False),
+    ]:
+        monkeypatch.setattr(linear, "_intel_cpu", lambda intel=intel: intel)
+        if env is None:
+            monkeypatch.delenv("RNNFAST_CPU_GEMM", raising=False)
+        else:
+            monkeypatch.setenv("RNNFAST_CPU_GEMM", env)
+        assert linear._dnnl_available() == want, (intel, env)
 
 
 def test_module_with_large_products_matches_torch_nn():

@@ -102,6 +102,13 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--min-time", type=float, default=0.3, help="seconds of timed samples per provider (default 0.3)"
     )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="time the providers of a case in turns, this many rounds of min-time/rounds seconds each, "
+        "pooling the samples (default 1: one provider after the other); for a machine whose speed drifts",
+    )
     p.add_argument("--threads", type=int, help="torch.set_num_threads for the run (default: torch's choice)")
     p.add_argument(
         "--no-floor",
@@ -118,6 +125,8 @@ def main_bench(argv: list[str] | None = None) -> int:
     """``rnnfast bench``: returns 0, or 1 if any provider gave a MISMATCH or an ERROR."""
     args = bench_parser().parse_args(argv)
     device = parse_device(args.device)
+    if args.rounds < 1:
+        raise SystemExit(f"rnnfast bench: --rounds: expected a positive integer, got {args.rounds}")
     if args.threads is not None:
         if args.threads < 1:
             raise SystemExit(f"rnnfast bench: --threads: expected a positive integer, got {args.threads}")
@@ -195,6 +204,7 @@ def main_bench(argv: list[str] | None = None) -> int:
             providers=args.providers,
             compile=compile_,
             min_time=args.min_time,
+            rounds=args.rounds,
             on_provider=lambda name, case=case: progress.show(f"{case.label}: {name}", transient=True),
             floor=floor,
         )

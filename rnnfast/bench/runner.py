@@ -165,6 +165,23 @@ def time_fn(
     plus ``triton.testing.do_bench``'s median when Triton is importable. CPU: ``time.perf_counter``;
     ``first_ms``, a call already timed the same way, counts as the first sample.
     """
+    samples, method = sample_fn(fn, device, min_time, min_reps, max_reps, warmup, first_ms)
+    timing = _summary(samples, method)
+    if torch.device(device).type == "cuda":
+        timing.do_bench_ms = do_bench_ms(fn)
+    return timing
+
+
+def sample_fn(
+    fn: Callable[[], object],
+    device: torch.device,
+    min_time: float = 0.3,
+    min_reps: int = MIN_REPS,
+    max_reps: int = MAX_REPS,
+    warmup: int = WARMUP,
+    first_ms: float | None = None,
+) -> tuple[list[float], str]:
+    """The per-call milliseconds :func:`time_fn` summarises, and how they were measured."""
     device = torch.device(device)
     for _ in range(warmup):
         fn()
@@ -176,7 +193,7 @@ def time_fn(
             t0 = time.perf_counter()
             fn()
             samples.append((time.perf_counter() - t0) * 1e3)
-        return _summary(samples, "perf_counter")
+        return samples, "perf_counter"
     events = []
     start = time.perf_counter()
     while len(events) < max_reps and (len(events) < min_reps or time.perf_counter() - start < min_time):
@@ -189,9 +206,7 @@ def time_fn(
             # Keep the host from running far ahead of the GPU, so the loop measures GPU time.
             b.synchronize()
     torch.cuda.synchronize(device)
-    timing = _summary([a.elapsed_time(b) for a, b in events], "cuda_events")
-    timing.do_bench_ms = do_bench_ms(fn)
-    return timing
+    return [a.elapsed_time(b) for a, b in events], "cuda_events"
 
 
 def timed_call(fn: Callable[[], object], device: torch.device) -> tuple[object, float]:
@@ -210,6 +225,48 @@ def time_after_first(
     warmup, min_reps = rep_policy(first_call_s)
     first_ms = first_call_s * 1e3 if warmup == 0 and torch.device(device).type != "cuda" else None
     return time_fn(fn, device, min_time=min_time, min_reps=min_reps, warmup=warmup, first_ms=first_ms)
+
+
+def time_in_rounds(
+    fns: dict[str, tuple[Callable[[], object], float]],
+    device: torch.device,
+    rounds: int,
+    min_time: float = 0.3,
+) -> dict[str, Timing | Exception]:
+    """Times several callables in turns: ``rounds`` rounds, each giving every callable ``min_time /
+    rounds`` seconds of samples, and summarises each callable's samples of all rounds. On a machine
+    whose speed drifts (other tenants, clocks), a drift then falls on all of them alike instead of on
+    whichever ran during it. ``fns``: name -> (callable, seconds its first call took, as for
+    :func:`time_after_first`). The first round follows :func:`rep_policy`; a later one warms up with one
+    call (another callable ran in between) and takes one sample of a long call, MIN_REPS of a short one.
+    A callable that raises gets its exception instead of a timing and leaves the rounds."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    methods: dict[str, str] = {}
+    failed: dict[str, Exception] = {}
+    per_round = min_time / rounds
+    cuda = torch.device(device).type == "cuda"
+    for r in range(rounds):
+        for name, (fn, first_call_s) in fns.items():
+            if name in failed:
+                continue
+            warmup, min_reps = rep_policy(first_call_s)
+            first_ms = first_call_s * 1e3 if r == 0 and warmup == 0 and not cuda else None
+            if r > 0:
+                warmup, min_reps = (0, 1) if first_call_s > LONG_CALL_S else (1, MIN_REPS)
+            try:
+                got, methods[name] = sample_fn(fn, device, per_round, min_reps, MAX_REPS, warmup, first_ms)
+            except Exception as e:  # reported in the caller's row, like a failing first call
+                failed[name] = e
+                continue
+            samples[name] += got
+    out: dict[str, Timing | Exception] = dict(failed)
+    for name, (fn, _) in fns.items():
+        if name in failed:
+            continue
+        out[name] = _summary(samples[name], methods[name])
+        if cuda:
+            out[name].do_bench_ms = do_bench_ms(fn)
+    return out
 
 
 class GemmFloor:
@@ -359,8 +416,11 @@ def run_case(
     min_time: float = 0.3,
     on_provider: Callable[[str], None] | None = None,
     floor: GemmFloor | None = None,
+    rounds: int = 1,
 ) -> list[dict]:
     """Check and time every provider of ``case`` (or those named). One row dict per provider.
+
+    rounds > 1: all providers are checked first, then timed in turns (:func:`time_in_rounds`).
 
     status: ``ok`` (checked and timed), ``MISMATCH`` (disagrees with the baseline beyond the tolerance:
     not timed), ``ERROR`` (raised: the message is in ``detail``; not timed), ``unsupported`` (the backend
@@ -389,7 +449,7 @@ def run_case(
         base_error = f"baseline {spec.baseline} failed: {type(e).__name__}: {e}"
 
     rows = []
-    base_ms = None
+    pending: dict[str, tuple[Callable[[], object], float]] = {}  # checked, to be timed in rounds
     for name, ok, why in listed:
         row = _row_head(case, name, tol)
         if ok and on_provider is not None:
@@ -402,6 +462,8 @@ def run_case(
             row.update(status="ERROR", detail=base_error)
             rows.append(row)
             continue
+        rows.append(row)
+        keep = False
         try:
             if name == spec.baseline:
                 fn, err, first = base_fn, 0.0, base_first
@@ -413,23 +475,34 @@ def run_case(
             row["max_rel_err"] = err
             if not err <= tol:
                 row.update(status="MISMATCH", detail=f"{where}: rel. error {err:.2e} > tolerance {tol:.0e}")
-                rows.append(row)
                 continue
-            timing = time_after_first(fn, device, first, min_time=min_time)
+            if rounds > 1:
+                pending[name], keep = (fn, first), True
+                continue
+            _timed(row, case, peak, time_after_first(fn, device, first, min_time=min_time))
         except Exception as e:  # a provider that raises is a result to report, not a crash of the run
             row.update(status="ERROR", detail=f"{type(e).__name__}: {e}")
-            rows.append(row)
             continue
         finally:
-            fn = None
-            if name == spec.baseline:
-                base_fn = None
-            _free(device)
-        row.update(status="ok", **timing.as_dict())
-        _throughput(row, case, peak)
-        if name == spec.baseline:
-            base_ms = timing.median_ms
-        rows.append(row)
+            if not keep:
+                fn = None
+                if name == spec.baseline:
+                    base_fn = None
+                _free(device)
+    if pending:
+        timings = time_in_rounds(pending, device, rounds, min_time=min_time)
+        pending.clear()
+        base_fn = fn = None
+        _free(device)
+        for row in rows:
+            got = timings.get(row["provider"])
+            if isinstance(got, Exception):
+                row.update(status="ERROR", detail=f"{type(got).__name__}: {got}")
+            elif got is not None:
+                _timed(row, case, peak, got)
+    base_ms = next(
+        (r["median_ms"] for r in rows if r["provider"] == spec.baseline and r["status"] == "ok"), None
+    )
     floor_ms = None
     if floor is not None and any(r["status"] == "ok" for r in rows):
         floor_ms = floor.floor_ms(case)
@@ -440,6 +513,11 @@ def run_case(
         if row["status"] == "ok" and floor_ms is not None:
             row["pct_floor"] = 100.0 * floor_ms / row["median_ms"]
     return rows
+
+
+def _timed(row: dict, case: Case, peak: dict, timing: Timing) -> None:
+    row.update(status="ok", **timing.as_dict())
+    _throughput(row, case, peak)
 
 
 def _row_head(case: Case, provider: str, tol: float) -> dict:
