@@ -110,7 +110,9 @@ def test_team_choice():
         assert parts(200, 1, rnn, 256, False) == 2
         assert parts(200, 16, rnn, 128, False) == 1  # G·H < 256
         assert parts(200, 16, lstm, 64, False) == 1  # one panel
-        assert parts(200, 64, lstm, 128, False) == 1  # a real GEMM per step
+        assert parts(200, 64, lstm, 256, False) == 1  # a real GEMM per step
+        assert parts(200, 128, lstm, 128, False) == 2  # ... but W_hh of 2^16 values: a team up to B=128
+        assert parts(200, 129, lstm, 128, False) == 1
         assert parts(200, 1, lstm, 128, True) == 1  # projection
         assert parts(2, 1, lstm, 128, False) == 1  # too short to pack W
         assert parts(200, 32, lstm, 512, False) == 1  # oneDNN's products
@@ -142,3 +144,14 @@ def test_team_modules_match_torch_nn(mode):
     assert_close("y", outs[0][0], outs[1][0].detach(), atol=1e-10)
     for i, (a, b) in enumerate(zip(outs[0][1], outs[1][1])):
         assert_close(f"grad[{i}]", a, b, atol=1e-9)
+
+
+@pytest.mark.parametrize("cell,H", [("gru", 128), ("lstm", 128), ("rnn_tanh", 256)])
+def test_team_of_many_rows_matches_oracle(cell, H):
+    """B=100 (a W_hh of at most 2^16 values keeps its team up to 128 rows), ragged, float64."""
+    B, T = 100, 5
+    lengths = [(b * 7) % (T + 1) for b in range(B)]
+    with threads(2):
+        assert team_parts(cell, T, B, H, torch.float64) == 2
+        args = recurrence_inputs(cell, T, B, H, lengths=lengths, dtype=torch.float64)
+        assert_matches_oracle(cell, args, True, "cpu", 1e-11, seed=2)

@@ -16,6 +16,8 @@
 #include <cstring>
 #include <limits>
 
+#include "blocks.h"
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
     !defined(RNNFAST_NO_CLONES)
 #define RNNFAST_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -52,8 +54,10 @@ inline bool debug_poison() {
   return on;
 }
 
+// An output tensor: large ones come from the block cache (blocks.h), every one NaN-poisoned under
+// RNNFAST_DEBUG_POISON.
 inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = at::empty(sizes, options);
+  at::Tensor t = BlockCache::get().empty(sizes, options);
   if (debug_poison() && t.numel() > 0) {
     t.fill_(std::numeric_limits<double>::quiet_NaN());
   }

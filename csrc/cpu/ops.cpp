@@ -4,6 +4,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "blocks.h"
+
 TORCH_LIBRARY(rnnfast_C, m) {
   m.def(
       "recurrence_fwd(Tensor gi, Tensor h0, Tensor? c0, Tensor w_hh, Tensor? b_hh, Tensor? w_hr, "
@@ -27,6 +29,15 @@ TORCH_LIBRARY(rnnfast_C, m) {
       "Tensor gates, Tensor acts, Tensor cs, Tensor hs, Tensor w_l, bool has_b_l, Tensor w_r, "
       "Tensor? w_t, Tensor? w_ih, Tensor? w_hh, bool has_b_ih) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+// The block cache of large outputs and scratch (blocks.h).
+TORCH_LIBRARY_FRAGMENT(rnnfast_C, m) {
+  m.def("cache_clear() -> ()", [] { rnnfast::BlockCache::get().clear(); });
+  m.def("cache_info() -> (int, int, int)", [] { return rnnfast::BlockCache::get().info(); });
+  m.def("empty_cached(int[] size, ScalarType dtype) -> Tensor", [](c10::IntArrayRef size, c10::ScalarType dtype) {
+    return rnnfast::BlockCache::get().empty(size, at::TensorOptions().dtype(dtype));
+  });
 }
 
 // `import rnnfast._C` loads the library (and so runs the registrations above); the module itself is

@@ -24,7 +24,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <mutex>
 #include <vector>
 
 #include "common.h"
@@ -241,10 +240,10 @@ int64_t grain(int64_t width) { return std::max<int64_t>(1, 16384 / std::max<int6
 int64_t copy_grain(int64_t width) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(width, 1)); }
 
 // ---------------------------------------------------------------------------------------------
-// Scratch memory, reused across calls. Fresh temporaries of this size (~40 MB per batch at B=128, D=100)
-// are handed back to the system by glibc when freed and page-faulted in again by the next batch:
-// measured 3-11K page faults and 6-29 ms of kernel time per forward+backward, 10-25% of it. Blocks are
-// kept in a small process-wide cache (at most two, the largest; a block is used by one call at a time).
+// Scratch memory of one call, carved from one block of the block cache (blocks.h): fresh temporaries of
+// this size (~40 MB per batch at B=128, D=100) were handed back to the system by glibc when freed and
+// page-faulted in again by the next batch (measured 3-11K page faults and 6-29 ms of kernel time per
+// forward+backward, 10-25% of it).
 
 class Workspace {
  public:
@@ -253,27 +252,7 @@ class Workspace {
     const int64_t item = c10::elementSize(dtype);
     int64_t bytes = 0;
     for (int64_t n : sizes) bytes += round_up(n * item);
-    std::lock_guard<std::mutex> lock(mutex());
-    auto& blocks = cache();
-    auto best = blocks.end();
-    for (auto it = blocks.begin(); it != blocks.end(); ++it) {
-      if (it->numel() >= bytes && (best == blocks.end() || it->numel() < best->numel())) best = it;
-    }
-    if (best != blocks.end()) {
-      block_ = *best;
-      blocks.erase(best);
-    } else {
-      block_ = at::empty({std::max<int64_t>(bytes, 1)}, at::kByte);
-    }
-  }
-  ~Workspace() {
-    std::lock_guard<std::mutex> lock(mutex());
-    auto& blocks = cache();
-    blocks.push_back(block_);
-    if (blocks.size() > 2) {
-      blocks.erase(std::min_element(blocks.begin(), blocks.end(),
-                                    [](const Tensor& a, const Tensor& b) { return a.numel() < b.numel(); }));
-    }
+    block_ = BlockCache::get().empty({std::max<int64_t>(bytes, 1)}, at::TensorOptions().dtype(at::kByte));
   }
   Workspace(const Workspace&) = delete;
   Workspace& operator=(const Workspace&) = delete;
@@ -288,15 +267,6 @@ class Workspace {
 
  private:
   static int64_t round_up(int64_t bytes) { return (bytes + 63) / 64 * 64; }
-  static std::mutex& mutex() {
-    static std::mutex m;
-    return m;
-  }
-  static std::vector<Tensor>& cache() {
-    // Never destroyed: freeing tensors after the allocator's own teardown at exit would crash.
-    static auto* blocks = new std::vector<Tensor>();
-    return *blocks;
-  }
   at::ScalarType dtype_;
   Tensor block_;
   int64_t used_ = 0;

@@ -1,4 +1,5 @@
-"""The input projection ``gi = x·W_ihᵀ + b_ih`` of the ``cpu`` backend's modules, through oneDNN.
+"""The input projection ``gi = x·W_ihᵀ + b_ih`` of the ``cpu`` backend's modules: oneDNN or MKL, into
+the backend's block cache.
 
 Dimensions: M rows (T·B tokens), I input, GH = G·H gate columns.
 
@@ -10,8 +11,10 @@ forward and dX go to ``torch.ops.mkldnn._linear_pointwise`` for float32 products
 ``_MIN_WORK`` multiply-adds (below that its ~25 µs call overhead loses to F.linear). On Intel CPUs MKL
 runs its best code and F.linear is as fast or faster (2-core AVX-512 Xeon, 2 threads, F.linear vs
 oneDNN: 200x128x512 0.144 vs 0.163 ms, 3200x256x1024 6.9 vs 7.9 ms, 1600x512x2048 14.7 vs 14.3 ms).
-Under torch.compile, where torch has no oneDNN, or with RNNFAST_CPU_GEMM=aten (as for the time loops'
-products, csrc/cpu/gemm.h), it is plain F.linear; RNNFAST_CPU_GEMM=onednn takes oneDNN on any CPU.
+There, with RNNFAST_CPU_GEMM=aten (as for the time loops' products, csrc/cpu/gemm.h) and for float64,
+the products are ATen's, written into blocks of the cpu backend's cache (see _mm_nt);
+RNNFAST_CPU_GEMM=onednn takes oneDNN on any CPU. Under torch.compile, and below ``_MIN_WORK``, it is
+plain F.linear.
 """
 
 from __future__ import annotations
@@ -49,11 +52,19 @@ _AVAILABLE = _dnnl_available()
 
 
 def _mm_nt(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
-    """a (M, K) · bᵀ (+ bias), b (N, K): oneDNN's product of two contiguous float32 matrices."""
-    return torch.ops.mkldnn._linear_pointwise(a.contiguous(), b.contiguous(), bias, "none", [], "")
+    """a (M, K) · bᵀ (+ bias), b (N, K): oneDNN's product for float32 where it is the faster library
+    (``_AVAILABLE``), else ATen's, written into a block of the cpu backend's cache (csrc/cpu/blocks.h):
+    a fresh result this large is page-faulted in at every call (GRU B=256 H=256 T=50: 9.6K faults and
+    ~20 ms of system time per forward for gi alone)."""
+    if _AVAILABLE and a.dtype == torch.float32:
+        return torch.ops.mkldnn._linear_pointwise(a.contiguous(), b.contiguous(), bias, "none", [], "")
+    out = torch.ops.rnnfast_C.empty_cached([a.shape[0], b.shape[0]], a.dtype)
+    if bias is None:
+        return torch.mm(a, b.t(), out=out)
+    return torch.addmm(bias, a, b.t(), out=out)
 
 
-class _DnnlLinear(torch.autograd.Function):
+class _Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
         x2 = x.reshape(-1, x.shape[-1])
@@ -79,15 +90,15 @@ class _DnnlLinear(torch.autograd.Function):
 
 
 def input_projection(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-    """x (..., I) · wᵀ + b, w (GH, I), b (GH,) or None -> (..., GH); F.linear's result and gradients."""
+    """x (..., I) · wᵀ + b, w (GH, I), b (GH,) or None -> (..., GH); F.linear's result and gradients.
+    For the cpu backend's modules (rnnfast._C loaded)."""
     if (
-        _AVAILABLE
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and w.dtype == torch.float32
-        and (b is None or b.dtype == torch.float32)
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and w.dtype == x.dtype
+        and (b is None or b.dtype == x.dtype)
         and not torch.compiler.is_compiling()
         and x.numel() // max(x.shape[-1], 1) * w.shape[0] * w.shape[1] >= _MIN_WORK
     ):
-        return _DnnlLinear.apply(x, w, b)
+        return _Linear.apply(x, w, b)
     return F.linear(x, w, b)
