@@ -48,6 +48,9 @@ def info(argv: list[str] | None = None) -> int:
             path = torch.ops.rnnfast_C.gemm_path(16, 512, 2048)
             lib = "oneDNN" if path == "onednn" else "ATen (no oneDNN in this torch, or RNNFAST_CPU_GEMM=aten)"
             print(f"          large float32 products (e.g. a B=16, H=512 LSTM step): {lib}")
+            parts = torch.ops.rnnfast_C.team_parts(200, 1, 3, 128, False, torch.float32)
+            team = f"a team of {parts} threads" if parts > 1 else "one thread (a team needs 2+ threads)"
+            print(f"          small-batch time loops (e.g. LSTM B=1, H=128, T=200): {team}")
     env = backends.requested_backend(None)
     print(f"RNNFAST_BACKEND: {env}   GPU-verified for auto: {sorted(backends.GPU_VERIFIED) or 'none'}")
     print(f"\nSupport on {device} (float32, sample sizes):")
