@@ -21,6 +21,7 @@ import functools
 import importlib
 import logging
 import os
+import platform
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -140,6 +141,19 @@ REGISTRY: dict[str, Backend] = {
 }
 
 
+@functools.cache
+def intel_cpu() -> bool:
+    """Whether this is an Intel CPU (where MKL, ATen's CPU GEMM, picks its fastest kernels)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip() == "GenuineIntel"
+    except OSError:
+        pass
+    return "intel" in platform.processor().lower()
+
+
 def _onednn_lstm_faster(sizes: Sizes) -> bool:
     """Whether torch.nn's CPU LSTM (oneDNN's fused LSTM) beats the cpu kernels for a module of ``sizes``.
 
@@ -153,13 +167,21 @@ def _onednn_lstm_faster(sizes: Sizes) -> bool:
     H=256, T=100: 1.2x inference, 1.8x training). So padded LSTM modules take oneDNN, except one-row
     ones with H >= 512; packed ones the cpu kernels; the bare lstm op has no oneDNN alternative.
 
+    On a 2-core Intel Xeon (AVX-512), with the team loops (benchmarks/results/cpu-xeon-sweep-gru-rnn-lstm-
+    infer-fwdbwd.json and cpu-xeon-recheck-lstm-small-batch.json), training at B <= 4 (forward and
+    backward, "grad" in ``sizes``) went 1.04x-2.03x in all 24 cases, so there it takes the cpu kernels too;
+    inference at B <= 4 was 0.79x-1.85x (behind at H=256 and at T=50), from B=16 mostly 0.65x-1.0x.
+
     Not under autocast: there torch.nn's LSTM runs oneDNN in bfloat16, which raises on CPUs without
     AVX-512 bf16 support ("could not create a primitive descriptor"), while the cpu kernels compute in
     float32 everywhere.
     """
     if sizes.get("cell") != "lstm" or sizes.get("lengths") or sizes.get("autocast"):
         return False
-    return not (sizes.get("B") == 1 and sizes.get("H", 0) >= 512)
+    B = sizes.get("B", 0)
+    if B == 1 and sizes.get("H", 0) >= 512:
+        return False
+    return not (sizes.get("grad") and B <= 4 and intel_cpu())
 
 
 def _short_sequence(sizes: Sizes) -> bool:

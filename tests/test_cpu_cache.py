@@ -64,3 +64,19 @@ def test_cache_limit_zero_turns_it_off():
     env["RNNFAST_CPU_CACHE_MB"] = "64"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == f"({4 << 20}, 1, 0)"  # 4 MiB, in 2 MiB units
+
+
+def test_default_limit_scales_with_memory():
+    # An eighth of the physical memory, at most 4 GiB: one call's large tensors must fit (GRU B=256 T=200
+    # H=512 forward+backward holds ~1.1 GiB of them); RNNFAST_CPU_CACHE_MB overrides it.
+    code = (
+        "import torch; from rnnfast import _ext; _ext.ensure_loaded(); "
+        "print(torch.ops.rnnfast_C.cache_limit())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RNNFAST_CPU_CACHE_MB"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert int(out.stdout) == min(ram // 8, 4 << 30)
+    env["RNNFAST_CPU_CACHE_MB"] = "100"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert int(out.stdout) == 100 << 20

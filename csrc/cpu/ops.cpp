@@ -35,6 +35,7 @@ TORCH_LIBRARY(rnnfast_C, m) {
 TORCH_LIBRARY_FRAGMENT(rnnfast_C, m) {
   m.def("cache_clear() -> ()", [] { rnnfast::BlockCache::get().clear(); });
   m.def("cache_info() -> (int, int, int)", [] { return rnnfast::BlockCache::get().info(); });
+  m.def("cache_limit() -> int", [] { return rnnfast::BlockCache::get().limit(); });
   m.def("empty_cached(int[] size, ScalarType dtype) -> Tensor", [](c10::IntArrayRef size, c10::ScalarType dtype) {
     return rnnfast::BlockCache::get().empty(size, at::TensorOptions().dtype(dtype));
   });

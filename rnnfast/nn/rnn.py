@@ -31,6 +31,11 @@ def _autocast_on(x: Tensor) -> bool:
     return x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
 
 
+def _records_grad(module: nn.Module, x: Tensor) -> bool:
+    """Whether autograd will record the call (training), which ``auto`` weighs for CPU LSTMs."""
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters()))
+
+
 def _autocast_dtype(module: nn.RNNBase, device: torch.device) -> torch.dtype | None:
     """The dtype torch.nn computes in under autocast (enabled on ``device``), or None to keep the input dtype.
 
@@ -98,6 +103,7 @@ class _FusedRNNMixin:
             "lengths": packed,
             "reverse": self.bidirectional,
             "autocast": _autocast_on(x),
+            "grad": _records_grad(self, x),
         }
         return backends.resolve("module", x.device, x.dtype, sizes, self.backend)
 

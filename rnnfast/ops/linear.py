@@ -20,25 +20,14 @@ plain F.linear.
 from __future__ import annotations
 
 import os
-import platform
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rnnfast.backends import intel_cpu as _intel_cpu
+
 _MIN_WORK = 1 << 21
-
-
-def _intel_cpu() -> bool:
-    """Whether this is an Intel CPU, where MKL (ATen's CPU GEMM) picks its fastest kernels."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip() == "GenuineIntel"
-    except OSError:
-        pass
-    return "intel" in platform.processor().lower()
 
 
 def _dnnl_available() -> bool:
