@@ -71,8 +71,18 @@ class Dnnl {
   std::atomic<bool> ok_{false};
 };
 
-inline bool dnnl_pays(const at::Tensor& w, int64_t m) {
-  return w.scalar_type() == at::kFloat && m * w.size(0) * w.size(1) >= kDnnlMinWork && Dnnl::get().usable();
+inline bool dnnl_pays(const at::Tensor& w, int64_t m, int64_t min_work = kDnnlMinWork) {
+  return w.scalar_type() == at::kFloat && m * w.size(0) * w.size(1) >= min_work && Dnnl::get().usable();
+}
+
+// Whether this is an Intel CPU, where MKL (ATen's GEMM) runs its best code.
+inline bool intel_cpu() {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  static const bool v = __builtin_cpu_is("intel");
+  return v;
+#else
+  return false;
+#endif
 }
 
 // y (M, N) = x (M, K) · wᵀ (+ y when accumulate), as torch.nn.functional.linear without bias.
@@ -116,8 +126,10 @@ class LinearNT {
   // products will be taken. Packing costs about two unpacked products and makes each later one faster
   // (2 threads, 16x512x2048: pack 427 µs, product 198 µs packed vs 344 µs unpacked), so a single
   // product (a one-step sequence, as in token-by-token decoding) runs unpacked.
-  LinearNT(const at::Tensor& w, int64_t m_hint, int64_t uses = 2) : w_(w.contiguous()) {
-    if (dnnl_pays(w_, m_hint)) {
+  // min_work: the multiply-adds per product from which oneDNN takes them.
+  LinearNT(const at::Tensor& w, int64_t m_hint, int64_t uses = 2, int64_t min_work = kDnnlMinWork)
+      : w_(w.contiguous()) {
+    if (dnnl_pays(w_, m_hint, min_work)) {
       try {
         packed_ = uses > 1 ? Dnnl::get().pack(w_, m_hint) : w_;
       } catch (const std::exception& e) {
