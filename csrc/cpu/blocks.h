@@ -62,9 +62,10 @@ class BlockCache {
     cached_ = 0;
   }
 
-  // (bytes cached, blocks cached, blocks handed out from the cache so far).
+  // The most bytes the cache holds (RNNFAST_CPU_CACHE_MB or default_limit()).
   int64_t limit() const { return static_cast<int64_t>(limit_); }
 
+  // (bytes cached, blocks cached, blocks handed out from the cache so far).
   std::tuple<int64_t, int64_t, int64_t> info() {
     std::lock_guard<std::mutex> lock(mu_);
     return {static_cast<int64_t>(cached_), static_cast<int64_t>(free_.size()), reused_};
