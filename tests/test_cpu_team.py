@@ -96,6 +96,21 @@ def test_team_gradcheck(cell):
         assert torch.autograd.gradcheck(f, [args[k] for k in names], fast_mode=True)
 
 
+@pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "lstm"])
+def test_one_row_short_forward_takes_matvec(cell):
+    """One row with a W_hh of 2^18+ values over fewer than 128 steps: the forward runs the matvec loop
+    (no slices to pack), the backward its team, and the two together still match the oracle."""
+    B, T, H = 1, 50, 512
+    with threads(2):
+        _ext.ensure_loaded()
+        code = common.CELL_CODE[cell]
+        backward = torch.ops.rnnfast_C.team_parts(T, B, code, H, False, torch.float32)
+        assert torch.ops.rnnfast_C.team_parts(T, B, code, H, False, torch.float32, forward=True) == 1
+        assert torch.ops.rnnfast_C.team_parts(200, B, code, H, False, torch.float32, forward=True) == backward
+        args = recurrence_inputs(cell, T, B, H, dtype=torch.float32)
+        assert_matches_oracle(cell, args, False, "cpu", 1e-4, seed=5)
+
+
 def test_team_choice():
     """Which loops take a team, on two threads (float32)."""
     _ext.ensure_loaded()

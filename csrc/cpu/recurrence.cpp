@@ -180,6 +180,21 @@ int64_t team_parts(int64_t T, int64_t B, int64_t G, int64_t H, bool proj) {
   return parts;
 }
 
+// The forward's team: as team_parts(), except for one row with a W_hh the matvec path takes (G·H² >=
+// matvec_min_work()) over fewer than kTeamMatvecMinSteps steps, where packing the slices costs more than
+// the team gains over matvec(), which reads W_hh in place on all threads. Measured (2-core Xeon, AVX-512,
+// float32, inference, vs torch.nn; team / matvec): T=50 GRU H=512 1.16x / 1.42x, RNN H=512 1.12x / 1.24x,
+// LSTM H=512 0.76x / 0.96x, RNN H=1024 0.84x / 1.20x, GRU and LSTM H=1024 and LSTM H=256 even; T=200 the
+// team ahead or even except RNN H=1024 (LSTM H=256 1.24x / 0.80x, RNN H=512 1.82x / 1.40x). The
+// backward keeps its team at any T (T=50 fwd+bwd, team / plain: GRU H=512 4.59x / 3.94x).
+constexpr int64_t kTeamMatvecMinSteps = 128;
+
+template <typename scalar_t>
+int64_t forward_team_parts(int64_t T, int64_t B, int64_t G, int64_t H, bool proj) {
+  if (B == 1 && T < kTeamMatvecMinSteps && G * H * H >= matvec_min_work()) return 1;
+  return team_parts<scalar_t>(T, B, G, H, proj);
+}
+
 // Slice p of `parts` (parts <= H / PW) holds the units [slice_begin(p), slice_begin(p + 1)): the
 // boundaries are the multiples of PW nearest to p·H/parts, the last slice taking the remainder of H.
 inline int64_t slice_begin(int64_t H, int64_t parts, int64_t p, int64_t PW) {
@@ -199,7 +214,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& gi, const 
   const int64_t T = st.T, B = st.B, GH = gi.size(2), H = GH / G, N = h0.size(1);
   const bool proj = w_hr.has_value() && w_hr->defined();
   const bool save = need_ws && S > 0;
-  const int64_t parts = team_parts<scalar_t>(T, B, G, H, proj);
+  const int64_t parts = forward_team_parts<scalar_t>(T, B, G, H, proj);
   auto opts = gi.options();
 
   Tensor y = new_output({T, B, N}, opts);
@@ -630,13 +645,18 @@ std::string gemm_path(int64_t m, int64_t k, int64_t n) {
   return mm.path();
 }
 
-// How many threads share the time loops of a call of these sizes and dtype (float32 or float64), on
-// this thread count (1: the plain loop). For `rnnfast info` and the tests.
-int64_t team_parts_op(int64_t T, int64_t B, int64_t cell, int64_t H, bool proj, at::ScalarType dtype) {
+// How many threads share the backward (forward: the forward) time loop of a call of these sizes and
+// dtype (float32 or float64), on this thread count (1: the plain loop). For `rnnfast info` and the tests.
+int64_t team_parts_op(int64_t T, int64_t B, int64_t cell, int64_t H, bool proj, at::ScalarType dtype,
+                      bool forward) {
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "rnnfast_C: dtype: expected float32 or float64, got ",
               dtype);
-  return dtype == at::kFloat ? team_parts<float>(T, B, gates(cell), H, proj)
-                             : team_parts<double>(T, B, gates(cell), H, proj);
+  const int64_t G = gates(cell);
+  if (forward) {
+    return dtype == at::kFloat ? forward_team_parts<float>(T, B, G, H, proj)
+                               : forward_team_parts<double>(T, B, G, H, proj);
+  }
+  return dtype == at::kFloat ? team_parts<float>(T, B, G, H, proj) : team_parts<double>(T, B, G, H, proj);
 }
 
 }  // namespace
