@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from rnnfast import functional
@@ -97,3 +99,30 @@ def assert_matches_oracle(cell, args: dict, reverse: bool, backend: str, tol: fl
     exp = torch.autograd.grad(want, list(inputs.values()), ups)
     for name, a, b in zip(inputs, got, exp):
         assert_close("d" + name, a, b, atol=10 * tol, rtol=10 * tol)
+
+
+@contextlib.contextmanager
+def threads(n):
+    """torch's intra-op thread count set to ``n`` for the block."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def team_parts(cell, T, B, H, dtype=torch.float32):
+    """How many threads the cpu backend's backward time loop of these sizes shares (1: no team)."""
+    from rnnfast import _ext
+
+    _ext.ensure_loaded()
+    return torch.ops.rnnfast_C.team_parts(T, B, common.CELL_CODE[cell], H, False, dtype)
+
+
+def row_parts(cell, B, H, P=0, dtype=torch.float32):
+    """How many slices of rows the cpu backend's plain time loops of these sizes split into (1: none)."""
+    from rnnfast import _ext
+
+    _ext.ensure_loaded()
+    return torch.ops.rnnfast_C.row_parts(B, common.CELL_CODE[cell], H, P, dtype)

@@ -355,20 +355,23 @@ class StepMatmul {
  public:
   // `w` is (K, M); a transposed view is fine (it is copied to the layout each path wants). steps: how
   // many products will be taken (the packing decision of LinearNT).
-  StepMatmul(const at::Tensor& w, int64_t B, int64_t steps) : B_(B), K_(w.size(0)), M_(w.size(1)) {
+  // serial: the product runs on the calling thread, in the blocked kernel (a row split of the loop, see
+  // row_parts() in recurrence.cpp, gives each thread its own rows; K·M must be <= small_max_work()).
+  StepMatmul(const at::Tensor& w, int64_t B, int64_t steps, bool serial = false)
+      : B_(B), K_(w.size(0)), M_(w.size(1)) {
     // The blocked kernel wants W row-major: for the forward (W_hhᵀ, a transposed view) that is a copy per
     // call, which a short sequence does not earn back (GRU B=1 H=128: 30 µs against ~3 µs saved per step).
     const bool copy_pays = w.is_contiguous() || steps >= 8;
     // One row and a W beyond L2: a matrix-vector product bound by reading W, which matvec() does in
     // memory order on all threads (measured, 2 threads, AVX2, LSTM B=1 inference: H=512 T=200 23 vs
     // 39 ms through ATen's GEMM; H=1024 T=100 33 vs 140 ms).
-    if (B == 1 && K_ * M_ >= matvec_min_work() && (w.t().is_contiguous() || steps >= 8)) {
+    if (!serial && B == 1 && K_ * M_ >= matvec_min_work() && (w.t().is_contiguous() || steps >= 8)) {
       matvec_ = true;
       w_ = w.t().contiguous();
       parallel_ = at::get_num_threads() > 1;
       return;
     }
-    use_blas_ = B >= blas_min_rows() || K_ * M_ > small_max_work() || !copy_pays;
+    use_blas_ = !serial && (B >= blas_min_rows() || K_ * M_ > small_max_work() || !copy_pays);
     // Where the register-blocked kernel applies it beats oneDNN, whose per-call overhead (~25 µs) is
     // paid every step (measured, 1 thread, LSTM B=16 H=256: 109 vs 125 µs per step; B=8: 51 vs 75).
     const at::Tensor wt = w.t();  // (M, K): a Linear weight
@@ -388,7 +391,7 @@ class StepMatmul {
     }
     // Split the columns over threads only when a step has enough work to amortise waking them
     // (parallel_min_work()).
-    parallel_ = !use_blas_ && B * K_ * M_ >= parallel_min_work() && at::get_num_threads() > 1;
+    parallel_ = !serial && !use_blas_ && B * K_ * M_ >= parallel_min_work() && at::get_num_threads() > 1;
   }
 
   const char* path() const {

@@ -149,6 +149,40 @@ inline int64_t l2_bytes() {
   return v;
 }
 
+// Row split: with several threads and a W_hh that fits a core's L2, the plain loop runs on one thread per
+// slice of the batch rows, each its own time loop from start to end: rows do not interact within a
+// call, so nothing crosses between cores and no thread waits for another, where the plain loop forks
+// and joins threads twice a step (product and pointwise) and a team meets at a barrier every step.
+// Each thread reads the whole of W_hh (its own copy in its L2) through the blocked kernel. Taken from
+// RNNFAST_CPU_ROW_SPLIT_MIN_B rows (read at every call; a negative value turns it off), at least
+// kRowSplitMinRows rows a thread.
+constexpr int64_t kRowSplitMinRows = 8;
+inline int64_t row_split_min_rows() { return env_int("RNNFAST_CPU_ROW_SPLIT_MIN_B", 16); }
+
+template <typename scalar_t>
+int64_t row_parts(int64_t B, int64_t G, int64_t H, int64_t N, bool proj) {
+  const int64_t min_b = row_split_min_rows();
+  if (min_b < 0 || B < std::max(min_b, 2 * kRowSplitMinRows)) return 1;
+  const int64_t threads = at::get_num_threads();
+  if (threads < 2 || at::in_parallel_region()) return 1;
+  const int64_t work = G * H * N, pwork = proj ? N * H : 0;
+  if (work > small_max_work() || pwork > small_max_work()) return 1;
+  const int64_t bytes = (work + pwork) * static_cast<int64_t>(sizeof(scalar_t));
+  if (bytes > l2_bytes() || (B >= 2 * blas_min_rows() && 2 * bytes > l2_bytes())) return 1;
+  return std::min<int64_t>({threads, B / kRowSplitMinRows, kMaxTeam});
+}
+
+// The first row of slice p of `parts`: near p·B/parts, on a multiple of 4 (the blocked kernel's rows).
+inline int64_t row_begin(int64_t B, int64_t parts, int64_t p) {
+  return p >= parts ? B : (B * p / parts + 2) / 4 * 4;
+}
+
+inline int64_t max_row_slice(int64_t B, int64_t parts) {
+  int64_t most = 0;
+  for (int64_t p = 0; p < parts; ++p) most = std::max(most, row_begin(B, parts, p + 1) - row_begin(B, parts, p));
+  return most;
+}
+
 // How many slices a loop of B rows, G·H gates and T steps is split into: 1 runs the plain loop (its
 // products may still use several threads, see StepMatmul). Measured on a 2-core AVX-512 machine
 // (float32, T=100, forward and backward each, team against the plain loop): 1.1-1.7x for GRU and LSTM
@@ -171,6 +205,7 @@ template <typename scalar_t>
 int64_t team_parts(int64_t T, int64_t B, int64_t G, int64_t H, bool proj) {
   const int64_t min_work = team_min_work();
   if (proj || min_work < 0 || T < 4 || B * G * H * H < min_work || G * H < 256) return 1;
+  if (row_parts<scalar_t>(B, G, H, H, proj) > 1) return 1;  // the row split goes first
   if (B >= blas_min_rows() && !(B <= 128 && G * H * H <= (int64_t{1} << 16))) return 1;
   if (B >= 16 && G * H * H > small_max_work()) return 1;
   if (!team_available()) return 1;
@@ -253,9 +288,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& gi, const 
   // y[t] and the next state from hfin (B, N), units [u0, u1): a row past its length gets zeros in y
   // and keeps the state `state` had (copied from `prev` when they differ).
   auto emit = [&](int64_t t, const uint8_t* m, const scalar_t* hfin, const scalar_t* prev, scalar_t* state,
-                  int64_t u0, int64_t u1) {
+                  int64_t u0, int64_t u1, int64_t b0, int64_t b1) {
     scalar_t* yt = y_p + t * B * N;
-    for (int64_t b = 0; b < B; ++b) {
+    for (int64_t b = b0; b < b1; ++b) {
       const int64_t o = b * N;
       if (m == nullptr || m[b]) {
         std::copy(hfin + o + u0, hfin + o + u1, yt + o + u0);
@@ -300,26 +335,44 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& gi, const 
           }
         }
         cell_step(t, 0, B, u[p0], u[p1], m, gh_p, cur, nxt);
-        emit(t, m, nxt, cur, nxt, u[p0], u[p1]);
+        emit(t, m, nxt, cur, nxt, u[p0], u[p1], 0, B);
         member.sync();
       }
     });
     h_last = T % 2 == 0 ? h_p : hnew_p;
   } else {
-    StepMatmul<scalar_t> mm_hh(w_hh.t(), B, T);
+    // One loop over all rows, or (row_parts()) one per slice of rows on its own thread.
+    const int64_t rparts = row_parts<scalar_t>(B, G, H, N, proj);
+    const bool split = rparts > 1;
+    const int64_t mrows = split ? max_row_slice(B, rparts) : B;  // the most rows of a slice
+    StepMatmul<scalar_t> mm_hh(w_hh.t(), mrows, T, split);
     c10::optional<StepMatmul<scalar_t>> mm_hr;
-    if (proj) mm_hr.emplace(w_hr->t(), B, T);
+    if (proj) mm_hr.emplace(w_hr->t(), mrows, T, split);
     scalar_t* hfin_p = proj ? hproj.data_ptr<scalar_t>() : hnew_p;
-    std::vector<uint8_t> valid(B);
-    at::Tensor keep;  // the step product's buffer when it is not gh (StepMatmul::apply)
-    for (int64_t s = 0; s < T; ++s) {
-      const int64_t t = st.reverse ? T - 1 - s : s;
-      const uint8_t* m = st.mask(t, valid.data());
-      const int64_t rows = st.rows(t);
-      const scalar_t* ghr = mm_hh.apply(h_p, N, gh_p, GH, rows, &keep);
-      for_rows(B, GH, [&](int64_t b0, int64_t b1) { cell_step(t, b0, b1, 0, H, m, ghr, h_p, hnew_p); });
-      if (proj) mm_hr->apply(hnew_p, H, hfin_p, N, rows);
-      emit(t, m, hfin_p, h_p, h_p, 0, N);
+    auto run_rows = [&](int64_t b0, int64_t b1) {
+      std::vector<uint8_t> valid(B);
+      at::Tensor keep;  // the step product's buffer when it is not gh (StepMatmul::apply)
+      for (int64_t s = 0; s < T; ++s) {
+        const int64_t t = st.reverse ? T - 1 - s : s;
+        const uint8_t* m = st.mask(t, valid.data());
+        const int64_t rows = std::min(std::max(st.rows(t), b0), b1) - b0;
+        if (split) {
+          mm_hh.apply(h_p + b0 * N, N, gh_p + b0 * GH, GH, rows);
+          cell_step(t, b0, b1, 0, H, m, gh_p, h_p, hnew_p);
+        } else {
+          const scalar_t* ghr = mm_hh.apply(h_p, N, gh_p, GH, rows, &keep);
+          for_rows(B, GH, [&](int64_t r0, int64_t r1) { cell_step(t, r0, r1, 0, H, m, ghr, h_p, hnew_p); });
+        }
+        if (proj) mm_hr->apply(hnew_p + b0 * H, H, hfin_p + b0 * N, N, rows);
+        emit(t, m, hfin_p, h_p, h_p, 0, N, b0, b1);
+      }
+    };
+    if (split) {
+      at::parallel_for(0, rparts, 1, [&](int64_t p0, int64_t p1) {
+        for (int64_t p = p0; p < p1; ++p) run_rows(row_begin(B, rparts, p), row_begin(B, rparts, p + 1));
+      });
+    } else {
+      run_rows(0, B);
     }
   }
   h_n.copy_(h_last == h_p ? h : hnew);
@@ -378,8 +431,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
 
   // The state step t started from, per row: the previous valid step's output, or h0 (c0) at a row's
   // first step.
-  auto prev_states = [&](int64_t t, const scalar_t** hp, const scalar_t** cp) {
-    for (int64_t b = 0; b < B; ++b) {
+  auto prev_states = [&](int64_t t, const scalar_t** hp, const scalar_t** cp, int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
       const bool first = st.reverse ? t + 1 >= st.length(b) : t == 0;
       const int64_t tp = st.reverse ? t + 1 : t - 1;
       hp[b] = first ? h0_p + b * N : y_p + (tp * B + b) * N;
@@ -387,9 +440,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
     }
   };
   // dht = dh + grad_y[t] on the valid rows, units [u0, u1).
-  auto add_grad_y = [&](int64_t t, const uint8_t* m, int64_t u0, int64_t u1) {
+  auto add_grad_y = [&](int64_t t, const uint8_t* m, int64_t u0, int64_t u1, int64_t b0, int64_t b1) {
     const scalar_t* gyt = gy_p + t * B * N;
-    for (int64_t b = 0; b < B; ++b) {
+    for (int64_t b = b0; b < b1; ++b) {
       if (m != nullptr && !m[b]) continue;
       for (int64_t j = u0; j < u1; ++j) dht_p[b * N + j] = dh_p[b * N + j] + gyt[b * N + j];
     }
@@ -402,8 +455,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
                                   dgh_p + t * B * GH, direct_p, u_t);
   };
   // dh_{t-1} on the valid rows, units [u0, u1): the product dgh·W_hh (dhpr), plus dh·z for the GRU.
-  auto carry = [&](const uint8_t* m, const scalar_t* dhpr, int64_t u0, int64_t u1) {
-    for (int64_t b = 0; b < B; ++b) {
+  auto carry = [&](const uint8_t* m, const scalar_t* dhpr, int64_t u0, int64_t u1, int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
       if (m != nullptr && !m[b]) continue;
       scalar_t* d = dh_p + b * N;
       const scalar_t* p = dhpr + b * N;
@@ -459,8 +512,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
         const int64_t t = st.reverse ? T - 1 - s : s;
         const uint8_t* m = st.mask(t, valid.data() + p0 * B);
         const int64_t rows = st.rows(t);
-        prev_states(t, hpm, cpm);
-        add_grad_y(t, m, u0, u1);
+        prev_states(t, hpm, cpm, 0, B);
+        add_grad_y(t, m, u0, u1, 0, B);
         cell_step(t, 0, B, u0, u1, m, hpm, cpm, nullptr);
         const scalar_t* dgt = dgh_p + t * B * GH;
         for (int64_t b = 0; b < rows; ++b) {
@@ -483,31 +536,52 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
       }
     });
   } else {
-    StepMatmul<scalar_t> mm_hh(w_hh, B, T);  // dh_{t-1} = dgh·W_hh
+    // One loop over all rows, or (row_parts()) one per slice of rows on its own thread.
+    const int64_t rparts = row_parts<scalar_t>(B, G, H, N, proj);
+    const bool split = rparts > 1;
+    const int64_t mrows = split ? max_row_slice(B, rparts) : B;  // the most rows of a slice
+    StepMatmul<scalar_t> mm_hh(w_hh, mrows, T, split);  // dh_{t-1} = dgh·W_hh
     c10::optional<StepMatmul<scalar_t>> mm_hr;
-    if (proj) mm_hr.emplace(*w_hr, B, T);    // d(o·tanh c) = dh·W_hr
-    std::vector<uint8_t> valid(B);
-    std::vector<const scalar_t*> hp(B), cp(B);
-    at::Tensor keep;  // the step product's buffer when it is not dhp (StepMatmul::apply)
-    for (int64_t s = T - 1; s >= 0; --s) {
-      const int64_t t = st.reverse ? T - 1 - s : s;
-      const uint8_t* m = st.mask(t, valid.data());
-      prev_states(t, hp.data(), cp.data());
-      add_grad_y(t, m, 0, N);
-      if (proj) {
-        scalar_t* dhr_t = d_hr.data_ptr<scalar_t>() + t * B * N;
-        for (int64_t b = 0; b < B; ++b) {
-          if (m == nullptr || m[b]) {
-            std::copy(dht_p + b * N, dht_p + (b + 1) * N, dhr_t + b * N);
-          } else {
-            std::fill(dhr_t + b * N, dhr_t + (b + 1) * N, scalar_t(0));
+    if (proj) mm_hr.emplace(*w_hr, mrows, T, split);    // d(o·tanh c) = dh·W_hr
+    auto run_rows = [&](int64_t b0, int64_t b1) {
+      std::vector<uint8_t> valid(B);
+      std::vector<const scalar_t*> hp(B), cp(B);
+      at::Tensor keep;  // the step product's buffer when it is not dhp (StepMatmul::apply)
+      for (int64_t s = T - 1; s >= 0; --s) {
+        const int64_t t = st.reverse ? T - 1 - s : s;
+        const uint8_t* m = st.mask(t, valid.data());
+        const int64_t rows = std::min(std::max(st.rows(t), b0), b1) - b0;
+        prev_states(t, hp.data(), cp.data(), b0, b1);
+        add_grad_y(t, m, 0, N, b0, b1);
+        if (proj) {
+          scalar_t* dhr_t = d_hr.data_ptr<scalar_t>() + t * B * N;
+          for (int64_t b = b0; b < b1; ++b) {
+            if (m == nullptr || m[b]) {
+              std::copy(dht_p + b * N, dht_p + (b + 1) * N, dhr_t + b * N);
+            } else {
+              std::fill(dhr_t + b * N, dhr_t + (b + 1) * N, scalar_t(0));
+            }
           }
+          mm_hr->apply(dht_p + b0 * N, N, du_p + b0 * H, H, rows);
         }
-        mm_hr->apply(dht_p, N, du_p, H, st.rows(t));
+        scalar_t* u_t = proj ? u.data_ptr<scalar_t>() + t * B * H : nullptr;
+        const scalar_t* dgt = dgh_p + t * B * GH;
+        if (split) {
+          cell_step(t, b0, b1, 0, H, m, hp.data(), cp.data(), u_t);
+          mm_hh.apply(dgt + b0 * GH, GH, dhp_p + b0 * N, N, rows);
+          carry(m, dhp_p, 0, N, b0, b1);
+        } else {
+          for_rows(B, GH, [&](int64_t r0, int64_t r1) { cell_step(t, r0, r1, 0, H, m, hp.data(), cp.data(), u_t); });
+          carry(m, mm_hh.apply(dgt, GH, dhp_p, N, rows, &keep), 0, N, 0, B);
+        }
       }
-      scalar_t* u_t = proj ? u.data_ptr<scalar_t>() + t * B * H : nullptr;
-      for_rows(B, GH, [&](int64_t b0, int64_t b1) { cell_step(t, b0, b1, 0, H, m, hp.data(), cp.data(), u_t); });
-      carry(m, mm_hh.apply(dgh_p + t * B * GH, GH, dhp_p, N, st.rows(t), &keep), 0, N);
+    };
+    if (split) {
+      at::parallel_for(0, rparts, 1, [&](int64_t p0, int64_t p1) {
+        for (int64_t p = p0; p < p1; ++p) run_rows(row_begin(B, rparts, p), row_begin(B, rparts, p + 1));
+      });
+    } else {
+      run_rows(0, B);
     }
   }
   dh0.copy_(dh);
@@ -659,11 +733,21 @@ int64_t team_parts_op(int64_t T, int64_t B, int64_t cell, int64_t H, bool proj, 
   return dtype == at::kFloat ? team_parts<float>(T, B, G, H, proj) : team_parts<double>(T, B, G, H, proj);
 }
 
+// How many slices of rows the plain time loops of a call split into (row_parts(); 1: none) where no team
+// runs (team_parts()); P is the projection size, 0 for none. For `rnnfast info` and the tests.
+int64_t row_parts_op(int64_t B, int64_t cell, int64_t H, int64_t P, at::ScalarType dtype) {
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "rnnfast_C: dtype: expected float32 or float64, got ",
+              dtype);
+  const int64_t G = gates(cell), N = P > 0 ? P : H;
+  return dtype == at::kFloat ? row_parts<float>(B, G, H, N, P > 0) : row_parts<double>(B, G, H, N, P > 0);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(rnnfast_C, m) {
   m.impl("gemm_path", &gemm_path);
   m.impl("team_parts", &team_parts_op);
+  m.impl("row_parts", &row_parts_op);
 }
 
 TORCH_LIBRARY_IMPL(rnnfast_C, CPU, m) {

@@ -1,0 +1,139 @@
+"""Paired A/B of one of the cpu backend's knobs read at every call (RNNFAST_CPU_ROW_SPLIT_MIN_B,
+RNNFAST_CPU_TEAM_MIN_WORK): the recurrence op of each case is timed with the variable unset (A) and set
+(B) in alternating short rounds in one process, so the slow drift of a shared machine hits both alike;
+the figure of a case is the median over rounds of B's time / A's time (> 1: A is faster).
+
+    python benchmarks/cpu_env_ab.py --env RNNFAST_CPU_ROW_SPLIT_MIN_B=-1 --cells rnn_tanh,gru,lstm \\
+        --batch 16,64,256 --hidden 64,128,256 --threads 2 --name cpu-row-split-ab
+
+writes benchmarks/results/<name>.json and .csv (machine, versions, commit, one row per case and mode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rnnfast import _ext  # noqa: E402
+from rnnfast.bench.report import git_commit, machine_info  # noqa: E402
+from tests.utils import recurrence_inputs, row_parts, run_recurrence, team_parts  # noqa: E402
+
+
+def ints(s: str) -> list[int]:
+    return [int(v) for v in s.split(",")]
+
+
+def time_pair(run, name: str, value: str, rounds: int, round_s: float) -> tuple[list[float], list[float]]:
+    """Milliseconds per call of ``run`` with ``name`` unset (A) and set to ``value`` (B), per round."""
+    for _ in range(3):
+        run()
+    t0 = time.perf_counter()
+    run()
+    reps = max(1, int(round_s / max(time.perf_counter() - t0, 1e-6)))
+    a, b = [], []
+    try:
+        for r in range(rounds):
+            for side in "ab" if r % 2 == 0 else "ba":
+                if side == "b":
+                    os.environ[name] = value
+                else:
+                    os.environ.pop(name, None)
+                run()
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    run()
+                (a if side == "a" else b).append((time.perf_counter() - t0) / reps * 1e3)
+    finally:
+        os.environ.pop(name, None)
+    return a, b
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--env", required=True, help="NAME=VALUE set for side B")
+    p.add_argument("--cells", default="rnn_tanh,gru,lstm")
+    p.add_argument("--batch", type=ints, default=[16, 64, 256])
+    p.add_argument("--hidden", type=ints, default=[64, 128, 256])
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--modes", default="infer,fwdbwd")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=30)
+    p.add_argument("--round-s", type=float, default=0.02, help="seconds of calls per side and round")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--name", required=True)
+    args = p.parse_args(argv)
+    name, _, value = args.env.partition("=")
+    if not name or not value:
+        p.error(f"--env: expected NAME=VALUE, got {args.env!r}")
+    ok, why = _ext.status()
+    if not ok:
+        print(f"C++ CPU kernels unavailable: {why}", file=sys.stderr)
+        return 1
+    os.environ.pop(name, None)
+    torch.set_num_threads(args.threads)
+    T, rows = args.steps, []
+    for cell in args.cells.split(","):
+        for B in args.batch:
+            for H in args.hidden:
+                # which loop each side runs: a team of team_parts threads, else row_parts slices of rows
+                loops = {}
+                for side in "ab":
+                    if side == "b":
+                        os.environ[name] = value
+                    loops[side] = (team_parts(cell, T, B, H), row_parts(cell, B, H))
+                    os.environ.pop(name, None)
+                for mode in args.modes.split(","):
+                    x = recurrence_inputs(cell, T, B, H, dtype=torch.float32, grad=mode == "fwdbwd")
+
+                    def run(x=x, mode=mode, cell=cell):
+                        if mode == "infer":
+                            with torch.inference_mode():
+                                run_recurrence(cell, x, False, "cpu")
+                        else:
+                            outs = [o for o in run_recurrence(cell, x, False, "cpu") if o is not None]
+                            sum(o.sum() for o in outs).backward()
+
+                    a, b = time_pair(run, name, value, args.rounds, args.round_s)
+                    ratio = [tb / ta for ta, tb in zip(a, b)]
+                    q = statistics.quantiles(ratio, n=4)
+                    row = {
+                        "cell": cell, "mode": mode, "B": B, "T": T, "H": H, "dtype": "float32",
+                        "a_team_parts": loops["a"][0], "a_row_parts": loops["a"][1],
+                        "b_team_parts": loops["b"][0], "b_row_parts": loops["b"][1],
+                        "a_median_ms": statistics.median(a), "b_median_ms": statistics.median(b),
+                        "b_over_a_median": statistics.median(ratio),
+                        "b_over_a_q25": q[0], "b_over_a_q75": q[2], "rounds": args.rounds,
+                    }  # fmt: skip
+                    rows.append(row)
+                    print(
+                        f"{cell:8s} {mode:6s} B{B:<4d} H{H:<4d} (team, rows) A {loops['a']} B {loops['b']}"
+                        f"  A {row['a_median_ms']:8.3f} B {row['b_median_ms']:8.3f} ms"
+                        f"  B/A {row['b_over_a_median']:.2f} [{q[0]:.2f}, {q[2]:.2f}]",
+                        flush=True,
+                    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = dict(machine_info(torch.device("cpu")), commit=git_commit(), env_b=args.env, op="recurrence (cpu)")
+    (out / f"{args.name}.json").write_text(json.dumps({"machine": meta, "results": rows}, indent=1) + "\n")
+    with open(out / f"{args.name}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[*meta, *rows[0]])
+        w.writeheader()
+        for row in rows:
+            w.writerow({**meta, **row})
+    print(f"wrote {out / args.name}.json, .csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The ``cpu`` backend's row split: where no team runs and several threads are free, the plain time loop
+splits the batch rows into slices, one thread each, every slice running its own whole time loop
+(``row_parts`` in csrc/cpu/recurrence.cpp). Every case first checks that the split really happens, then
+compares with the float64 oracle, the unsplit loop (``RNNFAST_CPU_ROW_SPLIT_MIN_B=-1``) and torch.nn.
+
+The thread count is set per test (OpenMP starts the threads even where the machine has fewer cores)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rnnfast
+from rnnfast import _ext
+from tests.utils import (
+    assert_close,
+    assert_matches_oracle,
+    case_id,
+    recurrence_inputs,
+    row_parts,
+    run_recurrence,
+    team_parts,
+    threads,
+)
+
+ok, why = _ext.status()
+pytestmark = pytest.mark.skipif(not ok, reason=f"C++ CPU kernels unavailable: {why}")
+
+CELLS = ["rnn_tanh", "rnn_relu", "gru", "lstm"]
+OFF = "RNNFAST_CPU_ROW_SPLIT_MIN_B"
+
+
+def ragged(B, T):
+    """Unsorted lengths with empty rows and full rows scattered over every slice."""
+    return [(b * 5 + 3) % (T + 1) for b in range(B)]
+
+
+# (B, threads): B=20 on two threads splits 12 + 8 rows; B=37 on three 12 + 12 + 13 (a slice whose rows end
+# inside a block of 4).
+SPLITS = [(20, 2), (37, 3)]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("B,n", SPLITS, ids=[case_id(B=b, threads=n) for b, n in SPLITS])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "ragged"])
+def test_row_split_matches_oracle(cell, B, n, reverse, lengths):
+    """H=33 (no team: G·H < 256), float64, every gradient."""
+    T, H = 7, 33
+    with threads(n):
+        assert row_parts(cell, B, H, dtype=torch.float64) == min(n, B // 8)
+        assert team_parts(cell, T, B, H, torch.float64) == 1
+        args = recurrence_inputs(cell, T, B, H, lengths=ragged(B, T) if lengths else None)
+        assert_matches_oracle(cell, args, reverse, "cpu", 1e-11, seed=3)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_row_split_projected_lstm_matches_oracle(reverse):
+    B, T, H, P = 24, 6, 40, 20
+    with threads(3):
+        assert row_parts("lstm", B, H, P, torch.float64) == 3
+        args = recurrence_inputs("lstm", T, B, H, P=P, lengths=ragged(B, T))
+        assert_matches_oracle("lstm", args, reverse, "cpu", 1e-11, seed=8)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_row_split_float32_matches_unsplit_loop(cell, monkeypatch):
+    """float32 at H=64, B=64 on two threads against the one loop over all rows, both directions."""
+    B, T, H = 64, 10, 64
+    args = recurrence_inputs(cell, T, B, H, lengths=ragged(B, T), dtype=torch.float32)
+    with threads(2):
+        assert row_parts(cell, B, H) == 2 and team_parts(cell, T, B, H) == 1
+        split = run_recurrence(cell, args, True, "cpu")
+        monkeypatch.setenv(OFF, "-1")
+        assert row_parts(cell, B, H) == 1
+        plain = run_recurrence(cell, args, True, "cpu")
+        g = torch.Generator().manual_seed(6)
+        outs = [[o for o in r if o is not None] for r in (split, plain)]
+        ups = [torch.randn(o.shape, generator=g) for o in outs[0]]
+        inputs = [v for v in args.values() if isinstance(v, torch.Tensor) and v.requires_grad]
+        grads = [torch.autograd.grad(o, inputs, ups) for o in outs]
+    for name, a, b in zip(["y", "h_n", "c_n"], *outs):
+        assert_close(name, a, b.detach(), atol=2e-6, rtol=2e-6)
+    for i, (a, b) in enumerate(zip(*grads)):
+        assert_close(f"grad[{i}]", a, b, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("cell,P", [("gru", 0), ("lstm", 0), ("lstm", 3)])
+def test_row_split_gradcheck(cell, P):
+    B, T, H = 17, 4, 5
+    args = recurrence_inputs(cell, T, B, H, P=P, lengths=ragged(B, T))
+    names = [k for k, v in args.items() if isinstance(v, torch.Tensor) and v.requires_grad]
+    with threads(2):
+        assert row_parts(cell, B, H, P, torch.float64) == 2
+
+        def f(*ts):
+            a = dict(args, **dict(zip(names, ts)))
+            return [o for o in run_recurrence(cell, a, False, "cpu") if o is not None]
+
+        assert torch.autograd.gradcheck(f, [args[k] for k in names], fast_mode=True)
+
+
+def test_row_split_choice(monkeypatch):
+    """Which plain loops split their rows (float32)."""
+    with threads(2):
+        assert row_parts("gru", 16, 64) == 2
+        assert row_parts("gru", 15, 64) == 1  # fewer than 16 rows
+        assert row_parts("gru", 256, 64) == 2
+        assert row_parts("lstm", 256, 1024) == 1  # W_hh of 16 MiB: beyond a core's L2
+        assert row_parts("lstm", 64, 64, P=32) == 2
+        assert row_parts("gru", 64, 512) == 1  # beyond the blocked kernel's products
+        monkeypatch.setenv(OFF, "64")
+        assert row_parts("gru", 32, 64) == 1
+        assert row_parts("gru", 64, 64) == 2
+        monkeypatch.setenv(OFF, "-1")
+        assert row_parts("gru", 64, 64) == 1
+        monkeypatch.delenv(OFF)
+        # the split goes before a team (GRU H=128 B=16 takes one without it, test_cpu_team.py)
+        assert team_parts("gru", 200, 16, 128) == 1 and row_parts("gru", 16, 128) == 2
+    with threads(3):
+        assert row_parts("gru", 20, 64) == 2  # at least 8 rows a thread
+        assert row_parts("gru", 24, 64) == 3
+    with threads(1):
+        assert row_parts("gru", 64, 64) == 1
+
+
+def test_row_split_lstm_module_matches_torch_nn():
+    """Two layers, bidirectional, projection, packed unsorted input, float64, every gradient."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    B, T, I, H, P = 20, 8, 12, 24, 10
+    ref = torch.nn.LSTM(I, H, num_layers=2, bidirectional=True, proj_size=P).double()
+    mod = rnnfast.from_torch(ref, backend="cpu")
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    lengths = torch.tensor([max(1, n) for n in ragged(B, T)])
+    with threads(2):
+        assert row_parts("lstm", B, H, P, torch.float64) == 2
+        outs = []
+        for m in (mod, ref):
+            xi = x.clone().requires_grad_(True)
+            y, _ = m(pack_padded_sequence(xi, lengths, enforce_sorted=False))
+            y, _ = pad_packed_sequence(y)
+            g = torch.autograd.grad(y, [xi, *m.parameters()], torch.ones_like(y) * 0.1 + y.detach())
+            outs.append((y, g))
+    assert_close("y", outs[0][0], outs[1][0].detach(), atol=1e-10)
+    for i, (a, b) in enumerate(zip(outs[0][1], outs[1][1])):
+        assert_close(f"grad[{i}]", a, b, atol=1e-9)
