@@ -17,6 +17,7 @@ from rnnfast.ops.recurrence import common
 from tests.utils import (
     assert_close,
     assert_matches_oracle,
+    assert_packed_module_matches,
     case_id,
     recurrence_inputs,
     run_recurrence,
@@ -136,8 +137,6 @@ def test_team_choice():
 @pytest.mark.parametrize("mode", ["nn.GRU", "nn.LSTM"])
 def test_team_modules_match_torch_nn(mode):
     """Two layers, bidirectional, packed unsorted input, float64, every gradient, against torch.nn."""
-    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-
     B, T = 3, 9
     kind = mode.split(".")[1]
     H = H_OF[kind.lower()]
@@ -147,16 +146,7 @@ def test_team_modules_match_torch_nn(mode):
     lengths = torch.tensor([4, 9, 6])
     with threads(2):
         assert team_parts(kind.lower(), T, B, H, torch.float64) == 2
-        outs = []
-        for m in (mod, ref):
-            xi = x.clone().requires_grad_(True)
-            y, _ = m(pack_padded_sequence(xi, lengths, enforce_sorted=False))
-            y, _ = pad_packed_sequence(y)
-            g = torch.autograd.grad(y, [xi, *m.parameters()], torch.ones_like(y) * 0.1 + y.detach())
-            outs.append((y, g))
-    assert_close("y", outs[0][0], outs[1][0].detach(), atol=1e-10)
-    for i, (a, b) in enumerate(zip(outs[0][1], outs[1][1])):
-        assert_close(f"grad[{i}]", a, b, atol=1e-9)
+        assert_packed_module_matches(mod, ref, x, lengths)
 
 
 @pytest.mark.parametrize("cell,H", [("gru", 128), ("lstm", 128), ("rnn_tanh", 256)])

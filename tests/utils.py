@@ -126,3 +126,21 @@ def row_parts(cell, B, H, P=0, dtype=torch.float32):
 
     _ext.ensure_loaded()
     return torch.ops.rnnfast_C.row_parts(B, common.CELL_CODE[cell], H, P, dtype)
+
+
+def assert_packed_module_matches(mod, ref, x, lengths, atol_y=1e-10, atol_g=1e-9):
+    """``mod`` against the torch.nn module ``ref`` on ``x`` (T, B, I) packed unsorted by ``lengths``: the
+    padded output, and the gradients of the input and every parameter under an output gradient that
+    depends on the output."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    outs = []
+    for m in (mod, ref):
+        xi = x.clone().requires_grad_(True)
+        y, _ = m(pack_padded_sequence(xi, lengths, enforce_sorted=False))
+        y, _ = pad_packed_sequence(y)
+        g = torch.autograd.grad(y, [xi, *m.parameters()], torch.ones_like(y) * 0.1 + y.detach())
+        outs.append((y, g))
+    assert_close("y", outs[0][0], outs[1][0].detach(), atol=atol_y)
+    for i, (a, b) in enumerate(zip(outs[0][1], outs[1][1])):
+        assert_close(f"grad[{i}]", a, b, atol=atol_g)
