@@ -51,6 +51,9 @@ def info(argv: list[str] | None = None) -> int:
             parts = torch.ops.rnnfast_C.team_parts(200, 1, 3, 128, False, torch.float32)
             team = f"a team of {parts} threads" if parts > 1 else "one thread (a team needs 2+ threads)"
             print(f"          small-batch time loops (e.g. LSTM B=1, H=128, T=200): {team}")
+            slices = torch.ops.rnnfast_C.row_parts(64, 2, 64, 0, torch.float32)
+            rows = f"{slices} slices of rows, a thread each" if slices > 1 else "one loop over all rows"
+            print(f"          batched time loops (e.g. GRU B=64, H=64): {rows}")
     env = backends.requested_backend(None)
     print(f"RNNFAST_BACKEND: {env}   GPU-verified for auto: {sorted(backends.GPU_VERIFIED) or 'none'}")
     print(f"\nSupport on {device} (float32, sample sizes):")

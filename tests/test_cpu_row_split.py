@@ -13,6 +13,7 @@ import torch
 import rnnfast
 from rnnfast import _ext
 from tests.utils import (
+    CELLS,
     assert_close,
     assert_matches_oracle,
     assert_packed_module_matches,
@@ -27,7 +28,6 @@ from tests.utils import (
 ok, why = _ext.status()
 pytestmark = pytest.mark.skipif(not ok, reason=f"C++ CPU kernels unavailable: {why}")
 
-CELLS = ["rnn_tanh", "rnn_relu", "gru", "lstm"]
 OFF = "RNNFAST_CPU_ROW_SPLIT_MIN_B"
 
 

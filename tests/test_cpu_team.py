@@ -15,6 +15,7 @@ import rnnfast
 from rnnfast import _ext
 from rnnfast.ops.recurrence import common
 from tests.utils import (
+    CELLS,
     assert_close,
     assert_matches_oracle,
     assert_packed_module_matches,
@@ -27,8 +28,6 @@ from tests.utils import (
 
 ok, why = _ext.status()
 pytestmark = pytest.mark.skipif(not ok, reason=f"C++ CPU kernels unavailable: {why}")
-
-CELLS = ["rnn_tanh", "rnn_relu", "gru", "lstm"]
 
 
 @pytest.fixture(autouse=True)

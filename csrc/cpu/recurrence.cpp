@@ -159,9 +159,9 @@ inline int64_t l2_bytes() {
 // float32, T=50, the op alone, split against the loop it replaces, paired rounds in one process:
 // benchmarks/cpu_env_ab.py): 0.99-2.66x for RNN/GRU/LSTM at B=16-512, H=64-256, against the plain loop
 // (e.g. RNN B=128 H=128 inference 2.66x; LSTM B=64 H=256 0.99x) and 1.02-1.93x against a team (GRU B=16
-// H=128 1.40x / 1.36x inference / training, LSTM B=32 H=64 1.93x / 1.56x). From 2·RNNFAST_CPU_BLAS_MIN_B rows, where the plain loop's
-// products are GEMMs on all threads, only with W at most half the L2: at B=256 a 1 MiB LSTM H=256 W_hh
-// ran 0.89x / 0.91x of the plain loop, a 768 KiB GRU H=256 1.07x / 0.99x.
+// H=128 1.40x / 1.36x inference / training, LSTM B=32 H=64 1.93x / 1.56x). From 2·RNNFAST_CPU_BLAS_MIN_B
+// rows, where the plain loop's products are GEMMs on all threads, only with W at most half the L2: at
+// B=256 a 1 MiB LSTM H=256 W_hh ran 0.89x / 0.91x of the plain loop, a 768 KiB GRU H=256 1.07x / 0.99x.
 constexpr int64_t kRowSplitMinRows = 8;
 inline int64_t row_split_min_rows() { return env_int("RNNFAST_CPU_ROW_SPLIT_MIN_B", 16); }
 
@@ -187,6 +187,15 @@ inline int64_t max_row_slice(int64_t B, int64_t parts) {
   int64_t most = 0;
   for (int64_t p = 0; p < parts; ++p) most = std::max(most, row_begin(B, parts, p + 1) - row_begin(B, parts, p));
   return most;
+}
+
+// f(b0, b1) on all B rows, or with parts > 1 on each slice of rows (row_begin()) on a thread of its own.
+template <typename F>
+void for_row_slices(int64_t B, int64_t parts, const F& f) {
+  if (parts <= 1) return f(0, B);
+  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) f(row_begin(B, parts, p), row_begin(B, parts, p + 1));
+  });
 }
 
 // How many slices a loop of B rows, G·H gates and T steps is split into: 1 runs the plain loop (its
@@ -373,13 +382,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& gi, const 
         emit(t, m, hfin_p, h_p, h_p, 0, N, b0, b1);
       }
     };
-    if (split) {
-      at::parallel_for(0, rparts, 1, [&](int64_t p0, int64_t p1) {
-        for (int64_t p = p0; p < p1; ++p) run_rows(row_begin(B, rparts, p), row_begin(B, rparts, p + 1));
-      });
-    } else {
-      run_rows(0, B);
-    }
+    for_row_slices(B, rparts, run_rows);
   }
   h_n.copy_(h_last == h_p ? h : hnew);
   if (kLSTM) c_n.copy_(c);
@@ -582,13 +585,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
         }
       }
     };
-    if (split) {
-      at::parallel_for(0, rparts, 1, [&](int64_t p0, int64_t p1) {
-        for (int64_t p = p0; p < p1; ++p) run_rows(row_begin(B, rparts, p), row_begin(B, rparts, p + 1));
-      });
-    } else {
-      run_rows(0, B);
-    }
+    for_row_slices(B, rparts, run_rows);
   }
   dh0.copy_(dh);
   if (kLSTM) dc0.copy_(dc);
