@@ -47,9 +47,9 @@ SPLITS = [(20, 2), (37, 3)]
 @pytest.mark.parametrize("lengths", [False, True], ids=["full", "ragged"])
 def test_row_split_matches_oracle(cell, B, n, reverse, lengths):
     """H=33 (no team: G·H < 256), float64, every gradient."""
-    T, H = 7, 33
+    T, H = 9, 33
     with threads(n):
-        assert row_parts(cell, B, H, dtype=torch.float64) == min(n, B // 8)
+        assert row_parts(cell, B, H, dtype=torch.float64, T=T) == min(n, B // 8)
         assert team_parts(cell, T, B, H, torch.float64) == 1
         args = recurrence_inputs(cell, T, B, H, lengths=ragged(B, T) if lengths else None)
         assert_matches_oracle(cell, args, reverse, "cpu", 1e-11, seed=3)
@@ -57,9 +57,9 @@ def test_row_split_matches_oracle(cell, B, n, reverse, lengths):
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 def test_row_split_projected_lstm_matches_oracle(reverse):
-    B, T, H, P = 24, 6, 40, 20
+    B, T, H, P = 24, 8, 40, 20
     with threads(3):
-        assert row_parts("lstm", B, H, P, torch.float64) == 3
+        assert row_parts("lstm", B, H, P, torch.float64, T) == 3
         args = recurrence_inputs("lstm", T, B, H, P=P, lengths=ragged(B, T))
         assert_matches_oracle("lstm", args, reverse, "cpu", 1e-11, seed=8)
 
@@ -70,7 +70,7 @@ def test_row_split_float32_matches_unsplit_loop(cell, monkeypatch):
     B, T, H = 64, 10, 64
     args = recurrence_inputs(cell, T, B, H, lengths=ragged(B, T), dtype=torch.float32)
     with threads(2):
-        assert row_parts(cell, B, H) == 2 and team_parts(cell, T, B, H) == 1
+        assert row_parts(cell, B, H, T=T) == 2 and team_parts(cell, T, B, H) == 1
         split = run_recurrence(cell, args, True, "cpu")
         monkeypatch.setenv(OFF, "-1")
         assert row_parts(cell, B, H) == 1
@@ -88,11 +88,11 @@ def test_row_split_float32_matches_unsplit_loop(cell, monkeypatch):
 
 @pytest.mark.parametrize("cell,P", [("gru", 0), ("lstm", 0), ("lstm", 3)])
 def test_row_split_gradcheck(cell, P):
-    B, T, H = 17, 4, 5
+    B, T, H = 17, 8, 5
     args = recurrence_inputs(cell, T, B, H, P=P, lengths=ragged(B, T))
     names = [k for k, v in args.items() if isinstance(v, torch.Tensor) and v.requires_grad]
     with threads(2):
-        assert row_parts(cell, B, H, P, torch.float64) == 2
+        assert row_parts(cell, B, H, P, torch.float64, T) == 2
 
         def f(*ts):
             a = dict(args, **dict(zip(names, ts)))
@@ -106,6 +106,8 @@ def test_row_split_choice(monkeypatch):
     with threads(2):
         assert row_parts("gru", 16, 64) == 2
         assert row_parts("gru", 15, 64) == 1  # fewer than 16 rows
+        assert row_parts("gru", 16, 64, T=8) == 2
+        assert row_parts("gru", 16, 64, T=7) == 1  # too few steps to earn the copy of W_hhᵀ back
         assert row_parts("gru", 256, 64) == 2
         assert row_parts("lstm", 256, 1024) == 1  # W_hh of 16 MiB: beyond a core's L2
         assert row_parts("lstm", 64, 64, P=32) == 2
@@ -133,5 +135,5 @@ def test_row_split_lstm_module_matches_torch_nn():
     x = torch.randn(T, B, I, dtype=torch.float64)
     lengths = torch.tensor([max(1, n) for n in ragged(B, T)])
     with threads(2):
-        assert row_parts("lstm", B, H, P, torch.float64) == 2
+        assert row_parts("lstm", B, H, P, torch.float64, T) == 2
         assert_packed_module_matches(mod, ref, x, lengths)

@@ -10,6 +10,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -52,6 +53,31 @@ inline bool debug_poison() {
     return v != nullptr && v[0] != '\0' && std::strcmp(v, "0") != 0;
   }();
   return on;
+}
+
+// A 2-D tensor as a contiguous one. A transposed view (unit stride along its rows' elements) is
+// copied in 16x16 tiles: at::Tensor::contiguous() walks it element by element with the read stride of
+// a whole row (2 threads, AVX2 EPYC: a 384x128 W_hhᵀ 55 µs against 19 µs tiled, 1536x512 830 µs
+// against 340 µs), and the time loops take such a copy of W_hhᵀ at every call.
+inline at::Tensor contiguous_2d(const at::Tensor& w) {
+  if (w.is_contiguous() || w.dim() != 2 || w.stride(0) != 1) return w.contiguous();
+  const int64_t R = w.size(0), C = w.size(1), ld = w.stride(1);
+  at::Tensor out = at::empty({R, C}, w.options());
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "contiguous_2d", [&] {
+    constexpr int64_t TB = 16;
+    const scalar_t* a = w.data_ptr<scalar_t>();  // element (r, c) at a[c * ld + r]
+    scalar_t* b = out.data_ptr<scalar_t>();
+    for (int64_t c0 = 0; c0 < C; c0 += TB) {
+      const int64_t c1 = std::min(C, c0 + TB);
+      for (int64_t r0 = 0; r0 < R; r0 += TB) {
+        const int64_t r1 = std::min(R, r0 + TB);
+        for (int64_t r = r0; r < r1; ++r) {
+          for (int64_t c = c0; c < c1; ++c) b[r * C + c] = a[c * ld + r];
+        }
+      }
+    }
+  });
+  return out;
 }
 
 // An output tensor: large ones come from the block cache (blocks.h), every one NaN-poisoned under

@@ -21,6 +21,8 @@
 #include <cstring>
 #include <optional>
 
+#include "common.h"
+
 namespace rnnfast {
 
 // Below ~2M multiply-adds the oneDNN call overhead eats the gain (measured: 16x256x1024, 4.2M, 69 µs vs
@@ -122,19 +124,25 @@ inline void mm_tn(at::Tensor& y, const at::Tensor& a, const at::Tensor& b, bool 
 // A weight applied at every step of a loop: packed once for oneDNN when the products are big enough.
 class LinearNT {
  public:
-  // w (N, K) contiguous float32/float64; m_hint: the rows of the products to come; uses: how many
-  // products will be taken. Packing costs about two unpacked products and makes each later one faster
-  // (2 threads, 16x512x2048: pack 427 µs, product 198 µs packed vs 344 µs unpacked), so a single
-  // product (a one-step sequence, as in token-by-token decoding) runs unpacked.
-  // min_work: the multiply-adds per product from which oneDNN takes them.
-  LinearNT(const at::Tensor& w, int64_t m_hint, int64_t uses = 2, int64_t min_work = kDnnlMinWork)
-      : w_(w.contiguous()) {
-    if (dnnl_pays(w_, m_hint, min_work)) {
-      try {
-        packed_ = uses > 1 ? Dnnl::get().pack(w_, m_hint) : w_;
-      } catch (const std::exception& e) {
-        Dnnl::get().disable(e.what());
-      }
+  // w (N, K) float32/float64, contiguous or a transposed view; m_hint: the rows of the products to
+  // come; uses: how many products will be taken. min_work: the multiply-adds per product from which
+  // oneDNN takes them. Packing makes each product faster but costs from two products (AVX-512 EPYC,
+  // 2 threads, 16x512x2048: pack 427 µs, product 198 µs packed vs 344 µs unpacked) to five (AVX2 EPYC,
+  // 4x1536x512: pack 450 µs, product 97 vs 142 µs unpacked, 197 through MKL), and oneDNN wants its
+  // weight contiguous: a transposed view (the backward's W_hh) costs a copy of about as much again
+  // (contiguous_2d). So short sequences (token-by-token decoding: one step) run unpacked, a
+  // contiguous weight from kPackMinUses products, a transposed one from kPackCopyMinUses; below that a
+  // transposed weight goes to ATen, which reads it in place.
+  static constexpr int64_t kPackMinUses = 8, kPackCopyMinUses = 16;
+  LinearNT(const at::Tensor& w, int64_t m_hint, int64_t uses = kPackMinUses, int64_t min_work = kDnnlMinWork)
+      : w_(w) {
+    const bool copy = !w.is_contiguous();
+    if (!dnnl_pays(w, m_hint, min_work) || (copy && uses < kPackCopyMinUses)) return;
+    try {
+      w_ = contiguous_2d(w);
+      packed_ = uses >= kPackMinUses ? Dnnl::get().pack(w_, m_hint) : w_;
+    } catch (const std::exception& e) {
+      Dnnl::get().disable(e.what());
     }
   }
   bool uses_dnnl() const { return packed_.defined(); }

@@ -367,7 +367,7 @@ class StepMatmul {
     // 39 ms through ATen's GEMM; H=1024 T=100 33 vs 140 ms).
     if (!serial && B == 1 && K_ * M_ >= matvec_min_work() && (w.t().is_contiguous() || steps >= 8)) {
       matvec_ = true;
-      w_ = w.t().contiguous();
+      w_ = contiguous_2d(w.t());
       parallel_ = at::get_num_threads() > 1;
       return;
     }
@@ -381,13 +381,13 @@ class StepMatmul {
       dnnl_.reset();
     }
     if (!use_blas_ && B >= 4 && K_ * M_ >= packed_min_work()) {
-      // (K, M) -> panels (P, K, PW), the last zero-padded.
+      // (K, M) -> panels (P, K, PW), the last zero-padded, straight from w's strides.
       pw_ = packed_width<scalar_t>();
       panels_ = (M_ + pw_ - 1) / pw_;
-      w_ = at::constant_pad_nd(w, {0, panels_ * pw_ - M_}).reshape({K_, panels_, pw_}).permute({1, 0, 2});
-      w_ = w_.contiguous();
+      w_ = at::empty({panels_, K_, pw_}, w.options());
+      pack_panels(w.data_ptr<scalar_t>(), w.stride(0), w.stride(1), K_, M_, w_.data_ptr<scalar_t>());
     } else {
-      w_ = use_blas_ ? w : w.contiguous();
+      w_ = use_blas_ ? w : contiguous_2d(w);
     }
     // Split the columns over threads only when a step has enough work to amortise waking them
     // (parallel_min_work()).

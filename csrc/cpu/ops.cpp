@@ -16,7 +16,7 @@ TORCH_LIBRARY(rnnfast_C, m) {
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("gemm_path(int m, int k, int n) -> str");
   m.def("team_parts(int T, int B, int cell, int H, bool proj, ScalarType dtype, bool forward=False) -> int");
-  m.def("row_parts(int B, int cell, int H, int P, ScalarType dtype) -> int");
+  m.def("row_parts(int B, int cell, int H, int P, ScalarType dtype, int T=100) -> int");
   m.def("tree_lstm_fwd(Tensor lstm_in, Tensor c_l, Tensor c_r) -> (Tensor, Tensor)");
   m.def(
       "tree_lstm_bwd(Tensor grad_h, Tensor grad_c, Tensor lstm_in, Tensor c_l, Tensor c_r, Tensor c) "

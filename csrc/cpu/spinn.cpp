@@ -370,13 +370,13 @@ void forward_loop(const Plan& p, const Weights& w, const Tensor& b_l, const Tens
   scalar_t* h_pool = ph.data_ptr<scalar_t>();
   scalar_t* c_pool = pc.data_ptr<scalar_t>();
   const scalar_t* bl = b_l.data_ptr<scalar_t>();
-  const LinearNT reduce_mm(w.wk, p.mean_rows(), /*uses=*/2, step_dnnl_min_work());
+  const LinearNT reduce_mm(w.wk, p.mean_rows(), /*uses=*/p.T, step_dnnl_min_work());
   std::optional<LinearNT> tracker_mm;
   Tensor g_buf;
   const scalar_t* bt = nullptr;
   Tensor c0;  // the tracker's initial c
   if (w.tracker) {
-    tracker_mm.emplace(w.wtr, B, /*uses=*/2, step_dnnl_min_work());
+    tracker_mm.emplace(w.wtr, B, /*uses=*/p.T, step_dnnl_min_work());
     // Buffer-top part of every tracker step at once: the buffer top is always a null or leaf row.
     g_buf = LinearNT(w.w_buf, (1 + N) * B, /*uses=*/1).product(ph.narrow(0, 0, (1 + N) * B));
     bt = bias_trk.data_ptr<scalar_t>();
@@ -499,11 +499,11 @@ void backward_loop(const Plan& p, const Weights& w, const Tensor& pc, const Tens
   const scalar_t* c_pool = pc.data_ptr<scalar_t>();
   const scalar_t* li = gates.data_ptr<scalar_t>();
   // The NN products d·W run as x·(Wᵀ)ᵀ with Wᵀ copied contiguous once.
-  const LinearNT reduce_mm(w.wk.t().contiguous(), p.mean_rows(), /*uses=*/2, step_dnnl_min_work());
+  const LinearNT reduce_mm(contiguous_2d(w.wk.t()), p.mean_rows(), /*uses=*/p.T, step_dnnl_min_work());
   std::optional<LinearNT> tracker_mm;
   Tensor dh, dc, c0;
   if (w.tracker) {
-    tracker_mm.emplace(w.wtr.t().contiguous(), B, /*uses=*/2, step_dnnl_min_work());
+    tracker_mm.emplace(contiguous_2d(w.wtr.t()), B, /*uses=*/p.T, step_dnnl_min_work());
     c0 = at::zeros({B, HT}, dph.options());
     dh = at::zeros({B, HT}, dph.options());
     dc = at::zeros({B, HT}, dph.options());

@@ -64,7 +64,7 @@ SHORT_DTYPE = {"float32": "f32", "float64": "f64", "float16": "f16", "bfloat16":
 MODES = ("fwd", "fwdbwd", "infer")
 # The rnnfast backends that can serve a case; "torch" is left out: for a module it is torch.nn itself.
 KERNEL_BACKENDS = ("reference", "cpu", "triton", "cuda")
-GRIDS = ("tiny", "quick", "full", "sweep")
+GRIDS = ("tiny", "quick", "full", "sweep", "decode")
 
 
 @dataclass(frozen=True)
@@ -871,6 +871,11 @@ SWEEP_B = (1, 4, 16, 64, 256)
 SWEEP_H = (64, 128, 256, 512, 1024)
 SWEEP_T = (50, 200)
 
+# The decode grid: one step per call, as a token-by-token generation loop calls a module, where the
+# fixed cost of a call (argument checks, allocations, dispatch) is all there is to time.
+DECODE_B = (1, 4, 16)
+DECODE_H = (128, 512)
+
 
 def _modules(ops, shapes, modes, dtypes, **kw) -> list[Case]:
     return [Case(op, mode, dt, **s, **kw) for s in shapes for op in ops for mode in modes for dt in dtypes]
@@ -895,6 +900,8 @@ def grid(
     sweep  the modules' GEMM-floor grid: B ∈ {1, 4, 16, 64, 256} × H ∈ {64, 128, 256, 512, 1024}
            × T ∈ {50, 200}, I = H, one layer, unidirectional, float32, infer and fwdbwd (the same on
            every device; docs/benchmarks.md has its command and run time)
+    decode one-step calls (T = 1, the token-by-token generation loop): B ∈ {1, 4, 16} ×
+           H ∈ {128, 512}, I = H, float32, infer and fwdbwd, one layer and a 2-layer one at H = 128
     ``modes`` and ``dtypes`` replace the grid's own; ``ops`` keeps only those ops.
     """
     if name not in GRIDS:
@@ -936,6 +943,10 @@ def grid(
         m, d = modes or ["infer", "fwdbwd"], dtypes or ["float32"]
         shapes = [dict(B=B, T=T, I=H, H=H) for B in SWEEP_B for H in SWEEP_H for T in SWEEP_T]
         cases = _modules(cell_ops, shapes, m, d)
+    elif name == "decode":
+        m, d = modes or ["infer", "fwdbwd"], dtypes or ["float32"]
+        cases = _modules(cell_ops, [dict(B=B, T=1, I=H, H=H) for B in DECODE_B for H in DECODE_H], m, d)
+        cases += _modules(cell_ops, [dict(B=B, T=1, I=128, H=128) for B in DECODE_B], m, d, layers=2)
     else:
         m = modes or ["fwd", "fwdbwd", "infer"]
         d = dtypes or (["float32", "bfloat16", "float16"] if cuda else ["float32"])
