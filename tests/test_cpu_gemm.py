@@ -95,7 +95,7 @@ def test_large_steps_match_oracle(cell, ragged, B, H, T):
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_single_step_unpacked_weights_match_oracle(cell):
-    """T = 1 (token-by-token decoding): oneDNN takes W unpacked, since packing pays only over several steps."""
+    """T = 1 (token-by-token decoding): oneDNN takes W unpacked (packing pays over several steps)."""
     args = recurrence_inputs(cell, 1, 16, 512, dtype=torch.float32)
     outs = [o for o in run_recurrence(cell, args, False, "cpu") if o is not None]
     keys = ("gi", "h0", "c0", "w_hh", "b_hh", "w_hr", "lengths")
