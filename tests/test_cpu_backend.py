@@ -291,6 +291,31 @@ def test_inference_saves_nothing():
     assert_close("h_n", h_n, h2, atol=0)
 
 
+@pytest.mark.parametrize("cell,P", CELL_CASES, ids=CELL_IDS)
+@pytest.mark.parametrize("T,lengths", [(1, None), (3, [3, 0]), (9, [9, 2])], ids=["T1", "T3-empty", "T9"])
+def test_outputs_never_alias_inputs(cell, P, T, lengths):
+    """The cpu backend declares FRESH_OUTPUTS (function.py then skips its alias check): every output of
+    the forward and the backward is new storage, also for an empty row and a one-step call."""
+    from rnnfast.ops.recurrence import cpu as cpu_impl
+
+    assert cpu_impl.FRESH_OUTPUTS
+    a = recurrence_inputs(cell, T, 2, 5, P=P, lengths=lengths, dtype=torch.float32, grad=False)
+    args = (a["gi"], a["h0"], a["c0"], a["w_hh"], a["b_hh"], a["w_hr"], a["lengths"], False)
+    fwd = cpu_impl.forward(cell, *args, True)
+    y, ws = fwd[0], fwd[3]
+    grads = (
+        torch.randn_like(y),
+        torch.randn_like(a["h0"]),
+        torch.randn_like(a["c0"]) if cell == "lstm" else None,
+    )
+    bwd = cpu_impl.backward(cell, *grads, *args[1:6], a["lengths"], False, y, ws)
+    ins = [t for t in (*a.values(), *grads) if isinstance(t, torch.Tensor) and t.numel()]
+    taken = {t.untyped_storage().data_ptr() for t in ins}
+    for i, o in enumerate((*fwd, *bwd)):
+        if o is not None and o.numel():
+            assert o.untyped_storage().data_ptr() not in taken, f"output {i} aliases an input"
+
+
 def test_bad_inputs_name_the_argument():
     a, fwd = _op_args("gru")
     with pytest.raises(RuntimeError, match="w_hh: expected shape"):

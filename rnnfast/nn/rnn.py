@@ -36,6 +36,12 @@ def _records_grad(module: nn.Module, x: Tensor) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters()))
 
 
+def _as(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """``t`` in ``dtype``; the tensor itself when it already is (``Tensor.to`` costs ~1 µs even then, and a
+    one-step call takes about a dozen)."""
+    return t if t is None or t.dtype == dtype else t.to(dtype)
+
+
 def _autocast_dtype(module: nn.RNNBase, device: torch.device) -> torch.dtype | None:
     """The dtype torch.nn computes in under autocast (enabled on ``device``), or None to keep the input dtype.
 
@@ -209,7 +215,7 @@ class _FusedRNNMixin:
         cell = _cell(self)
         D = 2 if self.bidirectional else 1
         dt = cast or x.dtype
-        x = x.to(dt)
+        x = _as(x, dt)
         if lengths is not None:
             lengths = lengths.to(x.device)
         hs, cs = [], []
@@ -221,27 +227,33 @@ class _FusedRNNMixin:
             for d in range(D):
                 k = layer * D + d
                 sfx = f"l{layer}" + ("_reverse" if d else "")
-                w_ih = getattr(self, "weight_ih_" + sfx).to(dt)
-                w_hh = getattr(self, "weight_hh_" + sfx).to(dt)
-                b_ih = getattr(self, "bias_ih_" + sfx).to(dt) if self.bias else None
-                b_hh = getattr(self, "bias_hh_" + sfx).to(dt) if self.bias else None
-                w_hr = getattr(self, "weight_hr_" + sfx).to(dt) if self.proj_size > 0 else None
+                w_ih = _as(getattr(self, "weight_ih_" + sfx), dt)
+                w_hh = _as(getattr(self, "weight_hh_" + sfx), dt)
+                b_ih = _as(getattr(self, "bias_ih_" + sfx), dt) if self.bias else None
+                b_hh = _as(getattr(self, "bias_hh_" + sfx), dt) if self.bias else None
+                w_hr = _as(getattr(self, "weight_hr_" + sfx), dt) if self.proj_size > 0 else None
                 project = input_projection if backend == "cpu" else F.linear
                 if rows is not None:
                     gi = _pad_rows(project(x_rows, w_ih, b_ih), rows, T, B)
                 else:
                     gi = project(x, w_ih, b_ih)
-                c_k = c0[k].to(dt) if c0 is not None else None
-                y, h, c = recurrence(cell, gi, h0[k].to(dt), c_k, w_hh, b_hh, w_hr, lengths, bool(d), backend)
+                c_k = _as(c0[k], dt) if c0 is not None else None
+                y, h, c = recurrence(
+                    cell, gi, _as(h0[k], dt), c_k, w_hh, b_hh, w_hr, lengths, bool(d), backend
+                )
                 outs.append(y)
                 hs.append(h)
                 cs.append(c)
             x = outs[0] if D == 1 else torch.cat(outs, -1)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
-        h_n = torch.stack(hs)
-        c_n = torch.stack(cs) if c0 is not None else None
+        h_n = _stack(hs)
+        c_n = _stack(cs) if c0 is not None else None
         return x, h_n, c_n
+
+
+def _stack(ts: list[Tensor]) -> Tensor:
+    return ts[0].unsqueeze(0) if len(ts) == 1 else torch.stack(ts)
 
 
 def _packed_rows(batch_sizes: Tensor, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:

@@ -24,8 +24,12 @@ def supports(device: torch.device, dtype: torch.dtype, sizes) -> tuple[bool, str
     return True, f"fused C++ time loop, {dtype}{how}"
 
 
+# The C++ ops return new tensors only (never an input), so function.py need not check for aliases.
+FRESH_OUTPUTS = True
+
+
 def _acc(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    return None if t is None else t.to(dtype)
+    return t if t is None or t.dtype == dtype else t.to(dtype)
 
 
 def _lengths(lengths: torch.Tensor | None) -> torch.Tensor | None:
