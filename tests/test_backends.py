@@ -17,22 +17,29 @@ def test_auto_order_cpu(monkeypatch):
     assert backends.auto_order("module", cpu, GRU) == ["cpu", "torch"]
     # torch.nn's oneDNN LSTM is ahead on padded input: those modules prefer it; packed input (no oneDNN in
     # torch.nn) and bare ops keep cpu.
-    assert backends.auto_order("module", cpu, LSTM) == ["torch", "cpu"]
-    assert backends.auto_order("module", cpu, dict(LSTM, lengths=True)) == ["cpu", "torch"]
+    big = dict(LSTM, B=16, H=256)
+    assert backends.auto_order("module", cpu, big) == ["torch", "cpu"]
+    assert backends.auto_order("module", cpu, dict(big, lengths=True)) == ["cpu", "torch"]
     # One row with a large W: the cpu kernels' product reads W on all cores, ahead of oneDNN's LSTM.
     assert backends.auto_order("module", cpu, dict(LSTM, B=1, H=512)) == ["cpu", "torch"]
     assert backends.auto_order("module", cpu, dict(LSTM, B=1, H=256)) == ["torch", "cpu"]
     assert backends.auto_order("module", cpu, dict(LSTM, B=2, H=512)) == ["torch", "cpu"]
+    # Small batches with a small H (call overheads) or a huge W_hh: the cpu kernels, on every CPU.
+    for B, H in [(1, 64), (2, 16), (4, 128), (4, 1024), (3, 2048)]:
+        assert backends.auto_order("module", cpu, dict(LSTM, B=B, H=H)) == ["cpu", "torch"], (B, H)
+    for B, H in [(4, 256), (4, 512), (5, 128), (8, 1024)]:
+        assert backends.auto_order("module", cpu, dict(LSTM, B=B, H=H)) == ["torch", "cpu"], (B, H)
     # Training at B <= 4 on Intel CPUs: the cpu kernels were ahead in every case measured there.
     monkeypatch.setattr(backends, "intel_cpu", lambda: True)
-    assert backends.auto_order("module", cpu, dict(LSTM, grad=True)) == ["cpu", "torch"]
-    assert backends.auto_order("module", cpu, dict(LSTM, B=4, grad=True)) == ["cpu", "torch"]
-    assert backends.auto_order("module", cpu, dict(LSTM, B=5, grad=True)) == ["torch", "cpu"]
-    assert backends.auto_order("module", cpu, dict(LSTM, grad=False)) == ["torch", "cpu"]
+    mid = dict(LSTM, H=256)
+    assert backends.auto_order("module", cpu, dict(mid, grad=True)) == ["cpu", "torch"]
+    assert backends.auto_order("module", cpu, dict(mid, B=4, grad=True)) == ["cpu", "torch"]
+    assert backends.auto_order("module", cpu, dict(mid, B=5, grad=True)) == ["torch", "cpu"]
+    assert backends.auto_order("module", cpu, dict(mid, grad=False)) == ["torch", "cpu"]
     monkeypatch.setattr(backends, "intel_cpu", lambda: False)
-    assert backends.auto_order("module", cpu, dict(LSTM, grad=True)) == ["torch", "cpu"]
+    assert backends.auto_order("module", cpu, dict(mid, grad=True)) == ["torch", "cpu"]
     # Under autocast torch.nn's LSTM runs oneDNN in bfloat16, which some CPUs cannot: cpu first.
-    assert backends.auto_order("module", cpu, dict(LSTM, autocast=True)) == ["cpu", "torch"]
+    assert backends.auto_order("module", cpu, dict(big, autocast=True)) == ["cpu", "torch"]
     # One or two steps: torch.nn's single C++ call beats the fixed cost of a cpu call.
     assert backends.auto_order("module", cpu, dict(GRU, T=2)) == ["torch", "cpu"]
     assert backends.auto_order("module", cpu, dict(GRU, T=3)) == ["cpu", "torch"]

@@ -249,6 +249,17 @@ def test_sweep_grid_shapes():
     assert {c.mode for c in registry.grid("sweep", "cpu", modes=["fwd"])} == {"fwd"}
 
 
+def test_decode_grid_shapes():
+    cases = registry.grid("decode", "cpu")
+    assert {c.T for c in cases} == {1} and {c.mode for c in cases} == {"infer", "fwdbwd"}
+    one = {(c.op, c.B, c.H) for c in cases if c.layers == 1}
+    assert one == {(op, B, H) for op in ("gru", "rnn", "lstm") for B in (1, 4, 16) for H in (128, 512)}
+    assert {(c.op, c.B, c.H) for c in cases if c.layers == 2} == {
+        (op, B, 128) for op in ("gru", "rnn", "lstm") for B in (1, 4, 16)
+    }
+    assert len(cases) == (18 + 9) * 2 and all(c.I == c.H and c.dtype == "float32" for c in cases)
+
+
 def test_sweep_estimate_fits_the_budget():
     """The rep policy keeps the sweep command's estimated CPU run time under 40 minutes (the model of
     runner.estimate_seconds: 100 GFLOP/s plus per-step overhead, both providers, floor included)."""
