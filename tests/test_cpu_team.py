@@ -108,6 +108,19 @@ def test_one_row_short_forward_takes_matvec(cell):
         assert_matches_oracle(cell, args, False, "cpu", 1e-4, seed=5)
 
 
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_team_beyond_l2_matches_oracle(cell):
+    """B=3, H=1024: each thread's slice of W_hh (6 / 8 MiB) is beyond L2, the team still runs; ragged rows."""
+    B, T, H = 3, 6, 1024
+    with threads(2):
+        _ext.ensure_loaded()
+        code = common.CELL_CODE[cell]
+        assert torch.ops.rnnfast_C.team_parts(T, B, code, H, False, torch.float32) == 2
+        assert torch.ops.rnnfast_C.team_parts(T, B, code, H, False, torch.float32, forward=True) == 2
+        args = recurrence_inputs(cell, T, B, H, lengths=[6, 4, 1], dtype=torch.float32)
+        assert_matches_oracle(cell, args, True, "cpu", 1e-4, seed=9)
+
+
 def test_team_choice():
     """Which loops take a team, on two threads (float32)."""
     _ext.ensure_loaded()
@@ -129,6 +142,9 @@ def test_team_choice():
         assert parts(200, 1, lstm, 128, True) == 1  # projection
         assert parts(2, 1, lstm, 128, False) == 1  # too short to pack W
         assert parts(200, 32, lstm, 512, False) == 1  # oneDNN's products
+        # Slices beyond L2 (8 MiB each at H=1024) from 2 to 8 rows only
+        assert parts(200, 2, lstm, 1024, False) == 2 and parts(200, 8, gru, 1024, False) == 2
+        assert parts(200, 1, lstm, 1024, False) == 1 and parts(200, 12, lstm, 1024, False) == 1
     with threads(1):
         assert parts(200, 1, lstm, 128, False) == 1
 

@@ -210,7 +210,12 @@ void for_row_slices(int64_t B, int64_t parts, const F& f) {
 // it did not win:
 // - G·H < 256 (an RNN of H=128): each step moves B·H values between cores for little arithmetic
 //   (B=16: 0.83x backward);
-// - a slice of W_hh beyond L2 (LSTM B=1 H=1024, 8 MiB a thread: 0.85x forward);
+// - a slice of W_hh beyond L2 at one row (LSTM B=1 H=1024, 8 MiB a thread: 0.85x forward, AVX-512) or
+//   from kTeamBeyondL2MaxRows + 1 rows. From 2 to 8 rows the slices stream from L3 in panels and still
+//   beat the plain loop, whose per-step products are oneDNN or MKL calls (2-core AVX2 EPYC, 1 MiB L2,
+//   float32, op alone, paired rounds of benchmarks/cpu_env_ab.py, team / plain: T=50 H=512 LSTM
+//   B=2/4/8 0.56/0.68/0.91 inference, 0.58/0.69/0.88 training, GRU 0.24/0.64/0.81 and 0.32/0.69/0.85;
+//   H=1024 0.63-0.98; T=8 H=2048 0.76-0.90; at B=12 0.92-1.07);
 // - B >= 16 where the plain loop's products go to oneDNN (G·H² > small_max_work(); LSTM B=32-48
 //   H=512: 0.92-0.98x);
 // - a projected LSTM: its projection mixes every unit of a step into every unit of h, which would
@@ -221,6 +226,8 @@ void for_row_slices(int64_t B, int64_t parts, const F& f) {
 //   0.95-0.97x backward, and LSTM H=256 B=128 0.87x / 0.89x).
 // Slices are whole panels of the packed product (64 units in float32 with AVX-512): a part-filled
 // panel computes its zero columns too.
+constexpr int64_t kTeamBeyondL2MaxRows = 8;
+
 template <typename scalar_t>
 int64_t team_parts(int64_t T, int64_t B, int64_t G, int64_t H, bool proj) {
   const int64_t min_work = team_min_work();
@@ -231,7 +238,9 @@ int64_t team_parts(int64_t T, int64_t B, int64_t G, int64_t H, bool proj) {
   if (!team_available()) return 1;
   const int64_t panels = H / packed_width<scalar_t>();
   const int64_t parts = std::min<int64_t>({at::get_num_threads(), panels, kMaxTeam});
-  if (parts < 2 || G * H * H * static_cast<int64_t>(sizeof(scalar_t)) / parts > l2_bytes()) return 1;
+  if (parts < 2) return 1;
+  const bool beyond_l2 = G * H * H * static_cast<int64_t>(sizeof(scalar_t)) / parts > l2_bytes();
+  if (beyond_l2 && (B < 2 || B > kTeamBeyondL2MaxRows)) return 1;
   return parts;
 }
 
