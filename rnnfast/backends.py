@@ -165,19 +165,20 @@ def _onednn_lstm_faster(sizes: Sizes) -> bool:
     50 of 100, but ahead at one row and H >= 512 (1.04x-2.89x: the one-row product reads W on both
     cores). PackedSequence input does not take oneDNN in torch.nn: there the cpu kernels are ahead (B=64,
     H=256, T=100: 1.2x inference, 1.8x training). So padded LSTM modules take oneDNN, except one-row
-    ones with H >= 512 and the small batches below; packed ones the cpu kernels; the bare lstm op has no
-    oneDNN alternative.
+    ones with H >= 512 and the other small batches below; packed ones the cpu kernels; the bare lstm op has
+    no oneDNN alternative.
 
     On a 2-core Intel Xeon (AVX-512), with the team loops (benchmarks/results/cpu-xeon-sweep-gru-rnn-lstm-
     infer-fwdbwd.json and cpu-xeon-recheck-lstm-small-batch.json), training at B <= 4 (forward and
     backward, "grad" in ``sizes``) went 1.04x-2.03x in all 24 cases, so there it takes the cpu kernels too;
     inference at B <= 4 was 0.79x-1.85x (behind at H=256 and at T=50), from B=16 mostly 0.65x-1.0x.
 
-    At B <= 4 with H <= 128 (a step of a few µs, where the call overheads count) or H >= 1024 (W_hh of
-    16 MiB, read in place every step) the cpu kernels are ahead on both kinds of machine, in inference
-    too: AVX2 EPYC 1.00x-1.83x and 1.09x-1.69x (benchmarks/results/cpu-avx2-lstm-small-batch-22ab291.json,
-    T=50 and 200), Xeon 1.14x-2.04x and 0.98x-1.69x (cpu-xeon-sweep-f3c9603-gru-rnn-lstm-infer-fwdbwd.json).
-    In between they are not (AVX2 B=4 H=512 0.73x-0.81x, B=1 H=256 inference 0.99x / Xeon 0.92x).
+    At B <= 4 with H <= 128 (a step of a few µs, where the call overheads count) or H >= 512 (the team
+    loops, whose slices of W_hh stream from L3 where they do not fit L2) the cpu kernels are ahead on
+    both kinds of machine, in inference too: AVX2 EPYC 0.99x-1.49x and 0.96x-2.16x
+    (benchmarks/results/cpu-avx2-lstm-small-batch-2e34bf0.json, T=50 and 200), Xeon 1.14x-2.04x and
+    0.87x-2.16x (cpu-xeon-sweep-f3c9603-gru-rnn-lstm-infer-fwdbwd.json). At H=256 they are not (AVX2
+    0.93x-1.27x, Xeon 0.92x-1.39x).
 
     Not under autocast: there torch.nn's LSTM runs oneDNN in bfloat16, which raises on CPUs without
     AVX-512 bf16 support ("could not create a primitive descriptor"), while the cpu kernels compute in
@@ -186,7 +187,7 @@ def _onednn_lstm_faster(sizes: Sizes) -> bool:
     if sizes.get("cell") != "lstm" or sizes.get("lengths") or sizes.get("autocast"):
         return False
     B, H = sizes.get("B", 0), sizes.get("H", 0)
-    if (B == 1 and H >= 512) or (B <= 4 and (H <= 128 or H >= 1024)):
+    if B <= 4 and (H <= 128 or H >= 512):
         return False
     return not (sizes.get("grad") and B <= 4 and intel_cpu())
 
