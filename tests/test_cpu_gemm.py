@@ -105,13 +105,15 @@ def test_single_step_unpacked_weights_match_oracle(cell):
         assert_close(name, o.double(), w, atol=1e-4, rtol=1e-4)
 
 
-# oneDNN (the default on CPUs other than Intel's) and ATen into cached blocks, both on every CPU.
+# oneDNN (the default on AVX-512 CPUs other than Intel's) and ATen into cached blocks, both on every CPU.
+# 800 rows take oneDNN for dX too, 40 rows (below _DNNL_DX_MIN_ROWS) take ATen for it.
 @pytest.mark.parametrize("dnnl", [ONEDNN, False], ids=["onednn", "aten"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-def test_input_projection_matches_linear(bias, dnnl, monkeypatch):
+@pytest.mark.parametrize("T,B", [(50, 16), (20, 2)], ids=["800rows", "40rows"])
+def test_input_projection_matches_linear(bias, dnnl, T, B, monkeypatch):
     monkeypatch.setattr(linear, "_AVAILABLE", dnnl)
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(50, 16, 256, generator=g).transpose(0, 1).requires_grad_()  # non-contiguous input
+    x = torch.randn(T, B, 256, generator=g).transpose(0, 1).requires_grad_()  # non-contiguous input
     w = torch.randn(768, 256, generator=g).mul_(0.05).requires_grad_()
     b = torch.randn(768, generator=g).requires_grad_() if bias else None
     y = linear.input_projection(x, w, b)
@@ -138,19 +140,22 @@ def test_input_projection_small_is_linear():
 
 
 def test_input_projection_library_choice(monkeypatch):
-    """oneDNN where MKL is not at its best (CPUs other than Intel's); RNNFAST_CPU_GEMM overrides."""
-    for intel, env, want in [
-        (True, None, False),
-        (False, None, ONEDNN),
-        (True, "onednn", ONEDNN),
-        (False, "aten", False),
+    """oneDNN where MKL is not at its best (AVX-512 CPUs other than Intel's); RNNFAST_CPU_GEMM overrides."""
+    for intel, avx512, env, want in [
+        (True, True, None, False),
+        (False, True, None, ONEDNN),
+        (False, False, None, False),
+        (True, True, "onednn", ONEDNN),
+        (False, False, "onednn", ONEDNN),
+        (False, True, "aten", False),
     ]:
         monkeypatch.setattr(linear, "_intel_cpu", lambda intel=intel: intel)
+        monkeypatch.setattr(linear, "_avx512", lambda avx512=avx512: avx512)
         if env is None:
             monkeypatch.delenv("RNNFAST_CPU_GEMM", raising=False)
         else:
             monkeypatch.setenv("RNNFAST_CPU_GEMM", env)
-        assert linear._dnnl_available() == want, (intel, env)
+        assert linear._dnnl_available() == want, (intel, avx512, env)
 
 
 def test_module_with_large_products_matches_torch_nn():

@@ -4,13 +4,17 @@ the backend's block cache.
 Dimensions: M rows (T·B tokens), I input, GH = G·H gate columns.
 
 torch.nn.functional.linear on the CPU is MKL's sgemm, which on AMD CPUs runs its AVX2 code while oneDNN
-(torch.nn.LSTM's CPU path) uses AVX-512: measured on a 2-core AMD EPYC, 2 threads, forward
+(torch.nn.LSTM's CPU path) uses AVX-512: measured on a 2-core AMD EPYC with AVX-512, 2 threads, forward
 1600x512x2048 torch.mm 20.6 ms vs oneDNN 16.3 ms, 1600x256x1024 5.8 vs 4.1 ms. The fused LSTM of
-torch.nn gets that rate for its input GEMM, so the cpu backend does too: on CPUs other than Intel's,
-forward and dX go to ``torch.ops.mkldnn._linear_pointwise`` for float32 products of at least
-``_MIN_WORK`` multiply-adds (below that its ~25 µs call overhead loses to F.linear). On Intel CPUs MKL
-runs its best code and F.linear is as fast or faster (2-core AVX-512 Xeon, 2 threads, F.linear vs
-oneDNN: 200x128x512 0.144 vs 0.163 ms, 3200x256x1024 6.9 vs 7.9 ms, 1600x512x2048 14.7 vs 14.3 ms).
+torch.nn gets that rate for its input GEMM, so the cpu backend does too: on CPUs with AVX-512 other
+than Intel's, forward and dX go to ``torch.ops.mkldnn._linear_pointwise`` for float32 products of at
+least ``_MIN_WORK`` multiply-adds (below that its ~25 µs call overhead loses to F.linear), dX only from
+``_DNNL_DX_MIN_ROWS`` rows: oneDNN wants W transposed into a copy at every call, which costs as much as
+a product of a few rows (GH=1536, I=512: 0.6 ms). On Intel CPUs MKL runs its best code and F.linear is
+as fast or faster (2-core AVX-512 Xeon, 2 threads, F.linear vs oneDNN: 200x128x512 0.144 vs 0.163 ms,
+3200x256x1024 6.9 vs 7.9 ms, 1600x512x2048 14.7 vs 14.3 ms); on an AMD CPU without AVX-512 the two are
+even on average and oneDNN loses the most (2-core AVX2 EPYC: 1600x512x2048 22.1 vs 22.8 ms,
+12800x64x256 3.0 vs 3.9 ms, 200x256x1024 0.71 vs 0.65; dX 200x1536x512 2.75 vs 3.27 ms with the copy).
 There, with RNNFAST_CPU_GEMM=aten (as for the time loops' products, csrc/cpu/gemm.h) and for float64,
 the products are ATen's, written into blocks of the cpu backend's cache (see _mm_nt);
 RNNFAST_CPU_GEMM=onednn takes oneDNN on any CPU. Under torch.compile, and below ``_MIN_WORK``, it is
@@ -28,11 +32,16 @@ from torch import Tensor
 from rnnfast.backends import intel_cpu as _intel_cpu
 
 _MIN_WORK = 1 << 21
+_DNNL_DX_MIN_ROWS = 128
+
+
+def _avx512() -> bool:
+    return torch.backends.cpu.get_cpu_capability() == "AVX512"
 
 
 def _dnnl_available() -> bool:
     choice = os.environ.get("RNNFAST_CPU_GEMM")
-    if choice == "aten" or (choice != "onednn" and _intel_cpu()):
+    if choice == "aten" or (choice != "onednn" and (_intel_cpu() or not _avx512())):
         return False
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
@@ -40,12 +49,12 @@ def _dnnl_available() -> bool:
 _AVAILABLE = _dnnl_available()
 
 
-def _mm_nt(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
+def _mm_nt(a: Tensor, b: Tensor, bias: Tensor | None = None, dnnl: bool = True) -> Tensor:
     """a (M, K) · bᵀ (+ bias), b (N, K): oneDNN's product for float32 where it is the faster library
-    (``_AVAILABLE``), else ATen's, written into a block of the cpu backend's cache (csrc/cpu/blocks.h):
-    a fresh result this large is page-faulted in at every call (GRU B=256 H=256 T=50: 9.6K faults and
-    ~20 ms of system time per forward for gi alone)."""
-    if _AVAILABLE and a.dtype == torch.float32:
+    (``_AVAILABLE``, and ``dnnl``), else ATen's, written into a block of the cpu backend's cache
+    (csrc/cpu/blocks.h): a fresh result this large is page-faulted in at every call (GRU B=256 H=256
+    T=50: 9.6K faults and ~20 ms of system time per forward for gi alone)."""
+    if _AVAILABLE and dnnl and a.dtype == torch.float32:
         return torch.ops.mkldnn._linear_pointwise(a.contiguous(), b.contiguous(), bias, "none", [], "")
     out = torch.ops.rnnfast_C.empty_cached([a.shape[0], b.shape[0]], a.dtype)
     if bias is None:
@@ -68,7 +77,8 @@ class _Linear(torch.autograd.Function):
         g2 = grad.reshape(-1, w.shape[0]).contiguous()
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            dx = _mm_nt(g2, w.t()).reshape(ctx.x_shape)  # (M, GH)·(GH, I)
+            # (M, GH)·(GH, I); oneDNN copies w.t() contiguous first, which a few rows do not earn back
+            dx = _mm_nt(g2, w.t(), dnnl=g2.shape[0] >= _DNNL_DX_MIN_ROWS).reshape(ctx.x_shape)
         if ctx.needs_input_grad[1]:
             # (GH, M)·(M, I) through ATen: oneDNN would need both transposed into copies, which cost as
             # much as it saves (B=256, H=64: 0.7 ms per copy against a 1 ms product).
