@@ -622,3 +622,34 @@ def test_results_table_from_cli_output(tiny_run, tmp_path):
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith(f"{rt.END}\nafter\n") and "old table" not in text
     assert rt.main(["--results", str(out_dir), "--all", "--check", str(readme)]) == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# scripts/sweep_summary.py
+
+
+def test_sweep_summary_counts_the_targets():
+    spec = importlib.util.spec_from_file_location("sweep_summary", ROOT / "scripts" / "sweep_summary.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def row(op, mode, B, H, provider, ms, floor=None):
+        label = f"{op} {mode} B{B} T50 I{H} H{H} f32"
+        return dict(label=label, op=op, mode=mode, B=B, H=H, provider=provider, median_ms=ms, pct_floor=floor)
+
+    rows = [
+        row("gru", "infer", 1, 64, "torch.nn", 3.0),
+        row("gru", "infer", 1, 64, "cpu", 1.0),  # 3x, overhead-bound
+        row("gru", "fwdbwd", 4, 128, "torch.nn", 8.0),
+        row("gru", "fwdbwd", 4, 128, "cpu", 2.0),  # 4x
+        row("gru", "infer", 16, 256, "torch.nn", 1.8),
+        row("gru", "infer", 16, 256, "cpu", 2.0, floor=80.0),  # 0.9x, GEMM-bound below 85%
+        row("gru", "infer", 1, 512, "torch.nn", 5.0),
+        row("gru", "infer", 1, 512, "cpu", 2.5, floor=90.0),  # 2x
+        row("gru", "infer", 64, 64, "cpu", 1.0),  # no torch.nn row: left out
+    ]
+    (s,) = mod.summarise(rows)
+    assert s["cell"] == "gru" and s["range"] == "0.90–4.00×"
+    assert s["below"] == "1 of 4 (worst gru infer B16 T50 I256 H256 f32: 0.90×)"
+    assert s["small"] == "3.00–3.00× / 4.00–4.00×"
+    assert s["b16h256"] == "0.90–0.90×" and s["b1h512"] == "2.00–2.00×" and s["floor"] == "1 of 2"
