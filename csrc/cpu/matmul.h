@@ -349,6 +349,11 @@ inline int64_t packed_min_work() {
   return v;
 }
 
+// From how many steps a per-call copy of W into the layout a kernel wants pays (StepMatmul, and the row
+// split of recurrence.cpp, whose blocked kernel needs one): GRU B=1 H=128, a 30 µs copy of W_hhᵀ against
+// ~3 µs saved per step; a one-step RNN B=16 H=512 forward spent most of 533 µs on it.
+constexpr int64_t kCopyMinSteps = 8;
+
 // A fixed right-hand factor W (K, M) applied at every step: x (B, K) -> x·W (B, M).
 template <typename scalar_t>
 class StepMatmul {
@@ -360,12 +365,13 @@ class StepMatmul {
   StepMatmul(const at::Tensor& w, int64_t B, int64_t steps, bool serial = false)
       : B_(B), K_(w.size(0)), M_(w.size(1)) {
     // The blocked kernel wants W row-major: for the forward (W_hhᵀ, a transposed view) that is a copy per
-    // call, which a short sequence does not earn back (GRU B=1 H=128: 30 µs against ~3 µs saved per step).
-    const bool copy_pays = w.is_contiguous() || steps >= 8;
+    // call, which a short sequence does not earn back (kCopyMinSteps).
+    const bool copy_pays = w.is_contiguous() || steps >= kCopyMinSteps;
     // One row and a W beyond L2: a matrix-vector product bound by reading W, which matvec() does in
     // memory order on all threads (measured, 2 threads, AVX2, LSTM B=1 inference: H=512 T=200 23 vs
     // 39 ms through ATen's GEMM; H=1024 T=100 33 vs 140 ms).
-    if (!serial && B == 1 && K_ * M_ >= matvec_min_work() && (w.t().is_contiguous() || steps >= 8)) {
+    if (!serial && B == 1 && K_ * M_ >= matvec_min_work() &&
+        (w.t().is_contiguous() || steps >= kCopyMinSteps)) {
       matvec_ = true;
       w_ = contiguous_2d(w.t());
       parallel_ = at::get_num_threads() > 1;

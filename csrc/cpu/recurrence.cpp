@@ -155,8 +155,9 @@ inline int64_t l2_bytes() {
 // and joins threads twice a step (product and pointwise) and a team meets at a barrier every step.
 // Each thread reads the whole of W_hh (its own copy in its L2) through the blocked kernel. Taken from
 // RNNFAST_CPU_ROW_SPLIT_MIN_B rows (read at every call; a negative value turns it off), at least
-// kRowSplitMinRows rows a thread, before a team (team_parts()). Measured on a 2-core AVX2 EPYC (1 MiB L2,
-// float32, T=50, the op alone, split against the loop it replaces, paired rounds in one process:
+// kRowSplitMinRows rows a thread and kCopyMinSteps steps (a shorter sequence stays in the plain loop,
+// whose products read W_hhᵀ in place: the split's blocked kernel wants a copy of it), before a team
+// (team_parts()). Measured on a 2-core AVX2 EPYC (1 MiB L2, float32, T=50, the op alone, split against the loop it replaces, paired rounds in one process:
 // benchmarks/cpu_env_ab.py): 0.99-2.66x for RNN/GRU/LSTM at B=16-512, H=64-256, against the plain loop
 // (e.g. RNN B=128 H=128 inference 2.66x; LSTM B=64 H=256 0.99x) and 1.02-1.93x against a team (GRU B=16
 // H=128 1.40x / 1.36x inference / training, LSTM B=32 H=64 1.93x / 1.56x). From 2·RNNFAST_CPU_BLAS_MIN_B
@@ -165,15 +166,10 @@ inline int64_t l2_bytes() {
 constexpr int64_t kRowSplitMinRows = 8;
 inline int64_t row_split_min_rows() { return env_int("RNNFAST_CPU_ROW_SPLIT_MIN_B", 16); }
 
-// A sequence of fewer steps stays in the plain loop, whose products read W_hhᵀ in place through ATen:
-// the split's blocked kernel wants a copy of it (StepMatmul), which a few steps do not earn back (a
-// one-step RNN B=16 H=512 forward, 2 threads: 533 µs split, most of it the copy).
-constexpr int64_t kRowSplitMinSteps = 8;
-
 template <typename scalar_t>
 int64_t row_parts(int64_t T, int64_t B, int64_t G, int64_t H, int64_t N, bool proj) {
   const int64_t min_b = row_split_min_rows();
-  if (min_b < 0 || T < kRowSplitMinSteps || B < std::max(min_b, 2 * kRowSplitMinRows)) return 1;
+  if (min_b < 0 || T < kCopyMinSteps || B < std::max(min_b, 2 * kRowSplitMinRows)) return 1;
   const int64_t threads = at::get_num_threads();
   if (threads < 2 || at::in_parallel_region()) return 1;
   const int64_t work = G * H * N, pwork = proj ? N * H : 0;

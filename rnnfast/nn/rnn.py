@@ -17,6 +17,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from rnnfast import backends
 from rnnfast.ops.linear import input_projection
+from rnnfast.ops.recurrence.common import as_dtype
 from rnnfast.ops.recurrence.function import recurrence
 
 __all__ = ["RNN", "GRU", "LSTM", "from_torch"]
@@ -34,12 +35,6 @@ def _autocast_on(x: Tensor) -> bool:
 def _records_grad(module: nn.Module, x: Tensor) -> bool:
     """Whether autograd will record the call (training), which ``auto`` weighs for CPU LSTMs."""
     return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters()))
-
-
-def _as(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    """``t`` in ``dtype``; the tensor itself when it already is (``Tensor.to`` costs ~1 µs even then, and a
-    one-step call takes about a dozen)."""
-    return t if t is None or t.dtype == dtype else t.to(dtype)
 
 
 def _autocast_dtype(module: nn.RNNBase, device: torch.device) -> torch.dtype | None:
@@ -215,7 +210,7 @@ class _FusedRNNMixin:
         cell = _cell(self)
         D = 2 if self.bidirectional else 1
         dt = cast or x.dtype
-        x = _as(x, dt)
+        x = as_dtype(x, dt)
         if lengths is not None:
             lengths = lengths.to(x.device)
         hs, cs = [], []
@@ -227,19 +222,19 @@ class _FusedRNNMixin:
             for d in range(D):
                 k = layer * D + d
                 sfx = f"l{layer}" + ("_reverse" if d else "")
-                w_ih = _as(getattr(self, "weight_ih_" + sfx), dt)
-                w_hh = _as(getattr(self, "weight_hh_" + sfx), dt)
-                b_ih = _as(getattr(self, "bias_ih_" + sfx), dt) if self.bias else None
-                b_hh = _as(getattr(self, "bias_hh_" + sfx), dt) if self.bias else None
-                w_hr = _as(getattr(self, "weight_hr_" + sfx), dt) if self.proj_size > 0 else None
+                w_ih = as_dtype(getattr(self, "weight_ih_" + sfx), dt)
+                w_hh = as_dtype(getattr(self, "weight_hh_" + sfx), dt)
+                b_ih = as_dtype(getattr(self, "bias_ih_" + sfx), dt) if self.bias else None
+                b_hh = as_dtype(getattr(self, "bias_hh_" + sfx), dt) if self.bias else None
+                w_hr = as_dtype(getattr(self, "weight_hr_" + sfx), dt) if self.proj_size > 0 else None
                 project = input_projection if backend == "cpu" else F.linear
                 if rows is not None:
                     gi = _pad_rows(project(x_rows, w_ih, b_ih), rows, T, B)
                 else:
                     gi = project(x, w_ih, b_ih)
-                c_k = _as(c0[k], dt) if c0 is not None else None
+                c_k = as_dtype(c0[k], dt) if c0 is not None else None
                 y, h, c = recurrence(
-                    cell, gi, _as(h0[k], dt), c_k, w_hh, b_hh, w_hr, lengths, bool(d), backend
+                    cell, gi, as_dtype(h0[k], dt), c_k, w_hh, b_hh, w_hr, lengths, bool(d), backend
                 )
                 outs.append(y)
                 hs.append(h)

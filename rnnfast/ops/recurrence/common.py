@@ -41,6 +41,12 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+def as_dtype(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """``t`` in ``dtype``; the tensor itself (or None) when it already is: ``Tensor.to`` costs ~1 µs even
+    then, and a one-step module call takes about a dozen."""
+    return t if t is None or t.dtype == dtype else t.to(dtype)
+
+
 def empty(like: torch.Tensor) -> torch.Tensor:
     """The placeholder returned for an output that does not apply (e.g. c_n of a GRU)."""
     return like.new_empty((0,))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from rnnfast import _ext
-from rnnfast.ops.recurrence.common import CELL_CODE, acc_dtype
+from rnnfast.ops.recurrence.common import CELL_CODE, acc_dtype, as_dtype
 
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -28,10 +28,6 @@ def supports(device: torch.device, dtype: torch.dtype, sizes) -> tuple[bool, str
 FRESH_OUTPUTS = True
 
 
-def _acc(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    return t if t is None or t.dtype == dtype else t.to(dtype)
-
-
 def _lengths(lengths: torch.Tensor | None) -> torch.Tensor | None:
     return None if lengths is None else lengths.to(device="cpu", dtype=torch.int64)
 
@@ -41,7 +37,7 @@ def forward(cell, gi, h0, c0, w_hh, b_hh, w_hr, lengths, reverse, need_ws):
     dt = gi.dtype
     acc = acc_dtype(dt)
     y, h_n, c_n, ws = torch.ops.rnnfast_C.recurrence_fwd(
-        *(_acc(t, acc) for t in (gi, h0, c0, w_hh, b_hh, w_hr)),
+        *(as_dtype(t, acc) for t in (gi, h0, c0, w_hh, b_hh, w_hr)),
         _lengths(lengths),
         CELL_CODE[cell],
         bool(reverse),
@@ -57,7 +53,7 @@ def backward(cell, grad_y, grad_hn, grad_cn, h0, c0, w_hh, b_hh, w_hr, lengths, 
     dt = y.dtype
     acc = acc_dtype(dt)
     grads = torch.ops.rnnfast_C.recurrence_bwd(
-        *(_acc(t, acc) for t in (grad_y, grad_hn, grad_cn, h0, c0, w_hh, b_hh, w_hr)),
+        *(as_dtype(t, acc) for t in (grad_y, grad_hn, grad_cn, h0, c0, w_hh, b_hh, w_hr)),
         _lengths(lengths),
         y.to(acc),
         ws,
