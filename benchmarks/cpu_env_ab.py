@@ -1,5 +1,6 @@
-"""Paired A/B of one of the cpu backend's knobs read at every call (RNNFAST_CPU_ROW_SPLIT_MIN_B,
-RNNFAST_CPU_TEAM_MIN_WORK): the recurrence op of each case is timed with the variable unset (A) and set
+"""Paired A/B of the cpu backend's knobs read at every call (RNNFAST_CPU_ROW_SPLIT_MIN_B,
+RNNFAST_CPU_TEAM_MIN_WORK, RNNFAST_CPU_BLAS_MIN_B, RNNFAST_CPU_SMALL_MAX_WORK; several at once with
+--env A=1,B=2): the recurrence op of each case is timed with the variable unset (A) and set
 (B) in alternating short rounds in one process, so the slow drift of a shared machine hits both alike;
 the figure of a case is the median over rounds of B's time / A's time (> 1: A is faster).
 
@@ -34,8 +35,17 @@ def ints(s: str) -> list[int]:
     return [int(v) for v in s.split(",")]
 
 
-def time_pair(run, name: str, value: str, rounds: int, round_s: float) -> tuple[list[float], list[float]]:
-    """Milliseconds per call of ``run`` with ``name`` unset (A) and set to ``value`` (B), per round."""
+def set_env(env: dict[str, str], on: bool) -> None:
+    """Sets the variables of ``env`` (side B) or removes them (side A)."""
+    for name, value in env.items():
+        if on:
+            os.environ[name] = value
+        else:
+            os.environ.pop(name, None)
+
+
+def time_pair(run, env: dict[str, str], rounds: int, round_s: float) -> tuple[list[float], list[float]]:
+    """Milliseconds per call of ``run`` with the variables of ``env`` unset (A) and set (B), per round."""
     for _ in range(3):
         run()
     t0 = time.perf_counter()
@@ -45,23 +55,20 @@ def time_pair(run, name: str, value: str, rounds: int, round_s: float) -> tuple[
     try:
         for r in range(rounds):
             for side in "ab" if r % 2 == 0 else "ba":
-                if side == "b":
-                    os.environ[name] = value
-                else:
-                    os.environ.pop(name, None)
+                set_env(env, side == "b")
                 run()
                 t0 = time.perf_counter()
                 for _ in range(reps):
                     run()
                 (a if side == "a" else b).append((time.perf_counter() - t0) / reps * 1e3)
     finally:
-        os.environ.pop(name, None)
+        set_env(env, False)
     return a, b
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--env", required=True, help="NAME=VALUE set for side B")
+    p.add_argument("--env", required=True, help="NAME=VALUE[,NAME=VALUE...] set for side B")
     p.add_argument("--cells", default="rnn_tanh,gru,lstm")
     p.add_argument("--batch", type=ints, default=[16, 64, 256])
     p.add_argument("--hidden", type=ints, default=[64, 128, 256])
@@ -73,14 +80,14 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--name", required=True)
     args = p.parse_args(argv)
-    name, _, value = args.env.partition("=")
-    if not name or not value:
-        p.error(f"--env: expected NAME=VALUE, got {args.env!r}")
+    env = dict(item.partition("=")[::2] for item in args.env.split(","))
+    if not all(env) or not all(env.values()):
+        p.error(f"--env: expected NAME=VALUE[,NAME=VALUE...], got {args.env!r}")
     ok, why = _ext.status()
     if not ok:
         print(f"C++ CPU kernels unavailable: {why}", file=sys.stderr)
         return 1
-    os.environ.pop(name, None)
+    set_env(env, False)
     torch.set_num_threads(args.threads)
     T, rows = args.steps, []
     for cell in args.cells.split(","):
@@ -89,10 +96,9 @@ def main(argv=None) -> int:
                 # which loop each side runs: a team of team_parts threads, else row_parts slices of rows
                 loops = {}
                 for side in "ab":
-                    if side == "b":
-                        os.environ[name] = value
+                    set_env(env, side == "b")
                     loops[side] = (team_parts(cell, T, B, H), row_parts(cell, B, H))
-                    os.environ.pop(name, None)
+                    set_env(env, False)
                 for mode in args.modes.split(","):
                     x = recurrence_inputs(cell, T, B, H, dtype=torch.float32, grad=mode == "fwdbwd")
 
@@ -104,7 +110,7 @@ def main(argv=None) -> int:
                             outs = [o for o in run_recurrence(cell, x, False, "cpu") if o is not None]
                             sum(o.sum() for o in outs).backward()
 
-                    a, b = time_pair(run, name, value, args.rounds, args.round_s)
+                    a, b = time_pair(run, env, args.rounds, args.round_s)
                     ratio = [tb / ta for ta, tb in zip(a, b)]
                     q = statistics.quantiles(ratio, n=4)
                     row = {

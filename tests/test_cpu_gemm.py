@@ -18,8 +18,10 @@ pytestmark = pytest.mark.skipif(not ok, reason=f"C++ CPU kernels unavailable: {w
 ONEDNN = torch.backends.mkldnn.is_available()
 
 
-def test_step_products_pick_their_path():
-    """Small steps stay in the register-blocked kernel; big float32 steps go to oneDNN where torch has it."""
+def test_step_products_pick_their_path(monkeypatch):
+    """Small steps stay in the register-blocked kernel; one row with a W beyond L2 takes the matrix-vector
+    kernel; with AVX2 the blocked kernel keeps every larger product (packed), elsewhere from 64 rows or
+    K·M > 2^18 they go to oneDNN where torch has it (the limits, read at every call, set by hand here)."""
     _ext.ensure_loaded()
     path = torch.ops.rnnfast_C.gemm_path
     assert path(1, 128, 512) == "blocked"
@@ -27,12 +29,17 @@ def test_step_products_pick_their_path():
     assert path(16, 128, 512) == "blocked"
     assert path(16, 256, 1024) == "packed"
     assert path(3, 256, 1024) == "blocked"
-    assert path(16, 512, 1536) == ("onednn" if ONEDNN else "aten")
-    assert path(16, 512, 2048) == ("onednn" if ONEDNN else "aten")
-    assert path(64, 1024, 4096) == ("onednn" if ONEDNN else "aten")
-    assert path(4, 1024, 3072) == ("onednn" if ONEDNN else "aten")
     assert path(1, 1024, 3072) == "matvec"
     assert path(1, 300, 1200) == "matvec"
+    big = [(16, 512, 1536), (16, 512, 2048), (64, 1024, 4096), (4, 1024, 3072), (256, 256, 1024)]
+    library = "onednn" if ONEDNN else "aten"
+    if torch.ops.rnnfast_C.isa_level() == 3:
+        assert [path(*s) for s in big] == ["packed"] * len(big)
+        assert path(2, 512, 2048) == "packed"  # W beyond L2: packed from two rows
+    monkeypatch.setenv("RNNFAST_CPU_BLAS_MIN_B", "64")
+    monkeypatch.setenv("RNNFAST_CPU_SMALL_MAX_WORK", str(1 << 18))
+    assert [path(*s) for s in big] == [library] * len(big)
+    assert path(16, 256, 1024) == "packed"
 
 
 # W packed in panels (B >= 4, K·M >= 2^17): M = 3·H or 4·H with H = 215 is no multiple of any panel width
@@ -48,6 +55,21 @@ def test_packed_panels_match_oracle(cell, H):
     assert_matches_oracle(cell, args, True, "cpu", 1e-11, seed=6)
 
 
+# Two and three rows with a W_hh beyond a core's L2 (4.7 MB in float64) take the packed kernel too; on
+# one thread, where no team takes the loop. Ragged rows, reverse, float64 against the oracle.
+@pytest.mark.parametrize("B", [2, 3])
+def test_packed_few_rows_large_w_match_oracle(B):
+    _ext.ensure_loaded()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert torch.ops.rnnfast_C.team_parts(9, B, 3, 384, False, torch.float64) == 1
+        args = recurrence_inputs("lstm", 9, B, 384, lengths=[9, 6, 2][:B], dtype=torch.float64)
+        assert_matches_oracle("lstm", args, True, "cpu", 1e-11, seed=7)
+    finally:
+        torch.set_num_threads(threads)
+
+
 # One row and a W beyond L2 (K·M > 2^18) take the matrix-vector kernel, forward and backward (T >= 8 so
 # that the backward's transposed copy of W pays): K = 300 leaves a tail after the vector loop, M = 1200 a
 # split over threads that is not a multiple of the kernel's four rows. float64 against the oracle.
@@ -58,15 +80,21 @@ def test_single_row_large_w_matches_oracle(cell, reverse):
     assert_matches_oracle(cell, args, reverse, "cpu", 1e-11, seed=5)
 
 
-# B=16, H=512: LSTM and GRU steps (K·M = 1M, 0.8M > the blocked kernel's 2^18) take oneDNN forward
-# and backward; RNN (K·M = 2^18) stays blocked, so the mix of paths runs too. B=4, H=1024: oneDNN for
-# all three, at a small batch. Ragged rows and reverse. T=4 runs oneDNN on the unpacked W_hh forward and
-# ATen on the transposed view backward; T=16 packs W_hh for oneDNN in both (gemm.h, LinearNT).
+# "library": the limits of the blocked kernel as on AVX-512 (64 rows, K·M <= 2^18; with AVX2 it takes
+# every size by default, "default" here). B=16, H=512: LSTM and GRU steps (K·M = 1M, 0.8M > 2^18) then
+# take oneDNN forward and backward; RNN (K·M = 2^18) stays blocked, so the mix of paths runs too. B=4,
+# H=1024: oneDNN for all three, at a small batch. Ragged rows and reverse. T=4 runs oneDNN on the
+# unpacked W_hh forward and ATen on the transposed view backward; T=16 packs W_hh for oneDNN in both
+# (gemm.h, LinearNT).
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
 @pytest.mark.parametrize("ragged", [False, True], ids=["full", "ragged"])
 @pytest.mark.parametrize("B,H", [(16, 512), (4, 1024)], ids=["B16-H512", "B4-H1024"])
 @pytest.mark.parametrize("T", [4, 16])
-def test_large_steps_match_oracle(cell, ragged, B, H, T):
+@pytest.mark.parametrize("limits", ["default", "library"])
+def test_large_steps_match_oracle(cell, ragged, B, H, T, limits, monkeypatch):
+    if limits == "library":
+        monkeypatch.setenv("RNNFAST_CPU_BLAS_MIN_B", "64")
+        monkeypatch.setenv("RNNFAST_CPU_SMALL_MAX_WORK", str(1 << 18))
     # Sorted as PackedSequence rows are: the products shrink to the rows still running.
     full = [4, 4, 4, 4, 4, 3, 3, 3, 3, 2, 2, 2, 1, 1, 0, 0] if B == 16 else [4, 3, 1, 0]
     lengths = [n * T // 4 for n in full] if ragged else None

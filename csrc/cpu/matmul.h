@@ -8,6 +8,8 @@
 
 #include <ATen/Parallel.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 
 #include "common.h"
@@ -26,7 +28,9 @@ RNNFAST_INLINE void block_step(int64_t k, const scalar_t* x, int64_t ldx, const 
   for (int v = 0; v < NV; ++v) std::memcpy(&wv[v], wr + v * L, sizeof(V));
 #pragma GCC unroll 4
   for (int i = 0; i < NB; ++i) {
-    const V a = V{} + x[i * ldx + k];
+    // The broadcast of x[i, k], written s - 0 (an identity the compiler folds, so it loads straight
+    // into all lanes); 0 + s is not one (-0 + 0 = +0) and cost an add and a shuffle per row.
+    const V a = x[i * ldx + k] - V{};
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) acc[i][v] += a * wv[v];
   }
@@ -294,20 +298,40 @@ inline int64_t env_int(const char* name, int64_t fallback) {
   return s ? std::atoll(s) : fallback;
 }
 
-// Where ATen's GEMM takes over from small_mm: from this many rows (env RNNFAST_CPU_BLAS_MIN_B), or
-// from 2^18 multiply-adds per row, where W (1 MiB in float32) no longer stays in a core's L2.
-// Measured per step, GRU (K = H, M = 3H), float32, small_mm vs at::mm (MKL), 2 threads:
+// A core's L2 in bytes (1 MiB where the system does not say).
+inline int64_t l2_bytes() {
+  static const int64_t v = [] {
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    const long n = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    if (n > 0) return static_cast<int64_t>(n);
+#endif
+    return int64_t{1} << 20;
+  }();
+  return v;
+}
+
+// No limit (for the thresholds below; small enough to double).
+constexpr int64_t kNoLimit = int64_t{1} << 60;
+
+// Where a GEMM library (oneDNN, else ATen) takes over the per-step product from the blocked kernel: from
+// this many rows (env RNNFAST_CPU_BLAS_MIN_B, read at every call), or from small_max_work() multiply-adds
+// per row. With AVX2 the blocked kernel wins at every size measured and keeps them all; with AVX-512 the
+// limits of an earlier, slower kernel (an add and a shuffle per broadcast, see block_step) stand, 64 rows
+// and 2^18 (W of 1 MiB in float32, beyond a core's L2), which nobody re-measured on such a CPU.
+// Measured on a 2-core AMD EPYC with AVX2 (1 MiB L2, float32, 2 threads, T=20, the op alone, paired
+// rounds of benchmarks/cpu_env_ab.py, blocked / library): LSTM B=16 H=512 0.96 / 0.81 inference /
+// training, B=16 H=1024 0.91 / 0.81, B=64 H=1024 0.90 / 0.89, B=256 H=512 0.95 / 0.94, B=256 H=1024
+// 0.97 / 1.01; GRU B=16 H=1024 0.90 / 0.75, B=64 H=1024 0.90 / 0.91, B=256 H=512 1.02 / 0.96; RNN B=16
+// H=1024 0.89 / 0.83, B=256 H=1024 0.95 / 0.87; one thread, B=8 H=512-1024 0.62-0.78.
+// Earlier, per step, GRU (K = H, M = 3H), float32, small_mm vs at::mm (MKL), 2 threads, AVX-512:
 //   H=64:  B=1 1.3 vs 2.2 µs, B=4 2.1 vs 3.6, B=16 6.9 vs 8.3, B=32 13 vs 15
 //   H=128: B=1 3.4 vs 4.9 µs, B=4 6.3 vs 9.8, B=16 20 vs 26, B=32 44 vs 58
 //   H=256: B=1 11 vs 21 µs, B=4 20 vs 58, B=16 69 vs 101, B=32 124 vs 181; H=1024, B=1: 1.6 vs 1.1 ms
-inline int64_t blas_min_rows() {
-  static const int64_t v = env_int("RNNFAST_CPU_BLAS_MIN_B", int64_t{64});
-  return v;
-}
-// The largest K·M the blocked kernel takes (env RNNFAST_CPU_SMALL_MAX_WORK), see blas_min_rows().
+inline int64_t blas_min_rows() { return env_int("RNNFAST_CPU_BLAS_MIN_B", isa_level() == 3 ? kNoLimit : 64); }
+// The largest K·M the blocked kernel takes (env RNNFAST_CPU_SMALL_MAX_WORK, read at every call), see
+// blas_min_rows().
 inline int64_t small_max_work() {
-  static const int64_t v = env_int("RNNFAST_CPU_SMALL_MAX_WORK", int64_t{1} << 18);
-  return v;
+  return env_int("RNNFAST_CPU_SMALL_MAX_WORK", isa_level() == 3 ? kNoLimit : int64_t{1} << 18);
 }
 
 // Where oneDNN (gemm.h) takes the products the blocked kernel leaves to a GEMM library: from this many
@@ -339,11 +363,12 @@ inline int64_t matvec_min_work() {
   return v;
 }
 
-// From how many multiply-adds per row (K·M) a blocked product of 4 or more rows packs W in panels
-// (env RNNFAST_CPU_PACKED_MIN_WORK): 2^17, W of 512 KiB in float32, a whole L2 here. Measured per step
-// (AVX2, inference, best of 28 runs), packed vs row-major: 1 thread LSTM B=16 H=256 292 vs 353 µs, GRU
-// B=64 H=128 231 vs 248, LSTM B=16 H=128 91 vs 97; 2 threads LSTM B=16 H=256 185 vs 229, but with each
-// thread's half of a smaller W in its own L2, LSTM B=16 H=128 74 vs 68, GRU B=64 H=128 210 vs 189.
+// From how many multiply-adds per row (K·M) a blocked product of 4 or more rows (2 or more with W beyond
+// L2, see StepMatmul) packs W in panels (env RNNFAST_CPU_PACKED_MIN_WORK): 2^17, W of 512 KiB in float32.
+// Measured per step (AVX2, inference, best of 28 runs), packed vs row-major: 1 thread LSTM B=16 H=256 292
+// vs 353 µs, GRU B=64 H=128 231 vs 248, LSTM B=16 H=128 91 vs 97; 2 threads LSTM B=16 H=256 185 vs 229,
+// but with each thread's half of a smaller W in its own L2, LSTM B=16 H=128 74 vs 68, GRU B=64 H=128 210
+// vs 189.
 inline int64_t packed_min_work() {
   static const int64_t v = env_int("RNNFAST_CPU_PACKED_MIN_WORK", int64_t{1} << 17);
   return v;
@@ -386,7 +411,10 @@ class StepMatmul {
       if (dnnl_->uses_dnnl()) return;
       dnnl_.reset();
     }
-    if (!use_blas_ && B >= 4 && K_ * M_ >= packed_min_work()) {
+    // Packed from 4 rows, and from 2 where W is beyond a core's L2 (one thread, AVX2, B=2-3 H=512-1024:
+    // row-major W ran 1.2-2.2x slower than oneDNN).
+    const bool pack = B >= 4 || (B >= 2 && K_ * M_ * static_cast<int64_t>(sizeof(scalar_t)) > l2_bytes());
+    if (!use_blas_ && pack && K_ * M_ >= packed_min_work()) {
       // (K, M) -> panels (P, K, PW), the last zero-padded, straight from w's strides.
       pw_ = packed_width<scalar_t>();
       panels_ = (M_ + pw_ - 1) / pw_;

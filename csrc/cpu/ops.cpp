@@ -15,6 +15,8 @@ TORCH_LIBRARY(rnnfast_C, m) {
       "Tensor? b_hh, Tensor? w_hr, Tensor? lengths, Tensor y, Tensor ws, int cell, bool reverse) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("gemm_path(int m, int k, int n) -> str");
+  // The vector code the CPU kernels run: 4 AVX-512, 3 AVX2 + FMA, 1 SSE2, 0 one generic build.
+  m.def("isa_level() -> int");
   m.def("team_parts(int T, int B, int cell, int H, bool proj, ScalarType dtype, bool forward=False) -> int");
   m.def("row_parts(int B, int cell, int H, int P, ScalarType dtype, int T=100) -> int");
   m.def("tree_lstm_fwd(Tensor lstm_in, Tensor c_l, Tensor c_r) -> (Tensor, Tensor)");

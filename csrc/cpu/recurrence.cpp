@@ -137,18 +137,6 @@ struct Steps {
 // read at every call; a negative value turns teams off).
 inline int64_t team_min_work() { return env_int("RNNFAST_CPU_TEAM_MIN_WORK", int64_t{1} << 15); }
 
-// A core's L2 in bytes (1 MiB where the system does not say).
-inline int64_t l2_bytes() {
-  static const int64_t v = [] {
-#if defined(_SC_LEVEL2_CACHE_SIZE)
-    const long n = sysconf(_SC_LEVEL2_CACHE_SIZE);
-    if (n > 0) return static_cast<int64_t>(n);
-#endif
-    return int64_t{1} << 20;
-  }();
-  return v;
-}
-
 // Row split: with several threads and a W_hh that fits a core's L2, the plain loop runs on one thread per
 // slice of the batch rows, each its own time loop from start to end: rows do not interact within a
 // call, so nothing crosses between cores and no thread waits for another, where the plain loop forks
@@ -212,7 +200,7 @@ void for_row_slices(int64_t B, int64_t parts, const F& f) {
 //   float32, op alone, paired rounds of benchmarks/cpu_env_ab.py, team / plain: T=50 H=512 LSTM
 //   B=2/4/8 0.56/0.68/0.91 inference, 0.58/0.69/0.88 training, GRU 0.24/0.64/0.81 and 0.32/0.69/0.85;
 //   H=1024 0.63-0.98; T=8 H=2048 0.76-0.90; at B=12 0.92-1.07);
-// - B >= 16 where the plain loop's products go to oneDNN (G·H² > small_max_work(); LSTM B=32-48
+// - B >= 16 where the plain loop's products went to oneDNN (G·H² > 2^18; LSTM B=32-48
 //   H=512: 0.92-0.98x);
 // - a projected LSTM: its projection mixes every unit of a step into every unit of h, which would
 //   take a second barrier per step;
@@ -222,15 +210,19 @@ void for_row_slices(int64_t B, int64_t parts, const F& f) {
 //   0.95-0.97x backward, and LSTM H=256 B=128 0.87x / 0.89x).
 // Slices are whole panels of the packed product (64 units in float32 with AVX-512): a part-filled
 // panel computes its zero columns too.
-constexpr int64_t kTeamBeyondL2MaxRows = 8;
+// These limits were measured against a plain loop whose products from 64 rows, or beyond 2^18
+// multiply-adds a row, were library calls (kTeamMaxRows, and the 2^18 below); with AVX2 that loop now
+// keeps its own faster kernel at those sizes (blas_min_rows()), so a team has less to win there, and
+// the limits stand.
+constexpr int64_t kTeamBeyondL2MaxRows = 8, kTeamMaxRows = 64;
 
 template <typename scalar_t>
 int64_t team_parts(int64_t T, int64_t B, int64_t G, int64_t H, bool proj) {
   const int64_t min_work = team_min_work();
   if (proj || min_work < 0 || T < 4 || B * G * H * H < min_work || G * H < 256) return 1;
   if (row_parts<scalar_t>(T, B, G, H, H, proj) > 1) return 1;  // the row split goes first
-  if (B >= blas_min_rows() && !(B <= 128 && G * H * H <= (int64_t{1} << 16))) return 1;
-  if (B >= 16 && G * H * H > small_max_work()) return 1;
+  if (B >= kTeamMaxRows && !(B <= 128 && G * H * H <= (int64_t{1} << 16))) return 1;
+  if (B >= 16 && G * H * H > (int64_t{1} << 18)) return 1;
   if (!team_available()) return 1;
   const int64_t panels = H / packed_width<scalar_t>();
   const int64_t parts = std::min<int64_t>({at::get_num_threads(), panels, kMaxTeam});
@@ -759,6 +751,7 @@ int64_t row_parts_op(int64_t B, int64_t cell, int64_t H, int64_t P, at::ScalarTy
 
 TORCH_LIBRARY_FRAGMENT(rnnfast_C, m) {
   m.impl("gemm_path", &gemm_path);
+  m.impl("isa_level", [] { return static_cast<int64_t>(isa_level()); });
   m.impl("team_parts", &team_parts_op);
   m.impl("row_parts", &row_parts_op);
 }
