@@ -46,8 +46,15 @@ def info(argv: list[str] | None = None) -> int:
         print(f"  {name:7s} {'available' if ok else 'unavailable'}: {why}")
         if name == "cpu" and ok:
             path = torch.ops.rnnfast_C.gemm_path(16, 512, 2048)
-            lib = "oneDNN" if path == "onednn" else "ATen (no oneDNN in this torch, or RNNFAST_CPU_GEMM=aten)"
-            print(f"          large float32 products (e.g. a B=16, H=512 LSTM step): {lib}")
+            isa = {4: "AVX-512", 3: "AVX2"}.get(torch.ops.rnnfast_C.isa_level(), "baseline x86-64 or generic")
+            lib = {
+                "onednn": "oneDNN",
+                "aten": "ATen (no oneDNN in this torch, or RNNFAST_CPU_GEMM=aten)",
+                "packed": "the blocked kernel, W packed in panels",
+            }.get(path, path)
+            print(
+                f"          vector code: {isa}; large float32 products (e.g. a B=16, H=512 LSTM step): {lib}"
+            )
             parts = torch.ops.rnnfast_C.team_parts(200, 1, 3, 128, False, torch.float32)
             team = f"a team of {parts} threads" if parts > 1 else "one thread (a team needs 2+ threads)"
             print(f"          small-batch time loops (e.g. LSTM B=1, H=128, T=200): {team}")

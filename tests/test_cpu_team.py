@@ -121,7 +121,23 @@ def test_team_beyond_l2_matches_oracle(cell):
         assert_matches_oracle(cell, args, True, "cpu", 1e-4, seed=9)
 
 
-def test_team_choice():
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_team_beyond_l2_many_rows_matches_oracle(cell):
+    """B=20, H=512 with AVX2: a team of two over 20 rows, slices of 3 / 4 MiB; ragged rows, reverse."""
+    _ext.ensure_loaded()
+    if torch.ops.rnnfast_C.isa_level() != 3:
+        pytest.skip("teams beyond L2 over more than 8 rows run with AVX2 only")
+    B, T, H = 20, 6, 512
+    with threads(2):
+        code = common.CELL_CODE[cell]
+        assert torch.ops.rnnfast_C.team_parts(T, B, code, H, False, torch.float32) == 2
+        assert torch.ops.rnnfast_C.team_parts(T, B, code, H, False, torch.float32, forward=True) == 2
+        lengths = [6] * 7 + [5] * 5 + [3] * 4 + [1] * 4
+        args = recurrence_inputs(cell, T, B, H, lengths=lengths, dtype=torch.float32)
+        assert_matches_oracle(cell, args, True, "cpu", 1e-4, seed=10)
+
+
+def test_team_choice(monkeypatch):
     """Which loops take a team, on two threads (float32)."""
     _ext.ensure_loaded()
     lstm, gru, rnn = (common.CELL_CODE[c] for c in ("lstm", "gru", "rnn_tanh"))
@@ -141,10 +157,15 @@ def test_team_choice():
         assert parts(200, 129, lstm, 128, False) == 1
         assert parts(200, 1, lstm, 128, True) == 1  # projection
         assert parts(2, 1, lstm, 128, False) == 1  # too short to pack W
-        assert parts(200, 32, lstm, 512, False) == 1  # oneDNN's products
-        # Slices beyond L2 (8 MiB each at H=1024) from 2 to 8 rows only
-        assert parts(200, 2, lstm, 1024, False) == 2 and parts(200, 8, gru, 1024, False) == 2
-        assert parts(200, 1, lstm, 1024, False) == 1 and parts(200, 12, lstm, 1024, False) == 1
+        # Slices beyond L2 (8 MiB each at H=1024) from 2 to 32 rows with AVX2, else to 8 (where the plain
+        # loop's products from 16 rows and 2^18 multiply-adds a row are oneDNN's, which a team does not beat)
+        avx2 = torch.ops.rnnfast_C.isa_level() == 3
+        most = 32 if avx2 else 8
+        assert parts(200, 32, lstm, 512, False) == (2 if avx2 else 1)
+        assert parts(200, 2, lstm, 1024, False) == 2 and parts(200, most, gru, 1024, False) == 2
+        assert parts(200, 1, lstm, 1024, False) == 1 and parts(200, most + 4, lstm, 1024, False) == 1
+        monkeypatch.setenv("RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B", "8")
+        assert parts(200, 8, gru, 1024, False) == 2 and parts(200, 12, lstm, 1024, False) == 1
     with threads(1):
         assert parts(200, 1, lstm, 128, False) == 1
 

@@ -319,10 +319,10 @@ constexpr int64_t kNoLimit = int64_t{1} << 60;
 // limits of an earlier, slower kernel (an add and a shuffle per broadcast, see block_step) stand, 64 rows
 // and 2^18 (W of 1 MiB in float32, beyond a core's L2), which nobody re-measured on such a CPU.
 // Measured on a 2-core AMD EPYC with AVX2 (1 MiB L2, float32, 2 threads, T=20, the op alone, paired
-// rounds of benchmarks/cpu_env_ab.py, blocked / library): LSTM B=16 H=512 0.96 / 0.81 inference /
-// training, B=16 H=1024 0.91 / 0.81, B=64 H=1024 0.90 / 0.89, B=256 H=512 0.95 / 0.94, B=256 H=1024
-// 0.97 / 1.01; GRU B=16 H=1024 0.90 / 0.75, B=64 H=1024 0.90 / 0.91, B=256 H=512 1.02 / 0.96; RNN B=16
-// H=1024 0.89 / 0.83, B=256 H=1024 0.95 / 0.87; one thread, B=8 H=512-1024 0.62-0.78.
+// rounds of benchmarks/cpu_env_ab.py, library time / blocked time, inference / training): LSTM B=16
+// H=512 0.98 / 1.13, B=16 H=1024 0.96 / 1.26, B=64 H=1024 1.00 / 1.08, B=256 H=1024 1.08 / 1.07; GRU
+// B=16 H=1024 1.00 / 1.22, B=256 H=512 1.07 / 1.02; RNN B=16 H=1024 1.24 / 1.25, B=256 H=1024 1.10 /
+// 1.01 (docs/cpu.md has the table).
 // Earlier, per step, GRU (K = H, M = 3H), float32, small_mm vs at::mm (MKL), 2 threads, AVX-512:
 //   H=64:  B=1 1.3 vs 2.2 µs, B=4 2.1 vs 3.6, B=16 6.9 vs 8.3, B=32 13 vs 15
 //   H=128: B=1 3.4 vs 4.9 µs, B=4 6.3 vs 9.8, B=16 20 vs 26, B=32 44 vs 58
@@ -411,8 +411,8 @@ class StepMatmul {
       if (dnnl_->uses_dnnl()) return;
       dnnl_.reset();
     }
-    // Packed from 4 rows, and from 2 where W is beyond a core's L2 (one thread, AVX2, B=2-3 H=512-1024:
-    // row-major W ran 1.2-2.2x slower than oneDNN).
+    // Packed from 4 rows, and from 2 where W is beyond a core's L2 (one thread, AVX2, LSTM and GRU B=2-3
+    // H=512-1024: row-major W ran 1.2-2.2x slower than oneDNN, packed 1.3-2.0x faster).
     const bool pack = B >= 4 || (B >= 2 && K_ * M_ * static_cast<int64_t>(sizeof(scalar_t)) > l2_bytes());
     if (!use_blas_ && pack && K_ * M_ >= packed_min_work()) {
       // (K, M) -> panels (P, K, PW), the last zero-padded, straight from w's strides.

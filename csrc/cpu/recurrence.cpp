@@ -195,12 +195,14 @@ void for_row_slices(int64_t B, int64_t parts, const F& f) {
 // - G·H < 256 (an RNN of H=128): each step moves B·H values between cores for little arithmetic
 //   (B=16: 0.83x backward);
 // - a slice of W_hh beyond L2 at one row (LSTM B=1 H=1024, 8 MiB a thread: 0.85x forward, AVX-512) or
-//   from kTeamBeyondL2MaxRows + 1 rows. From 2 to 8 rows the slices stream from L3 in panels and still
-//   beat the plain loop, whose per-step products are oneDNN or MKL calls (2-core AVX2 EPYC, 1 MiB L2,
+//   from team_beyond_l2_max_rows() + 1 rows. From 2 to 8 rows the slices stream from L3 in panels and
+//   beat the plain loop, whose per-step products were oneDNN or MKL calls (2-core AVX2 EPYC, 1 MiB L2,
 //   float32, op alone, paired rounds of benchmarks/cpu_env_ab.py, team / plain: T=50 H=512 LSTM
 //   B=2/4/8 0.56/0.68/0.91 inference, 0.58/0.69/0.88 training, GRU 0.24/0.64/0.81 and 0.32/0.69/0.85;
-//   H=1024 0.63-0.98; T=8 H=2048 0.76-0.90; at B=12 0.92-1.07);
-// - B >= 16 where the plain loop's products went to oneDNN (G·H² > 2^18; LSTM B=32-48
+//   H=1024 0.63-0.98; T=8 H=2048 0.76-0.90; at B=12 0.92-1.07); against the plain loop on the blocked
+//   kernel, which now keeps those products with AVX2, 0.75-0.97 from 2 to 8 rows and up to 32 rows
+//   (team_beyond_l2_max_rows());
+// - except with AVX2, B >= 16 where the plain loop's products go to oneDNN (G·H² > 2^18; LSTM B=32-48
 //   H=512: 0.92-0.98x);
 // - a projected LSTM: its projection mixes every unit of a step into every unit of h, which would
 //   take a second barrier per step;
@@ -210,11 +212,19 @@ void for_row_slices(int64_t B, int64_t parts, const F& f) {
 //   0.95-0.97x backward, and LSTM H=256 B=128 0.87x / 0.89x).
 // Slices are whole panels of the packed product (64 units in float32 with AVX-512): a part-filled
 // panel computes its zero columns too.
-// These limits were measured against a plain loop whose products from 64 rows, or beyond 2^18
-// multiply-adds a row, were library calls (kTeamMaxRows, and the 2^18 below); with AVX2 that loop now
-// keeps its own faster kernel at those sizes (blas_min_rows()), so a team has less to win there, and
-// the limits stand.
-constexpr int64_t kTeamBeyondL2MaxRows = 8, kTeamMaxRows = 64;
+// kTeamMaxRows and, except with AVX2, the 2^18 rule above were measured against a plain loop whose
+// products from 64 rows, or beyond 2^18 multiply-adds a row, were library calls. With AVX2 that loop now
+// keeps its own faster kernel (blas_min_rows()), so a team has less to win from 64 rows and kTeamMaxRows
+// stands; the 2^18 rule goes, and slices beyond L2 run up to team_beyond_l2_max_rows() rows.
+constexpr int64_t kTeamMaxRows = 64;
+
+// Up to how many rows a team runs whose slices of W_hh are beyond a core's L2 (env
+// RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B, read at every call): 32 with AVX2, 8 elsewhere. Measured on the 2-core
+// AVX2 EPYC (T=20, op alone, paired rounds, team / plain loop on the blocked kernel): LSTM and GRU
+// H=512-1024 B=12 0.74-0.92, B=16 0.82-0.97, B=32 0.90-1.03 (LSTM H=1024 training), B=48 0.94-1.03.
+inline int64_t team_beyond_l2_max_rows() {
+  return env_int("RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B", isa_level() == 3 ? 32 : 8);
+}
 
 template <typename scalar_t>
 int64_t team_parts(int64_t T, int64_t B, int64_t G, int64_t H, bool proj) {
@@ -222,13 +232,13 @@ int64_t team_parts(int64_t T, int64_t B, int64_t G, int64_t H, bool proj) {
   if (proj || min_work < 0 || T < 4 || B * G * H * H < min_work || G * H < 256) return 1;
   if (row_parts<scalar_t>(T, B, G, H, H, proj) > 1) return 1;  // the row split goes first
   if (B >= kTeamMaxRows && !(B <= 128 && G * H * H <= (int64_t{1} << 16))) return 1;
-  if (B >= 16 && G * H * H > (int64_t{1} << 18)) return 1;
+  if (isa_level() != 3 && B >= 16 && G * H * H > (int64_t{1} << 18)) return 1;
   if (!team_available()) return 1;
   const int64_t panels = H / packed_width<scalar_t>();
   const int64_t parts = std::min<int64_t>({at::get_num_threads(), panels, kMaxTeam});
   if (parts < 2) return 1;
   const bool beyond_l2 = G * H * H * static_cast<int64_t>(sizeof(scalar_t)) / parts > l2_bytes();
-  if (beyond_l2 && (B < 2 || B > kTeamBeyondL2MaxRows)) return 1;
+  if (beyond_l2 && (B < 2 || B > team_beyond_l2_max_rows())) return 1;
   return parts;
 }
 
