@@ -151,6 +151,8 @@ inline int64_t team_min_work() { return env_int("RNNFAST_CPU_TEAM_MIN_WORK", int
 // H=128 1.40x / 1.36x inference / training, LSTM B=32 H=64 1.93x / 1.56x). From 2·RNNFAST_CPU_BLAS_MIN_B
 // rows, where the plain loop's products are GEMMs on all threads, only with W at most half the L2: at
 // B=256 a 1 MiB LSTM H=256 W_hh ran 0.89x / 0.91x of the plain loop, a 768 KiB GRU H=256 1.07x / 0.99x.
+// With AVX2 the plain loop keeps the blocked kernel at any batch (blas_min_rows() has no limit there), and
+// the split is ahead up to a whole L2 (B=128-256, H=128-256, plain / split 1.01-1.46).
 constexpr int64_t kRowSplitMinRows = 8;
 inline int64_t row_split_min_rows() { return env_int("RNNFAST_CPU_ROW_SPLIT_MIN_B", 16); }
 
