@@ -154,6 +154,12 @@ def intel_cpu() -> bool:
     return "intel" in platform.processor().lower()
 
 
+@functools.cache
+def cpu_capability() -> str:
+    """torch's name for the vector ISA of this CPU ("AVX512", "AVX2", "DEFAULT", ...)."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def _onednn_lstm_faster(sizes: Sizes) -> bool:
     """Whether torch.nn's CPU LSTM (oneDNN's fused LSTM) beats the cpu kernels for a module of ``sizes``.
 
@@ -180,11 +186,20 @@ def _onednn_lstm_faster(sizes: Sizes) -> bool:
     0.87x-2.16x (cpu-xeon-sweep-f3c9603-gru-rnn-lstm-infer-fwdbwd.json). At H=256 they are not (AVX2
     0.93x-1.27x, Xeon 0.92x-1.39x).
 
+    On AVX2 CPUs other than Intel's, with the blocked product keeping every per-step product (one
+    broadcast load per row; the library limits of AVX-512 lifted), the cpu kernels were at 0.91x-2.16x,
+    73 of 100 cases at 1.05x or more, 4 below 0.95x in a noisy sweep of which a recheck with 7 rounds left
+    B=16 H=512 inference at 0.89x / 0.94x (T=50 / 200) (benchmarks/results/cpu-avx2-sweep-54fca59-gru-
+    rnn-lstm-infer-fwdbwd.json, cpu-avx2-recheck-lstm-below-1x-24a6f3a.json): there padded LSTM modules
+    take the cpu kernels at every size. Intel's AVX2 CPUs were not measured and keep the rules above.
+
     Not under autocast: there torch.nn's LSTM runs oneDNN in bfloat16, which raises on CPUs without
     AVX-512 bf16 support ("could not create a primitive descriptor"), while the cpu kernels compute in
     float32 everywhere.
     """
     if sizes.get("cell") != "lstm" or sizes.get("lengths") or sizes.get("autocast"):
+        return False
+    if cpu_capability() == "AVX2" and not intel_cpu():
         return False
     B, H = sizes.get("B", 0), sizes.get("H", 0)
     if B <= 4 and (H <= 128 or H >= 512):

@@ -13,6 +13,7 @@ LSTM = dict(GRU, cell="lstm")
 
 def test_auto_order_cpu(monkeypatch):
     cpu = torch.device("cpu")
+    monkeypatch.setattr(backends, "cpu_capability", lambda: "AVX512")
     assert backends.auto_order("recurrence", cpu, GRU) == ["cpu", "reference"]
     assert backends.auto_order("module", cpu, GRU) == ["cpu", "torch"]
     # torch.nn's oneDNN LSTM is ahead on padded input: those modules prefer it; packed input (no oneDNN in
@@ -45,6 +46,20 @@ def test_auto_order_cpu(monkeypatch):
     assert backends.auto_order("recurrence", cpu, dict(GRU, T=1)) == ["cpu", "reference"]
     assert backends.auto_order("recurrence", cpu, dict(LSTM, B=16)) == ["cpu", "reference"]
     assert backends.auto_order("recurrence", cpu, LSTM) == ["cpu", "reference"]
+
+
+def test_auto_order_cpu_lstm_on_avx2(monkeypatch):
+    """On AVX2 CPUs other than Intel's padded LSTM modules take the cpu kernels at every size measured."""
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(backends, "cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr(backends, "intel_cpu", lambda: False)
+    for B, H in [(16, 256), (1, 256), (4, 256), (64, 1024), (256, 64)]:
+        for grad in (False, True):
+            sizes = dict(LSTM, B=B, H=H, grad=grad)
+            assert backends.auto_order("module", cpu, sizes) == ["cpu", "torch"], (B, H, grad)
+    assert backends.auto_order("module", cpu, dict(LSTM, B=16, H=256, T=2)) == ["torch", "cpu"]
+    monkeypatch.setattr(backends, "intel_cpu", lambda: True)
+    assert backends.auto_order("module", cpu, dict(LSTM, B=16, H=256)) == ["torch", "cpu"]
 
 
 def test_auto_order_cuda_only_verified_gpu_backends(monkeypatch):
