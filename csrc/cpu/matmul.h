@@ -2,8 +2,9 @@
 //
 // At small B the product is dominated by call overhead in ATen (4.6 µs for 1×128·128×384 through
 // torch.mm, where the arithmetic is < 1 µs), and MKL re-packs W at every call: a register-blocked
-// kernel streaming W (kept in L2 across steps) does it directly up to B = 63. From B = 64, or when W
-// outgrows L2, it is a real GEMM and goes to oneDNN (gemm.h), or to ATen/MKL where torch has no oneDNN.
+// kernel streaming W (kept in L2 across steps) does it directly. With AVX2 it keeps every size (it runs
+// at the GEMM libraries' rate and pays no call per step, see blas_min_rows()); elsewhere from B = 64, or
+// when W outgrows L2, the product goes to oneDNN (gemm.h), or to ATen/MKL where torch has no oneDNN.
 #pragma once
 
 #include <ATen/Parallel.h>
