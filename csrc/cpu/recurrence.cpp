@@ -202,8 +202,8 @@ void for_row_slices(int64_t B, int64_t parts, const F& f) {
 //   float32, op alone, paired rounds of benchmarks/cpu_env_ab.py, team / plain: T=50 H=512 LSTM
 //   B=2/4/8 0.56/0.68/0.91 inference, 0.58/0.69/0.88 training, GRU 0.24/0.64/0.81 and 0.32/0.69/0.85;
 //   H=1024 0.63-0.98; T=8 H=2048 0.76-0.90; at B=12 0.92-1.07); against the plain loop on the blocked
-//   kernel, which now keeps those products with AVX2, 0.75-0.97 from 2 to 8 rows and up to 32 rows
-//   (team_beyond_l2_max_rows());
+//   kernel, which now keeps those products with AVX2, 0.75-0.97 from 2 to 8 rows, and ahead up to 32
+//   rows (team_beyond_l2_max_rows());
 // - except with AVX2, B >= 16 where the plain loop's products go to oneDNN (G·H² > 2^18; LSTM B=32-48
 //   H=512: 0.92-0.98x);
 // - a projected LSTM: its projection mixes every unit of a step into every unit of h, which would
@@ -222,8 +222,8 @@ constexpr int64_t kTeamMaxRows = 64;
 
 // Up to how many rows a team runs whose slices of W_hh are beyond a core's L2 (env
 // RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B, read at every call): 32 with AVX2, 8 elsewhere. Measured on the 2-core
-// AVX2 EPYC (T=20, op alone, paired rounds, team / plain loop on the blocked kernel): LSTM and GRU
-// H=512-1024 B=12 0.74-0.92, B=16 0.82-0.97, B=32 0.90-1.03 (LSTM H=1024 training), B=48 0.94-1.03.
+// AVX2 EPYC (T=20, op alone, paired rounds of benchmarks/cpu_env_ab.py, the plain loop on the blocked
+// kernel / team): LSTM and GRU H=512-1024 B=12 0.97-1.40, B=16 1.04-1.28, B=32 0.99-1.10; B=48 about even.
 inline int64_t team_beyond_l2_max_rows() {
   return env_int("RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B", isa_level() == 3 ? 32 : 8);
 }
