@@ -223,7 +223,8 @@ constexpr int64_t kTeamMaxRows = 64;
 // Up to how many rows a team runs whose slices of W_hh are beyond a core's L2 (env
 // RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B, read at every call): 32 with AVX2, 8 elsewhere. Measured on the 2-core
 // AVX2 EPYC (T=20, op alone, paired rounds of benchmarks/cpu_env_ab.py, the plain loop on the blocked
-// kernel / team): LSTM and GRU H=512-1024 B=12 0.97-1.40, B=16 1.04-1.28, B=32 0.99-1.10; B=48 about even.
+// kernel / team): LSTM and GRU H=512-1024 B=12 0.97-1.40, B=16 1.04-1.28, B=32 0.99-1.10; B=48 mixed
+// (team / plain 0.90-1.07).
 inline int64_t team_beyond_l2_max_rows() {
   return env_int("RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B", isa_level() == 3 ? 32 : 8);
 }
