@@ -204,8 +204,8 @@ void for_row_slices(int64_t B, int64_t parts, const F& f) {
 //   H=1024 0.63-0.98; T=8 H=2048 0.76-0.90; at B=12 0.92-1.07); against the plain loop on the blocked
 //   kernel, which now keeps those products with AVX2, 0.75-0.97 from 2 to 8 rows, and ahead up to 32
 //   rows (team_beyond_l2_max_rows());
-// - except with AVX2, B >= 16 where the plain loop's products go to oneDNN (G·H² > 2^18; LSTM B=32-48
-//   H=512: 0.92-0.98x);
+// - B >= 16 where the plain loop's products go to oneDNN (G·H² > small_max_work(): 2^18 except with
+//   AVX2, where there is no limit; LSTM B=32-48 H=512: 0.92-0.98x);
 // - a projected LSTM: its projection mixes every unit of a step into every unit of h, which would
 //   take a second barrier per step;
 // - from B=64, where the plain loop's products are GEMMs of oneDNN or ATen, except up to B=128 with a
@@ -214,10 +214,9 @@ void for_row_slices(int64_t B, int64_t parts, const F& f) {
 //   0.95-0.97x backward, and LSTM H=256 B=128 0.87x / 0.89x).
 // Slices are whole panels of the packed product (64 units in float32 with AVX-512): a part-filled
 // panel computes its zero columns too.
-// kTeamMaxRows and, except with AVX2, the 2^18 rule above were measured against a plain loop whose
-// products from 64 rows, or beyond 2^18 multiply-adds a row, were library calls. With AVX2 that loop now
-// keeps its own faster kernel (blas_min_rows()), so a team has less to win from 64 rows and kTeamMaxRows
-// stands; the 2^18 rule goes, and slices beyond L2 run up to team_beyond_l2_max_rows() rows.
+// kTeamMaxRows was measured against a plain loop whose products from 64 rows were library calls. With
+// AVX2 that loop now keeps its own faster kernel (blas_min_rows()), so a team has less to win there and
+// the limit stands; slices beyond L2 run up to team_beyond_l2_max_rows() rows.
 constexpr int64_t kTeamMaxRows = 64;
 
 // Up to how many rows a team runs whose slices of W_hh are beyond a core's L2 (env
@@ -235,7 +234,7 @@ int64_t team_parts(int64_t T, int64_t B, int64_t G, int64_t H, bool proj) {
   if (proj || min_work < 0 || T < 4 || B * G * H * H < min_work || G * H < 256) return 1;
   if (row_parts<scalar_t>(T, B, G, H, H, proj) > 1) return 1;  // the row split goes first
   if (B >= kTeamMaxRows && !(B <= 128 && G * H * H <= (int64_t{1} << 16))) return 1;
-  if (isa_level() != 3 && B >= 16 && G * H * H > (int64_t{1} << 18)) return 1;
+  if (B >= 16 && G * H * H > small_max_work()) return 1;
   if (!team_available()) return 1;
   const int64_t panels = H / packed_width<scalar_t>();
   const int64_t parts = std::min<int64_t>({at::get_num_threads(), panels, kMaxTeam});

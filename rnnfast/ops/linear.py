@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rnnfast.backends import cpu_capability
 from rnnfast.backends import intel_cpu as _intel_cpu
 
 _MIN_WORK = 1 << 21
@@ -36,7 +37,7 @@ _DNNL_DX_MIN_ROWS = 128
 
 
 def _avx512() -> bool:
-    return torch.backends.cpu.get_cpu_capability() == "AVX512"
+    return cpu_capability() == "AVX512"
 
 
 def _dnnl_available() -> bool:
