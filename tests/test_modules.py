@@ -224,3 +224,31 @@ def test_no_grad_saves_nothing(monkeypatch):
         m(torch.randn(5, 2, 3))
     m(torch.randn(5, 2, 3))
     assert seen == [False, False, True]
+
+
+class _Double(nn.Module):
+    def forward(self, w):
+        return 2 * w
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", [("GRU", {}), ("LSTM", {"proj_size": 3})], ids=_kind_id)
+def test_swapped_and_parametrized_weights_are_used(kind, backend):
+    """The forward reads the weights the module has at the call: those torch.func.functional_call swaps
+    in (and back out), and parametrized ones (recomputed per call), as torch.nn does."""
+    ref, fast = _pair(kind, backend, input_size=5, hidden_size=7, num_layers=2)
+    x = torch.rand(4, 2, 5, dtype=torch.float64) * 2 - 1
+    swapped = {k: torch.randn_like(v) for k, v in ref.named_parameters()}
+    got = torch.func.functional_call(fast, swapped, (x,))
+    want = torch.func.functional_call(ref, swapped, (x,))
+    lstm = kind[0] == "LSTM"
+    for name, a, b in zip(("y", "h_n", "c_n"), _outputs(got, lstm), _outputs(want, lstm)):
+        assert_close("functional_call " + name, a, b, 1e-10)
+    assert_close("own weights after", fast(x)[0], ref(x)[0], 1e-10)
+    for m in (ref, fast):
+        nn.utils.parametrize.register_parametrization(m, "weight_hh_l1", _Double())
+    assert_close("parametrized", fast(x)[0], ref(x)[0], 1e-10)
+    with torch.no_grad():
+        ref.parametrizations.weight_hh_l1.original.mul_(0.5)
+        fast.parametrizations.weight_hh_l1.original.mul_(0.5)
+    assert_close("parametrized, changed", fast(x)[0], ref(x)[0], 1e-10)

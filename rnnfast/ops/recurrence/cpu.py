@@ -36,8 +36,11 @@ def forward(cell, gi, h0, c0, w_hh, b_hh, w_hr, lengths, reverse, need_ws):
     _ext.ensure_loaded()
     dt = gi.dtype
     acc = acc_dtype(dt)
+    tensors = (gi, h0, c0, w_hh, b_hh, w_hr)
+    if acc != dt:
+        tensors = tuple(as_dtype(t, acc) for t in tensors)
     y, h_n, c_n, ws = torch.ops.rnnfast_C.recurrence_fwd(
-        *(as_dtype(t, acc) for t in (gi, h0, c0, w_hh, b_hh, w_hr)),
+        *tensors,
         _lengths(lengths),
         CELL_CODE[cell],
         bool(reverse),
@@ -52,10 +55,13 @@ def backward(cell, grad_y, grad_hn, grad_cn, h0, c0, w_hh, b_hh, w_hr, lengths, 
     _ext.ensure_loaded()
     dt = y.dtype
     acc = acc_dtype(dt)
+    tensors = (grad_y, grad_hn, grad_cn, h0, c0, w_hh, b_hh, w_hr)
+    if acc != dt:
+        tensors = tuple(as_dtype(t, acc) for t in tensors)
     grads = torch.ops.rnnfast_C.recurrence_bwd(
-        *(as_dtype(t, acc) for t in (grad_y, grad_hn, grad_cn, h0, c0, w_hh, b_hh, w_hr)),
+        *tensors,
         _lengths(lengths),
-        y.to(acc),
+        as_dtype(y, acc),
         ws,
         CELL_CODE[cell],
         bool(reverse),
