@@ -19,9 +19,10 @@ ONEDNN = torch.backends.mkldnn.is_available()
 
 
 def test_step_products_pick_their_path(monkeypatch):
-    """Small steps stay in the register-blocked kernel; one row with a W beyond L2 takes the matrix-vector
-    kernel; with AVX2 the blocked kernel keeps every larger product (packed), elsewhere from 64 rows or
-    K·M > 2^18 they go to oneDNN where torch has it (the limits, read at every call, set by hand here)."""
+    """Small steps stay in the register-blocked kernel; one row with a W beyond L2, or over a few steps,
+    takes the matrix-vector kernel; with AVX2 the blocked kernel keeps every larger product (packed),
+    elsewhere from 64 rows or K·M > 2^18 they go to oneDNN where torch has it (the limits, read at every
+    call, set by hand here)."""
     _ext.ensure_loaded()
     path = torch.ops.rnnfast_C.gemm_path
     assert path(1, 128, 512) == "blocked"
@@ -31,6 +32,8 @@ def test_step_products_pick_their_path(monkeypatch):
     assert path(3, 256, 1024) == "blocked"
     assert path(1, 1024, 3072) == "matvec"
     assert path(1, 300, 1200) == "matvec"
+    # one row over fewer steps than a copy of W_hhᵀ pays for: matvec reads it in place
+    assert [path(1, 128, 512, steps) for steps in (1, 7, 8)] == ["matvec", "matvec", "blocked"]
     big = [(16, 512, 1536), (16, 512, 2048), (64, 1024, 4096), (4, 1024, 3072), (256, 256, 1024)]
     library = "onednn" if ONEDNN else "aten"
     if torch.ops.rnnfast_C.isa_level() == 3:

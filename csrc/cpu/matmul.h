@@ -395,9 +395,17 @@ class StepMatmul {
     const bool copy_pays = w.is_contiguous() || steps >= kCopyMinSteps;
     // One row and a W beyond L2: a matrix-vector product bound by reading W, which matvec() does in
     // memory order on all threads (measured, 2 threads, AVX2, LSTM B=1 inference: H=512 T=200 23 vs
-    // 39 ms through ATen's GEMM; H=1024 T=100 33 vs 140 ms).
-    if (!serial && B == 1 && K_ * M_ >= matvec_min_work() &&
-        (w.t().is_contiguous() || steps >= kCopyMinSteps)) {
+    // 39 ms through ATen's GEMM; H=1024 T=100 33 vs 140 ms). One row over a sequence too short for the
+    // copy the blocked kernel wants (token-by-token decoding): matvec() on this thread, reading a
+    // transposed W (W_hhᵀ, of a contiguous W_hh) in place, where ATen's GEMM costs a few µs a call.
+    const bool big = K_ * M_ >= matvec_min_work();
+    if (!serial && B == 1 && w.t().is_contiguous() && (big || !copy_pays)) {
+      matvec_ = true;
+      w_ = w.t();
+      parallel_ = big && at::get_num_threads() > 1;
+      return;
+    }
+    if (!serial && B == 1 && big && steps >= kCopyMinSteps) {
       matvec_ = true;
       w_ = contiguous_2d(w.t());
       parallel_ = at::get_num_threads() > 1;

@@ -14,7 +14,7 @@ TORCH_LIBRARY(rnnfast_C, m) {
       "recurrence_bwd(Tensor grad_y, Tensor grad_hn, Tensor? grad_cn, Tensor h0, Tensor? c0, Tensor w_hh, "
       "Tensor? b_hh, Tensor? w_hr, Tensor? lengths, Tensor y, Tensor ws, int cell, bool reverse) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("gemm_path(int m, int k, int n) -> str");
+  m.def("gemm_path(int m, int k, int n, int steps=100) -> str");
   // The vector code the CPU kernels run: 4 AVX-512, 3 AVX2 + FMA, 1 SSE2, 0 one generic build.
   m.def("isa_level() -> int");
   m.def("team_parts(int T, int B, int cell, int H, bool proj, ScalarType dtype, bool forward=False) -> int");

@@ -728,11 +728,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_bwd(
   });
 }
 
-// Which path a float32 per-step product x (m, k) · W (k, n) of the time loops takes: "onednn", "aten"
-// (MKL), "blocked" (small_mm), "packed" (packed_mm) or "matvec". For `rnnfast info` and the tests.
-std::string gemm_path(int64_t m, int64_t k, int64_t n) {
-  // As the forward loop builds it: W_hhᵀ, a transposed view, over a sequence of many steps.
-  StepMatmul<float> mm(at::empty({n, k}, at::kFloat).t(), m, 100);
+// Which path a float32 per-step product x (m, k) · W (k, n) of the time loops takes over `steps` steps:
+// "onednn", "aten" (MKL), "blocked" (small_mm), "packed" (packed_mm) or "matvec". For `rnnfast info` and
+// the tests.
+std::string gemm_path(int64_t m, int64_t k, int64_t n, int64_t steps) {
+  // As the forward loop builds it: W_hhᵀ, a transposed view.
+  StepMatmul<float> mm(at::empty({n, k}, at::kFloat).t(), m, steps);
   return mm.path();
 }
 
