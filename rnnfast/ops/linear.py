@@ -17,8 +17,11 @@ even on average and oneDNN loses the most (2-core AVX2 EPYC: 1600x512x2048 22.1 
 12800x64x256 3.0 vs 3.9 ms, 200x256x1024 0.71 vs 0.65; dX 200x1536x512 2.75 vs 3.27 ms with the copy).
 There, with RNNFAST_CPU_GEMM=aten (as for the time loops' products, csrc/cpu/gemm.h) and for float64,
 the products are ATen's, written into blocks of the cpu backend's cache (see _mm_nt);
-RNNFAST_CPU_GEMM=onednn takes oneDNN on any CPU. Under torch.compile, and below ``_MIN_WORK``, it is
-plain F.linear.
+RNNFAST_CPU_GEMM=onednn takes oneDNN on any CPU. Under torch.compile, below ``_MIN_WORK``, and where ATen
+computes a result smaller than the cache's blocks (``_CACHE_MIN_BYTES``: glibc reuses such memory without
+page faults) it is plain F.linear, whose autograd costs less per call than this module's Function (~15 µs:
+a 200x128 by 128x128 product took 75 µs through it and 50 through F.linear); a call that records no
+gradient skips the Function.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from rnnfast.backends import intel_cpu as _intel_cpu
 
 _MIN_WORK = 1 << 21
 _DNNL_DX_MIN_ROWS = 128
+# Results from this size come from the cpu backend's block cache (BlockCache::kMinBytes, csrc/cpu/blocks.h).
+_CACHE_MIN_BYTES = 1 << 20
 
 
 def _avx512() -> bool:
@@ -57,6 +62,8 @@ def _mm_nt(a: Tensor, b: Tensor, bias: Tensor | None = None, dnnl: bool = True) 
     T=50: 9.6K faults and ~20 ms of system time per forward for gi alone)."""
     if _AVAILABLE and dnnl and a.dtype == torch.float32:
         return torch.ops.mkldnn._linear_pointwise(a.contiguous(), b.contiguous(), bias, "none", [], "")
+    if a.shape[0] * b.shape[0] * a.element_size() < _CACHE_MIN_BYTES:
+        return torch.mm(a, b.t()) if bias is None else torch.addmm(bias, a, b.t())
     out = torch.ops.rnnfast_C.empty_cached([a.shape[0], b.shape[0]], a.dtype)
     if bias is None:
         return torch.mm(a, b.t(), out=out)
@@ -92,13 +99,19 @@ class _Linear(torch.autograd.Function):
 def input_projection(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     """x (..., I) · wᵀ + b, w (GH, I), b (GH,) or None -> (..., GH); F.linear's result and gradients.
     For the cpu backend's modules (rnnfast._C loaded)."""
+    rows = x.numel() // max(x.shape[-1], 1)
+    dnnl = _AVAILABLE and x.dtype == torch.float32
     if (
         x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)
         and w.dtype == x.dtype
         and (b is None or b.dtype == x.dtype)
         and not torch.compiler.is_compiling()
-        and x.numel() // max(x.shape[-1], 1) * w.shape[0] * w.shape[1] >= _MIN_WORK
+        and rows * w.shape[0] * w.shape[1] >= _MIN_WORK
+        and (dnnl or rows * w.shape[0] * x.element_size() >= _CACHE_MIN_BYTES)
     ):
-        return _Linear.apply(x, w, b)
+        grad = x.requires_grad or w.requires_grad or (b is not None and b.requires_grad)
+        if grad and torch.is_grad_enabled():
+            return _Linear.apply(x, w, b)
+        return _mm_nt(x.reshape(-1, x.shape[-1]), w, b).reshape(*x.shape[:-1], w.shape[0])
     return F.linear(x, w, b)
