@@ -37,8 +37,13 @@ def ragged(B, T):
 
 
 # (B, threads): B=20 on two threads splits 12 + 8 rows; B=37 on three 12 + 12 + 13 (a slice whose rows end
-# inside a block of 4).
-SPLITS = [(20, 2), (37, 3)]
+# inside a block of 4); below 16 rows, 4 rows a thread and even slices: B=9 on two 4 + 5, B=13 on three
+# 4 + 4 + 5.
+SPLITS = [(20, 2), (37, 3), (9, 2), (13, 3)]
+
+
+def expected_parts(B, n):
+    return min(n, B // (4 if B < 16 else 8))
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -49,7 +54,7 @@ def test_row_split_matches_oracle(cell, B, n, reverse, lengths):
     """H=33 (no team: G·H < 256), float64, every gradient."""
     T, H = 9, 33
     with threads(n):
-        assert row_parts(cell, B, H, dtype=torch.float64, T=T) == min(n, B // 8)
+        assert row_parts(cell, B, H, dtype=torch.float64, T=T) == expected_parts(B, n)
         assert team_parts(cell, T, B, H, torch.float64) == 1
         args = recurrence_inputs(cell, T, B, H, lengths=ragged(B, T) if lengths else None)
         assert_matches_oracle(cell, args, reverse, "cpu", 1e-11, seed=3)
@@ -105,7 +110,9 @@ def test_row_split_choice(monkeypatch):
     """Which plain loops split their rows (float32)."""
     with threads(2):
         assert row_parts("gru", 16, 64) == 2
-        assert row_parts("gru", 15, 64) == 1  # fewer than 16 rows
+        assert row_parts("gru", 8, 64) == 2  # 4 rows a thread below 16 rows, with a small W_hh
+        assert row_parts("gru", 7, 64) == 1  # fewer than 8 rows
+        assert row_parts("gru", 12, 256) == 1  # below 16 rows W_hh (768 KiB) must be below a quarter of L2
         assert row_parts("gru", 16, 64, T=8) == 2
         assert row_parts("gru", 16, 64, T=7) == 1  # too few steps to earn the copy of W_hhᵀ back
         assert row_parts("gru", 256, 64) == 2
@@ -121,8 +128,9 @@ def test_row_split_choice(monkeypatch):
         # the split goes before a team (GRU H=128 B=16 takes one without it, test_cpu_team.py)
         assert team_parts("gru", 200, 16, 128) == 1 and row_parts("gru", 16, 128) == 2
     with threads(3):
-        assert row_parts("gru", 20, 64) == 2  # at least 8 rows a thread
+        assert row_parts("gru", 20, 64) == 2  # at least 8 rows a thread from 16 rows
         assert row_parts("gru", 24, 64) == 3
+        assert row_parts("gru", 12, 64) == 3  # at least 4 below
     with threads(1):
         assert row_parts("gru", 64, 64) == 1
 

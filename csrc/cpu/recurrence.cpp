@@ -153,25 +153,36 @@ inline int64_t team_min_work() { return env_int("RNNFAST_CPU_TEAM_MIN_WORK", int
 // B=256 a 1 MiB LSTM H=256 W_hh ran 0.89x / 0.91x of the plain loop, a 768 KiB GRU H=256 1.07x / 0.99x.
 // With AVX2 the plain loop keeps the blocked kernel at any batch (blas_min_rows() has no limit there), and
 // the split is ahead up to a whole L2 (B=128-256, H=128-256, plain / split 1.01-1.46).
+// Below 2·kRowSplitMinRows rows it takes kRowSplitFewRows rows a thread, and only a W_hh smaller than a
+// quarter of L2 (measured there, same machine and method, B=8-12, split / the loop it replaces, inference
+// and training: H=64 0.66-1.00 for all three cells (GRU B=8 0.66 / 0.81, against the plain loop; LSTM
+// B=8 0.79 / 0.84, against a team), H=128 GRU 0.86-0.98, LSTM 0.91-1.02, RNN 0.88-1.02; but at 256 KiB
+// and more, B=12: RNN H=256 1.13 / 1.03, GRU 1.07 / 1.02, LSTM 1.06 / 1.02 against a team). From 2 to 7
+// rows it lost to the teams at H=128 (GRU and LSTM B=2-4 inference 1.10-1.26) and is not taken.
 constexpr int64_t kRowSplitMinRows = 8;
-inline int64_t row_split_min_rows() { return env_int("RNNFAST_CPU_ROW_SPLIT_MIN_B", 16); }
+constexpr int64_t kRowSplitFewRows = 4;
+inline int64_t row_split_min_rows() { return env_int("RNNFAST_CPU_ROW_SPLIT_MIN_B", 2 * kRowSplitFewRows); }
 
 template <typename scalar_t>
 int64_t row_parts(int64_t T, int64_t B, int64_t G, int64_t H, int64_t N, bool proj) {
   const int64_t min_b = row_split_min_rows();
-  if (min_b < 0 || T < kCopyMinSteps || B < std::max(min_b, 2 * kRowSplitMinRows)) return 1;
+  if (min_b < 0 || T < kCopyMinSteps || B < std::max(min_b, 2 * kRowSplitFewRows)) return 1;
   const int64_t threads = at::get_num_threads();
   if (threads < 2 || at::in_parallel_region()) return 1;
   const int64_t work = G * H * N, pwork = proj ? N * H : 0;
   if (work > small_max_work() || pwork > small_max_work()) return 1;
   const int64_t bytes = (work + pwork) * static_cast<int64_t>(sizeof(scalar_t));
   if (bytes > l2_bytes() || (B >= 2 * blas_min_rows() && 2 * bytes > l2_bytes())) return 1;
-  return std::min<int64_t>({threads, B / kRowSplitMinRows, kMaxTeam});
+  const bool few = B < 2 * kRowSplitMinRows;
+  if (few && 4 * bytes >= l2_bytes()) return 1;
+  return std::min<int64_t>({threads, B / (few ? kRowSplitFewRows : kRowSplitMinRows), kMaxTeam});
 }
 
-// The first row of slice p of `parts`: near p·B/parts, on a multiple of 4 (the blocked kernel's rows).
+// The first row of slice p of `parts`: near p·B/parts, on a multiple of 4 (the blocked kernel's rows)
+// where the slices have 8 rows or more, else evenly.
 inline int64_t row_begin(int64_t B, int64_t parts, int64_t p) {
-  return p >= parts ? B : (B * p / parts + 2) / 4 * 4;
+  if (p >= parts) return B;
+  return B < 8 * parts ? B * p / parts : (B * p / parts + 2) / 4 * 4;
 }
 
 inline int64_t max_row_slice(int64_t B, int64_t parts) {
