@@ -93,11 +93,16 @@ def main(argv=None) -> int:
     for cell in args.cells.split(","):
         for B in args.batch:
             for H in args.hidden:
-                # which loop each side runs: a team of team_parts threads, else row_parts slices of rows
+                # which loops each side runs: the backward's team of team_parts threads, else row_parts
+                # slices of rows (forward, backward)
                 loops = {}
                 for side in "ab":
                     set_env(env, side == "b")
-                    loops[side] = (team_parts(cell, T, B, H), row_parts(cell, B, H))
+                    loops[side] = (
+                        team_parts(cell, T, B, H),
+                        row_parts(cell, B, H, T=T),
+                        row_parts(cell, B, H, T=T, backward=True),
+                    )
                     set_env(env, False)
                 for mode in args.modes.split(","):
                     x = recurrence_inputs(cell, T, B, H, dtype=torch.float32, grad=mode == "fwdbwd")
@@ -116,14 +121,17 @@ def main(argv=None) -> int:
                     row = {
                         "cell": cell, "mode": mode, "B": B, "T": T, "H": H, "dtype": "float32",
                         "a_team_parts": loops["a"][0], "a_row_parts": loops["a"][1],
+                        "a_row_parts_bwd": loops["a"][2],
                         "b_team_parts": loops["b"][0], "b_row_parts": loops["b"][1],
+                        "b_row_parts_bwd": loops["b"][2],
                         "a_median_ms": statistics.median(a), "b_median_ms": statistics.median(b),
                         "b_over_a_median": statistics.median(ratio),
                         "b_over_a_q25": q[0], "b_over_a_q75": q[2], "rounds": args.rounds,
                     }  # fmt: skip
                     rows.append(row)
                     print(
-                        f"{cell:8s} {mode:6s} B{B:<4d} H{H:<4d} (team, rows) A {loops['a']} B {loops['b']}"
+                        f"{cell:8s} {mode:6s} B{B:<4d} H{H:<4d} (team, rows, bwd rows)"
+                        f" A {loops['a']} B {loops['b']}"
                         f"  A {row['a_median_ms']:8.3f} B {row['b_median_ms']:8.3f} ms"
                         f"  B/A {row['b_over_a_median']:.2f} [{q[0]:.2f}, {q[2]:.2f}]",
                         flush=True,

@@ -60,6 +60,21 @@ def test_row_split_matches_oracle(cell, B, n, reverse, lengths):
         assert_matches_oracle(cell, args, reverse, "cpu", 1e-11, seed=3)
 
 
+# The backward's split below 8 rows, in place of a team: B=2 on two threads 1 + 1 rows, B=5 on three
+# 1 + 2 + 2 (LSTM H=64 in float64: a team without the split, W_hh of 128 KiB).
+@pytest.mark.parametrize("B,n", [(2, 2), (5, 3)], ids=[case_id(B=b, threads=n) for b, n in [(2, 2), (5, 3)]])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_backward_row_split_few_rows_matches_oracle(B, n, reverse):
+    T, H = 9, 64
+    with threads(n):
+        assert row_parts("lstm", B, H, dtype=torch.float64, T=T, backward=True) == n
+        assert row_parts("lstm", B, H, dtype=torch.float64, T=T) == 1
+        assert torch.ops.rnnfast_C.team_parts(T, B, 3, H, False, torch.float64, forward=True) > 1
+        assert team_parts("lstm", T, B, H, torch.float64) == 1
+        args = recurrence_inputs("lstm", T, B, H, lengths=ragged(B, T))
+        assert_matches_oracle("lstm", args, reverse, "cpu", 1e-11, seed=4)
+
+
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 def test_row_split_projected_lstm_matches_oracle(reverse):
     B, T, H, P = 24, 8, 40, 20
@@ -127,6 +142,15 @@ def test_row_split_choice(monkeypatch):
         monkeypatch.delenv(OFF)
         # the split goes before a team (GRU H=128 B=16 takes one without it, test_cpu_team.py)
         assert team_parts("gru", 200, 16, 128) == 1 and row_parts("gru", 16, 128) == 2
+        # below 8 rows the backward splits where a team would run (GRU H=128), not where the plain loop
+        # would (RNN, GRU H=64), nor with W_hh beyond a quarter of L2 (GRU H=512: 3 MiB)
+        assert row_parts("gru", 4, 128, backward=True) == 2 and row_parts("gru", 4, 128) == 1
+        assert team_parts("gru", 100, 4, 128) == 1
+        assert torch.ops.rnnfast_C.team_parts(100, 4, 2, 128, False, torch.float32, forward=True) == 2
+        assert row_parts("gru", 4, 64, backward=True) == 1
+        assert row_parts("rnn_tanh", 4, 128, backward=True) == 1
+        assert row_parts("gru", 4, 512, backward=True) == 1
+        assert row_parts("gru", 4, 128, T=7, backward=True) == 1
     with threads(3):
         assert row_parts("gru", 20, 64) == 2  # at least 8 rows a thread from 16 rows
         assert row_parts("gru", 24, 64) == 3

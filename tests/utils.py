@@ -120,12 +120,13 @@ def team_parts(cell, T, B, H, dtype=torch.float32):
     return torch.ops.rnnfast_C.team_parts(T, B, common.CELL_CODE[cell], H, False, dtype)
 
 
-def row_parts(cell, B, H, P=0, dtype=torch.float32, T=100):
-    """How many slices of rows the cpu backend's plain time loops of these sizes split into (1: none)."""
+def row_parts(cell, B, H, P=0, dtype=torch.float32, T=100, backward=False):
+    """How many slices of rows the cpu backend's plain forward (backward: backward) time loop of these
+    sizes splits into (1: none)."""
     from rnnfast import _ext
 
     _ext.ensure_loaded()
-    return torch.ops.rnnfast_C.row_parts(B, common.CELL_CODE[cell], H, P, dtype, T)
+    return torch.ops.rnnfast_C.row_parts(B, common.CELL_CODE[cell], H, P, dtype, T, backward)
 
 
 def assert_packed_module_matches(mod, ref, x, lengths, atol_y=1e-10, atol_g=1e-9):

@@ -18,7 +18,7 @@ TORCH_LIBRARY(rnnfast_C, m) {
   // The vector code the CPU kernels run: 4 AVX-512, 3 AVX2 + FMA, 1 SSE2, 0 one generic build.
   m.def("isa_level() -> int");
   m.def("team_parts(int T, int B, int cell, int H, bool proj, ScalarType dtype, bool forward=False) -> int");
-  m.def("row_parts(int B, int cell, int H, int P, ScalarType dtype, int T=100) -> int");
+  m.def("row_parts(int B, int cell, int H, int P, ScalarType dtype, int T=100, bool backward=False) -> int");
   m.def("tree_lstm_fwd(Tensor lstm_in, Tensor c_l, Tensor c_r) -> (Tensor, Tensor)");
   m.def(
       "tree_lstm_bwd(Tensor grad_h, Tensor grad_c, Tensor lstm_in, Tensor c_l, Tensor c_r, Tensor c) "

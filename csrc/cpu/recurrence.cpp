@@ -270,6 +270,27 @@ int64_t forward_team_parts(int64_t T, int64_t B, int64_t G, int64_t H, bool proj
   return team_parts<scalar_t>(T, B, G, H, proj);
 }
 
+// The backward's row split also from 2 rows, one or more a thread, in place of a team and with a W_hh
+// below a quarter of L2 (as row_parts() below 16 rows). Measured on the 2-core AVX2 EPYC (float32, T=50,
+// the op alone, forward and backward, paired rounds of benchmarks/cpu_env_ab.py, B=2-6, split backward /
+// team): GRU H=128 0.83-0.88, LSTM H=64 0.90-0.95, LSTM H=128 1.00-1.01; against the plain loop (RNN,
+// GRU H=64) it lost (0.95-1.12) and is not taken there. The forward keeps its team at these sizes (the
+// split lost to it in inference, see row_parts()).
+template <typename scalar_t>
+int64_t backward_row_parts(int64_t T, int64_t B, int64_t G, int64_t H, int64_t N, bool proj) {
+  const int64_t parts = row_parts<scalar_t>(T, B, G, H, N, proj);
+  if (parts > 1 || B < 2 || B >= 2 * kRowSplitFewRows) return parts;
+  if (row_split_min_rows() < 0 || T < kCopyMinSteps) return 1;
+  if (4 * G * H * N * static_cast<int64_t>(sizeof(scalar_t)) >= l2_bytes()) return 1;
+  if (team_parts<scalar_t>(T, B, G, H, proj) < 2) return 1;  // only in place of a team
+  return std::min<int64_t>({at::get_num_threads(), B, kMaxTeam});
+}
+
+template <typename scalar_t>
+int64_t backward_team_parts(int64_t T, int64_t B, int64_t G, int64_t H, bool proj) {
+  return backward_row_parts<scalar_t>(T, B, G, H, H, proj) > 1 ? 1 : team_parts<scalar_t>(T, B, G, H, proj);
+}
+
 // Slice p of `parts` (parts <= H / PW) holds the units [slice_begin(p), slice_begin(p + 1)): the
 // boundaries are the multiples of PW nearest to p·H/parts, the last slice taking the remainder of H.
 inline int64_t slice_begin(int64_t H, int64_t parts, int64_t p, int64_t PW) {
@@ -436,7 +457,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
 
   // Gradients w.r.t. W_hh·h + b_hh: the same as dgi except for the GRU's n gate (r·dn).
   Tensor dgh = kGRU ? BlockCache::get().empty({T, B, GH}, opts) : dgi;
-  const int64_t parts = team_parts<scalar_t>(T, B, G, H, proj);
+  const int64_t parts = backward_team_parts<scalar_t>(T, B, G, H, proj);
 
   Tensor dh = grad_hn.contiguous().clone();                                         // (B, N)
   Tensor dc = kLSTM ? (grad_cn.has_value() && grad_cn->defined() ? grad_cn->contiguous().clone()
@@ -571,7 +592,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
     });
   } else {
     // One loop over all rows, or (row_parts()) one per slice of rows on its own thread.
-    const int64_t rparts = row_parts<scalar_t>(T, B, G, H, N, proj);
+    const int64_t rparts = backward_row_parts<scalar_t>(T, B, G, H, N, proj);
     const bool split = rparts > 1;
     const int64_t mrows = split ? max_row_slice(B, rparts) : B;  // the most rows of a slice
     StepMatmul<scalar_t> mm_hh(w_hh, mrows, T, split);  // dh_{t-1} = dgh·W_hh
@@ -759,15 +780,22 @@ int64_t team_parts_op(int64_t T, int64_t B, int64_t cell, int64_t H, bool proj, 
     return dtype == at::kFloat ? forward_team_parts<float>(T, B, G, H, proj)
                                : forward_team_parts<double>(T, B, G, H, proj);
   }
-  return dtype == at::kFloat ? team_parts<float>(T, B, G, H, proj) : team_parts<double>(T, B, G, H, proj);
+  return dtype == at::kFloat ? backward_team_parts<float>(T, B, G, H, proj)
+                             : backward_team_parts<double>(T, B, G, H, proj);
 }
 
-// How many slices of rows the plain time loops of a call split into (row_parts(); 1: none) where no team
-// runs (team_parts()); P is the projection size, 0 for none, T the steps. For `rnnfast info` and the tests.
-int64_t row_parts_op(int64_t B, int64_t cell, int64_t H, int64_t P, at::ScalarType dtype, int64_t T) {
+// How many slices of rows the plain forward (backward: backward) time loop of a call splits into
+// (row_parts(), backward_row_parts(); 1: none) where no team runs; P is the projection size, 0 for none,
+// T the steps. For `rnnfast info` and the tests.
+int64_t row_parts_op(int64_t B, int64_t cell, int64_t H, int64_t P, at::ScalarType dtype, int64_t T,
+                     bool backward) {
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "rnnfast_C: dtype: expected float32 or float64, got ",
               dtype);
   const int64_t G = gates(cell), N = P > 0 ? P : H;
+  if (backward) {
+    return dtype == at::kFloat ? backward_row_parts<float>(T, B, G, H, N, P > 0)
+                               : backward_row_parts<double>(T, B, G, H, N, P > 0);
+  }
   return dtype == at::kFloat ? row_parts<float>(T, B, G, H, N, P > 0) : row_parts<double>(T, B, G, H, N, P > 0);
 }
 
