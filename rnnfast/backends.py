@@ -211,8 +211,23 @@ def _short_sequence(sizes: Sizes) -> bool:
     """Whether a module call is so short that torch.nn's single C++ call beats the cpu kernels' fixed cost
     per call (the Python layer stack, validation, allocations: some 30 µs). Measured on the 2-core
     development CPU, 1 thread, GRU inference, torch.nn vs cpu: T=1 41 vs 72 µs (B=1, H=64), 382 vs 470
-    (B=32, H=256); T=2 56 vs 79, 720 vs 942; from T=4 on about even, and at T=8 cpu is ahead."""
-    return sizes.get("T", 8) <= 2
+    (B=32, H=256); T=2 56 vs 79, 720 vs 942; from T=4 on about even, and at T=8 cpu is ahead.
+
+    Not for LSTMs under autocast (torch.nn's bfloat16 oneDNN LSTM raises on CPUs without bf16 support,
+    see _onednn_lstm_faster), nor, on AVX2 CPUs other than Intel's, for LSTMs with H <= 128 or one row:
+    torch.nn's oneDNN LSTM pays for its weights' reorder at every call, and one-step inference on the
+    2-core AVX2 EPYC took the cpu kernels 1.10-1.72x less time at H=128 (B=1-16, one and two layers) and
+    3.21x at B=1 H=512, against 0.83-0.90x at B=4-16 H=512 (benchmarks/results/cpu-avx2-decode-infer-
+    3ffbf36.json; GRU 0.85-1.19x, RNN 0.62-0.91x)."""
+    if sizes.get("T", 8) > 2:
+        return False
+    if sizes.get("cell") == "lstm":
+        if sizes.get("autocast"):
+            return False
+        small = sizes.get("H", 0) <= 128 or sizes.get("B", 0) == 1
+        if small and cpu_capability() == "AVX2" and not intel_cpu():
+            return False
+    return True
 
 
 def auto_order(op: str, device: torch.device, sizes: Sizes | None = None) -> list[str]:

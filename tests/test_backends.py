@@ -58,8 +58,15 @@ def test_auto_order_cpu_lstm_on_avx2(monkeypatch):
             sizes = dict(LSTM, B=B, H=H, grad=grad)
             assert backends.auto_order("module", cpu, sizes) == ["cpu", "torch"], (B, H, grad)
     assert backends.auto_order("module", cpu, dict(LSTM, B=16, H=256, T=2)) == ["torch", "cpu"]
+    # one or two steps: torch.nn only where oneDNN's per-call reorder of the weights is small against the
+    # step (H > 128 and more than one row)
+    for B, H, T, want in [(16, 128, 1, "cpu"), (1, 512, 2, "cpu"), (4, 512, 1, "torch"), (16, 256, 3, "cpu")]:
+        assert backends.auto_order("module", cpu, dict(LSTM, B=B, H=H, T=T))[0] == want, (B, H, T)
     monkeypatch.setattr(backends, "intel_cpu", lambda: True)
     assert backends.auto_order("module", cpu, dict(LSTM, B=16, H=256)) == ["torch", "cpu"]
+    assert backends.auto_order("module", cpu, dict(LSTM, B=16, H=128, T=1)) == ["torch", "cpu"]
+    # under autocast never torch.nn's LSTM (its bfloat16 oneDNN LSTM raises on CPUs without bf16)
+    assert backends.auto_order("module", cpu, dict(LSTM, B=4, H=512, T=1, autocast=True)) == ["cpu", "torch"]
 
 
 def test_auto_order_cuda_only_verified_gpu_backends(monkeypatch):
