@@ -398,17 +398,11 @@ class StepMatmul {
     // 39 ms through ATen's GEMM; H=1024 T=100 33 vs 140 ms). One row over a sequence too short for the
     // copy the blocked kernel wants (token-by-token decoding): matvec() on this thread, reading a
     // transposed W (W_hhᵀ, of a contiguous W_hh) in place, where ATen's GEMM costs a few µs a call.
-    const bool big = K_ * M_ >= matvec_min_work();
-    if (!serial && B == 1 && w.t().is_contiguous() && (big || !copy_pays)) {
+    const bool big = K_ * M_ >= matvec_min_work(), in_place = w.t().is_contiguous();
+    if (!serial && B == 1 && (in_place ? big || !copy_pays : big && steps >= kCopyMinSteps)) {
       matvec_ = true;
-      w_ = w.t();
+      w_ = in_place ? w.t() : contiguous_2d(w.t());
       parallel_ = big && at::get_num_threads() > 1;
-      return;
-    }
-    if (!serial && B == 1 && big && steps >= kCopyMinSteps) {
-      matvec_ = true;
-      w_ = contiguous_2d(w.t());
-      parallel_ = at::get_num_threads() > 1;
       return;
     }
     use_blas_ = !serial && (B >= blas_min_rows() || K_ * M_ > small_max_work() || !copy_pays);

@@ -161,6 +161,8 @@ inline int64_t team_min_work() { return env_int("RNNFAST_CPU_TEAM_MIN_WORK", int
 // rows it lost to the teams at H=128 (GRU and LSTM B=2-4 inference 1.10-1.26) and is not taken.
 constexpr int64_t kRowSplitMinRows = 8;
 constexpr int64_t kRowSplitFewRows = 4;
+// Whether weights of `bytes` take a split of fewer than 2·kRowSplitMinRows rows.
+inline bool few_rows_split_fits(int64_t bytes) { return 4 * bytes < l2_bytes(); }
 inline int64_t row_split_min_rows() { return env_int("RNNFAST_CPU_ROW_SPLIT_MIN_B", 2 * kRowSplitFewRows); }
 
 template <typename scalar_t>
@@ -174,7 +176,7 @@ int64_t row_parts(int64_t T, int64_t B, int64_t G, int64_t H, int64_t N, bool pr
   const int64_t bytes = (work + pwork) * static_cast<int64_t>(sizeof(scalar_t));
   if (bytes > l2_bytes() || (B >= 2 * blas_min_rows() && 2 * bytes > l2_bytes())) return 1;
   const bool few = B < 2 * kRowSplitMinRows;
-  if (few && 4 * bytes >= l2_bytes()) return 1;
+  if (few && !few_rows_split_fits(bytes)) return 1;
   return std::min<int64_t>({threads, B / (few ? kRowSplitFewRows : kRowSplitMinRows), kMaxTeam});
 }
 
@@ -281,7 +283,7 @@ int64_t backward_row_parts(int64_t T, int64_t B, int64_t G, int64_t H, int64_t N
   const int64_t parts = row_parts<scalar_t>(T, B, G, H, N, proj);
   if (parts > 1 || B < 2 || B >= 2 * kRowSplitFewRows) return parts;
   if (row_split_min_rows() < 0 || T < kCopyMinSteps) return 1;
-  if (4 * G * H * N * static_cast<int64_t>(sizeof(scalar_t)) >= l2_bytes()) return 1;
+  if (!few_rows_split_fits(G * H * N * static_cast<int64_t>(sizeof(scalar_t)))) return 1;
   if (team_parts<scalar_t>(T, B, G, H, proj) < 2) return 1;  // only in place of a team
   return std::min<int64_t>({at::get_num_threads(), B, kMaxTeam});
 }
