@@ -160,6 +160,11 @@ def cpu_capability() -> str:
     return torch.backends.cpu.get_cpu_capability()
 
 
+def _avx2_not_intel() -> bool:
+    """An AVX2 CPU (no AVX-512) other than Intel's, where the cpu kernels' LSTM rules below were measured."""
+    return cpu_capability() == "AVX2" and not intel_cpu()
+
+
 def _onednn_lstm_faster(sizes: Sizes) -> bool:
     """Whether torch.nn's CPU LSTM (oneDNN's fused LSTM) beats the cpu kernels for a module of ``sizes``.
 
@@ -199,7 +204,7 @@ def _onednn_lstm_faster(sizes: Sizes) -> bool:
     """
     if sizes.get("cell") != "lstm" or sizes.get("lengths") or sizes.get("autocast"):
         return False
-    if cpu_capability() == "AVX2" and not intel_cpu():
+    if _avx2_not_intel():
         return False
     B, H = sizes.get("B", 0), sizes.get("H", 0)
     if B <= 4 and (H <= 128 or H >= 512):
@@ -225,7 +230,7 @@ def _short_sequence(sizes: Sizes) -> bool:
         if sizes.get("autocast"):
             return False
         small = sizes.get("H", 0) <= 128 or sizes.get("B", 0) == 1
-        if small and cpu_capability() == "AVX2" and not intel_cpu():
+        if small and _avx2_not_intel():
             return False
     return True
 
