@@ -78,6 +78,19 @@ def test_team_float32_matches_plain_loop(cell, n, monkeypatch):
         assert_matches_oracle(cell, args, True, "cpu", 3e-5, seed=4)
 
 
+@pytest.mark.parametrize("cell,H", [("gru", 96), ("gru", 160), ("lstm", 64), ("lstm", 160)])
+def test_team_slices_by_panels_match_oracle(cell, H, monkeypatch):
+    """RNNFAST_CPU_TEAM_EVEN_SLICES=0 (slices on multiples of the panel width, uneven units) is a supported
+    setting: float64, ragged, both directions, two and three threads."""
+    monkeypatch.setenv("RNNFAST_CPU_TEAM_EVEN_SLICES", "0")
+    args = recurrence_inputs(cell, 7, 5, H, lengths=[7, 0, 3, 7, 5], dtype=torch.float64)
+    for n in (2, 3):
+        with threads(n):
+            assert team_parts(cell, 7, 5, H, torch.float64) > 1
+            for reverse in (False, True):
+                assert_matches_oracle(cell, args, reverse, "cpu", 1e-11, seed=12)
+
+
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_team_gradcheck(cell):
     B, T, H = 3, 5, H_OF[cell]
