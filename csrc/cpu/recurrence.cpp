@@ -308,9 +308,12 @@ inline bool even_slices() { return env_int("RNNFAST_CPU_TEAM_EVEN_SLICES", 1) !=
 // its pointwise pass and sums cost its units, and every step waits for the slowest member. The boundaries
 // are the multiples of `align` units (a cache line, so that no two members write one line of h) nearest
 // to p·H/parts, which even out the units; where that leaves a slice with more panels than the multiples
-// of PW nearest to p·H/parts would (fewer panels, uneven units), those are taken instead. Measured in
-// the forward (2-core AVX2 EPYC, float32, PW 24): LSTM H=128 split at 72 / 56 units (3 panels a gate
-// each), the member with 56 waited ~19% of every step for the other.
+// of PW nearest to p·H/parts would (fewer panels, uneven units), those are taken instead. On the 2-core
+// AVX2 EPYC (float32, PW 24) the multiples of PW split LSTM H=128 at 72 / 56 units (3 panels a gate
+// each): the member with 56 waited ~19% of every forward step for the other, and the boundary shared a
+// cache line of h. Measured there (op alone, paired rounds of benchmarks/cpu_env_ab.py, multiples of PW
+// / even): LSTM H=64 (24 / 40 units before) B=2-6 T=100 inference 1.00-1.31, training 1.01-1.08; H=128
+// 1.00-1.05; over RNN / GRU / LSTM B=1-12 H=64-512 T=50 0.92-1.09, within that machine's spread.
 inline std::vector<int64_t> team_slices(int64_t H, int64_t parts, int64_t PW, int64_t align) {
   std::vector<int64_t> even(parts + 1), panels(parts + 1);
   for (int64_t p = 0; p <= parts; ++p) {
