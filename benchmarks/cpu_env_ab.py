@@ -1,7 +1,8 @@
 """Paired A/B of the cpu backend's knobs read at every call (RNNFAST_CPU_ROW_SPLIT_MIN_B,
 RNNFAST_CPU_TEAM_MIN_WORK, RNNFAST_CPU_BLAS_MIN_B, RNNFAST_CPU_SMALL_MAX_WORK,
-RNNFAST_CPU_TEAM_EVEN_SLICES; several at once with --env A=1,B=2): the recurrence op of each case is timed with the variable unset (A) and set
-(B) in alternating short rounds in one process, so the slow drift of a shared machine hits both alike;
+RNNFAST_CPU_TEAM_EVEN_SLICES; several at once with --env A=1,B=2): the recurrence op of each case is
+timed with the variable unset (A) and set (B) in alternating short rounds in one process, so the slow
+drift of a shared machine hits both alike;
 the figure of a case is the median over rounds of B's time / A's time (> 1: A is faster).
 
     python benchmarks/cpu_env_ab.py --env RNNFAST_CPU_ROW_SPLIT_MIN_B=-1 --cells rnn_tanh,gru,lstm \\
