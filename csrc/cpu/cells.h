@@ -62,20 +62,22 @@ struct RNNCell {
   }
 };
 
+// Units per chunk of the two-pass forward cells (GRU, LSTM): their activations fit a small buffer.
+constexpr int64_t kCellChunk = 64;
+
 struct GRUCell {
   static constexpr int G = 3;
   static constexpr int S = 4;
 
-  // In chunks of kChunk units, two passes as the LSTM's (LSTMCell::forward): r and z, then n and h.
-  static constexpr int64_t kChunk = 64;
+  // In chunks of kCellChunk units, two passes as the LSTM's (LSTMCell::forward): r and z, then n and h.
 
   template <typename scalar_t, bool Save>
   static RNNFAST_INLINE void forward(const FwdRow<scalar_t>& a, int64_t n, int64_t H) {
-    scalar_t buf[2 * kChunk];
-    for (int64_t j0 = 0; j0 < n; j0 += kChunk) {
-      const int64_t m = std::min(kChunk, n - j0);
+    scalar_t buf[2 * kCellChunk];
+    for (int64_t j0 = 0; j0 < n; j0 += kCellChunk) {
+      const int64_t m = std::min(kCellChunk, n - j0);
       scalar_t* act = Save ? a.ws + j0 : buf;  // r, z, ld apart
-      const int64_t ld = Save ? H : kChunk;
+      const int64_t ld = Save ? H : kCellChunk;
       for (int q = 0; q < 2; ++q) {
         const scalar_t *gi = a.gi + q * H + j0, *gh = a.gh + q * H + j0, *bh = a.bh + q * H + j0;
         scalar_t* out = act + q * ld;
@@ -124,19 +126,18 @@ struct LSTMCell {
   static constexpr int G = 4;
   static constexpr int S = 5;
 
-  // Units in chunks of kChunk, each in two passes: the four gates, one loop per gate with one
+  // Units in chunks of kCellChunk, each in two passes: the four gates, one loop per gate with one
   // transcendental per element, into ws (Save) or a buffer; then c and h. One loop with all five
   // transcendentals of a unit is bound by their chained latency (measured, 2-core AVX2 EPYC, float32:
   // 4 rows of 64 units 1.28 µs in one loop, 1.08 µs in two passes; same results to the bit).
-  static constexpr int64_t kChunk = 64;
 
   template <typename scalar_t, bool Save>
   static RNNFAST_INLINE void forward(const FwdRow<scalar_t>& a, int64_t n, int64_t H) {
-    scalar_t buf[4 * kChunk];
-    for (int64_t j0 = 0; j0 < n; j0 += kChunk) {
-      const int64_t m = std::min(kChunk, n - j0);
+    scalar_t buf[4 * kCellChunk];
+    for (int64_t j0 = 0; j0 < n; j0 += kCellChunk) {
+      const int64_t m = std::min(kCellChunk, n - j0);
       scalar_t* act = Save ? a.ws + j0 : buf;  // i, f, g, o, ld apart
-      const int64_t ld = Save ? H : kChunk;
+      const int64_t ld = Save ? H : kCellChunk;
       for (int q = 0; q < 4; ++q) {
         const scalar_t *gi = a.gi + q * H + j0, *gh = a.gh + q * H + j0, *bh = a.bh + q * H + j0;
         scalar_t* out = act + q * ld;
