@@ -70,7 +70,6 @@ struct GRUCell {
   static constexpr int S = 4;
 
   // In chunks of kCellChunk units, two passes as the LSTM's (LSTMCell::forward): r and z, then n and h.
-
   template <typename scalar_t, bool Save>
   static RNNFAST_INLINE void forward(const FwdRow<scalar_t>& a, int64_t n, int64_t H) {
     scalar_t buf[2 * kCellChunk];
@@ -130,7 +129,6 @@ struct LSTMCell {
   // transcendental per element, into ws (Save) or a buffer; then c and h. One loop with all five
   // transcendentals of a unit is bound by their chained latency (measured, 2-core AVX2 EPYC, float32:
   // 4 rows of 64 units 1.28 µs in one loop, 1.08 µs in two passes; same results to the bit).
-
   template <typename scalar_t, bool Save>
   static RNNFAST_INLINE void forward(const FwdRow<scalar_t>& a, int64_t n, int64_t H) {
     scalar_t buf[4 * kCellChunk];
