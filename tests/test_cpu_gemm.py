@@ -208,3 +208,49 @@ def test_module_with_large_products_matches_torch_nn():
     (out_ref.square().sum() + c_ref.sum()).backward()
     for (name, p), (_, q) in zip(mod.named_parameters(), ref.named_parameters()):
         assert_close("grad " + name, p.grad, q.grad, atol=2e-3, rtol=2e-3)
+
+
+# The weight gradients' aᵀ·b (mm_tn: dW_ih of the modules, dW_hh and dW_hr of the time loops) in the
+# blocked kernel (RNNFAST_CPU_TN_BLOCKED=1, the default with AVX-512) and through ATen (0). Odd sizes: a
+# row group of fewer than 4 rows, N no multiple of any panel width (a part-filled last panel), R over
+# the 512 rows of a chunk (a second, accumulating pass over y), N over the columns of one block.
+@pytest.mark.parametrize("blocked", ["1", "0"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize(
+    "R,M,N", [(1, 1, 1), (7, 5, 3), (33, 70, 33), (600, 37, 130), (1100, 21, 700), (9, 64, 1000)]
+)
+def test_mm_tn_matches_matmul(blocked, dtype, R, M, N, monkeypatch):
+    _ext.ensure_loaded()
+    monkeypatch.setenv("RNNFAST_CPU_TN_BLOCKED", blocked)
+    g = torch.Generator().manual_seed(R + M + N)
+    a = torch.randn(R, M, generator=g, dtype=dtype)
+    b = torch.randn(R, N, generator=g, dtype=dtype)
+    want = a.double().t().mm(b.double())
+    got = torch.ops.rnnfast_C.mm_tn(a, b)
+    assert got.dtype == dtype and got.shape == (M, N)
+    tol = 1e-12 if dtype == torch.float64 else 1e-4 * max(1.0, R**0.5)
+    assert_close("aᵀ·b", got.double(), want, atol=tol, rtol=tol)
+    # non-contiguous operands are copied first
+    got_t = torch.ops.rnnfast_C.mm_tn(a.t().contiguous().t(), b[:, :].t().contiguous().t())
+    assert_close("aᵀ·b (strided)", got_t.double(), want, atol=tol, rtol=tol)
+    assert torch.ops.rnnfast_C.mm_tn(a[:0], b[:0]).abs().sum().item() == 0
+
+
+def test_mm_tn_rejects_mismatched_operands():
+    _ext.ensure_loaded()
+    with pytest.raises(RuntimeError, match="expected"):
+        torch.ops.rnnfast_C.mm_tn(torch.randn(3, 4), torch.randn(5, 4))
+    with pytest.raises(RuntimeError, match="dtype"):
+        torch.ops.rnnfast_C.mm_tn(torch.randn(3, 4), torch.randn(3, 4, dtype=torch.float64))
+
+
+# The time loops' dW_hh (one product over the first steps, then one accumulating over the others) and a
+# projected LSTM's dW_hr, in the blocked kernel on any CPU: H = 33 and 70 leave part-filled panels,
+# ragged rows and reverse; float64 against the oracle. T=70, B=9: 621 summed rows, two chunks.
+@pytest.mark.parametrize("cell,H,P", [("lstm", 33, 0), ("gru", 70, 0), ("rnn_tanh", 33, 0), ("lstm", 70, 21)])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_weight_gradients_in_blocked_kernel_match_oracle(cell, H, P, reverse, monkeypatch):
+    monkeypatch.setenv("RNNFAST_CPU_TN_BLOCKED", "1")
+    lengths = [70, 70, 66, 40, 33, 20, 7, 2, 1]
+    args = recurrence_inputs(cell, 70, 9, H, P=P, lengths=lengths, dtype=torch.float64)
+    assert_matches_oracle(cell, args, reverse, "cpu", 1e-11, seed=8)

@@ -18,8 +18,9 @@
 
 namespace rnnfast {
 
-// acc += x[:, k] ⊗ w[k, 0:NV·L] for the NB rows of a block (see block_kernel).
-template <typename scalar_t, int VB, int NB, int NV, typename V>
+// acc += x[:, k] ⊗ w[k, 0:NV·L] for the NB rows of a block (see block_kernel). XT: x is stored
+// transposed, element (i, k) at x[k·ldx + i] (the weight gradients' aᵀ, see tn_mm_body).
+template <typename scalar_t, int VB, int NB, int NV, bool XT = false, typename V>
 RNNFAST_INLINE void block_step(int64_t k, const scalar_t* x, int64_t ldx, const scalar_t* w, int64_t ldw,
                                V (&acc)[NB][NV]) {
   constexpr int L = VB / sizeof(scalar_t);
@@ -31,7 +32,7 @@ RNNFAST_INLINE void block_step(int64_t k, const scalar_t* x, int64_t ldx, const 
   for (int i = 0; i < NB; ++i) {
     // The broadcast of x[i, k], written s - 0 (an identity the compiler folds, so it loads straight
     // into all lanes); 0 + s is not one (-0 + 0 = +0) and cost an add and a shuffle per row.
-    const V a = x[i * ldx + k] - V{};
+    const V a = x[XT ? k * ldx + i : i * ldx + k] - V{};
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) acc[i][v] += a * wv[v];
   }
@@ -41,7 +42,8 @@ RNNFAST_INLINE void block_step(int64_t k, const scalar_t* x, int64_t ldx, const 
 // the NB·NV accumulators in registers (plain arrays ended up on the stack: 3 GMAC/s); each w vector
 // loaded is used NB times, and >= 8 independent FMA chains cover the FMA latency: a block of fewer
 // than 8 accumulators (one row of a 4-vector panel) keeps two sets, for even and odd k.
-template <typename scalar_t, int VB, int NB, int NV>
+// XT: x stored transposed (block_step); ACC: out += the product instead of out = the product.
+template <typename scalar_t, int VB, int NB, int NV, bool XT = false, bool ACC = false>
 RNNFAST_INLINE void block_kernel(int64_t K, const scalar_t* x, int64_t ldx, const scalar_t* w, int64_t ldw,
                                  scalar_t* out, int64_t ldo) {
   typedef scalar_t V __attribute__((vector_size(VB)));
@@ -53,15 +55,18 @@ RNNFAST_INLINE void block_kernel(int64_t K, const scalar_t* x, int64_t ldx, cons
 #pragma GCC unroll 4
     for (int i = 0; i < NB; ++i) {
 #pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) acc[s][i][v] = V{};
+      for (int v = 0; v < NV; ++v) {
+        acc[s][i][v] = V{};
+        if (ACC && s == 0) std::memcpy(&acc[s][i][v], out + i * ldo + v * L, sizeof(V));
+      }
     }
   }
   int64_t k = 0;
   for (; k + KS <= K; k += KS) {
 #pragma GCC unroll 2
-    for (int s = 0; s < KS; ++s) block_step<scalar_t, VB, NB, NV>(k + s, x, ldx, w, ldw, acc[s]);
+    for (int s = 0; s < KS; ++s) block_step<scalar_t, VB, NB, NV, XT>(k + s, x, ldx, w, ldw, acc[s]);
   }
-  for (; k < K; ++k) block_step<scalar_t, VB, NB, NV>(k, x, ldx, w, ldw, acc[0]);
+  for (; k < K; ++k) block_step<scalar_t, VB, NB, NV, XT>(k, x, ldx, w, ldw, acc[0]);
 #pragma GCC unroll 4
   for (int i = 0; i < NB; ++i) {
 #pragma GCC unroll 8
@@ -195,6 +200,57 @@ RNNFAST_INLINE void matvec_body(int64_t K, const scalar_t* x, const scalar_t* wt
   }
 }
 
+// Weight gradients y (+)= aᵀ·b (mm_tn()): rows [i0, i1) of y, against `cols` columns of b packed in
+// panels (wp, K rows each, as pack_panels() lays them out). a holds the K summed rows, element (k, i) at
+// a[k·lda + i], so the block kernel reads it transposed: the 4 rows of a block broadcast from one cache
+// line. Rows in groups of 16 (a line of a in float32), each group taking every panel in turn, so that a
+// group's part of a stays in L1 while the panels stream from L2. ACC: y += the product.
+constexpr int64_t kTnGroup = 16;
+
+template <typename scalar_t, int VB, bool ACC>
+RNNFAST_INLINE void tn_block(int64_t K, const scalar_t* a, int64_t lda, const scalar_t* wp, int64_t cols,
+                             scalar_t* y, int64_t ldy, int64_t i0, int64_t i1) {
+  constexpr int64_t PW = panel_width<scalar_t, VB>();
+  constexpr int NV = block_vectors<VB, 4>();
+  scalar_t tmp[4 * PW];
+  const int64_t panels = (cols + PW - 1) / PW;
+  for (int64_t g = i0; g < i1; g += kTnGroup) {
+    const int64_t g1 = std::min(i1, g + kTnGroup);
+    for (int64_t p = 0; p < panels; ++p) {
+      const scalar_t* w = wp + p * K * PW;
+      const int64_t m = p * PW, c = std::min(PW, cols - m);
+      for (int64_t i = g; i < g1; i += 4) {
+        const int64_t nb = std::min<int64_t>(4, g1 - i);
+        // the part-filled last panel goes through tmp
+        scalar_t* o = c == PW ? y + i * ldy + m : tmp;
+        const int64_t lo = c == PW ? ldy : PW;
+        if (c < PW && ACC) {
+          for (int64_t r = 0; r < nb; ++r) std::copy(y + (i + r) * ldy + m, y + (i + r) * ldy + m + c, tmp + r * PW);
+        }
+        switch (nb) {
+          case 4: block_kernel<scalar_t, VB, 4, NV, true, ACC>(K, a + i, lda, w, PW, o, lo); break;
+          case 3: block_kernel<scalar_t, VB, 3, NV, true, ACC>(K, a + i, lda, w, PW, o, lo); break;
+          case 2: block_kernel<scalar_t, VB, 2, NV, true, ACC>(K, a + i, lda, w, PW, o, lo); break;
+          default: block_kernel<scalar_t, VB, 1, NV, true, ACC>(K, a + i, lda, w, PW, o, lo); break;
+        }
+        if (c < PW) {
+          for (int64_t r = 0; r < nb; ++r) std::copy(tmp + r * PW, tmp + r * PW + c, y + (i + r) * ldy + m);
+        }
+      }
+    }
+  }
+}
+
+template <typename scalar_t, int VB>
+RNNFAST_INLINE void tn_mm_body(int64_t K, const scalar_t* a, int64_t lda, const scalar_t* wp, int64_t cols,
+                               scalar_t* y, int64_t ldy, int64_t i0, int64_t i1, bool acc) {
+  if (acc) {
+    tn_block<scalar_t, VB, true>(K, a, lda, wp, cols, y, ldy, i0, i1);
+  } else {
+    tn_block<scalar_t, VB, false>(K, a, lda, wp, cols, y, ldy, i0, i1);
+  }
+}
+
 // The kernels are compiled once per ISA level with the vector width and block shape of that level
 // (target_clones cannot do this: its clones share one source, so one block shape), and the level is
 // picked once from the running CPU. NAME_body<scalar_t, VB> is the kernel; NAME(...) the dispatcher.
@@ -206,6 +262,9 @@ RNNFAST_INLINE void matvec_body(int64_t K, const scalar_t* x, const scalar_t* wt
       int64_t M, int64_t p0, int64_t p1
 #define RNNFAST_MATVEC_ARGS \
   int64_t K, const scalar_t *x, const scalar_t *wt, int64_t ldw, scalar_t *out, int64_t m0, int64_t m1
+#define RNNFAST_TN_MM_ARGS                                                                               \
+  int64_t K, const scalar_t *a, int64_t lda, const scalar_t *wp, int64_t cols, scalar_t *y, int64_t ldy, \
+      int64_t i0, int64_t i1, bool acc
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(RNNFAST_NO_CLONES)
 // 4: AVX-512 (x86-64-v4), 3: AVX2 + FMA (x86-64-v3), 1: baseline SSE2.
@@ -268,7 +327,10 @@ RNNFAST_ISA_KERNEL(small_mm, RNNFAST_SMALL_MM_ARGS, (B, K, x, ldx, w, ldw, out, 
 RNNFAST_ISA_KERNEL(packed_mm, RNNFAST_PACKED_MM_ARGS, (B, K, x, ldx, wp, out, ldo, M, p0, p1))
 // out[m0:m1] = x · wt[m0:m1, :]ᵀ;  x (K), wt (M, K) row stride ldw.
 RNNFAST_ISA_KERNEL(matvec, RNNFAST_MATVEC_ARGS, (K, x, wt, ldw, out, m0, m1))
+// y[i0:i1, :cols] (+)= aᵀ · b, b packed (see tn_mm_body).
+RNNFAST_ISA_KERNEL(tn_mm, RNNFAST_TN_MM_ARGS, (K, a, lda, wp, cols, y, ldy, i0, i1, acc))
 #undef RNNFAST_ISA_KERNEL
+#undef RNNFAST_TN_MM_ARGS
 #undef RNNFAST_SMALL_MM_ARGS
 #undef RNNFAST_PACKED_MM_ARGS
 #undef RNNFAST_MATVEC_ARGS
@@ -310,6 +372,8 @@ inline int64_t l2_bytes() {
   }();
   return v;
 }
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // No limit (for the thresholds below; small enough to double).
 constexpr int64_t kNoLimit = int64_t{1} << 60;
@@ -373,6 +437,77 @@ inline int64_t matvec_min_work() {
 inline int64_t packed_min_work() {
   static const int64_t v = env_int("RNNFAST_CPU_PACKED_MIN_WORK", int64_t{1} << 17);
   return v;
+}
+
+// Whether mm_tn() computes in the blocked kernel (env RNNFAST_CPU_TN_BLOCKED, 1 or 0, read at every
+// call; default: with AVX-512). ATen's GEMM is MKL, which runs its AVX2 code on AMD CPUs: on a 2-core
+// AMD EPYC with AVX-512 (Zen 5, 2 threads, float32) it took 1.92 ms for the LSTM B=16 H=256 T=50
+// dW_hh (800 summed rows, 1024 × 256), where the blocked kernel runs near the FMA peak of a core.
+inline bool tn_blocked() { return env_int("RNNFAST_CPU_TN_BLOCKED", isa_level() == 4 ? 1 : 0) != 0; }
+
+// Rows of a and b summed per pass over y (a chunk of b packed at a time; fewer rows would read and
+// write y more often).
+constexpr int64_t kTnChunkRows = 512;
+
+// y (M, N) = aᵀ·b (+ y with `accumulate`), a (R, M), b (R, N), all with unit stride along their rows:
+// b is packed in blocks of kTnChunkRows rows by as many panels as fill half a core's L2, then each
+// thread takes its groups of rows of y (tn_mm_body) through every block.
+template <typename scalar_t>
+void tn_mm_blocked(at::Tensor& y, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
+  const int64_t R = a.size(0), M = a.size(1), N = b.size(1);
+  const int64_t PW = packed_width<scalar_t>(), S = static_cast<int64_t>(sizeof(scalar_t));
+  const int64_t KC = std::min(R, kTnChunkRows);
+  const int64_t NC = std::min(ceil_div(N, PW) * PW, std::max(PW, l2_bytes() / 2 / (KC * S) / PW * PW));
+  const int64_t chunks = ceil_div(R, KC), blocks = ceil_div(N, NC);
+  at::Tensor packed = at::empty({blocks * chunks * KC * NC}, a.options());
+  const scalar_t* ap = a.data_ptr<scalar_t>();
+  const scalar_t* bp = b.data_ptr<scalar_t>();
+  scalar_t* yp = y.data_ptr<scalar_t>();
+  scalar_t* pp = packed.data_ptr<scalar_t>();
+  const int64_t lda = a.stride(0), ldb = b.stride(0), ldy = y.stride(0);
+  // Threads only where a step of work earns back waking them (parallel_min_work()).
+  const bool serial = R * M * N < parallel_min_work();
+  at::parallel_for(0, blocks * chunks, serial ? blocks * chunks : 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t n0 = q / chunks * NC, k0 = q % chunks * KC;
+      pack_panels(bp + k0 * ldb + n0, ldb, int64_t{1}, std::min(KC, R - k0), std::min(NC, N - n0), pp + q * KC * NC);
+    }
+  });
+  const int64_t groups = ceil_div(M, kTnGroup);
+  at::parallel_for(0, groups, serial ? groups : 1, [&](int64_t g0, int64_t g1) {
+    const int64_t i0 = g0 * kTnGroup, i1 = std::min(M, g1 * kTnGroup);
+    for (int64_t nb = 0; nb < blocks; ++nb) {
+      const int64_t n0 = nb * NC;
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t k0 = c * KC;
+        tn_mm<scalar_t>(std::min(KC, R - k0), ap + k0 * lda, lda, pp + (nb * chunks + c) * KC * NC,
+                        std::min(NC, N - n0), yp + n0, ldy, i0, i1, accumulate || c > 0);
+      }
+    }
+  });
+}
+
+// y (M, N) = aᵀ·b (+ y with `accumulate`), a (R, M), b (R, N): the weight gradients, sums over the R
+// rows. In the blocked kernel where tn_blocked(), else through ATen: oneDNN would need both operands
+// transposed into copies, which cost as much as its speed-up saves (measured: B=256, H=64 RNN, 0.7 ms
+// per copy against a 1 ms product).
+inline void mm_tn(at::Tensor& y, const at::Tensor& a, const at::Tensor& b, bool accumulate = false) {
+  const auto st = a.scalar_type();
+  const bool rows_ok = a.dim() == 2 && b.dim() == 2 && a.stride(1) == 1 && b.stride(1) == 1 && y.stride(1) == 1;
+  if (tn_blocked() && rows_ok && a.size(0) > 0 && (st == at::kFloat || st == at::kDouble) &&
+      b.scalar_type() == st && y.scalar_type() == st) {
+    if (st == at::kFloat) {
+      tn_mm_blocked<float>(y, a, b, accumulate);
+    } else {
+      tn_mm_blocked<double>(y, a, b, accumulate);
+    }
+    return;
+  }
+  if (accumulate) {
+    y.addmm_(a.t(), b);
+  } else {
+    at::mm_out(y, a.t(), b);
+  }
 }
 
 // From how many steps a per-call copy of W into the layout a kernel wants pays (StepMatmul, and the row

@@ -293,8 +293,6 @@ int64_t backward_team_parts(int64_t T, int64_t B, int64_t G, int64_t H, bool pro
   return backward_row_parts<scalar_t>(T, B, G, H, H, proj) > 1 ? 1 : team_parts<scalar_t>(T, B, G, H, proj);
 }
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 // Values of a 64-byte cache line.
 template <typename scalar_t>
 constexpr int64_t kLineUnits = 64 / static_cast<int64_t>(sizeof(scalar_t));
@@ -829,6 +827,19 @@ int64_t row_parts_op(int64_t B, int64_t cell, int64_t H, int64_t P, at::ScalarTy
   return dtype == at::kFloat ? row_parts<float>(T, B, G, H, N, P > 0) : row_parts<double>(T, B, G, H, N, P > 0);
 }
 
+// aᵀ·b for the modules' input projection's dW (rnnfast/ops/linear.py): a (R, M), b (R, N).
+Tensor mm_tn_op(const Tensor& a, const Tensor& b) {
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(0) == b.size(0), "rnnfast_C::mm_tn: a, b: expected (R, M) and ",
+              "(R, N), got ", a.sizes(), " and ", b.sizes());
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "rnnfast_C::mm_tn: b: expected dtype ", a.scalar_type(), ", got ",
+              b.scalar_type());
+  const Tensor ac = a.contiguous(), bc = b.contiguous();
+  Tensor y = new_output({a.size(1), b.size(1)}, a.options());
+  if (a.size(0) == 0) return y.zero_();
+  mm_tn(y, ac, bc);
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(rnnfast_C, m) {
@@ -841,6 +852,7 @@ TORCH_LIBRARY_FRAGMENT(rnnfast_C, m) {
 TORCH_LIBRARY_IMPL(rnnfast_C, CPU, m) {
   m.impl("recurrence_fwd", &recurrence_fwd);
   m.impl("recurrence_bwd", &recurrence_bwd);
+  m.impl("mm_tn", &mm_tn_op);
 }
 
 }  // namespace rnnfast

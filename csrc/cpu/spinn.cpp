@@ -28,6 +28,7 @@
 
 #include "common.h"
 #include "gemm.h"
+#include "matmul.h"
 
 namespace rnnfast {
 namespace {
