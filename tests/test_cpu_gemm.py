@@ -84,8 +84,8 @@ def test_single_row_large_w_matches_oracle(cell, reverse):
 
 
 # "library": the limits of the blocked kernel as on AVX-512 (64 rows, K·M <= 2^18; with AVX2 it takes
-# every size by default, "default" here). B=16, H=512: LSTM and GRU steps (K·M = 1M, 0.8M > 2^18) then
-# take oneDNN forward and backward; RNN (K·M = 2^18) stays blocked, so the mix of paths runs too. B=4,
+# every size by default, "default" here), for the backward too (by default it has no limit on K·M).
+# B=16, H=512: LSTM and GRU steps (K·M = 1M, 0.8M > 2^18) then take oneDNN forward and backward; RNN (K·M = 2^18) stays blocked, so the mix of paths runs too. B=4,
 # H=1024: oneDNN for all three, at a small batch. Ragged rows and reverse. T=4 runs oneDNN on the
 # unpacked W_hh forward and ATen on the transposed view backward; T=16 packs W_hh for oneDNN in both
 # (gemm.h, LinearNT).
@@ -98,6 +98,7 @@ def test_large_steps_match_oracle(cell, ragged, B, H, T, limits, monkeypatch):
     if limits == "library":
         monkeypatch.setenv("RNNFAST_CPU_BLAS_MIN_B", "64")
         monkeypatch.setenv("RNNFAST_CPU_SMALL_MAX_WORK", str(1 << 18))
+        monkeypatch.setenv("RNNFAST_CPU_BWD_SMALL_MAX_WORK", str(1 << 18))
     # Sorted as PackedSequence rows are: the products shrink to the rows still running.
     full = [4, 4, 4, 4, 4, 3, 3, 3, 3, 2, 2, 2, 1, 1, 0, 0] if B == 16 else [4, 3, 1, 0]
     lengths = [n * T // 4 for n in full] if ragged else None

@@ -398,6 +398,12 @@ inline int64_t blas_min_rows() { return env_int("RNNFAST_CPU_BLAS_MIN_B", isa_le
 inline int64_t small_max_work() {
   return env_int("RNNFAST_CPU_SMALL_MAX_WORK", isa_level() == 3 ? kNoLimit : int64_t{1} << 18);
 }
+// The same for the backward's products dh_{t-1} = dgh·W_hh (env RNNFAST_CPU_BWD_SMALL_MAX_WORK, read at
+// every call; default: no limit). With AVX-512 the backward gained where the forward did not: on a 2-core
+// AMD EPYC with AVX-512 (Zen 5, float32, T=20, op alone, paired rounds, blocked products without limits
+// against the limits above, time ratio inference / training) LSTM B=16 H=512 1.11 / 0.87, H=1024 1.18 /
+// 0.93; GRU B=16 H=1024 1.27 / 0.94: oneDNN kept the forward's, the blocked kernel now the backward's.
+inline int64_t bwd_small_max_work() { return env_int("RNNFAST_CPU_BWD_SMALL_MAX_WORK", kNoLimit); }
 
 // Where oneDNN (gemm.h) takes the products the blocked kernel leaves to a GEMM library: from this many
 // rows (env RNNFAST_CPU_DNNL_MIN_B) and at least kDnnlMinWork multiply-adds per step. Measured per step,
@@ -523,7 +529,8 @@ class StepMatmul {
   // many products will be taken (the packing decision of LinearNT).
   // serial: the product runs on the calling thread, in the blocked kernel (a row split of the loop, see
   // row_parts() in recurrence.cpp, gives each thread its own rows; K·M must be <= small_max_work()).
-  StepMatmul(const at::Tensor& w, int64_t B, int64_t steps, bool serial = false)
+  // backward: the backward's dgh·W_hh, whose limit on K·M is bwd_small_max_work().
+  StepMatmul(const at::Tensor& w, int64_t B, int64_t steps, bool serial = false, bool backward = false)
       : B_(B), K_(w.size(0)), M_(w.size(1)) {
     // The blocked kernel wants W row-major: for the forward (W_hhᵀ, a transposed view) that is a copy per
     // call, which a short sequence does not earn back (kCopyMinSteps).
@@ -540,7 +547,8 @@ class StepMatmul {
       parallel_ = big && at::get_num_threads() > 1;
       return;
     }
-    use_blas_ = !serial && (B >= blas_min_rows() || K_ * M_ > small_max_work() || !copy_pays);
+    const int64_t max_work = backward ? bwd_small_max_work() : small_max_work();
+    use_blas_ = !serial && (B >= blas_min_rows() || K_ * M_ > max_work || !copy_pays);
     // Where the register-blocked kernel applies it beats oneDNN, whose per-call overhead (~25 µs) is
     // paid every step (measured, 1 thread, LSTM B=16 H=256: 109 vs 125 µs per step; B=8: 51 vs 75).
     const at::Tensor wt = w.t();  // (M, K): a Linear weight

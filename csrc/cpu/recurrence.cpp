@@ -623,7 +623,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
     const int64_t rparts = backward_row_parts<scalar_t>(T, B, G, H, N, proj);
     const bool split = rparts > 1;
     const int64_t mrows = split ? max_row_slice(B, rparts) : B;  // the most rows of a slice
-    StepMatmul<scalar_t> mm_hh(w_hh, mrows, T, split);  // dh_{t-1} = dgh·W_hh
+    StepMatmul<scalar_t> mm_hh(w_hh, mrows, T, split, /*backward=*/true);  // dh_{t-1} = dgh·W_hh
     c10::optional<StepMatmul<scalar_t>> mm_hr;
     if (proj) mm_hr.emplace(*w_hr, mrows, T, split);    // d(o·tanh c) = dh·W_hr
     auto run_rows = [&](int64_t b0, int64_t b1) {
