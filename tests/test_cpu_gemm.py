@@ -137,20 +137,24 @@ def test_single_step_unpacked_weights_match_oracle(cell):
         assert_close(name, o.double(), w, atol=1e-4, rtol=1e-4)
 
 
-# oneDNN (the default on AVX-512 CPUs other than Intel's) and ATen into cached blocks, both on every CPU.
-# 800 rows take oneDNN for dX too, 40 rows (below _DNNL_DX_MIN_ROWS) take ATen for it; with ATen the
-# 40-row result (120 KiB) is below the cache's blocks and is F.linear's.
-@pytest.mark.parametrize("dnnl", [ONEDNN, False], ids=["onednn", "aten"])
+# Each library of the input projection on every CPU (RNNFAST_CPU_GEMM): the blocked kernel (the default on
+# AVX-512 CPUs other than Intel's; its forward below _BLOCKED_FWD_MIN_BYTES of result is oneDNN's where
+# torch has oneDNN, "blocked-fwd" lowers that limit to 0), oneDNN, and ATen into cached blocks. 800 rows
+# take oneDNN for dX too, 40 rows (below _DNNL_DX_MIN_ROWS) take ATen for it; with ATen the 40-row result
+# (120 KiB) is below the cache's blocks and is F.linear's.
+@pytest.mark.parametrize("lib", ["blocked", "blocked-fwd", "onednn", "aten"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("T,B", [(50, 16), (20, 2)], ids=["800rows", "40rows"])
-def test_input_projection_matches_linear(bias, dnnl, T, B, monkeypatch):
-    monkeypatch.setattr(linear, "_AVAILABLE", dnnl)
+def test_input_projection_matches_linear(bias, lib, T, B, monkeypatch):
+    monkeypatch.setenv("RNNFAST_CPU_GEMM", lib.removesuffix("-fwd"))
+    if lib == "blocked-fwd":
+        monkeypatch.setattr(linear, "_BLOCKED_FWD_MIN_BYTES", 0)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(T, B, 256, generator=g).transpose(0, 1).requires_grad_()  # non-contiguous input
     w = torch.randn(768, 256, generator=g).mul_(0.05).requires_grad_()
     b = torch.randn(768, generator=g).requires_grad_() if bias else None
     y = linear.input_projection(x, w, b)
-    own = dnnl or T * B * 768 * 4 >= linear._CACHE_MIN_BYTES
+    own = lib.startswith("blocked") or (lib == "onednn" and ONEDNN) or T * B * 768 * 4 >= linear._CACHE_MIN_BYTES
     assert (type(y.grad_fn).__name__ == "_LinearBackward") == own, type(y.grad_fn).__name__
     x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
     b64 = b.detach().double().requires_grad_() if bias else None
@@ -168,6 +172,19 @@ def test_input_projection_matches_linear(bias, dnnl, T, B, monkeypatch):
         assert_close(name, a.double(), e, atol=1e-3, rtol=1e-3)
 
 
+# float64 through the blocked kernel (forward, dX, dW): gradcheck of the Function itself.
+def test_input_projection_blocked_gradcheck(monkeypatch):
+    monkeypatch.setenv("RNNFAST_CPU_GEMM", "blocked")
+    monkeypatch.setattr(linear, "_MIN_WORK", 0)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(5, 3, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(33, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(33, generator=g, dtype=torch.float64, requires_grad=True)
+    assert type(linear.input_projection(x, w, b).grad_fn).__name__ == "_LinearBackward"
+    assert torch.autograd.gradcheck(linear.input_projection, (x, w, b))
+    assert torch.autograd.gradcheck(linear.input_projection, (x, w, None))
+
+
 def test_input_projection_small_is_linear():
     x = torch.randn(3, 2, 8, dtype=torch.float64, requires_grad=True)
     w = torch.randn(24, 8, dtype=torch.float64, requires_grad=True)
@@ -178,14 +195,16 @@ def test_input_projection_small_is_linear():
 
 
 def test_input_projection_library_choice(monkeypatch):
-    """oneDNN where MKL is not at its best (AVX-512 CPUs other than Intel's); RNNFAST_CPU_GEMM overrides."""
+    """The blocked kernel on AVX-512 CPUs other than Intel's, ATen (MKL) elsewhere; RNNFAST_CPU_GEMM
+    overrides (oneDNN only where torch has it)."""
     for intel, avx512, env, want in [
-        (True, True, None, False),
-        (False, True, None, ONEDNN),
-        (False, False, None, False),
-        (True, True, "onednn", ONEDNN),
-        (False, False, "onednn", ONEDNN),
-        (False, True, "aten", False),
+        (True, True, None, "aten"),
+        (False, True, None, "blocked"),
+        (False, False, None, "aten"),
+        (True, True, "onednn", "onednn" if ONEDNN else "aten"),
+        (False, False, "blocked", "blocked"),
+        (False, True, "aten", "aten"),
+        (False, True, "bogus", "blocked"),
     ]:
         monkeypatch.setattr(linear, "_intel_cpu", lambda intel=intel: intel)
         monkeypatch.setattr(linear, "_avx512", lambda avx512=avx512: avx512)
@@ -193,7 +212,7 @@ def test_input_projection_library_choice(monkeypatch):
             monkeypatch.delenv("RNNFAST_CPU_GEMM", raising=False)
         else:
             monkeypatch.setenv("RNNFAST_CPU_GEMM", env)
-        assert linear._dnnl_available() == want, (intel, avx512, env)
+        assert linear.library() == want, (intel, avx512, env)
 
 
 def test_module_with_large_products_matches_torch_nn():
@@ -211,38 +230,47 @@ def test_module_with_large_products_matches_torch_nn():
         assert_close("grad " + name, p.grad, q.grad, atol=2e-3, rtol=2e-3)
 
 
-# The weight gradients' aᵀ·b (mm_tn: dW_ih of the modules, dW_hh and dW_hr of the time loops) in the
-# blocked kernel (RNNFAST_CPU_TN_BLOCKED=1, the default with AVX-512) and through ATen (0). Odd sizes: a
-# row group of fewer than 4 rows, N no multiple of any panel width (a part-filled last panel), R over
-# the 512 rows of a chunk (a second, accumulating pass over y), N over the columns of one block.
-@pytest.mark.parametrize("blocked", ["1", "0"])
+# The blocked kernel's large products (torch.ops.rnnfast_C.gemm: the input projection, its dX and dW)
+# against float64 matmuls, a·b + bias and aᵀ·b, b any strides. Odd sizes: a row group of fewer than 4
+# rows, N no multiple of any panel width (a part-filled last panel), R over the 512 rows of a chunk (a
+# second, accumulating pass over y), N over the columns of one block; an empty sum.
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize(
     "R,M,N", [(1, 1, 1), (7, 5, 3), (33, 70, 33), (600, 37, 130), (1100, 21, 700), (9, 64, 1000)]
 )
-def test_mm_tn_matches_matmul(blocked, dtype, R, M, N, monkeypatch):
+def test_gemm_matches_matmul(dtype, R, M, N):
     _ext.ensure_loaded()
-    monkeypatch.setenv("RNNFAST_CPU_TN_BLOCKED", blocked)
+    gemm = torch.ops.rnnfast_C.gemm
     g = torch.Generator().manual_seed(R + M + N)
-    a = torch.randn(R, M, generator=g, dtype=dtype)
+    a = torch.randn(M, R, generator=g, dtype=dtype)
     b = torch.randn(R, N, generator=g, dtype=dtype)
-    want = a.double().t().mm(b.double())
-    got = torch.ops.rnnfast_C.mm_tn(a, b)
-    assert got.dtype == dtype and got.shape == (M, N)
+    bias = torch.randn(N, generator=g, dtype=dtype)
     tol = 1e-12 if dtype == torch.float64 else 1e-4 * max(1.0, R**0.5)
-    assert_close("aᵀ·b", got.double(), want, atol=tol, rtol=tol)
-    # non-contiguous operands are copied first
-    got_t = torch.ops.rnnfast_C.mm_tn(a.t().contiguous().t(), b[:, :].t().contiguous().t())
-    assert_close("aᵀ·b (strided)", got_t.double(), want, atol=tol, rtol=tol)
-    assert torch.ops.rnnfast_C.mm_tn(a[:0], b[:0]).abs().sum().item() == 0
+    want = a.double().mm(b.double())
+    for name, got, exp in [
+        ("a·b", gemm(a, b), want),
+        ("a·b + bias", gemm(a, b, bias), want + bias.double()),
+        ("aᵀ·b", gemm(a.t().contiguous(), b, None, True), want),
+        ("a·b, b transposed", gemm(a, b.t().contiguous().t()), want),
+        ("a·b, a strided", gemm(a.t().contiguous().t(), b), want),
+    ]:
+        assert got.dtype == dtype and got.shape == (M, N), name
+        assert_close(name, got.double(), exp, atol=tol, rtol=tol)
+    assert gemm(a[:, :0], b[:0]).abs().sum().item() == 0
+    assert_close("bias alone", gemm(a[:, :0], b[:0], bias), bias.expand(M, N), atol=0, rtol=0)
 
 
-def test_mm_tn_rejects_mismatched_operands():
+def test_gemm_rejects_mismatched_operands():
     _ext.ensure_loaded()
+    gemm = torch.ops.rnnfast_C.gemm
     with pytest.raises(RuntimeError, match="expected"):
-        torch.ops.rnnfast_C.mm_tn(torch.randn(3, 4), torch.randn(5, 4))
+        gemm(torch.randn(3, 4), torch.randn(5, 4))
+    with pytest.raises(RuntimeError, match="expected"):
+        gemm(torch.randn(3, 4), torch.randn(4, 5), None, True)
     with pytest.raises(RuntimeError, match="dtype"):
-        torch.ops.rnnfast_C.mm_tn(torch.randn(3, 4), torch.randn(3, 4, dtype=torch.float64))
+        gemm(torch.randn(3, 4), torch.randn(4, 3, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="bias"):
+        gemm(torch.randn(3, 4), torch.randn(4, 5), torch.randn(4))
 
 
 # The time loops' dW_hh (one product over the first steps, then one accumulating over the others) and a

@@ -19,7 +19,7 @@
 namespace rnnfast {
 
 // acc += x[:, k] ⊗ w[k, 0:NV·L] for the NB rows of a block (see block_kernel). XT: x is stored
-// transposed, element (i, k) at x[k·ldx + i] (the weight gradients' aᵀ, see tn_mm_body).
+// transposed, element (i, k) at x[k·ldx + i] (the weight gradients' aᵀ, see gemm_block).
 template <typename scalar_t, int VB, int NB, int NV, bool XT = false, typename V>
 RNNFAST_INLINE void block_step(int64_t k, const scalar_t* x, int64_t ldx, const scalar_t* w, int64_t ldw,
                                V (&acc)[NB][NV]) {
@@ -42,10 +42,11 @@ RNNFAST_INLINE void block_step(int64_t k, const scalar_t* x, int64_t ldx, const 
 // the NB·NV accumulators in registers (plain arrays ended up on the stack: 3 GMAC/s); each w vector
 // loaded is used NB times, and >= 8 independent FMA chains cover the FMA latency: a block of fewer
 // than 8 accumulators (one row of a 4-vector panel) keeps two sets, for even and odd k.
-// XT: x stored transposed (block_step); ACC: out += the product instead of out = the product.
+// XT: x stored transposed (block_step); ACC: out = init + the product (init's rows ldi apart: out itself
+// to accumulate, ldi 0 for a bias on every row) instead of out = the product.
 template <typename scalar_t, int VB, int NB, int NV, bool XT = false, bool ACC = false>
 RNNFAST_INLINE void block_kernel(int64_t K, const scalar_t* x, int64_t ldx, const scalar_t* w, int64_t ldw,
-                                 scalar_t* out, int64_t ldo) {
+                                 scalar_t* out, int64_t ldo, const scalar_t* init = nullptr, int64_t ldi = 0) {
   typedef scalar_t V __attribute__((vector_size(VB)));
   constexpr int L = VB / sizeof(scalar_t);
   constexpr int KS = NB * NV < 8 ? 2 : 1;
@@ -57,7 +58,7 @@ RNNFAST_INLINE void block_kernel(int64_t K, const scalar_t* x, int64_t ldx, cons
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) {
         acc[s][i][v] = V{};
-        if (ACC && s == 0) std::memcpy(&acc[s][i][v], out + i * ldo + v * L, sizeof(V));
+        if (ACC && s == 0) std::memcpy(&acc[s][i][v], init + i * ldi + v * L, sizeof(V));
       }
     }
   }
@@ -200,38 +201,44 @@ RNNFAST_INLINE void matvec_body(int64_t K, const scalar_t* x, const scalar_t* wt
   }
 }
 
-// Weight gradients y (+)= aᵀ·b (mm_tn()): rows [i0, i1) of y, against `cols` columns of b packed in
-// panels (wp, K rows each, as pack_panels() lays them out). a holds the K summed rows, element (k, i) at
-// a[k·lda + i], so the block kernel reads it transposed: the 4 rows of a block broadcast from one cache
-// line. Rows in groups of 16 (a line of a in float32), each group taking every panel in turn, so that a
-// group's part of a stays in L1 while the panels stream from L2. ACC: y += the product.
-constexpr int64_t kTnGroup = 16;
+// Large products y = a·b (+ init) (gemm_blocked()): rows [i0, i1) of y against `cols` columns of b
+// packed in panels (wp, K rows each, as pack_panels() lays them out). a is (rows, K), element (i, k) at
+// a[i·lda + k], or with XT stored transposed, at a[k·lda + i] (the weight gradients' aᵀ, whose 4 rows of
+// a block then broadcast from one cache line). Rows in groups of 16 (a line of a transposed in float32),
+// each group taking every panel in turn, so that its part of a stays in L1 while the panels stream from
+// L2. With init, y = init + the product, init's rows ldi apart (y itself to accumulate, 0 for a bias).
+constexpr int64_t kGemmGroup = 16;
 
-template <typename scalar_t, int VB, bool ACC>
-RNNFAST_INLINE void tn_block(int64_t K, const scalar_t* a, int64_t lda, const scalar_t* wp, int64_t cols,
-                             scalar_t* y, int64_t ldy, int64_t i0, int64_t i1) {
+template <typename scalar_t, int VB, bool XT, bool ACC>
+RNNFAST_INLINE void gemm_block(int64_t K, const scalar_t* a, int64_t lda, const scalar_t* wp, int64_t cols,
+                               scalar_t* y, int64_t ldy, int64_t i0, int64_t i1, const scalar_t* init,
+                               int64_t ldi) {
   constexpr int64_t PW = panel_width<scalar_t, VB>();
   constexpr int NV = block_vectors<VB, 4>();
   scalar_t tmp[4 * PW];
   const int64_t panels = (cols + PW - 1) / PW;
-  for (int64_t g = i0; g < i1; g += kTnGroup) {
-    const int64_t g1 = std::min(i1, g + kTnGroup);
+  for (int64_t g = i0; g < i1; g += kGemmGroup) {
+    const int64_t g1 = std::min(i1, g + kGemmGroup);
     for (int64_t p = 0; p < panels; ++p) {
       const scalar_t* w = wp + p * K * PW;
       const int64_t m = p * PW, c = std::min(PW, cols - m);
       for (int64_t i = g; i < g1; i += 4) {
         const int64_t nb = std::min<int64_t>(4, g1 - i);
-        // the part-filled last panel goes through tmp
+        const scalar_t* ai = XT ? a + i : a + i * lda;
+        // the part-filled last panel goes through tmp (its init copied in first)
         scalar_t* o = c == PW ? y + i * ldy + m : tmp;
         const int64_t lo = c == PW ? ldy : PW;
+        const scalar_t* in = ACC ? init + i * ldi + m : nullptr;
+        int64_t li = ldi;
         if (c < PW && ACC) {
-          for (int64_t r = 0; r < nb; ++r) std::copy(y + (i + r) * ldy + m, y + (i + r) * ldy + m + c, tmp + r * PW);
+          for (int64_t r = 0; r < nb; ++r) std::copy(in + r * ldi, in + r * ldi + c, tmp + r * PW);
+          in = tmp, li = PW;
         }
         switch (nb) {
-          case 4: block_kernel<scalar_t, VB, 4, NV, true, ACC>(K, a + i, lda, w, PW, o, lo); break;
-          case 3: block_kernel<scalar_t, VB, 3, NV, true, ACC>(K, a + i, lda, w, PW, o, lo); break;
-          case 2: block_kernel<scalar_t, VB, 2, NV, true, ACC>(K, a + i, lda, w, PW, o, lo); break;
-          default: block_kernel<scalar_t, VB, 1, NV, true, ACC>(K, a + i, lda, w, PW, o, lo); break;
+          case 4: block_kernel<scalar_t, VB, 4, NV, XT, ACC>(K, ai, lda, w, PW, o, lo, in, li); break;
+          case 3: block_kernel<scalar_t, VB, 3, NV, XT, ACC>(K, ai, lda, w, PW, o, lo, in, li); break;
+          case 2: block_kernel<scalar_t, VB, 2, NV, XT, ACC>(K, ai, lda, w, PW, o, lo, in, li); break;
+          default: block_kernel<scalar_t, VB, 1, NV, XT, ACC>(K, ai, lda, w, PW, o, lo, in, li); break;
         }
         if (c < PW) {
           for (int64_t r = 0; r < nb; ++r) std::copy(tmp + r * PW, tmp + r * PW + c, y + (i + r) * ldy + m);
@@ -242,13 +249,14 @@ RNNFAST_INLINE void tn_block(int64_t K, const scalar_t* a, int64_t lda, const sc
 }
 
 template <typename scalar_t, int VB>
-RNNFAST_INLINE void tn_mm_body(int64_t K, const scalar_t* a, int64_t lda, const scalar_t* wp, int64_t cols,
-                               scalar_t* y, int64_t ldy, int64_t i0, int64_t i1, bool acc) {
-  if (acc) {
-    tn_block<scalar_t, VB, true>(K, a, lda, wp, cols, y, ldy, i0, i1);
-  } else {
-    tn_block<scalar_t, VB, false>(K, a, lda, wp, cols, y, ldy, i0, i1);
+RNNFAST_INLINE void gemm_body(int64_t K, const scalar_t* a, int64_t lda, bool xt, const scalar_t* wp, int64_t cols,
+                              scalar_t* y, int64_t ldy, int64_t i0, int64_t i1, const scalar_t* init, int64_t ldi) {
+  if (xt) {
+    if (init) return gemm_block<scalar_t, VB, true, true>(K, a, lda, wp, cols, y, ldy, i0, i1, init, ldi);
+    return gemm_block<scalar_t, VB, true, false>(K, a, lda, wp, cols, y, ldy, i0, i1, init, ldi);
   }
+  if (init) return gemm_block<scalar_t, VB, false, true>(K, a, lda, wp, cols, y, ldy, i0, i1, init, ldi);
+  gemm_block<scalar_t, VB, false, false>(K, a, lda, wp, cols, y, ldy, i0, i1, init, ldi);
 }
 
 // The kernels are compiled once per ISA level with the vector width and block shape of that level
@@ -262,9 +270,9 @@ RNNFAST_INLINE void tn_mm_body(int64_t K, const scalar_t* a, int64_t lda, const 
       int64_t M, int64_t p0, int64_t p1
 #define RNNFAST_MATVEC_ARGS \
   int64_t K, const scalar_t *x, const scalar_t *wt, int64_t ldw, scalar_t *out, int64_t m0, int64_t m1
-#define RNNFAST_TN_MM_ARGS                                                                               \
-  int64_t K, const scalar_t *a, int64_t lda, const scalar_t *wp, int64_t cols, scalar_t *y, int64_t ldy, \
-      int64_t i0, int64_t i1, bool acc
+#define RNNFAST_GEMM_ARGS                                                                                      \
+  int64_t K, const scalar_t *a, int64_t lda, bool xt, const scalar_t *wp, int64_t cols, scalar_t *y, int64_t ldy, \
+      int64_t i0, int64_t i1, const scalar_t *init, int64_t ldi
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(RNNFAST_NO_CLONES)
 // 4: AVX-512 (x86-64-v4), 3: AVX2 + FMA (x86-64-v3), 1: baseline SSE2.
@@ -278,6 +286,13 @@ inline int isa_level() {
     return 1;
   }();
   return level;
+}
+inline bool cpu_is_intel() {
+  static const bool v = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_is("intel") != 0;
+  }();
+  return v;
 }
 #define RNNFAST_ISA_KERNEL(NAME, ARGS, CALL)                                                          \
   template <typename scalar_t>                                                                        \
@@ -310,6 +325,7 @@ int64_t packed_width() {
 }
 #else
 inline int isa_level() { return 0; }
+inline bool cpu_is_intel() { return false; }
 #define RNNFAST_ISA_KERNEL(NAME, ARGS, CALL) \
   template <typename scalar_t>               \
   void NAME(ARGS) {                          \
@@ -327,10 +343,10 @@ RNNFAST_ISA_KERNEL(small_mm, RNNFAST_SMALL_MM_ARGS, (B, K, x, ldx, w, ldw, out, 
 RNNFAST_ISA_KERNEL(packed_mm, RNNFAST_PACKED_MM_ARGS, (B, K, x, ldx, wp, out, ldo, M, p0, p1))
 // out[m0:m1] = x · wt[m0:m1, :]ᵀ;  x (K), wt (M, K) row stride ldw.
 RNNFAST_ISA_KERNEL(matvec, RNNFAST_MATVEC_ARGS, (K, x, wt, ldw, out, m0, m1))
-// y[i0:i1, :cols] (+)= aᵀ · b, b packed (see tn_mm_body).
-RNNFAST_ISA_KERNEL(tn_mm, RNNFAST_TN_MM_ARGS, (K, a, lda, wp, cols, y, ldy, i0, i1, acc))
+// y[i0:i1, :cols] = a · b (+ init), a or aᵀ (xt), b packed (see gemm_block).
+RNNFAST_ISA_KERNEL(gemm, RNNFAST_GEMM_ARGS, (K, a, lda, xt, wp, cols, y, ldy, i0, i1, init, ldi))
 #undef RNNFAST_ISA_KERNEL
-#undef RNNFAST_TN_MM_ARGS
+#undef RNNFAST_GEMM_ARGS
 #undef RNNFAST_SMALL_MM_ARGS
 #undef RNNFAST_PACKED_MM_ARGS
 #undef RNNFAST_MATVEC_ARGS
@@ -446,23 +462,32 @@ inline int64_t packed_min_work() {
 }
 
 // Whether mm_tn() computes in the blocked kernel (env RNNFAST_CPU_TN_BLOCKED, 1 or 0, read at every
-// call; default: with AVX-512). ATen's GEMM is MKL, which runs its AVX2 code on AMD CPUs: on a 2-core
+// call; default: with AVX-512 on CPUs other than Intel's, where MKL runs its best code, unless
+// RNNFAST_CPU_GEMM=aten). ATen's GEMM is MKL, which runs its AVX2 code on AMD CPUs: on a 2-core
 // AMD EPYC with AVX-512 (Zen 5, 2 threads, float32) it took 1.92 ms for the LSTM B=16 H=256 T=50
-// dW_hh (800 summed rows, 1024 × 256), where the blocked kernel runs near the FMA peak of a core.
-inline bool tn_blocked() { return env_int("RNNFAST_CPU_TN_BLOCKED", isa_level() == 4 ? 1 : 0) != 0; }
+// dW_hh (800 summed rows, 1024 × 256) against 1.00 ms in the blocked kernel.
+inline bool tn_blocked() {
+  static const bool by_default = isa_level() == 4 && !cpu_is_intel();
+  const char* gemm = std::getenv("RNNFAST_CPU_GEMM");  // =aten: every large product through ATen
+  const bool aten = gemm != nullptr && std::strcmp(gemm, "aten") == 0;
+  return env_int("RNNFAST_CPU_TN_BLOCKED", by_default && !aten ? 1 : 0) != 0;
+}
 
-// Rows of a and b summed per pass over y (a chunk of b packed at a time; fewer rows would read and
-// write y more often).
-constexpr int64_t kTnChunkRows = 512;
+// Rows of b (terms of the sum) per pass over y: a chunk of b is packed at a time; fewer rows would read
+// and write y more often.
+constexpr int64_t kGemmChunkRows = 512;
 
-// y (M, N) = aᵀ·b (+ y with `accumulate`), a (R, M), b (R, N), all with unit stride along their rows:
-// b is packed in blocks of kTnChunkRows rows by as many panels as fill half a core's L2, then each
-// thread takes its groups of rows of y (tn_mm_body) through every block.
+// y (M, N) = op(a)·b (+ bias on every row) (+ y with `accumulate`) in the blocked kernel: op(a) is a
+// (M, R), or aᵀ with `a_t` (a (R, M): the weight gradients' sum over rows); a and y with unit stride
+// along their rows, b (R, N) with any strides. b is packed in blocks of kGemmChunkRows rows by as many
+// panels as fill half a core's L2, then each thread takes its groups of rows of y (gemm_block) through
+// every block.
 template <typename scalar_t>
-void tn_mm_blocked(at::Tensor& y, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
-  const int64_t R = a.size(0), M = a.size(1), N = b.size(1);
+void gemm_blocked(at::Tensor& y, const at::Tensor& a, bool a_t, const at::Tensor& b, const scalar_t* bias,
+                  bool accumulate) {
+  const int64_t R = b.size(0), M = y.size(0), N = y.size(1);
   const int64_t PW = packed_width<scalar_t>(), S = static_cast<int64_t>(sizeof(scalar_t));
-  const int64_t KC = std::min(R, kTnChunkRows);
+  const int64_t KC = std::min(R, kGemmChunkRows);
   const int64_t NC = std::min(ceil_div(N, PW) * PW, std::max(PW, l2_bytes() / 2 / (KC * S) / PW * PW));
   const int64_t chunks = ceil_div(R, KC), blocks = ceil_div(N, NC);
   at::Tensor packed = at::empty({blocks * chunks * KC * NC}, a.options());
@@ -470,27 +495,47 @@ void tn_mm_blocked(at::Tensor& y, const at::Tensor& a, const at::Tensor& b, bool
   const scalar_t* bp = b.data_ptr<scalar_t>();
   scalar_t* yp = y.data_ptr<scalar_t>();
   scalar_t* pp = packed.data_ptr<scalar_t>();
-  const int64_t lda = a.stride(0), ldb = b.stride(0), ldy = y.stride(0);
-  // Threads only where a step of work earns back waking them (parallel_min_work()).
+  const int64_t lda = a.stride(0), sk = b.stride(0), sn = b.stride(1), ldy = y.stride(0);
+  // Threads only where the work earns back waking them (parallel_min_work()).
   const bool serial = R * M * N < parallel_min_work();
   at::parallel_for(0, blocks * chunks, serial ? blocks * chunks : 1, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t n0 = q / chunks * NC, k0 = q % chunks * KC;
-      pack_panels(bp + k0 * ldb + n0, ldb, int64_t{1}, std::min(KC, R - k0), std::min(NC, N - n0), pp + q * KC * NC);
+      pack_panels(bp + k0 * sk + n0 * sn, sk, sn, std::min(KC, R - k0), std::min(NC, N - n0), pp + q * KC * NC);
     }
   });
-  const int64_t groups = ceil_div(M, kTnGroup);
+  const int64_t groups = ceil_div(M, kGemmGroup);
   at::parallel_for(0, groups, serial ? groups : 1, [&](int64_t g0, int64_t g1) {
-    const int64_t i0 = g0 * kTnGroup, i1 = std::min(M, g1 * kTnGroup);
+    const int64_t i0 = g0 * kGemmGroup, i1 = std::min(M, g1 * kGemmGroup);
     for (int64_t nb = 0; nb < blocks; ++nb) {
       const int64_t n0 = nb * NC;
       for (int64_t c = 0; c < chunks; ++c) {
         const int64_t k0 = c * KC;
-        tn_mm<scalar_t>(std::min(KC, R - k0), ap + k0 * lda, lda, pp + (nb * chunks + c) * KC * NC,
-                        std::min(NC, N - n0), yp + n0, ldy, i0, i1, accumulate || c > 0);
+        // the first chunk starts from y (accumulate), the bias or nothing; the others accumulate
+        const bool acc = accumulate || c > 0;
+        const scalar_t* init = acc ? yp + n0 : bias ? bias + n0 : nullptr;
+        gemm<scalar_t>(std::min(KC, R - k0), a_t ? ap + k0 * lda : ap + k0, lda, a_t, pp + (nb * chunks + c) * KC * NC,
+                       std::min(NC, N - n0), yp + n0, ldy, i0, i1, init, acc ? ldy : 0);
       }
     }
   });
+}
+
+// Whether gemm_blocked() can take these operands: float32/float64 alike, unit stride along the rows of
+// a and y.
+inline bool gemm_blocked_takes(const at::Tensor& y, const at::Tensor& a, const at::Tensor& b) {
+  const auto st = a.scalar_type();
+  return (st == at::kFloat || st == at::kDouble) && b.scalar_type() == st && y.scalar_type() == st &&
+         a.dim() == 2 && b.dim() == 2 && a.stride(1) == 1 && y.stride(1) == 1 && b.size(0) > 0;
+}
+
+template <typename F>
+void dispatch_float_double(at::ScalarType st, const F& f) {
+  if (st == at::kFloat) {
+    f(float{});
+  } else {
+    f(double{});
+  }
 }
 
 // y (M, N) = aᵀ·b (+ y with `accumulate`), a (R, M), b (R, N): the weight gradients, sums over the R
@@ -498,15 +543,11 @@ void tn_mm_blocked(at::Tensor& y, const at::Tensor& a, const at::Tensor& b, bool
 // transposed into copies, which cost as much as its speed-up saves (measured: B=256, H=64 RNN, 0.7 ms
 // per copy against a 1 ms product).
 inline void mm_tn(at::Tensor& y, const at::Tensor& a, const at::Tensor& b, bool accumulate = false) {
-  const auto st = a.scalar_type();
-  const bool rows_ok = a.dim() == 2 && b.dim() == 2 && a.stride(1) == 1 && b.stride(1) == 1 && y.stride(1) == 1;
-  if (tn_blocked() && rows_ok && a.size(0) > 0 && (st == at::kFloat || st == at::kDouble) &&
-      b.scalar_type() == st && y.scalar_type() == st) {
-    if (st == at::kFloat) {
-      tn_mm_blocked<float>(y, a, b, accumulate);
-    } else {
-      tn_mm_blocked<double>(y, a, b, accumulate);
-    }
+  if (tn_blocked() && gemm_blocked_takes(y, a, b)) {
+    dispatch_float_double(a.scalar_type(), [&](auto v) {
+      using scalar_t = decltype(v);
+      gemm_blocked<scalar_t>(y, a, /*a_t=*/true, b, nullptr, accumulate);
+    });
     return;
   }
   if (accumulate) {

@@ -15,8 +15,8 @@ TORCH_LIBRARY(rnnfast_C, m) {
       "Tensor? b_hh, Tensor? w_hr, Tensor? lengths, Tensor y, Tensor ws, int cell, bool reverse) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("gemm_path(int m, int k, int n, int steps=100) -> str");
-  // aᵀ·b (the weight gradients' sum over rows): a (R, M), b (R, N) -> (M, N).
-  m.def("mm_tn(Tensor a, Tensor b) -> Tensor");
+  // op(a)·b (+ bias) in the blocked kernel: op(a) = a (M, R), or aᵀ with a_t (a (R, M)); b (R, N) -> (M, N).
+  m.def("gemm(Tensor a, Tensor b, Tensor? bias=None, bool a_t=False) -> Tensor");
   // The vector code the CPU kernels run: 4 AVX-512, 3 AVX2 + FMA, 1 SSE2, 0 one generic build.
   m.def("isa_level() -> int");
   m.def("team_parts(int T, int B, int cell, int H, bool proj, ScalarType dtype, bool forward=False) -> int");

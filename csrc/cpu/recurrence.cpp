@@ -827,16 +827,32 @@ int64_t row_parts_op(int64_t B, int64_t cell, int64_t H, int64_t P, at::ScalarTy
   return dtype == at::kFloat ? row_parts<float>(T, B, G, H, N, P > 0) : row_parts<double>(T, B, G, H, N, P > 0);
 }
 
-// aᵀ·b for the modules' input projection's dW (rnnfast/ops/linear.py): a (R, M), b (R, N).
-Tensor mm_tn_op(const Tensor& a, const Tensor& b) {
-  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(0) == b.size(0), "rnnfast_C::mm_tn: a, b: expected (R, M) and ",
-              "(R, N), got ", a.sizes(), " and ", b.sizes());
-  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "rnnfast_C::mm_tn: b: expected dtype ", a.scalar_type(), ", got ",
+// op(a)·b (+ bias) in the blocked kernel (gemm_blocked(); ATen for other dtypes), into a block of the
+// cache: op(a) = a (M, R), or aᵀ with a_t (a (R, M)); b (R, N), any strides; bias (N). The modules'
+// input projection, its dX and its dW (rnnfast/ops/linear.py).
+Tensor gemm_op(const Tensor& a, const Tensor& b, const c10::optional<Tensor>& bias, bool a_t) {
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(a_t ? 0 : 1) == b.size(0), "rnnfast_C::gemm: a, b: expected ",
+              a_t ? "(R, M) and (R, N)" : "(M, R) and (R, N)", ", got ", a.sizes(), " and ", b.sizes());
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "rnnfast_C::gemm: b: expected dtype ", a.scalar_type(), ", got ",
               b.scalar_type());
-  const Tensor ac = a.contiguous(), bc = b.contiguous();
-  Tensor y = new_output({a.size(1), b.size(1)}, a.options());
-  if (a.size(0) == 0) return y.zero_();
-  mm_tn(y, ac, bc);
+  const int64_t M = a.size(a_t ? 1 : 0), N = b.size(1);
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N && bias->scalar_type() == a.scalar_type(),
+                "rnnfast_C::gemm: bias: expected (", N, ",) of dtype ", a.scalar_type(), ", got ", bias->sizes(), " of ",
+                bias->scalar_type());
+  }
+  const Tensor ac = a.contiguous();
+  Tensor y = new_output({M, N}, a.options());
+  if (!gemm_blocked_takes(y, ac, b)) {
+    const Tensor op_a = a_t ? ac.t() : ac;
+    if (bias.has_value()) return at::addmm_out(y, *bias, op_a, b);
+    return at::mm_out(y, op_a, b);
+  }
+  const Tensor bc = bias.has_value() ? bias->contiguous() : Tensor();
+  dispatch_float_double(a.scalar_type(), [&](auto v) {
+    using scalar_t = decltype(v);
+    gemm_blocked<scalar_t>(y, ac, a_t, b, bc.defined() ? bc.data_ptr<scalar_t>() : nullptr, false);
+  });
   return y;
 }
 
@@ -852,7 +868,7 @@ TORCH_LIBRARY_FRAGMENT(rnnfast_C, m) {
 TORCH_LIBRARY_IMPL(rnnfast_C, CPU, m) {
   m.impl("recurrence_fwd", &recurrence_fwd);
   m.impl("recurrence_bwd", &recurrence_bwd);
-  m.impl("mm_tn", &mm_tn_op);
+  m.impl("gemm", &gemm_op);
 }
 
 }  // namespace rnnfast

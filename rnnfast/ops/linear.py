@@ -1,27 +1,33 @@
-"""The input projection ``gi = x·W_ihᵀ + b_ih`` of the ``cpu`` backend's modules: oneDNN or MKL, into
-the backend's block cache.
+"""The input projection ``gi = x·W_ihᵀ + b_ih`` of the ``cpu`` backend's modules and its gradients: the
+backend's blocked kernel, oneDNN or MKL, into the backend's block cache.
 
 Dimensions: M rows (T·B tokens), I input, GH = G·H gate columns.
 
 torch.nn.functional.linear on the CPU is MKL's sgemm, which on AMD CPUs runs its AVX2 code while oneDNN
-(torch.nn.LSTM's CPU path) uses AVX-512: measured on a 2-core AMD EPYC with AVX-512, 2 threads, forward
-1600x512x2048 torch.mm 20.6 ms vs oneDNN 16.3 ms, 1600x256x1024 5.8 vs 4.1 ms. The fused LSTM of
-torch.nn gets that rate for its input GEMM, so the cpu backend does too: on CPUs with AVX-512 other
-than Intel's, forward and dX go to ``torch.ops.mkldnn._linear_pointwise`` for float32 products of at
-least ``_MIN_WORK`` multiply-adds (below that its ~25 µs call overhead loses to F.linear), dX only from
-``_DNNL_DX_MIN_ROWS`` rows: oneDNN wants W transposed into a copy at every call, which costs as much as
-a product of a few rows (GH=1536, I=512: 0.6 ms). On Intel CPUs MKL runs its best code and F.linear is
-as fast or faster (2-core AVX-512 Xeon, 2 threads, F.linear vs oneDNN: 200x128x512 0.144 vs 0.163 ms,
-3200x256x1024 6.9 vs 7.9 ms, 1600x512x2048 14.7 vs 14.3 ms); on an AMD CPU without AVX-512 the two are
-even on average and oneDNN loses the most (2-core AVX2 EPYC: 1600x512x2048 22.1 vs 22.8 ms,
-12800x64x256 3.0 vs 3.9 ms, 200x256x1024 0.71 vs 0.65; dX 200x1536x512 2.75 vs 3.27 ms with the copy).
-There, with RNNFAST_CPU_GEMM=aten (as for the time loops' products, csrc/cpu/gemm.h) and for float64,
-the products are ATen's, written into blocks of the cpu backend's cache (see _mm_nt);
-RNNFAST_CPU_GEMM=onednn takes oneDNN on any CPU. Under torch.compile, below ``_MIN_WORK``, and where ATen
-computes a result smaller than the cache's blocks (``_CACHE_MIN_BYTES``: glibc reuses such memory without
-page faults) it is plain F.linear, whose autograd costs less per call than this module's Function (~15 µs:
-a 200x128 by 128x128 product took 75 µs through it and 50 through F.linear); a call that records no
-gradient skips the Function.
+(torch.nn.LSTM's CPU path) uses AVX-512. On AVX-512 CPUs other than Intel's the products go to the cpu
+backend's blocked kernel (``torch.ops.rnnfast_C.gemm``: the per-step product's register blocks over
+panels of the right factor, near a core's FMA peak, its result in a block of the cache): measured on a
+2-core AMD EPYC with AVX-512 (Zen 5, 2 threads, float32), oneDNN / blocked, forward with bias
+12800x256x1024 29.1 / 15.4 ms (oneDNN's fresh 52 MB result is page-faulted in at every call: 12.9 ms
+for an empty tensor of that size and a fill), 51200x64x256 18.2 / 3.8, 3200x512x2048 15.8 / 14.4, but
+800x256x1024 0.91 / 1.00 and 200x128x512 0.09 / 0.13 (the per-call packing of W_ihᵀ): so the forward
+takes oneDNN below ``_BLOCKED_FWD_MIN_BYTES`` of result; dX 800x256x1024 1.22 / 0.88 (oneDNN wants a
+transposed copy of W), 12800x256x1024 16.4 / 15.8; dW (the sum over rows, aᵀ·b) 800 rows, 1024x256 1.93
+ms through MKL / 1.00. Before that kernel these CPUs took oneDNN for the forward and dX (for float32
+products of at least ``_MIN_WORK`` multiply-adds; below that its ~25 µs call overhead loses to F.linear;
+dX only from ``_DNNL_DX_MIN_ROWS`` rows) and MKL for dW, which ``RNNFAST_CPU_GEMM=onednn`` still selects.
+On Intel CPUs MKL runs its best code and F.linear is as fast as oneDNN or faster (2-core AVX-512 Xeon, 2
+threads, F.linear vs oneDNN: 200x128x512 0.144 vs 0.163 ms, 3200x256x1024 6.9 vs 7.9 ms, 1600x512x2048
+14.7 vs 14.3 ms); on an AMD CPU without AVX-512 the two are even on average and oneDNN loses the most
+(2-core AVX2 EPYC: 1600x512x2048 22.1 vs 22.8 ms, 12800x64x256 3.0 vs 3.9 ms, 200x256x1024 0.71 vs 0.65;
+dX 200x1536x512 2.75 vs 3.27 ms with the copy); neither CPU was measured with the blocked kernel. There,
+and with ``RNNFAST_CPU_GEMM=aten`` (as for the time loops' products, csrc/cpu/gemm.h), the products are
+ATen's, written into blocks of the cpu backend's cache (see _mm_nt); ``RNNFAST_CPU_GEMM=onednn`` or
+``=blocked`` take oneDNN or the blocked kernel on any CPU (read at every call). Under torch.compile, below
+``_MIN_WORK``, and where ATen computes a result smaller than the cache's blocks (``_CACHE_MIN_BYTES``:
+glibc reuses such memory without page faults) it is plain F.linear, whose autograd costs less per call
+than this module's Function (~15 µs: a 200x128 by 128x128 product took 75 µs through it and 50 through
+F.linear); a call that records no gradient skips the Function.
 """
 
 from __future__ import annotations
@@ -39,28 +45,41 @@ _MIN_WORK = 1 << 21
 _DNNL_DX_MIN_ROWS = 128
 # Results from this size come from the cpu backend's block cache (BlockCache::kMinBytes, csrc/cpu/blocks.h).
 _CACHE_MIN_BYTES = 1 << 20
+# The blocked kernel's forward from this size of result (oneDNN below, where it is available): between
+# 3.2 MB (oneDNN 9% ahead) and 26 MB (blocked 10% ahead), measured as in the docstring.
+_BLOCKED_FWD_MIN_BYTES = 8 << 20
+_DNNL = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 def _avx512() -> bool:
     return cpu_capability() == "AVX512"
 
 
-def _dnnl_available() -> bool:
-    choice = os.environ.get("RNNFAST_CPU_GEMM")
-    if choice == "aten" or (choice != "onednn" and (_intel_cpu() or not _avx512())):
-        return False
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+def library() -> str:
+    """Where the input projection's products go: ``"blocked"`` (the cpu backend's kernel; oneDNN for a
+    forward below ``_BLOCKED_FWD_MIN_BYTES``), ``"onednn"`` (forward and dX; dW through ATen) or
+    ``"aten"`` (MKL). ``RNNFAST_CPU_GEMM`` (read at every call) chooses; by default the blocked kernel on
+    AVX-512 CPUs other than Intel's, ATen elsewhere (see the module docstring)."""
+    choice = os.environ.get("RNNFAST_CPU_GEMM", "")
+    if choice == "onednn":
+        return "onednn" if _DNNL else "aten"
+    if choice in ("aten", "blocked"):
+        return choice
+    return "blocked" if _avx512() and not _intel_cpu() else "aten"
 
 
-_AVAILABLE = _dnnl_available()
-
-
-def _mm_nt(a: Tensor, b: Tensor, bias: Tensor | None = None, dnnl: bool = True) -> Tensor:
-    """a (M, K) · bᵀ (+ bias), b (N, K): oneDNN's product for float32 where it is the faster library
-    (``_AVAILABLE``, and ``dnnl``), else ATen's, written into a block of the cpu backend's cache
-    (csrc/cpu/blocks.h): a fresh result this large is page-faulted in at every call (GRU B=256 H=256
-    T=50: 9.6K faults and ~20 ms of system time per forward for gi alone)."""
-    if _AVAILABLE and dnnl and a.dtype == torch.float32:
+def _mm_nt(a: Tensor, b: Tensor, bias: Tensor | None, lib: str, dnnl: bool = True) -> Tensor:
+    """a (M, K) · bᵀ (+ bias), b (N, K), by ``lib`` (:func:`library`; oneDNN only for float32, and with
+    ``dnnl``; the blocked kernel's forward, ``dnnl`` set, from ``_BLOCKED_FWD_MIN_BYTES`` of result where
+    oneDNN is there), written into a block of the cpu backend's cache (csrc/cpu/blocks.h) except
+    oneDNN's: a fresh result this large is page-faulted in at every call (GRU B=256 H=256 T=50: 9.6K
+    faults and ~20 ms of system time per forward for gi alone)."""
+    f32 = a.dtype == torch.float32
+    if lib == "blocked" and not (
+        dnnl and f32 and _DNNL and a.shape[0] * b.shape[0] * a.element_size() < _BLOCKED_FWD_MIN_BYTES
+    ):
+        return torch.ops.rnnfast_C.gemm(a, b.t(), bias)
+    if lib != "aten" and dnnl and f32:
         return torch.ops.mkldnn._linear_pointwise(a.contiguous(), b.contiguous(), bias, "none", [], "")
     if a.shape[0] * b.shape[0] * a.element_size() < _CACHE_MIN_BYTES:
         return torch.mm(a, b.t()) if bias is None else torch.addmm(bias, a, b.t())
@@ -72,36 +91,43 @@ def _mm_nt(a: Tensor, b: Tensor, bias: Tensor | None = None, dnnl: bool = True) 
 
 class _Linear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None, lib: str) -> Tensor:
         x2 = x.reshape(-1, x.shape[-1])
         ctx.save_for_backward(x2, w)
         ctx.has_bias = b is not None
         ctx.x_shape = x.shape
-        return _mm_nt(x2, w, b).reshape(*x.shape[:-1], w.shape[0])
+        ctx.lib = lib
+        return _mm_nt(x2, w, b, lib).reshape(*x.shape[:-1], w.shape[0])
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x2, w = ctx.saved_tensors
         g2 = grad.reshape(-1, w.shape[0]).contiguous()
         dx = dw = db = None
+        blocked = ctx.lib == "blocked"
         if ctx.needs_input_grad[0]:
-            # (M, GH)·(GH, I); oneDNN copies w.t() contiguous first, which a few rows do not earn back
-            dx = _mm_nt(g2, w.t(), dnnl=g2.shape[0] >= _DNNL_DX_MIN_ROWS).reshape(ctx.x_shape)
+            # (M, GH)·(GH, I): the blocked kernel packs W as it is; oneDNN copies w.t() contiguous first,
+            # which a few rows do not earn back
+            dnnl = not blocked and g2.shape[0] >= _DNNL_DX_MIN_ROWS
+            dx = (torch.ops.rnnfast_C.gemm(g2, w) if blocked else _mm_nt(g2, w.t(), None, ctx.lib, dnnl)).reshape(
+                ctx.x_shape
+            )
         if ctx.needs_input_grad[1]:
-            # (GH, M)·(M, I), a sum over the M rows: the cpu backend's mm_tn (its blocked kernel with
-            # AVX-512, else ATen; oneDNN would need both transposed into copies, which cost as much as it
-            # saves: B=256, H=64, 0.7 ms per copy against a 1 ms product).
-            dw = torch.ops.rnnfast_C.mm_tn(g2, x2.contiguous())
+            # (GH, M)·(M, I), a sum over the M rows: the blocked kernel reads g2 transposed; oneDNN would
+            # need both operands transposed into copies, which cost as much as it saves (B=256, H=64: 0.7
+            # ms per copy against a 1 ms product), so otherwise ATen
+            dw = torch.ops.rnnfast_C.gemm(g2, x2.contiguous(), None, True) if blocked else g2.t().mm(x2)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = g2.sum(0)
-        return dx, dw, db
+        return dx, dw, db, None
 
 
 def input_projection(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     """x (..., I) · wᵀ + b, w (GH, I), b (GH,) or None -> (..., GH); F.linear's result and gradients.
     For the cpu backend's modules (rnnfast._C loaded)."""
     rows = x.numel() // max(x.shape[-1], 1)
-    dnnl = _AVAILABLE and x.dtype == torch.float32
+    lib = library()
+    own = lib == "blocked" or (lib == "onednn" and x.dtype == torch.float32)
     if (
         x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)
@@ -109,10 +135,10 @@ def input_projection(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
         and (b is None or b.dtype == x.dtype)
         and not torch.compiler.is_compiling()
         and rows * w.shape[0] * w.shape[1] >= _MIN_WORK
-        and (dnnl or rows * w.shape[0] * x.element_size() >= _CACHE_MIN_BYTES)
+        and (own or rows * w.shape[0] * x.element_size() >= _CACHE_MIN_BYTES)
     ):
         grad = x.requires_grad or w.requires_grad or (b is not None and b.requires_grad)
         if grad and torch.is_grad_enabled():
-            return _Linear.apply(x, w, b)
-        return _mm_nt(x.reshape(-1, x.shape[-1]), w, b).reshape(*x.shape[:-1], w.shape[0])
+            return _Linear.apply(x, w, b, lib)
+        return _mm_nt(x.reshape(-1, x.shape[-1]), w, b, lib).reshape(*x.shape[:-1], w.shape[0])
     return F.linear(x, w, b)
