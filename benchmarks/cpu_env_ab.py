@@ -3,7 +3,10 @@ RNNFAST_CPU_TEAM_MIN_WORK, RNNFAST_CPU_BLAS_MIN_B, RNNFAST_CPU_SMALL_MAX_WORK,
 RNNFAST_CPU_TEAM_EVEN_SLICES; several at once with --env A=1,B=2): the recurrence op of each case is
 timed with the variable unset (A) and set (B) in alternating short rounds in one process, so the slow
 drift of a shared machine hits both alike;
-the figure of a case is the median over rounds of B's time / A's time (> 1: A is faster).
+the figure of a case is the median over rounds of B's time / A's time (> 1: A is faster). With
+``--module`` the case is a whole one-layer module call (rnnfast.RNN / GRU / LSTM, I = H, backend "cpu":
+the input projection, its gradients and the loop) instead of the recurrence op alone, for the knobs of
+the projection (RNNFAST_CPU_GEMM, read at every call).
 
     python benchmarks/cpu_env_ab.py --env RNNFAST_CPU_ROW_SPLIT_MIN_B=-1 --cells rnn_tanh,gru,lstm \\
         --batch 16,64,256 --hidden 64,128,256 --threads 2 --name cpu-row-split-ab
@@ -67,6 +70,26 @@ def time_pair(run, env: dict[str, str], rounds: int, round_s: float) -> tuple[li
     return a, b
 
 
+def module_call(cell: str, T: int, B: int, H: int, mode: str):
+    """A call of a one-layer rnnfast module (I = H, backend "cpu") on fresh random input, as a function."""
+    import rnnfast
+
+    cls = {"rnn_tanh": rnnfast.RNN, "gru": rnnfast.GRU, "lstm": rnnfast.LSTM}[cell]
+    g = torch.Generator().manual_seed(T + B + H)
+    mod = cls(H, H, backend="cpu")
+    x = torch.randn(T, B, H, generator=g).requires_grad_(mode == "fwdbwd")
+
+    def run():
+        if mode == "infer":
+            with torch.inference_mode():
+                mod(x)
+        else:
+            y, _ = mod(x)
+            y.sum().backward()
+
+    return run
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--env", required=True, help="NAME=VALUE[,NAME=VALUE...] set for side B")
@@ -77,6 +100,7 @@ def main(argv=None) -> int:
     p.add_argument("--modes", default="infer,fwdbwd")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=30)
+    p.add_argument("--module", action="store_true", help="time a one-layer module call, not the op alone")
     p.add_argument("--round-s", type=float, default=0.02, help="seconds of calls per side and round")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--name", required=True)
@@ -106,15 +130,18 @@ def main(argv=None) -> int:
                     )
                     set_env(env, False)
                 for mode in args.modes.split(","):
-                    x = recurrence_inputs(cell, T, B, H, dtype=torch.float32, grad=mode == "fwdbwd")
+                    if args.module:
+                        run = module_call(cell, T, B, H, mode)
+                    else:
+                        x = recurrence_inputs(cell, T, B, H, dtype=torch.float32, grad=mode == "fwdbwd")
 
-                    def run(x=x, mode=mode, cell=cell):
-                        if mode == "infer":
-                            with torch.inference_mode():
-                                run_recurrence(cell, x, False, "cpu")
-                        else:
-                            outs = [o for o in run_recurrence(cell, x, False, "cpu") if o is not None]
-                            sum(o.sum() for o in outs).backward()
+                        def run(x=x, mode=mode, cell=cell):
+                            if mode == "infer":
+                                with torch.inference_mode():
+                                    run_recurrence(cell, x, False, "cpu")
+                            else:
+                                outs = [o for o in run_recurrence(cell, x, False, "cpu") if o is not None]
+                                sum(o.sum() for o in outs).backward()
 
                     a, b = time_pair(run, env, args.rounds, args.round_s)
                     ratio = [tb / ta for ta, tb in zip(a, b)]
@@ -139,7 +166,8 @@ def main(argv=None) -> int:
                     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = dict(machine_info(torch.device("cpu")), commit=git_commit(), env_b=args.env, op="recurrence (cpu)")
+    op = "module, one layer, I = H (cpu)" if args.module else "recurrence (cpu)"
+    meta = dict(machine_info(torch.device("cpu")), commit=git_commit(), env_b=args.env, op=op)
     (out / f"{args.name}.json").write_text(json.dumps({"machine": meta, "results": rows}, indent=1) + "\n")
     with open(out / f"{args.name}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=[*meta, *rows[0]])
