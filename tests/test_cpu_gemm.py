@@ -138,7 +138,7 @@ def test_single_step_unpacked_weights_match_oracle(cell):
 
 
 # Each library of the input projection on every CPU (RNNFAST_CPU_GEMM): the blocked kernel (the default on
-# AVX-512 CPUs other than Intel's; its forward below _BLOCKED_FWD_MIN_BYTES of result is oneDNN's where
+# AVX-512 CPUs other than Intel's; its forward of fewer than _BLOCKED_FWD_MIN_ROWS rows is oneDNN's where
 # torch has oneDNN, "blocked-fwd" lowers that limit to 0), oneDNN, and ATen into cached blocks. 800 rows
 # take oneDNN for dX too, 40 rows (below _DNNL_DX_MIN_ROWS) take ATen for it; with ATen the 40-row result
 # (120 KiB) is below the cache's blocks and is F.linear's.
@@ -148,7 +148,7 @@ def test_single_step_unpacked_weights_match_oracle(cell):
 def test_input_projection_matches_linear(bias, lib, T, B, monkeypatch):
     monkeypatch.setenv("RNNFAST_CPU_GEMM", lib.removesuffix("-fwd"))
     if lib == "blocked-fwd":
-        monkeypatch.setattr(linear, "_BLOCKED_FWD_MIN_BYTES", 0)
+        monkeypatch.setattr(linear, "_BLOCKED_FWD_MIN_ROWS", 0)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(T, B, 256, generator=g).transpose(0, 1).requires_grad_()  # non-contiguous input
     w = torch.randn(768, 256, generator=g).mul_(0.05).requires_grad_()

@@ -45,9 +45,9 @@ _MIN_WORK = 1 << 21
 _DNNL_DX_MIN_ROWS = 128
 # Results from this size come from the cpu backend's block cache (BlockCache::kMinBytes, csrc/cpu/blocks.h).
 _CACHE_MIN_BYTES = 1 << 20
-# The blocked kernel's forward from this size of result (oneDNN below, where it is available): between
-# 3.2 MB (oneDNN 9% ahead) and 26 MB (blocked 10% ahead), measured as in the docstring.
-_BLOCKED_FWD_MIN_BYTES = 8 << 20
+# The blocked kernel's forward from this many rows (oneDNN below, where it is available): it packs W_ihᵀ
+# at every call, which few rows do not earn back (see the module docstring).
+_BLOCKED_FWD_MIN_ROWS = 512
 _DNNL = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
@@ -57,7 +57,7 @@ def _avx512() -> bool:
 
 def library() -> str:
     """Where the input projection's products go: ``"blocked"`` (the cpu backend's kernel; oneDNN for a
-    forward below ``_BLOCKED_FWD_MIN_BYTES``), ``"onednn"`` (forward and dX; dW through ATen) or
+    forward of fewer than ``_BLOCKED_FWD_MIN_ROWS`` rows), ``"onednn"`` (forward and dX; dW through ATen) or
     ``"aten"`` (MKL). ``RNNFAST_CPU_GEMM`` (read at every call) chooses; by default the blocked kernel on
     AVX-512 CPUs other than Intel's, ATen elsewhere (see the module docstring)."""
     choice = os.environ.get("RNNFAST_CPU_GEMM", "")
@@ -70,14 +70,12 @@ def library() -> str:
 
 def _mm_nt(a: Tensor, b: Tensor, bias: Tensor | None, lib: str, dnnl: bool = True) -> Tensor:
     """a (M, K) · bᵀ (+ bias), b (N, K), by ``lib`` (:func:`library`; oneDNN only for float32, and with
-    ``dnnl``; the blocked kernel's forward, ``dnnl`` set, from ``_BLOCKED_FWD_MIN_BYTES`` of result where
+    ``dnnl``; the blocked kernel's forward, ``dnnl`` set, from ``_BLOCKED_FWD_MIN_ROWS`` rows where
     oneDNN is there), written into a block of the cpu backend's cache (csrc/cpu/blocks.h) except
     oneDNN's: a fresh result this large is page-faulted in at every call (GRU B=256 H=256 T=50: 9.6K
     faults and ~20 ms of system time per forward for gi alone)."""
     f32 = a.dtype == torch.float32
-    if lib == "blocked" and not (
-        dnnl and f32 and _DNNL and a.shape[0] * b.shape[0] * a.element_size() < _BLOCKED_FWD_MIN_BYTES
-    ):
+    if lib == "blocked" and not (dnnl and f32 and _DNNL and a.shape[0] < _BLOCKED_FWD_MIN_ROWS):
         return torch.ops.rnnfast_C.gemm(a, b.t(), bias)
     if lib != "aten" and dnnl and f32:
         return torch.ops.mkldnn._linear_pointwise(a.contiguous(), b.contiguous(), bias, "none", [], "")
