@@ -6,14 +6,15 @@ Dimensions: M rows (T·B tokens), I input, GH = G·H gate columns.
 torch.nn.functional.linear on the CPU is MKL's sgemm, which on AMD CPUs runs its AVX2 code while oneDNN
 (torch.nn.LSTM's CPU path) uses AVX-512. On AVX-512 CPUs other than Intel's the products go to the cpu
 backend's blocked kernel (``torch.ops.rnnfast_C.gemm``: the per-step product's register blocks over
-panels of the right factor, near a core's FMA peak, its result in a block of the cache): measured on a
-2-core AMD EPYC with AVX-512 (Zen 5, 2 threads, float32), oneDNN / blocked, forward with bias
-12800x256x1024 29.1 / 15.4 ms (oneDNN's fresh 52 MB result is page-faulted in at every call: 12.9 ms
-for an empty tensor of that size and a fill), 51200x64x256 18.2 / 3.8, 3200x512x2048 15.8 / 14.4, but
-800x256x1024 0.91 / 1.00 and 200x128x512 0.09 / 0.13 (the per-call packing of W_ihᵀ): so the forward
-takes oneDNN below ``_BLOCKED_FWD_MIN_BYTES`` of result; dX 800x256x1024 1.22 / 0.88 (oneDNN wants a
-transposed copy of W), 12800x256x1024 16.4 / 15.8; dW (the sum over rows, aᵀ·b) 800 rows, 1024x256 1.93
-ms through MKL / 1.00. Before that kernel these CPUs took oneDNN for the forward and dX (for float32
+panels of the right factor, near a core's FMA peak, its result in a block of the cache). Measured on a
+2-core AMD EPYC with AVX-512 (Zen 5, 2 threads, float32, paired rounds of benchmarks/cpu_gemm_ab.py,
+benchmarks/results/cpu-avx512-zen5-projection-products-ab-189f9aa.json), blocked time / the library's,
+MxKxN: forward with bias against oneDNN 0.46 at 12800x256x1024 and 0.22 at 51200x64x256 (oneDNN's
+fresh 52 MB result is page-faulted in at every call), 0.82-0.86 at 1600-3200 rows, even at 800, but
+1.15-1.42 at 200-400 rows, where packing W_ihᵀ at every call does not pay: so the forward takes oneDNN
+below ``_BLOCKED_FWD_MIN_ROWS`` rows; dX against oneDNN (which wants a transposed copy of W) 0.73-0.92;
+dW (aᵀ·b, the sum over the rows) against MKL 0.46-0.67.
+Before that kernel these CPUs took oneDNN for the forward and dX (for float32
 products of at least ``_MIN_WORK`` multiply-adds; below that its ~25 µs call overhead loses to F.linear;
 dX only from ``_DNNL_DX_MIN_ROWS`` rows) and MKL for dW, which ``RNNFAST_CPU_GEMM=onednn`` still selects.
 On Intel CPUs MKL runs its best code and F.linear is as fast as oneDNN or faster (2-core AVX-512 Xeon, 2
