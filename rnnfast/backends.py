@@ -160,9 +160,14 @@ def cpu_capability() -> str:
     return torch.backends.cpu.get_cpu_capability()
 
 
-def _avx2_not_intel() -> bool:
-    """An AVX2 CPU (no AVX-512) other than Intel's, where the cpu kernels' LSTM rules below were measured."""
-    return cpu_capability() == "AVX2" and not intel_cpu()
+def _lstm_rules() -> str:
+    """Which measured set of the LSTM rules below applies to this CPU: ``"avx2-other"`` (AVX2 without
+    AVX-512, a vendor other than Intel), ``"avx512-other"`` (AVX-512, a vendor other than Intel: there the
+    blocked kernel also takes the large products around the loops) or ``"default"`` (Intel CPUs, and
+    vector ISAs not measured)."""
+    if intel_cpu():
+        return "default"
+    return {"AVX2": "avx2-other", "AVX512": "avx512-other"}.get(cpu_capability(), "default")
 
 
 def _onednn_lstm_faster(sizes: Sizes) -> bool:
@@ -198,15 +203,28 @@ def _onednn_lstm_faster(sizes: Sizes) -> bool:
     rnn-lstm-infer-fwdbwd.json, cpu-avx2-recheck-lstm-below-1x-24a6f3a.json): there padded LSTM modules
     take the cpu kernels at every size. Intel's AVX2 CPUs were not measured and keep the rules above.
 
+    On AVX-512 CPUs other than Intel's, with the blocked kernel also in the weight gradients, the
+    backward's per-step products and the input projection, a sweep on a 2-core Zen 5 EPYC
+    (benchmarks/results/cpu-avx512-zen5-sweep-09108f1-lstm-infer-fwdbwd.json) put the cpu kernels at
+    0.82x-3.71x, 9 of 100 cases below 0.95x, all at 16 <= B <= 64 with 256 <= H <= 512: inference at
+    B=16 0.82x-0.93x and B=64 T=50 0.89x-0.94x (T=200 0.99x-1.07x), training at B=16 0.90x-1.02x (B=64
+    1.03x-1.46x). There those take torch.nn, every other size the cpu kernels (before those changes the
+    same machine measured 0.67x-2.41x, 47 below 0.95x: cpu-avx512-zen5-sweep-867cf80-lstm-infer-fwdbwd.json).
+
     Not under autocast: there torch.nn's LSTM runs oneDNN in bfloat16, which raises on CPUs without
     AVX-512 bf16 support ("could not create a primitive descriptor"), while the cpu kernels compute in
     float32 everywhere.
     """
     if sizes.get("cell") != "lstm" or sizes.get("lengths") or sizes.get("autocast"):
         return False
-    if _avx2_not_intel():
+    rules = _lstm_rules()
+    if rules == "avx2-other":
         return False
     B, H = sizes.get("B", 0), sizes.get("H", 0)
+    if rules == "avx512-other":
+        # (one or two steps: see _short_sequence)
+        mid = 16 <= B <= 64 and 256 <= H <= 512 and (not sizes.get("grad") or B < 64)
+        return mid and sizes.get("T", 8) > 2
     if B <= 4 and (H <= 128 or H >= 512):
         return False
     return not (sizes.get("grad") and B <= 4 and intel_cpu())
@@ -223,14 +241,18 @@ def _short_sequence(sizes: Sizes) -> bool:
     torch.nn's oneDNN LSTM pays for its weights' reorder at every call, and one-step inference on the
     2-core AVX2 EPYC took the cpu kernels 1.10-1.72x less time at H=128 (B=1-16, one and two layers) and
     3.21x at B=1 H=512, against 0.83-0.90x at B=4-16 H=512 (benchmarks/results/cpu-avx2-decode-infer-
-    3ffbf36.json; GRU 0.85-1.19x, RNN 0.62-0.91x)."""
+    3ffbf36.json; GRU 0.85-1.19x, RNN 0.62-0.91x). On AVX-512 CPUs other than Intel's not for LSTMs at
+    all: the cpu kernels were ahead at every one-step size measured on the Zen 5 EPYC, inference
+    1.28x-4.30x, training 1.22x-16.3x (benchmarks/results/cpu-avx512-zen5-decode-09108f1.json; GRU
+    0.89x-1.46x, RNN 0.72x-1.10x, which keep torch.nn)."""
     if sizes.get("T", 8) > 2:
         return False
     if sizes.get("cell") == "lstm":
         if sizes.get("autocast"):
             return False
+        rules = _lstm_rules()
         small = sizes.get("H", 0) <= 128 or sizes.get("B", 0) == 1
-        if small and _avx2_not_intel():
+        if rules == "avx512-other" or (small and rules == "avx2-other"):
             return False
     return True
 

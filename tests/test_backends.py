@@ -12,8 +12,10 @@ LSTM = dict(GRU, cell="lstm")
 
 
 def test_auto_order_cpu(monkeypatch):
+    """The default rules: Intel CPUs (here an AVX-512 one), and vector ISAs not measured elsewhere."""
     cpu = torch.device("cpu")
     monkeypatch.setattr(backends, "cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(backends, "intel_cpu", lambda: True)
     assert backends.auto_order("recurrence", cpu, GRU) == ["cpu", "reference"]
     assert backends.auto_order("module", cpu, GRU) == ["cpu", "torch"]
     # torch.nn's oneDNN LSTM is ahead on padded input: those modules prefer it; packed input (no oneDNN in
@@ -30,14 +32,16 @@ def test_auto_order_cpu(monkeypatch):
     for B, H in [(4, 256), (2, 384), (5, 128), (8, 1024)]:
         assert backends.auto_order("module", cpu, dict(LSTM, B=B, H=H)) == ["torch", "cpu"], (B, H)
     # Training at B <= 4 on Intel CPUs: the cpu kernels were ahead in every case measured there.
-    monkeypatch.setattr(backends, "intel_cpu", lambda: True)
     mid = dict(LSTM, H=256)
     assert backends.auto_order("module", cpu, dict(mid, grad=True)) == ["cpu", "torch"]
     assert backends.auto_order("module", cpu, dict(mid, B=4, grad=True)) == ["cpu", "torch"]
     assert backends.auto_order("module", cpu, dict(mid, B=5, grad=True)) == ["torch", "cpu"]
     assert backends.auto_order("module", cpu, dict(mid, grad=False)) == ["torch", "cpu"]
+    # other vendors with an ISA not measured keep the default rules, without the Intel training rule
     monkeypatch.setattr(backends, "intel_cpu", lambda: False)
+    monkeypatch.setattr(backends, "cpu_capability", lambda: "DEFAULT")
     assert backends.auto_order("module", cpu, dict(mid, grad=True)) == ["torch", "cpu"]
+    assert backends.auto_order("module", cpu, dict(LSTM, B=4, H=128)) == ["cpu", "torch"]
     # Under autocast torch.nn's LSTM runs oneDNN in bfloat16, which some CPUs cannot: cpu first.
     assert backends.auto_order("module", cpu, dict(big, autocast=True)) == ["cpu", "torch"]
     # One or two steps: torch.nn's single C++ call beats the fixed cost of a cpu call.
@@ -67,6 +71,35 @@ def test_auto_order_cpu_lstm_on_avx2(monkeypatch):
     assert backends.auto_order("module", cpu, dict(LSTM, B=16, H=128, T=1)) == ["torch", "cpu"]
     # under autocast never torch.nn's LSTM (its bfloat16 oneDNN LSTM raises on CPUs without bf16)
     assert backends.auto_order("module", cpu, dict(LSTM, B=4, H=512, T=1, autocast=True)) == ["cpu", "torch"]
+
+
+def test_auto_order_cpu_lstm_on_avx512_other_than_intel(monkeypatch):
+    """On AVX-512 CPUs other than Intel's padded LSTM modules take torch.nn only at 16 <= B <= 64 with
+    256 <= H <= 512 (in training only below 64 rows), and one- or two-step LSTMs keep the cpu kernels."""
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(backends, "cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(backends, "intel_cpu", lambda: False)
+    for B, H, grad, want in [
+        (16, 256, False, "torch"),
+        (16, 512, True, "torch"),
+        (64, 384, False, "torch"),
+        (32, 256, True, "torch"),
+        (64, 256, True, "cpu"),
+        (15, 256, False, "cpu"),
+        (65, 512, False, "cpu"),
+        (16, 128, False, "cpu"),
+        (16, 1024, False, "cpu"),
+        (4, 256, False, "cpu"),
+        (1, 256, True, "cpu"),
+        (256, 64, False, "cpu"),
+    ]:
+        sizes = dict(LSTM, B=B, H=H, grad=grad)
+        assert backends.auto_order("module", cpu, sizes)[0] == want, (B, H, grad)
+    assert backends.auto_order("module", cpu, dict(LSTM, B=16, H=256, lengths=True))[0] == "cpu"
+    for B, H, T in [(16, 512, 1), (4, 512, 2), (1, 128, 1), (16, 256, 2)]:
+        assert backends.auto_order("module", cpu, dict(LSTM, B=B, H=H, T=T))[0] == "cpu", (B, H, T)
+    # GRU and RNN modules of one or two steps keep torch.nn
+    assert backends.auto_order("module", cpu, dict(GRU, B=16, H=512, T=1))[0] == "torch"
 
 
 def test_auto_order_cuda_only_verified_gpu_backends(monkeypatch):

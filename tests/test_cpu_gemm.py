@@ -85,10 +85,10 @@ def test_single_row_large_w_matches_oracle(cell, reverse):
 
 # "library": the limits of the blocked kernel as on AVX-512 (64 rows, K·M <= 2^18; with AVX2 it takes
 # every size by default, "default" here), for the backward too (by default it has no limit on K·M).
-# B=16, H=512: LSTM and GRU steps (K·M = 1M, 0.8M > 2^18) then take oneDNN forward and backward; RNN (K·M = 2^18) stays blocked, so the mix of paths runs too. B=4,
-# H=1024: oneDNN for all three, at a small batch. Ragged rows and reverse. T=4 runs oneDNN on the
-# unpacked W_hh forward and ATen on the transposed view backward; T=16 packs W_hh for oneDNN in both
-# (gemm.h, LinearNT).
+# B=16, H=512: LSTM and GRU steps (K·M = 1M, 0.8M > 2^18) then take oneDNN forward and backward; RNN
+# (K·M = 2^18) stays blocked, so the mix of paths runs too. B=4, H=1024: oneDNN for all three, at a
+# small batch. Ragged rows and reverse. T=4 runs oneDNN on the unpacked W_hh forward and ATen on the
+# transposed view backward; T=16 packs W_hh for oneDNN in both (gemm.h, LinearNT).
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
 @pytest.mark.parametrize("ragged", [False, True], ids=["full", "ragged"])
 @pytest.mark.parametrize("B,H", [(16, 512), (4, 1024)], ids=["B16-H512", "B4-H1024"])
@@ -154,7 +154,8 @@ def test_input_projection_matches_linear(bias, lib, T, B, monkeypatch):
     w = torch.randn(768, 256, generator=g).mul_(0.05).requires_grad_()
     b = torch.randn(768, generator=g).requires_grad_() if bias else None
     y = linear.input_projection(x, w, b)
-    own = lib.startswith("blocked") or (lib == "onednn" and ONEDNN) or T * B * 768 * 4 >= linear._CACHE_MIN_BYTES
+    own = lib.startswith("blocked") or (lib == "onednn" and ONEDNN)
+    own = own or T * B * 768 * 4 >= linear._CACHE_MIN_BYTES
     assert (type(y.grad_fn).__name__ == "_LinearBackward") == own, type(y.grad_fn).__name__
     x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
     b64 = b.detach().double().requires_grad_() if bias else None

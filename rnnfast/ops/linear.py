@@ -108,9 +108,8 @@ class _Linear(torch.autograd.Function):
             # (M, GH)·(GH, I): the blocked kernel packs W as it is; oneDNN copies w.t() contiguous first,
             # which a few rows do not earn back
             dnnl = not blocked and g2.shape[0] >= _DNNL_DX_MIN_ROWS
-            dx = (torch.ops.rnnfast_C.gemm(g2, w) if blocked else _mm_nt(g2, w.t(), None, ctx.lib, dnnl)).reshape(
-                ctx.x_shape
-            )
+            dx = torch.ops.rnnfast_C.gemm(g2, w) if blocked else _mm_nt(g2, w.t(), None, ctx.lib, dnnl)
+            dx = dx.reshape(ctx.x_shape)
         if ctx.needs_input_grad[1]:
             # (GH, M)·(M, I), a sum over the M rows: the blocked kernel reads g2 transposed; oneDNN would
             # need both operands transposed into copies, which cost as much as it saves (B=256, H=64: 0.7
