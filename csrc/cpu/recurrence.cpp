@@ -677,7 +677,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
       std::copy(dgh_p + (tf * B + b) * GH, dgh_p + (tf * B + b + 1) * GH, f + b * GH);
     }
   }
-  at::mm_out(dw_hh, first.t(), h0);
+  mm_tn(dw_hh, first, h0.contiguous());
   if (T > 1) {
     Tensor g = st.reverse ? dgh.narrow(0, 0, T - 1) : dgh.narrow(0, 1, T - 1);
     Tensor hprev = st.reverse ? y.narrow(0, 1, T - 1) : y.narrow(0, 0, T - 1);
