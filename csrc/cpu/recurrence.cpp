@@ -233,12 +233,16 @@ void for_row_slices(int64_t B, int64_t parts, const F& f) {
 constexpr int64_t kTeamMaxRows = 64;
 
 // Up to how many rows a team runs whose slices of W_hh are beyond a core's L2 (env
-// RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B, read at every call): 32 with AVX2, 8 elsewhere. Measured on the 2-core
-// AVX2 EPYC (T=20, op alone, paired rounds of benchmarks/cpu_env_ab.py, the plain loop on the blocked
-// kernel / team): LSTM and GRU H=512-1024 B=12 0.97-1.40, B=16 1.04-1.28, B=32 0.99-1.10; B=48 mixed
-// (team / plain 0.90-1.07).
+// RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B, read at every call): 32 with AVX2 and on AVX-512 CPUs other than
+// Intel's (where from 16 rows such a W_hh, G·H² > 2^18, keeps the plain loop anyway, see team_parts()),
+// 8 elsewhere. Measured on the 2-core AVX2 EPYC (T=20, op alone, paired rounds of
+// benchmarks/cpu_env_ab.py, the plain loop on the blocked kernel / team): LSTM and GRU H=512-1024 B=12
+// 0.97-1.40, B=16 1.04-1.28, B=32 0.99-1.10; B=48 mixed (team / plain 0.90-1.07). On the 2-core Zen 5
+// EPYC (AVX-512, same method, the plain loop's products through oneDNN): B=12 1.02-1.23 (GRU H=512
+// inference 1.23), B=8 unchanged (benchmarks/results/cpu-avx512-zen5-team-beyond-l2-12-rows-ab-5390140.json).
 inline int64_t team_beyond_l2_max_rows() {
-  return env_int("RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B", isa_level() == 3 ? 32 : 8);
+  const bool measured = isa_level() == 3 || (isa_level() == 4 && !cpu_is_intel());
+  return env_int("RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B", measured ? 32 : 8);
 }
 
 template <typename scalar_t>
