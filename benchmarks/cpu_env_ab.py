@@ -17,8 +17,6 @@ writes benchmarks/results/<name>.json and .csv (machine, versions, commit, one r
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import statistics
 import sys
@@ -30,8 +28,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.ab_results import write_results  # noqa: E402
 from rnnfast import _ext  # noqa: E402
-from rnnfast.bench.report import git_commit, machine_info  # noqa: E402
 from tests.utils import recurrence_inputs, row_parts, run_recurrence, team_parts  # noqa: E402
 
 
@@ -164,17 +162,8 @@ def main(argv=None) -> int:
                         f"  B/A {row['b_over_a_median']:.2f} [{q[0]:.2f}, {q[2]:.2f}]",
                         flush=True,
                     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     op = "module, one layer, I = H (cpu)" if args.module else "recurrence (cpu)"
-    meta = dict(machine_info(torch.device("cpu")), commit=git_commit(), env_b=args.env, op=op)
-    (out / f"{args.name}.json").write_text(json.dumps({"machine": meta, "results": rows}, indent=1) + "\n")
-    with open(out / f"{args.name}.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[*meta, *rows[0]])
-        w.writeheader()
-        for row in rows:
-            w.writerow({**meta, **row})
-    print(f"wrote {out / args.name}.json, .csv")
+    write_results(args.out, args.name, rows, env_b=args.env, op=op)
     return 0
 
 

@@ -15,8 +15,6 @@ writes benchmarks/results/<name>.json and .csv (machine, versions, commit, one r
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import statistics
 import sys
 import time
@@ -27,8 +25,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.ab_results import write_results  # noqa: E402
 from rnnfast import _ext  # noqa: E402
-from rnnfast.bench.report import git_commit, machine_info  # noqa: E402
 
 
 def shapes(s: str) -> list[tuple[int, int, int]]:
@@ -110,16 +108,7 @@ def main(argv=None) -> int:
                 f"  B/A {row['b_over_a_median']:.2f} [{q[0]:.2f}, {q[2]:.2f}]",
                 flush=True,
             )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = dict(machine_info(torch.device("cpu")), commit=git_commit(), op="input projection products")
-    (out / f"{args.name}.json").write_text(json.dumps({"machine": meta, "results": rows}, indent=1) + "\n")
-    with open(out / f"{args.name}.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[*meta, *rows[0]])
-        w.writeheader()
-        for row in rows:
-            w.writerow({**meta, **row})
-    print(f"wrote {out / args.name}.json, .csv")
+    write_results(args.out, args.name, rows, op="input projection products")
     return 0
 
 
