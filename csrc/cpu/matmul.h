@@ -415,11 +415,14 @@ inline int64_t small_max_work() {
   return env_int("RNNFAST_CPU_SMALL_MAX_WORK", isa_level() == 3 ? kNoLimit : int64_t{1} << 18);
 }
 // The same for the backward's products dh_{t-1} = dgh·W_hh (env RNNFAST_CPU_BWD_SMALL_MAX_WORK, read at
-// every call; default: no limit). With AVX-512 the backward gained where the forward did not: on a 2-core
-// AMD EPYC with AVX-512 (Zen 5, float32, T=20, op alone, paired rounds, blocked products without limits
-// against the limits above, time ratio inference / training) LSTM B=16 H=512 1.11 / 0.87, H=1024 1.18 /
-// 0.93; GRU B=16 H=1024 1.27 / 0.94: oneDNN kept the forward's, the blocked kernel now the backward's.
-inline int64_t bwd_small_max_work() { return env_int("RNNFAST_CPU_BWD_SMALL_MAX_WORK", kNoLimit); }
+// every call; default: no limit, except on Intel's AVX-512 CPUs, not measured, which keep
+// small_max_work()). With AVX-512 the backward gained where the forward did not: on a 2-core AMD EPYC
+// with AVX-512 (Zen 5, float32, T=20, op alone, paired rounds, blocked products without limits against
+// the limits above, time ratio inference / training) LSTM B=16 H=512 1.11 / 0.87, H=1024 1.18 / 0.93; GRU
+// B=16 H=1024 1.27 / 0.94: oneDNN kept the forward's, the blocked kernel now the backward's.
+inline int64_t bwd_small_max_work() {
+  return env_int("RNNFAST_CPU_BWD_SMALL_MAX_WORK", isa_level() == 4 && cpu_is_intel() ? small_max_work() : kNoLimit);
+}
 
 // Where oneDNN (gemm.h) takes the products the blocked kernel leaves to a GEMM library: from this many
 // rows (env RNNFAST_CPU_DNNL_MIN_B) and at least kDnnlMinWork multiply-adds per step. Measured per step,

@@ -842,8 +842,8 @@ Tensor gemm_op(const Tensor& a, const Tensor& b, const c10::optional<Tensor>& bi
   const int64_t M = a.size(a_t ? 1 : 0), N = b.size(1);
   if (bias.has_value()) {
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N && bias->scalar_type() == a.scalar_type(),
-                "rnnfast_C::gemm: bias: expected (", N, ",) of dtype ", a.scalar_type(), ", got ", bias->sizes(), " of ",
-                bias->scalar_type());
+                "rnnfast_C::gemm: bias: expected (", N, ",) of dtype ", a.scalar_type(), ", got ", bias->sizes(),
+                " of ", bias->scalar_type());
   }
   const Tensor ac = a.contiguous();
   Tensor y = new_output({M, N}, a.options());
