@@ -4,7 +4,9 @@
 // torch.mm, where the arithmetic is < 1 µs), and MKL re-packs W at every call: a register-blocked
 // kernel streaming W (kept in L2 across steps) does it directly. With AVX2 it keeps every size (it runs
 // at the GEMM libraries' rate and pays no call per step, see blas_min_rows()); elsewhere from B = 64, or
-// when W outgrows L2, the product goes to oneDNN (gemm.h), or to ATen/MKL where torch has no oneDNN.
+// when W outgrows L2, the forward's product goes to oneDNN (gemm.h), or to ATen/MKL where torch has no
+// oneDNN. gemm_blocked() runs the same kernel over the large products around the loops (weight gradients,
+// the modules' input projection) where it beats the libraries.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -397,8 +399,12 @@ constexpr int64_t kNoLimit = int64_t{1} << 60;
 // Where a GEMM library (oneDNN, else ATen) takes over the per-step product from the blocked kernel: from
 // this many rows (env RNNFAST_CPU_BLAS_MIN_B, read at every call), or from small_max_work() multiply-adds
 // per row. With AVX2 the blocked kernel wins at every size measured and keeps them all; with AVX-512 the
-// limits of an earlier, slower kernel (an add and a shuffle per broadcast, see block_step) stand, 64 rows
-// and 2^18 (W of 1 MiB in float32, beyond a core's L2), which nobody re-measured on such a CPU.
+// limits set for an earlier, slower kernel (an add and a shuffle per broadcast, see block_step) stand,
+// 64 rows and 2^18 (W of 1 MiB in float32, beyond a core's L2): measured again on a 2-core Zen 5 EPYC
+// (T=20, op alone, paired rounds, no limits / these limits), the forward ran 1.11-1.27x slower without
+// them at B=16 with W beyond L2 (LSTM H=512-1024, GRU H=1024; even at B=64-256), so they stay for the
+// forward; the backward gained (0.87-0.94 at B=16) and has its own limit, bwd_small_max_work()
+// (benchmarks/results/cpu-avx512-zen5-blocked-everywhere-ab-867cf80.json).
 // Measured on a 2-core AMD EPYC with AVX2 (1 MiB L2, float32, 2 threads, T=20, the op alone, paired
 // rounds of benchmarks/cpu_env_ab.py, library time / blocked time, inference / training): LSTM B=16
 // H=512 0.98 / 1.13, B=16 H=1024 0.96 / 1.26, B=64 H=1024 1.00 / 1.08, B=256 H=1024 1.08 / 1.07; GRU
