@@ -259,6 +259,8 @@ def test_gemm_matches_matmul(dtype, R, M, N):
         assert_close(name, got.double(), exp, atol=tol, rtol=tol)
     assert gemm(a[:, :0], b[:0]).abs().sum().item() == 0
     assert_close("bias alone", gemm(a[:, :0], b[:0], bias), bias.expand(M, N), atol=0, rtol=0)
+    assert gemm(a[:0], b).shape == (0, N) and gemm(a, b[:, :0]).shape == (M, 0)
+    assert gemm(a.t().contiguous()[:, :0], b, None, True).shape == (0, N)
 
 
 def test_gemm_rejects_mismatched_operands():

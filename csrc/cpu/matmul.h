@@ -531,11 +531,11 @@ void gemm_blocked(at::Tensor& y, const at::Tensor& a, bool a_t, const at::Tensor
 }
 
 // Whether gemm_blocked() can take these operands: float32/float64 alike, unit stride along the rows of
-// a and y.
+// a and y, nothing empty (ATen's products handle those).
 inline bool gemm_blocked_takes(const at::Tensor& y, const at::Tensor& a, const at::Tensor& b) {
   const auto st = a.scalar_type();
   return (st == at::kFloat || st == at::kDouble) && b.scalar_type() == st && y.scalar_type() == st &&
-         a.dim() == 2 && b.dim() == 2 && a.stride(1) == 1 && y.stride(1) == 1 && b.size(0) > 0;
+         a.dim() == 2 && b.dim() == 2 && a.stride(1) == 1 && y.stride(1) == 1 && b.size(0) > 0 && y.numel() > 0;
 }
 
 template <typename F>
