@@ -163,8 +163,13 @@ def test_team_choice(monkeypatch):
         assert parts(200, 16, gru, 256, False) == 2
         assert parts(200, 1, rnn, 256, False) == 2
         assert parts(200, 16, rnn, 128, False) == 1  # G·H < 256
-        if torch.backends.cpu.get_cpu_capability() == "AVX512":
-            assert parts(200, 16, lstm, 64, False) == 1  # one panel (64 float32 units; 32 with AVX2)
+        if torch.ops.rnnfast_C.isa_level() == 4:
+            # one panel (64 float32 units; 24 with AVX2), or two of half the width (narrow panels)
+            narrow = not backends.intel_cpu()
+            assert parts(200, 16, lstm, 64, False) == (2 if narrow else 1)
+            monkeypatch.setenv("RNNFAST_CPU_TEAM_NARROW_PANELS", "0")
+            assert parts(200, 16, lstm, 64, False) == 1
+            monkeypatch.delenv("RNNFAST_CPU_TEAM_NARROW_PANELS")
         assert parts(200, 64, lstm, 256, False) == 1  # a real GEMM per step
         assert parts(200, 128, lstm, 128, False) == 2  # ... but W_hh of 2^16 values: a team up to B=128
         assert parts(200, 129, lstm, 128, False) == 1
@@ -209,3 +214,27 @@ def test_team_of_many_rows_matches_oracle(cell, H):
         assert team_parts(cell, T, B, H, torch.float64) == 2
         args = recurrence_inputs(cell, T, B, H, lengths=lengths, dtype=torch.float64)
         assert_matches_oracle(cell, args, True, "cpu", 1e-11, seed=2)
+
+
+# Small H with AVX-512 (one 64-unit float32 panel below H=128): the forward team slices it in panels of
+# half the width (RNNFAST_CPU_TEAM_NARROW_PANELS, default on there for CPUs other than Intel's), the
+# backward's product keeps whole panels over its H columns. B=3 and 4 (a row block of 3), H=64 and 96
+# (two and three narrow panels, G·H >= 256), ragged rows, both directions; float32 against the oracle.
+@pytest.mark.parametrize("cell,H", [("lstm", 64), ("lstm", 96), ("gru", 96)])
+@pytest.mark.parametrize("B", [3, 4])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_team_narrow_panels_match_oracle(cell, H, B, reverse, monkeypatch):
+    _ext.ensure_loaded()
+    if torch.ops.rnnfast_C.isa_level() != 4:
+        pytest.skip("narrow panels serve AVX-512's 64-unit float32 panels (no team below 128 units)")
+    code = common.CELL_CODE[cell]
+    T = 9
+    with threads(2):
+        monkeypatch.setenv("RNNFAST_CPU_TEAM_NARROW_PANELS", "0")
+        whole = torch.ops.rnnfast_C.team_parts(T, B, code, H, False, torch.float32, forward=True)
+        monkeypatch.setenv("RNNFAST_CPU_TEAM_NARROW_PANELS", "1")
+        assert torch.ops.rnnfast_C.team_parts(T, B, code, H, False, torch.float32, forward=True) == 2
+        assert whole == (2 if H >= 128 else 1)
+        lengths = [9, 7, 2, 1][:B]
+        args = recurrence_inputs(cell, T, B, H, lengths=lengths, dtype=torch.float32)
+        assert_matches_oracle(cell, args, reverse, "cpu", 1e-4, seed=11)

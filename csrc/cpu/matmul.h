@@ -134,12 +134,12 @@ constexpr int64_t panel_width() {
   return block_vectors<VB, 4>() * (VB / static_cast<int64_t>(sizeof(scalar_t)));
 }
 
-// out[:, panels p0..p1) = x · W for W packed by StepMatmul (M columns in all).
-template <typename scalar_t, int VB>
+// out[:, panels p0..p1) = x · W for W packed by StepMatmul (M columns in all). NV: vectors a panel wide
+// (panels of half the width serve the teams' slices of small H, see team_panel_width()).
+template <typename scalar_t, int VB, int NV = block_vectors<VB, 4>()>
 RNNFAST_INLINE void packed_mm_body(int64_t B, int64_t K, const scalar_t* x, int64_t ldx, const scalar_t* wp,
                                    scalar_t* out, int64_t ldo, int64_t M, int64_t p0, int64_t p1) {
-  constexpr int64_t PW = panel_width<scalar_t, VB>();
-  constexpr int NV = block_vectors<VB, 4>();
+  constexpr int64_t PW = NV * (VB / static_cast<int64_t>(sizeof(scalar_t)));
   scalar_t tmp[4 * PW];
   for (int64_t p = p0; p < p1; ++p) {
     const scalar_t* w = wp + p * K * PW;
@@ -160,6 +160,18 @@ RNNFAST_INLINE void packed_mm_body(int64_t B, int64_t K, const scalar_t* x, int6
       }
     }
   }
+}
+
+// Panels of half the width (at least one vector).
+template <int VB>
+constexpr int half_vectors() {
+  return block_vectors<VB, 4>() / 2 > 0 ? block_vectors<VB, 4>() / 2 : 1;
+}
+
+template <typename scalar_t, int VB>
+RNNFAST_INLINE void packed_mm_half_body(int64_t B, int64_t K, const scalar_t* x, int64_t ldx, const scalar_t* wp,
+                                        scalar_t* out, int64_t ldo, int64_t M, int64_t p0, int64_t p1) {
+  packed_mm_body<scalar_t, VB, half_vectors<VB>()>(B, K, x, ldx, wp, out, ldo, M, p0, p1);
 }
 
 // B = 1 with a W too large for L2: the product is bound by reading W, so read it in memory order.
@@ -325,6 +337,14 @@ int64_t packed_width() {
     default: return panel_width<scalar_t, 16>();
   }
 }
+template <typename scalar_t>
+int64_t half_packed_width() {
+  switch (isa_level()) {
+    case 4: return half_vectors<64>() * (64 / static_cast<int64_t>(sizeof(scalar_t)));
+    case 3: return half_vectors<32>() * (32 / static_cast<int64_t>(sizeof(scalar_t)));
+    default: return half_vectors<16>() * (16 / static_cast<int64_t>(sizeof(scalar_t)));
+  }
+}
 #else
 inline int isa_level() { return 0; }
 inline bool cpu_is_intel() { return false; }
@@ -337,12 +357,18 @@ template <typename scalar_t>
 int64_t packed_width() {
   return panel_width<scalar_t, 32>();
 }
+template <typename scalar_t>
+int64_t half_packed_width() {
+  return half_vectors<32>() * (32 / static_cast<int64_t>(sizeof(scalar_t)));
+}
 #endif
 
 // out[:, m0:m1] = x · w[:, m0:m1];  x (B, K) stride ldx, w (K, M) stride ldw, out (B, M) stride ldo.
 RNNFAST_ISA_KERNEL(small_mm, RNNFAST_SMALL_MM_ARGS, (B, K, x, ldx, w, ldw, out, ldo, m0, m1))
 // out[:, panels p0..p1) = x · W, W packed (see packed_mm_body).
 RNNFAST_ISA_KERNEL(packed_mm, RNNFAST_PACKED_MM_ARGS, (B, K, x, ldx, wp, out, ldo, M, p0, p1))
+// The same on panels of half_packed_width() columns.
+RNNFAST_ISA_KERNEL(packed_mm_half, RNNFAST_PACKED_MM_ARGS, (B, K, x, ldx, wp, out, ldo, M, p0, p1))
 // out[m0:m1] = x · wt[m0:m1, :]ᵀ;  x (K), wt (M, K) row stride ldw.
 RNNFAST_ISA_KERNEL(matvec, RNNFAST_MATVEC_ARGS, (K, x, wt, ldw, out, m0, m1))
 // y[i0:i1, :cols] = a · b (+ init), a or aᵀ (xt), b packed (see gemm_block).
@@ -353,11 +379,22 @@ RNNFAST_ISA_KERNEL(gemm, RNNFAST_GEMM_ARGS, (K, a, lda, xt, wp, cols, y, ldy, i0
 #undef RNNFAST_PACKED_MM_ARGS
 #undef RNNFAST_MATVEC_ARGS
 
-// Packs the right factor w (K, M), element (k, m) at w[k·sk + m·sm], into packed_mm's layout at dst:
-// ⌈M / PW⌉ panels of (K, PW), PW = packed_width(), the last zero-padded.
+// out[:, panels p0..p1) = x · W on panels PW wide: packed_width() (packed_mm) or half_packed_width().
 template <typename scalar_t>
-void pack_panels(const scalar_t* w, int64_t sk, int64_t sm, int64_t K, int64_t M, scalar_t* dst) {
-  const int64_t PW = packed_width<scalar_t>();
+void packed_mm_of_width(int64_t PW, int64_t B, int64_t K, const scalar_t* x, int64_t ldx, const scalar_t* wp,
+                        scalar_t* out, int64_t ldo, int64_t M, int64_t p0, int64_t p1) {
+  if (PW == packed_width<scalar_t>()) {
+    packed_mm<scalar_t>(B, K, x, ldx, wp, out, ldo, M, p0, p1);
+  } else {
+    packed_mm_half<scalar_t>(B, K, x, ldx, wp, out, ldo, M, p0, p1);
+  }
+}
+
+// Packs the right factor w (K, M), element (k, m) at w[k·sk + m·sm], into packed_mm's layout at dst:
+// ⌈M / PW⌉ panels of (K, PW), PW = packed_width() unless given, the last zero-padded.
+template <typename scalar_t>
+void pack_panels(const scalar_t* w, int64_t sk, int64_t sm, int64_t K, int64_t M, scalar_t* dst, int64_t PW = 0) {
+  if (PW == 0) PW = packed_width<scalar_t>();
   for (int64_t m0 = 0; m0 < M; m0 += PW, dst += K * PW) {
     const int64_t cols = std::min(PW, M - m0);
     if (cols < PW) std::fill(dst, dst + K * PW, scalar_t(0));

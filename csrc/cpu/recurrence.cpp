@@ -245,6 +245,22 @@ inline int64_t team_beyond_l2_max_rows() {
   return env_int("RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B", measured ? 32 : 8);
 }
 
+// Whether a team may slice a small H in panels of half the width (env RNNFAST_CPU_TEAM_NARROW_PANELS, 1
+// or 0, read at every call; default: with AVX-512 on CPUs other than Intel's, where a panel is 64 float32
+// units, so that H=64-127 had a single panel and no team).
+inline bool narrow_team_panels() {
+  return env_int("RNNFAST_CPU_TEAM_NARROW_PANELS", isa_level() == 4 && !cpu_is_intel() ? 1 : 0) != 0;
+}
+
+// The panel width of the forward team's products over its slices: packed_width(), or half of it where H
+// has fewer than two whole panels (narrow_team_panels()). The backward's products run over all H columns
+// and keep packed_width().
+template <typename scalar_t>
+int64_t team_panel_width(int64_t H) {
+  const int64_t PW = packed_width<scalar_t>();
+  return H < 2 * PW && narrow_team_panels() ? half_packed_width<scalar_t>() : PW;
+}
+
 template <typename scalar_t>
 int64_t team_parts(int64_t T, int64_t B, int64_t G, int64_t H, bool proj) {
   const int64_t min_work = team_min_work();
@@ -253,7 +269,7 @@ int64_t team_parts(int64_t T, int64_t B, int64_t G, int64_t H, bool proj) {
   if (B >= kTeamMaxRows && !(B <= 128 && G * H * H <= (int64_t{1} << 16))) return 1;
   if (B >= 16 && G * H * H > small_max_work()) return 1;
   if (!team_available()) return 1;
-  const int64_t panels = H / packed_width<scalar_t>();
+  const int64_t panels = H / team_panel_width<scalar_t>(H);
   const int64_t parts = std::min<int64_t>({at::get_num_threads(), panels, kMaxTeam});
   if (parts < 2) return 1;
   const bool beyond_l2 = G * H * H * static_cast<int64_t>(sizeof(scalar_t)) / parts > l2_bytes();
@@ -399,7 +415,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& gi, const 
   const scalar_t* h_last = h_p;  // where the final state is
   if (parts > 1) {
     // Slice p's factor for gate g: W_hh[g·H + u0 : g·H + u1, :]ᵀ (H, u1 - u0), in panels.
-    const int64_t PW = packed_width<scalar_t>();
+    const int64_t PW = team_panel_width<scalar_t>(H);
     const std::vector<int64_t> u = team_slices(H, parts, PW, kLineUnits<scalar_t>);
     std::vector<int64_t> off(parts + 1, 0);
     for (int64_t p = 0; p < parts; ++p) off[p + 1] = off[p] + G * ceil_div(u[p + 1] - u[p], PW) * H * PW;
@@ -412,7 +428,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& gi, const 
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t gstride = ceil_div(u[p + 1] - u[p], PW) * H * PW;
         for (int64_t g = 0; g < G; ++g) {
-          pack_panels(w_p + (g * H + u[p]) * H, 1, H, H, u[p + 1] - u[p], wpack_p + off[p] + g * gstride);
+          pack_panels(w_p + (g * H + u[p]) * H, 1, H, H, u[p + 1] - u[p], wpack_p + off[p] + g * gstride, PW);
         }
       }
       for (int64_t s = 0; s < T; ++s) {
@@ -424,8 +440,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& gi, const 
         for (int64_t p = p0; p < p1; ++p) {
           const int64_t np = ceil_div(u[p + 1] - u[p], PW);
           for (int64_t g = 0; g < G; ++g) {
-            packed_mm<scalar_t>(rows, H, cur, H, wpack_p + off[p] + g * np * H * PW, gh_p + g * H + u[p], GH,
-                                u[p + 1] - u[p], 0, np);
+            packed_mm_of_width<scalar_t>(PW, rows, H, cur, H, wpack_p + off[p] + g * np * H * PW, gh_p + g * H + u[p],
+                                         GH, u[p + 1] - u[p], 0, np);
           }
         }
         cell_step(t, 0, B, u[p0], u[p1], m, gh_p, cur, nxt);
@@ -565,7 +581,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
     // the product instead would move every other unit's dgh (G times as many).
     const int64_t PW = packed_width<scalar_t>();
     const int64_t HP = ceil_div(H, PW) * PW;  // columns of the packed factor, padded to panels
-    const std::vector<int64_t> us = team_slices(H, parts, PW, kLineUnits<scalar_t>);
+    // the forward's slices (its panels may be narrower than this product's)
+    const std::vector<int64_t> us = team_slices(H, parts, team_panel_width<scalar_t>(H), kLineUnits<scalar_t>);
     Tensor wpack = at::empty({G * H * HP}, opts);              // members' factors, at G·u0·HP
     Tensor xg = at::empty({B * GH}, opts);                     // members' gathered dgh, at B·G·u0
     Tensor partial = at::empty({2, parts, B, H}, opts);        // by step parity and member
