@@ -164,11 +164,10 @@ def test_team_choice(monkeypatch):
         assert parts(200, 1, rnn, 256, False) == 2
         assert parts(200, 16, rnn, 128, False) == 1  # G·H < 256
         if torch.ops.rnnfast_C.isa_level() == 4:
-            # one panel (64 float32 units; 24 with AVX2), or two of half the width (narrow panels)
-            narrow = not backends.intel_cpu()
-            assert parts(200, 16, lstm, 64, False) == (2 if narrow else 1)
-            monkeypatch.setenv("RNNFAST_CPU_TEAM_NARROW_PANELS", "0")
+            # one panel (64 float32 units; 24 with AVX2), or two of half the width (narrow panels, opt-in)
             assert parts(200, 16, lstm, 64, False) == 1
+            monkeypatch.setenv("RNNFAST_CPU_TEAM_NARROW_PANELS", "1")
+            assert parts(200, 16, lstm, 64, False) == 2
             monkeypatch.delenv("RNNFAST_CPU_TEAM_NARROW_PANELS")
         assert parts(200, 64, lstm, 256, False) == 1  # a real GEMM per step
         assert parts(200, 128, lstm, 128, False) == 2  # ... but W_hh of 2^16 values: a team up to B=128
@@ -216,9 +215,9 @@ def test_team_of_many_rows_matches_oracle(cell, H):
         assert_matches_oracle(cell, args, True, "cpu", 1e-11, seed=2)
 
 
-# Small H with AVX-512 (one 64-unit float32 panel below H=128): the forward team slices it in panels of
-# half the width (RNNFAST_CPU_TEAM_NARROW_PANELS, default on there for CPUs other than Intel's), the
-# backward's product keeps whole panels over its H columns. B=3 and 4 (a row block of 3), H=64 and 96
+# Small H with AVX-512 (one 64-unit float32 panel below H=128): with RNNFAST_CPU_TEAM_NARROW_PANELS=1 the
+# forward team slices it in panels of half the width, the backward's product keeps whole panels over its H
+# columns. B=3 and 4 (a row block of 3), H=64 and 96
 # (two and three narrow panels, G·H >= 256), ragged rows, both directions; float32 against the oracle.
 @pytest.mark.parametrize("cell,H", [("lstm", 64), ("lstm", 96), ("gru", 96)])
 @pytest.mark.parametrize("B", [3, 4])

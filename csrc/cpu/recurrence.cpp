@@ -246,11 +246,13 @@ inline int64_t team_beyond_l2_max_rows() {
 }
 
 // Whether a team may slice a small H in panels of half the width (env RNNFAST_CPU_TEAM_NARROW_PANELS, 1
-// or 0, read at every call; default: with AVX-512 on CPUs other than Intel's, where a panel is 64 float32
-// units, so that H=64-127 had a single panel and no team).
-inline bool narrow_team_panels() {
-  return env_int("RNNFAST_CPU_TEAM_NARROW_PANELS", isa_level() == 4 && !cpu_is_intel() ? 1 : 0) != 0;
-}
+// or 0, read at every call; default 0). With AVX-512 a float32 panel is 64 units, so H=64-127 has a
+// single panel and no team. On a 2-core Zen 5 EPYC paired rounds in one process put narrow teams ahead
+// (LSTM H=64-96 B=2-4 1.02-1.55x, benchmarks/results/cpu-avx512-zen5-team-narrow-panels-ab-f9d5145.json),
+// but separate processes timed them behind the one-thread loop (LSTM B=4 H=64 T=200 0.26-0.30 vs 0.19 ms),
+// as the teams there flip between two speeds from process to process (B=4 H=128: 0.36 or 0.68 ms): off
+// until that is understood.
+inline bool narrow_team_panels() { return env_int("RNNFAST_CPU_TEAM_NARROW_PANELS", 0) != 0; }
 
 // The panel width of the forward team's products over its slices: packed_width(), or half of it where H
 // has fewer than two whole panels (narrow_team_panels()). The backward's products run over all H columns
