@@ -160,11 +160,11 @@ def cpu_capability() -> str:
     return torch.backends.cpu.get_cpu_capability()
 
 
-def _lstm_rules() -> str:
-    """Which measured set of the LSTM rules below applies to this CPU: ``"avx2-other"`` (AVX2 without
-    AVX-512, a vendor other than Intel), ``"avx512-other"`` (AVX-512, a vendor other than Intel: there the
-    blocked kernel also takes the large products around the loops) or ``"default"`` (Intel CPUs, and
-    vector ISAs not measured)."""
+def cpu_kind() -> str:
+    """The kind of CPU the cpu backend's measured rules are keyed on (the LSTM rules below, the input
+    projection's library in rnnfast/ops/linear.py): ``"avx2-other"`` (AVX2 without AVX-512, a vendor other
+    than Intel), ``"avx512-other"`` (AVX-512, a vendor other than Intel: there the blocked kernel also takes
+    the large products around the loops) or ``"default"`` (Intel CPUs, and vector ISAs not measured)."""
     if intel_cpu():
         return "default"
     return {"AVX2": "avx2-other", "AVX512": "avx512-other"}.get(cpu_capability(), "default")
@@ -217,7 +217,7 @@ def _onednn_lstm_faster(sizes: Sizes) -> bool:
     """
     if sizes.get("cell") != "lstm" or sizes.get("lengths") or sizes.get("autocast"):
         return False
-    rules = _lstm_rules()
+    rules = cpu_kind()
     if rules == "avx2-other":
         return False
     B, H = sizes.get("B", 0), sizes.get("H", 0)
@@ -250,7 +250,7 @@ def _short_sequence(sizes: Sizes) -> bool:
     if sizes.get("cell") == "lstm":
         if sizes.get("autocast"):
             return False
-        rules = _lstm_rules()
+        rules = cpu_kind()
         small = sizes.get("H", 0) <= 128 or sizes.get("B", 0) == 1
         if rules == "avx512-other" or (small and rules == "avx2-other"):
             return False

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import rnnfast
-from rnnfast import _ext
+from rnnfast import _ext, backends
 from rnnfast.ops import linear
 from rnnfast.ops.recurrence import common
 from tests.utils import assert_close, assert_matches_oracle, oracle, recurrence_inputs, run_recurrence
@@ -207,8 +207,8 @@ def test_input_projection_library_choice(monkeypatch):
         (False, True, "aten", "aten"),
         (False, True, "bogus", "blocked"),
     ]:
-        monkeypatch.setattr(linear, "_intel_cpu", lambda intel=intel: intel)
-        monkeypatch.setattr(linear, "_avx512", lambda avx512=avx512: avx512)
+        monkeypatch.setattr(backends, "intel_cpu", lambda intel=intel: intel)
+        monkeypatch.setattr(backends, "cpu_capability", lambda avx512=avx512: "AVX512" if avx512 else "AVX2")
         if env is None:
             monkeypatch.delenv("RNNFAST_CPU_GEMM", raising=False)
         else:

@@ -308,6 +308,9 @@ inline bool cpu_is_intel() {
   }();
   return v;
 }
+// An AVX-512 CPU of a vendor other than Intel, whose defaults were measured on a Zen 5 EPYC (see
+// cpu_kind() in rnnfast/backends.py for the Python side's rules).
+inline bool avx512_other() { return isa_level() == 4 && !cpu_is_intel(); }
 #define RNNFAST_ISA_KERNEL(NAME, ARGS, CALL)                                                          \
   template <typename scalar_t>                                                                        \
   __attribute__((target("arch=x86-64-v4"))) void NAME##_v4(ARGS) {                                    \
@@ -348,6 +351,7 @@ int64_t half_packed_width() {
 #else
 inline int isa_level() { return 0; }
 inline bool cpu_is_intel() { return false; }
+inline bool avx512_other() { return false; }
 #define RNNFAST_ISA_KERNEL(NAME, ARGS, CALL) \
   template <typename scalar_t>               \
   void NAME(ARGS) {                          \
@@ -513,7 +517,7 @@ inline int64_t packed_min_work() {
 // AMD EPYC with AVX-512 (Zen 5, 2 threads, float32) it took 1.92 ms for the LSTM B=16 H=256 T=50
 // dW_hh (800 summed rows, 1024 × 256) against 1.00 ms in the blocked kernel.
 inline bool tn_blocked() {
-  static const bool by_default = isa_level() == 4 && !cpu_is_intel();
+  static const bool by_default = avx512_other();
   const char* gemm = std::getenv("RNNFAST_CPU_GEMM");  // =aten: every large product through ATen
   const bool aten = gemm != nullptr && std::strcmp(gemm, "aten") == 0;
   return env_int("RNNFAST_CPU_TN_BLOCKED", by_default && !aten ? 1 : 0) != 0;
@@ -575,23 +579,13 @@ inline bool gemm_blocked_takes(const at::Tensor& y, const at::Tensor& a, const a
          a.dim() == 2 && b.dim() == 2 && a.stride(1) == 1 && y.stride(1) == 1 && b.size(0) > 0 && y.numel() > 0;
 }
 
-template <typename F>
-void dispatch_float_double(at::ScalarType st, const F& f) {
-  if (st == at::kFloat) {
-    f(float{});
-  } else {
-    f(double{});
-  }
-}
-
 // y (M, N) = aᵀ·b (+ y with `accumulate`), a (R, M), b (R, N): the weight gradients, sums over the R
 // rows. In the blocked kernel where tn_blocked(), else through ATen: oneDNN would need both operands
 // transposed into copies, which cost as much as its speed-up saves (measured: B=256, H=64 RNN, 0.7 ms
 // per copy against a 1 ms product).
 inline void mm_tn(at::Tensor& y, const at::Tensor& a, const at::Tensor& b, bool accumulate = false) {
   if (tn_blocked() && gemm_blocked_takes(y, a, b)) {
-    dispatch_float_double(a.scalar_type(), [&](auto v) {
-      using scalar_t = decltype(v);
+    AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "mm_tn", [&] {
       gemm_blocked<scalar_t>(y, a, /*a_t=*/true, b, nullptr, accumulate);
     });
     return;

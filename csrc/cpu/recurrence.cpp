@@ -241,7 +241,7 @@ constexpr int64_t kTeamMaxRows = 64;
 // EPYC (AVX-512, same method, the plain loop's products through oneDNN): B=12 1.02-1.23 (GRU H=512
 // inference 1.23), B=8 unchanged (benchmarks/results/cpu-avx512-zen5-team-beyond-l2-12-rows-ab-5390140.json).
 inline int64_t team_beyond_l2_max_rows() {
-  const bool measured = isa_level() == 3 || (isa_level() == 4 && !cpu_is_intel());
+  const bool measured = isa_level() == 3 || avx512_other();
   return env_int("RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B", measured ? 32 : 8);
 }
 
@@ -872,8 +872,7 @@ Tensor gemm_op(const Tensor& a, const Tensor& b, const c10::optional<Tensor>& bi
     return at::mm_out(y, op_a, b);
   }
   const Tensor bc = bias.has_value() ? bias->contiguous() : Tensor();
-  dispatch_float_double(a.scalar_type(), [&](auto v) {
-    using scalar_t = decltype(v);
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "gemm", [&] {
     gemm_blocked<scalar_t>(y, ac, a_t, b, bc.defined() ? bc.data_ptr<scalar_t>() : nullptr, false);
   });
   return y;

@@ -39,8 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnfast.backends import cpu_capability
-from rnnfast.backends import intel_cpu as _intel_cpu
+from rnnfast import backends
 
 _MIN_WORK = 1 << 21
 _DNNL_DX_MIN_ROWS = 128
@@ -50,10 +49,6 @@ _CACHE_MIN_BYTES = 1 << 20
 # at every call, which few rows do not earn back (see the module docstring).
 _BLOCKED_FWD_MIN_ROWS = 512
 _DNNL = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
-
-def _avx512() -> bool:
-    return cpu_capability() == "AVX512"
 
 
 def library() -> str:
@@ -66,7 +61,7 @@ def library() -> str:
         return "onednn" if _DNNL else "aten"
     if choice in ("aten", "blocked"):
         return choice
-    return "blocked" if _avx512() and not _intel_cpu() else "aten"
+    return "blocked" if backends.cpu_kind() == "avx512-other" else "aten"
 
 
 def _mm_nt(a: Tensor, b: Tensor, bias: Tensor | None, lib: str, dnnl: bool = True) -> Tensor:
