@@ -11,6 +11,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -78,6 +79,36 @@ inline at::Tensor contiguous_2d(const at::Tensor& w) {
     }
   });
   return out;
+}
+
+// Scratch arrays of one call carved out of a single zeroed block, each starting on a cache line (the
+// teams' slices of them are line-aligned, see team_slices()): at small sizes each ATen allocation, clone,
+// fill or copy costs ~0.3-1 µs, and a one-step call made ten of them. Sizes in elements; an array of
+// size 0 gets nullptr. `block` keeps the memory (from the block cache when large).
+template <typename scalar_t, size_t K>
+std::array<scalar_t*, K> scratch_arrays(at::Tensor& block, const std::array<int64_t, K>& sizes,
+                                        const at::TensorOptions& options) {
+  constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(scalar_t));
+  std::array<int64_t, K> off{};
+  int64_t total = 0;
+  for (size_t i = 0; i < K; ++i) {
+    off[i] = total;
+    total += (sizes[i] + kLine - 1) / kLine * kLine;
+  }
+  block = BlockCache::get().empty({std::max<int64_t>(total, 1)}, options);
+  scalar_t* base = block.data_ptr<scalar_t>();
+  std::fill(base, base + total, scalar_t(0));
+  std::array<scalar_t*, K> p{};
+  for (size_t i = 0; i < K; ++i) p[i] = sizes[i] > 0 ? base + off[i] : nullptr;
+  return p;
+}
+
+// Copies the (B, C) tensor t (any strides) into dst, rows C apart.
+template <typename scalar_t>
+void copy_rows(const at::Tensor& t, scalar_t* dst) {
+  const at::Tensor c = t.contiguous();
+  const scalar_t* src = c.data_ptr<scalar_t>();
+  std::copy(src, src + c.numel(), dst);
 }
 
 // An output tensor: large ones come from the block cache (blocks.h), every one NaN-poisoned under

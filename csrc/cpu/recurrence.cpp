@@ -369,19 +369,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& gi, const 
   Tensor c_n = kLSTM ? new_output({B, H}, opts) : new_output({0}, opts);
   Tensor ws = need_ws ? new_output({T, B, S * H}, opts) : new_output({0}, opts);
 
-  Tensor bias = (b_hh.has_value() && b_hh->defined()) ? b_hh->contiguous() : at::zeros({GH}, opts);
-  Tensor h = h0.contiguous().clone();                            // (B, N) state
-  Tensor c = kLSTM ? c0->contiguous().clone() : Tensor();        // (B, H) cell state
-  Tensor gh = at::zeros({B, GH}, opts);                          // (B, G·H)
-  Tensor hnew = at::zeros({B, H}, opts);                         // (B, H) before the projection
-  Tensor hproj = proj ? at::zeros({B, N}, opts) : Tensor();      // (B, P)
+  const bool has_bias = b_hh.has_value() && b_hh->defined();
+  const Tensor bias = has_bias ? b_hh->contiguous() : Tensor();
+  // The state h (B, N), the cell state c (B, H), gh (B, G·H), hnew (B, H) before the projection, hproj
+  // (B, P), zeros for a missing bias.
+  Tensor scratch;
+  const auto buf = scratch_arrays<scalar_t, 6>(
+      scratch, {B * N, kLSTM ? B * H : 0, B * GH, B * H, proj ? B * N : 0, has_bias ? 0 : GH}, opts);
+  scalar_t* h_p = buf[0];
+  scalar_t* c_p = buf[1];
+  scalar_t* gh_p = buf[2];
+  scalar_t* hnew_p = buf[3];
+  copy_rows(h0, h_p);
+  if (kLSTM) copy_rows(*c0, c_p);
 
   const scalar_t* gi_p = gi.data_ptr<scalar_t>();
-  const scalar_t* bias_p = bias.data_ptr<scalar_t>();
-  scalar_t* h_p = h.data_ptr<scalar_t>();
-  scalar_t* c_p = kLSTM ? c.data_ptr<scalar_t>() : nullptr;
-  scalar_t* gh_p = gh.data_ptr<scalar_t>();
-  scalar_t* hnew_p = hnew.data_ptr<scalar_t>();
+  const scalar_t* bias_p = has_bias ? bias.data_ptr<scalar_t>() : buf[5];
   scalar_t* y_p = y.data_ptr<scalar_t>();
   scalar_t* ws_p = need_ws ? ws.data_ptr<scalar_t>() : nullptr;
 
@@ -460,7 +463,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& gi, const 
     StepMatmul<scalar_t> mm_hh(w_hh.t(), mrows, T, split);
     c10::optional<StepMatmul<scalar_t>> mm_hr;
     if (proj) mm_hr.emplace(w_hr->t(), mrows, T, split);
-    scalar_t* hfin_p = proj ? hproj.data_ptr<scalar_t>() : hnew_p;
+    scalar_t* hfin_p = proj ? buf[4] : hnew_p;
     auto run_rows = [&](int64_t b0, int64_t b1) {
       std::vector<uint8_t> valid(B);
       at::Tensor keep;  // the step product's buffer when it is not gh (StepMatmul::apply)
@@ -481,8 +484,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& gi, const 
     };
     for_row_slices(B, rparts, run_rows);
   }
-  h_n.copy_(h_last == h_p ? h : hnew);
-  if (kLSTM) c_n.copy_(c);
+  std::copy(h_last, h_last + B * N, h_n.data_ptr<scalar_t>());
+  if (kLSTM) std::copy(c_p, c_p + B * H, c_n.data_ptr<scalar_t>());
   return {y, h_n, c_n, ws};
 }
 
@@ -510,14 +513,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
   Tensor dgh = kGRU ? BlockCache::get().empty({T, B, GH}, opts) : dgi;
   const int64_t parts = backward_team_parts<scalar_t>(T, B, G, H, proj);
 
-  Tensor dh = grad_hn.contiguous().clone();                                         // (B, N)
-  Tensor dc = kLSTM ? (grad_cn.has_value() && grad_cn->defined() ? grad_cn->contiguous().clone()
-                                                                  : at::zeros({B, H}, opts))
-                    : Tensor();                                                      // (B, H)
-  Tensor dht = at::zeros({B, N}, opts);                                             // dh incl. grad_y[t]
-  Tensor du = proj ? at::zeros({B, H}, opts) : dht;                                 // (B, H) after W_hr
-  Tensor direct = kGRU ? at::zeros({B, H}, opts) : Tensor();
-  Tensor dhp = at::zeros({B, N}, opts);                                             // dgh·W_hh
+  // dh (B, N), dc (B, H), dht (B, N) = dh incl. grad_y[t], du (B, H) after W_hr (dht without a
+  // projection), the GRU's direct term (B, H), dhp (B, N) = dgh·W_hh.
+  Tensor scratch;
+  const auto buf = scratch_arrays<scalar_t, 6>(
+      scratch, {B * N, kLSTM ? B * H : 0, B * N, proj ? B * H : 0, kGRU ? B * H : 0, B * N}, opts);
+  copy_rows(grad_hn, buf[0]);
+  if (kLSTM && grad_cn.has_value() && grad_cn->defined()) copy_rows(*grad_cn, buf[1]);
   Tensor d_hr = proj ? at::zeros({T, B, N}, opts) : Tensor();                       // dL/dh_t per step
   Tensor u = proj ? at::zeros({T, B, H}, opts) : Tensor();                          // o·tanh(c) per step
 
@@ -526,12 +528,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
   const scalar_t* ws_p = ws.numel() ? ws.data_ptr<scalar_t>() : nullptr;
   const scalar_t* h0_p = h0.data_ptr<scalar_t>();
   const scalar_t* c0_p = kLSTM ? c0->data_ptr<scalar_t>() : nullptr;
-  scalar_t* dh_p = dh.data_ptr<scalar_t>();
-  scalar_t* dc_p = kLSTM ? dc.data_ptr<scalar_t>() : nullptr;
-  scalar_t* dht_p = dht.data_ptr<scalar_t>();
-  scalar_t* du_p = du.data_ptr<scalar_t>();
-  scalar_t* direct_p = kGRU ? direct.data_ptr<scalar_t>() : nullptr;
-  scalar_t* dhp_p = dhp.data_ptr<scalar_t>();
+  scalar_t* dh_p = buf[0];
+  scalar_t* dc_p = buf[1];
+  scalar_t* dht_p = buf[2];
+  scalar_t* du_p = proj ? buf[3] : dht_p;
+  scalar_t* direct_p = buf[4];
+  scalar_t* dhp_p = buf[5];
   scalar_t* dgi_p = dgi.data_ptr<scalar_t>();
   scalar_t* dgh_p = dgh.data_ptr<scalar_t>();
 
@@ -684,8 +686,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_impl(
     };
     for_row_slices(B, rparts, run_rows);
   }
-  dh0.copy_(dh);
-  if (kLSTM) dc0.copy_(dc);
+  std::copy(dh_p, dh_p + B * N, dh0.data_ptr<scalar_t>());
+  if (kLSTM) std::copy(dc_p, dc_p + B * H, dc0.data_ptr<scalar_t>());
 
   // dW_hh = Σ_t dgh[t]ᵀ·h_prev[t]. h_prev[t] is y at the neighbouring step (zero where that step is
   // invalid, and there dgh is zero too), except at each row's first step where it is h0: one GEMM over

@@ -15,13 +15,19 @@ from rnnfast.ops.recurrence.common import CELL_CODE, acc_dtype, as_dtype
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
+# The reason given for each dtype served (built once: supports() runs at every module call).
+_SERVED = {
+    dt: "fused C++ time loop, " + str(dt) + ("" if acc_dtype(dt) == dt else " (computed in float32)")
+    for dt in _DTYPES
+}
+
+
 def supports(device: torch.device, dtype: torch.dtype, sizes) -> tuple[bool, str]:
     if device.type != "cpu":
         return False, f"the C++ kernels run on CPU tensors only, got device {device}"
-    if dtype not in _DTYPES:
+    if dtype not in _SERVED:
         return False, f"dtype {dtype} is not one of {_DTYPES}"
-    how = "" if acc_dtype(dtype) == dtype else " (computed in float32)"
-    return True, f"fused C++ time loop, {dtype}{how}"
+    return True, _SERVED[dtype]
 
 
 # The C++ ops return new tensors only (never an input), so function.py need not check for aliases.
