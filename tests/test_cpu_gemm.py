@@ -83,6 +83,20 @@ def test_single_row_large_w_matches_oracle(cell, reverse):
     assert_matches_oracle(cell, args, reverse, "cpu", 1e-11, seed=5)
 
 
+# One row over fewer steps than a transposed copy of W_hh pays for: the matrix-vector kernel reads W_hh in
+# place, a vector's lanes of rows at a time with their sums in one tree of shuffles, the rows past the
+# last whole group four at a time. H = 33 (a tail after the vector loop; an LSTM's 132 rows are whole
+# groups and 4 left over), 64, 100; float64 against the oracle, gradients included.
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("H", [33, 64, 100])
+@pytest.mark.parametrize("T", [1, 3])
+def test_single_row_short_matvec_matches_oracle(cell, H, T):
+    _ext.ensure_loaded()
+    assert torch.ops.rnnfast_C.gemm_path(1, H, common.GATES[cell] * H, T) == "matvec"
+    args = recurrence_inputs(cell, T, 1, H, dtype=torch.float64)
+    assert_matches_oracle(cell, args, False, "cpu", 1e-11, seed=4)
+
+
 # "library": the limits of the blocked kernel as on AVX-512 (64 rows, K·M <= 2^18; with AVX2 it takes
 # every size by default, "default" here), for the backward too (by default it has no limit on K·M).
 # B=16, H=512: LSTM and GRU steps (K·M = 1M, 0.8M > 2^18) then take oneDNN forward and backward; RNN

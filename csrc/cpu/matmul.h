@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "common.h"
 #include "gemm.h"
@@ -174,6 +175,38 @@ RNNFAST_INLINE void packed_mm_half_body(int64_t B, int64_t K, const scalar_t* x,
   packed_mm_body<scalar_t, VB, half_vectors<VB>()>(B, K, x, ldx, wp, out, ldo, M, p0, p1);
 }
 
+// i with its log2(L) low bits reversed (L a power of two).
+template <int L>
+constexpr int bit_reverse(int i) {
+  int r = 0;
+  for (int b = 1; b < L; b <<= 1, i >>= 1) r = (r << 1) | (i & 1);
+  return r;
+}
+
+// Horizontal sums of L vectors at once. A level takes n vectors made of segments of n lanes, each
+// segment partial sums of one row, and merges pairs (a, b) into n / 2 vectors of segments of n / 2
+// lanes: output lane i, in segment q = i / (n / 2), is the sum of lanes j and j + n / 2 (j = i % (n / 2))
+// of segment q / 2 of a (q even) or of b (q odd): two shuffles and an add per pair. From L vectors of
+// one row each (n = L) down to one vector, whose lane r holds the sum of the row fed at position
+// bit_reverse(r): L - 1 merges for L rows, where summing each row alone takes log2(L) shuffles and adds.
+template <typename V, typename M, int L, int n>
+RNNFAST_INLINE void rowsum_tree(V* v) {
+  if constexpr (n >= 2) {
+    M lo, hi;
+#pragma GCC unroll 16
+    for (int i = 0; i < L; ++i) {
+      const int h = n / 2, q = i / h;
+      lo[i] = (q % 2) * L + q / 2 * n + i % h;
+      hi[i] = lo[i] + h;
+    }
+#pragma GCC unroll 8
+    for (int p = 0; p < n / 2; ++p) {
+      v[p] = __builtin_shuffle(v[2 * p], v[2 * p + 1], lo) + __builtin_shuffle(v[2 * p], v[2 * p + 1], hi);
+    }
+    rowsum_tree<V, M, L, n / 2>(v);
+  }
+}
+
 // B = 1 with a W too large for L2: the product is bound by reading W, so read it in memory order.
 // out[m] = x · wt[m, :] for m in [m0, m1), wt (M, K) row stride ldw (a Linear weight): four rows at a
 // time, two VB-byte accumulators per row, each x vector loaded once for the four rows.
@@ -213,6 +246,54 @@ RNNFAST_INLINE void matvec_body(int64_t K, const scalar_t* x, const scalar_t* wt
       out[m + r] = sum;
     }
   }
+}
+
+// The same product for a W that stays in cache (the in-place W_hh of a one-row call too short for a
+// transposed copy, see StepMatmul): L rows at a time (a vector's lanes), one accumulator per row, each
+// x vector loaded once for all of them, their horizontal sums by rowsum_tree() and one vector store;
+// the rows past the last whole group as matvec_body(). With short rows (K = 64-128) the four-row
+// kernel's lane-by-lane sums took about as long as the products: a one-step call 1.13-1.19x faster at
+// H = 64-128 (GRU, LSTM; 2-core Zen 5 EPYC). Not for a W beyond L2: its 16 rows read at once ran
+// 0.75-0.94x as fast as the four-row kernel there (RNN H = 1024, LSTM H = 1024, B = 1).
+template <typename scalar_t, int VB>
+RNNFAST_INLINE void matvec_tree_body(int64_t K, const scalar_t* x, const scalar_t* wt, int64_t ldw, scalar_t* out,
+                                     int64_t m0, int64_t m1) {
+  typedef scalar_t V __attribute__((vector_size(VB)));
+  typedef std::conditional_t<sizeof(scalar_t) == 4, int32_t, int64_t> index_t;
+  typedef index_t M __attribute__((vector_size(VB)));
+  constexpr int L = VB / sizeof(scalar_t);
+  const int64_t KL = K - K % L;
+  int64_t m = m0;
+  for (; m + L <= m1; m += L) {
+    V acc[L];
+#pragma GCC unroll 16
+    for (int r = 0; r < L; ++r) acc[r] = V{};
+    for (int64_t k = 0; k < KL; k += L) {
+      V xv;
+      std::memcpy(&xv, x + k, sizeof(V));
+#pragma GCC unroll 16
+      for (int r = 0; r < L; ++r) {
+        V w;
+        std::memcpy(&w, wt + (m + r) * ldw + k, sizeof(V));
+        acc[r] += xv * w;
+      }
+    }
+    V v[L];
+#pragma GCC unroll 16
+    for (int i = 0; i < L; ++i) v[i] = acc[bit_reverse<L>(i)];
+    rowsum_tree<V, M, L, L>(v);
+    if (KL < K) {
+      scalar_t sums[L];
+      std::memcpy(sums, &v[0], sizeof(V));
+      for (int r = 0; r < L; ++r) {
+        for (int64_t k = KL; k < K; ++k) sums[r] += x[k] * wt[(m + r) * ldw + k];
+      }
+      std::memcpy(out + m, sums, sizeof(V));
+    } else {
+      std::memcpy(out + m, &v[0], sizeof(V));
+    }
+  }
+  if (m < m1) matvec_body<scalar_t, VB>(K, x, wt, ldw, out, m, m1);
 }
 
 // Large products y = a·b (+ init) (gemm_blocked()): rows [i0, i1) of y against `cols` columns of b
@@ -375,6 +456,8 @@ RNNFAST_ISA_KERNEL(packed_mm, RNNFAST_PACKED_MM_ARGS, (B, K, x, ldx, wp, out, ld
 RNNFAST_ISA_KERNEL(packed_mm_half, RNNFAST_PACKED_MM_ARGS, (B, K, x, ldx, wp, out, ldo, M, p0, p1))
 // out[m0:m1] = x · wt[m0:m1, :]ᵀ;  x (K), wt (M, K) row stride ldw.
 RNNFAST_ISA_KERNEL(matvec, RNNFAST_MATVEC_ARGS, (K, x, wt, ldw, out, m0, m1))
+// The same for a W in cache (see matvec_tree_body).
+RNNFAST_ISA_KERNEL(matvec_tree, RNNFAST_MATVEC_ARGS, (K, x, wt, ldw, out, m0, m1))
 // y[i0:i1, :cols] = a · b (+ init), a or aᵀ (xt), b packed (see gemm_block).
 RNNFAST_ISA_KERNEL(gemm, RNNFAST_GEMM_ARGS, (K, a, lda, xt, wp, cols, y, ldy, i0, i1, init, ldi))
 #undef RNNFAST_ISA_KERNEL
@@ -500,6 +583,10 @@ inline int64_t matvec_min_work() {
   return v;
 }
 
+// Whether a one-row product with W in cache (K·M < matvec_min_work()) takes matvec_tree() (env
+// RNNFAST_CPU_MATVEC_TREE, 1 or 0, read at every call; default 1).
+inline bool matvec_tree_on() { return env_int("RNNFAST_CPU_MATVEC_TREE", 1) != 0; }
+
 // From how many multiply-adds per row (K·M) a blocked product of 4 or more rows (2 or more with W beyond
 // L2, see StepMatmul) packs W in panels (env RNNFAST_CPU_PACKED_MIN_WORK): 2^17, W of 512 KiB in float32.
 // Measured per step (AVX2, inference, best of 28 runs), packed vs row-major: 1 thread LSTM B=16 H=256 292
@@ -624,6 +711,7 @@ class StepMatmul {
     const bool big = K_ * M_ >= matvec_min_work(), in_place = w.t().is_contiguous();
     if (!serial && B == 1 && (in_place ? big || !copy_pays : big && steps >= kCopyMinSteps)) {
       matvec_ = true;
+      tree_ = !big && matvec_tree_on();  // a W in cache: matvec_tree()
       w_ = in_place ? w.t() : contiguous_2d(w.t());
       parallel_ = big && at::get_num_threads() > 1;
       return;
@@ -684,7 +772,9 @@ class StepMatmul {
     const scalar_t* w = w_.data_ptr<scalar_t>();
     if (matvec_) {
       // Rows of W in chunks of 64 per task (16 KiB at K = 64 in float32).
-      if (!parallel_) {
+      if (tree_) {
+        matvec_tree<scalar_t>(K_, x, w, K_, out, 0, M_);
+      } else if (!parallel_) {
         matvec<scalar_t>(K_, x, w, K_, out, 0, M_);
       } else {
         at::parallel_for(0, M_, 64, [&](int64_t lo, int64_t hi) { matvec<scalar_t>(K_, x, w, K_, out, lo, hi); });
@@ -721,6 +811,7 @@ class StepMatmul {
   bool use_blas_ = false;
   bool parallel_ = false;
   bool matvec_ = false;  // w_ holds Wᵀ (M, K), see matvec()
+  bool tree_ = false;    // ... and fits in cache: matvec_tree()
   int64_t pw_ = 0;       // > 0: w_ holds W in panels of pw_ columns, see packed_mm_body()
   int64_t panels_ = 0;
   at::Tensor w_;

@@ -880,6 +880,113 @@ Tensor gemm_op(const Tensor& a, const Tensor& b, const c10::optional<Tensor>& bi
   return y;
 }
 
+// ---------------------------------------------------------------------------------------------
+// A module's whole layer stack in one call, for inference: per layer and direction the input projection
+// and the forward loop (nothing saved). The Python layer stack costs ~15 µs a call (argument handling,
+// a dispatch per op, stacking the states), half of a one-step GRU call at B=1, H=64; this is the path of
+// rnnfast.nn.rnn's modules where no gradient is recorded (see its _fast_path()).
+
+// gi (rows, G·H) = x (rows, I)·W_ihᵀ + b_ih as the modules' input projection computes it
+// (rnnfast/ops/linear.py): F.linear's product (ATen) below kProjectMinWork multiply-adds (its _MIN_WORK),
+// from there the blocked kernel where `blocked` (its library; the caller leaves products that would go
+// to oneDNN to the Python path), else ATen's.
+constexpr int64_t kProjectMinWork = int64_t{1} << 21;
+
+Tensor project(const Tensor& x, const Tensor& w, const c10::optional<Tensor>& b, bool blocked) {
+  if (blocked && x.size(0) * w.size(0) * w.size(1) >= kProjectMinWork) {
+    const Tensor wt = w.t();
+    Tensor y = new_output({x.size(0), w.size(0)}, x.options());
+    if (gemm_blocked_takes(y, x, wt)) {
+      const Tensor bc = b.has_value() ? b->contiguous() : Tensor();
+      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "project", [&] {
+        gemm_blocked<scalar_t>(y, x, false, wt, bc.defined() ? bc.data_ptr<scalar_t>() : nullptr, false);
+      });
+      return y;
+    }
+  }
+  return b.has_value() ? at::addmm(*b, x, w.t()) : at::mm(x, w.t());
+}
+
+// x (T, B, I) seq-first; h0, c0 (L·D, B, N / H) or none (zeros); weights per layer and direction in
+// torch.nn's order (w_ih, w_hh, then b_ih, b_hh with has_bias, then w_hr with has_proj) -> y (T, B, D·N),
+// h_n (L·D, B, N), c_n (L·D, B, H) (empty but for the LSTM).
+std::tuple<Tensor, Tensor, Tensor> module_fwd(const Tensor& x, const c10::optional<Tensor>& h0,
+                                              const c10::optional<Tensor>& c0, at::TensorList weights,
+                                              int64_t cell, int64_t num_layers, bool bidirectional, bool has_bias,
+                                              bool has_proj, bool blocked) {
+  const int64_t G = gates(cell), D = bidirectional ? 2 : 1, per = 2 + 2 * has_bias + has_proj;
+  TORCH_CHECK(x.dim() == 3, "rnnfast_C: x: expected (T, B, I), got ", x.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "rnnfast_C: x: expected float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK(num_layers >= 1 && static_cast<int64_t>(weights.size()) == num_layers * D * per,
+              "rnnfast_C: weights: expected ", num_layers * D * per, " tensors for ", num_layers, " layers, got ",
+              weights.size());
+  TORCH_CHECK(!has_proj || cell == kLstm, "rnnfast_C: has_proj: a projection exists only for the lstm cell");
+  const bool lstm = cell == kLstm;
+  const int64_t T = x.size(0), B = x.size(1), H = weights[0].size(0) / G;
+  const int64_t N = has_proj ? weights[per - 1].size(0) : H;
+  TORCH_CHECK(T > 0 && H > 0 && weights[0].size(0) % G == 0,
+              "rnnfast_C: x, weights: expected at least one step and G·H rows of w_ih, got T = ", T, " and ",
+              weights[0].size(0), " rows for ", G, " gates");
+  const auto opts = x.options();
+  Tensor zeros;  // the initial state of every layer without h0 (c0): the loops only read it
+  auto state = [&](const c10::optional<Tensor>& s, int64_t k, int64_t width, const char* name) {
+    if (!s.has_value() || !s->defined()) {
+      if (!zeros.defined()) zeros = at::zeros({B, std::max(N, H)}, opts);
+      return zeros.narrow(1, 0, width);
+    }
+    check_like(name, *s, x, {num_layers * D, B, width});
+    return s->select(0, k);
+  };
+  // Row k of the (L·D, B, ·) output `dst` from the (B, ·) final state src.
+  auto put = [&](Tensor& dst, const Tensor& src, int64_t k) {
+    const int64_t n = src.numel(), bytes = static_cast<int64_t>(src.element_size()) * n;
+    std::memcpy(static_cast<char*>(dst.data_ptr()) + k * bytes, src.contiguous().data_ptr(), bytes);
+  };
+  Tensor h_n = new_output({num_layers * D, B, N}, opts);
+  Tensor c_n = lstm ? new_output({num_layers * D, B, H}, opts) : new_output({0}, opts);
+  const Steps fwd(T, B, false, c10::nullopt), rev(T, B, true, c10::nullopt);
+  Tensor in = x.contiguous();
+  for (int64_t layer = 0; layer < num_layers; ++layer) {
+    const int64_t I = in.size(2);
+    const Tensor x2 = in.view({T * B, I});
+    std::vector<Tensor> outs;
+    for (int64_t d = 0; d < D; ++d) {
+      const int64_t k = layer * D + d;
+      const Tensor* w = weights.data() + k * per;
+      check_like("w_ih", w[0], x, {G * H, I});
+      check_like("w_hh", w[1], x, {G * H, N});
+      c10::optional<Tensor> b_ih, b_hh, w_hr;
+      if (has_bias) {
+        check_like("b_ih", w[2], x, {G * H});
+        check_like("b_hh", w[3], x, {G * H});
+        b_ih = w[2];
+        b_hh = w[3].contiguous();
+      }
+      if (has_proj) {
+        check_like("w_hr", w[per - 1], x, {N, H});
+        w_hr = w[per - 1].contiguous();
+      }
+      const Tensor gi = project(x2, w[0], b_ih, blocked).view({T, B, G * H});
+      const Tensor hk = state(h0, k, N, "h0");
+      c10::optional<Tensor> ck;
+      if (lstm) ck = state(c0, k, H, "c0");
+      const Steps& st = d == 1 ? rev : fwd;
+      auto res = AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "module_fwd", [&] {
+        return dispatch_cell(cell, [&](auto c) {
+          using Cell = decltype(c);
+          return forward_impl<Cell, scalar_t>(gi, hk, ck, w[1].contiguous(), b_hh, w_hr, st, false);
+        });
+      });
+      put(h_n, std::get<1>(res), k);
+      if (lstm) put(c_n, std::get<2>(res), k);
+      outs.push_back(std::get<0>(res));
+    }
+    in = D == 1 ? outs[0] : at::cat(outs, 2);
+  }
+  return {in, h_n, c_n};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(rnnfast_C, m) {
@@ -893,6 +1000,7 @@ TORCH_LIBRARY_IMPL(rnnfast_C, CPU, m) {
   m.impl("recurrence_fwd", &recurrence_fwd);
   m.impl("recurrence_bwd", &recurrence_bwd);
   m.impl("gemm", &gemm_op);
+  m.impl("module_fwd", &module_fwd);
 }
 
 }  // namespace rnnfast

@@ -16,8 +16,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from rnnfast import backends
-from rnnfast.ops.linear import input_projection
-from rnnfast.ops.recurrence.common import as_dtype
+from rnnfast.ops.linear import input_projection, module_blocked
+from rnnfast.ops.recurrence.common import CELL_CODE, as_dtype
 from rnnfast.ops.recurrence.function import recurrence
 
 __all__ = ["RNN", "GRU", "LSTM", "from_torch"]
@@ -182,7 +182,12 @@ class _FusedRNNMixin:
 
         # Under autocast, compute in the dtype torch.nn would use, with autocast itself off inside (the
         # input GEMMs and the recurrence must agree on one dtype).
-        if autocast:
+        fast = None
+        if name == "cpu" and not packed and not autocast:
+            fast = self._one_call(x, T, B, h0, c0)
+        if fast is not None:
+            y, h_n, c_n = fast
+        elif autocast:
             with torch.autocast(x.device.type, enabled=False):
                 y, h_n, c_n = self._layers(
                     x, T, B, h0, c0, lengths, rows, name, _autocast_dtype(self, x.device)
@@ -209,6 +214,50 @@ class _FusedRNNMixin:
             elif self.batch_first:
                 out = out.transpose(0, 1)
         return (out, (h_n, c_n)) if is_lstm else (out, h_n)
+
+    def _one_call(self, x, T, B, h0, c0):
+        """The cpu backend's whole layer stack in one C++ call (``rnnfast_C::module_fwd``: per layer and
+        direction the input projection and the forward loop) where nothing records a gradient: (y, h_n,
+        c_n), or None where that call does not apply (autograd, torch.compile, dropout in training,
+        float16/bfloat16, weights of another dtype or a tensor subclass, a projection that would take
+        oneDNN) and _layers runs. It saves ~10 µs of Python per call: a one-step GRU at B=1, H=64 took
+        ~23 µs through _layers."""
+        dt = x.dtype
+        if (
+            dt not in _ONE_CALL_DTYPES
+            or (self.dropout and self.training and self.num_layers > 1)
+            or torch.compiler.is_compiling()
+            or type(x) is not Tensor
+        ):
+            return None
+        weights = [_param(self, n) for names in self._all_weights for n in names]
+        grad = torch.is_grad_enabled()
+        for w in weights:
+            if type(w) not in _PLAIN or w.dtype != dt or (grad and w.requires_grad):
+                return None
+        if grad and (x.requires_grad or any(s is not None and s.requires_grad for s in (h0, c0))):
+            return None
+        D = 2 if self.bidirectional else 1
+        N = self.proj_size if self.proj_size > 0 else self.hidden_size
+        GH = weights[0].shape[0]
+        rows = T * B
+        works = [rows * GH * self.input_size] + [rows * GH * D * N] * (self.num_layers - 1)
+        blocked = module_blocked(rows, works, dt)
+        if blocked is None:
+            return None
+        y, h_n, c_n = torch.ops.rnnfast_C.module_fwd(
+            x,
+            h0,
+            c0,
+            weights,
+            CELL_CODE[_cell(self)],
+            self.num_layers,
+            self.bidirectional,
+            self.bias,
+            self.proj_size > 0,
+            blocked,
+        )
+        return y, h_n, (c_n if self.mode == "LSTM" else None)
 
     def _layers(self, x, T, B, h0, c0, lengths, rows, backend, cast):
         """Run the layer stack on seq-first x (T, B, I); returns y (T, B, D·N), h_n, c_n (L·D, B, ·).
@@ -265,6 +314,10 @@ class _FusedRNNMixin:
         h_n = _stack(hs)
         c_n = _stack(cs) if is_lstm else None
         return x, h_n, c_n
+
+
+_ONE_CALL_DTYPES = (torch.float32, torch.float64)
+_PLAIN = (Tensor, nn.Parameter)
 
 
 def _stack(ts: list[Tensor]) -> Tensor:
