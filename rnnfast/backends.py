@@ -244,8 +244,19 @@ def _short_sequence(sizes: Sizes) -> bool:
     3ffbf36.json; GRU 0.85-1.19x, RNN 0.62-0.91x). On AVX-512 CPUs other than Intel's not for LSTMs at
     all: the cpu kernels were ahead at every one-step size measured on the Zen 5 EPYC, inference
     1.28x-4.30x, training 1.22x-16.3x (benchmarks/results/cpu-avx512-zen5-decode-09108f1.json; GRU
-    0.89x-1.46x, RNN 0.72x-1.10x, which keep torch.nn)."""
+    0.89x-1.46x, RNN 0.72x-1.10x, which kept torch.nn). There, since inference runs a module's whole
+    layer stack in one C++ call (rnnfast.nn.rnn, _one_call), GRU inference (nothing recording a gradient,
+    no autocast) takes the cpu kernels too: 1.14x-1.84x in all 9 one-step cases of the decode grid, where
+    training was 1.01x-1.27x and RNN inference 0.98x-1.26x, training 0.72x-0.97x, which keep torch.nn
+    (benchmarks/results/cpu-avx512-zen5-decode-4c6afd6.json)."""
     if sizes.get("T", 8) > 2:
+        return False
+    if (
+        sizes.get("cell") == "gru"
+        and not sizes.get("grad")
+        and not sizes.get("autocast")
+        and cpu_kind() == "avx512-other"
+    ):
         return False
     if sizes.get("cell") == "lstm":
         if sizes.get("autocast"):
