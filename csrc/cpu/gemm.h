@@ -48,10 +48,10 @@ class Dnnl {
     reorder_->callBoxed(&s);
     return s[0].toTensor();
   }
-  // x (M, K) · wᵀ with w from pack() or a plain (N, K) tensor -> new (M, N).
-  at::Tensor linear(const at::Tensor& x, const at::Tensor& w) const {
-    torch::jit::Stack s{x, w, c10::IValue(), std::string("none"), c10::List<std::optional<at::Scalar>>(),
-                        c10::IValue()};
+  // x (M, K) · wᵀ (+ bias (N)) with w from pack() or a plain (N, K) tensor -> new (M, N).
+  at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias = at::Tensor()) const {
+    torch::jit::Stack s{x, w, bias.defined() ? c10::IValue(bias) : c10::IValue(), std::string("none"),
+                        c10::List<std::optional<at::Scalar>>(), c10::IValue()};
     linear_->callBoxed(&s);
     return s[0].toTensor();
   }

@@ -881,110 +881,258 @@ Tensor gemm_op(const Tensor& a, const Tensor& b, const c10::optional<Tensor>& bi
 }
 
 // ---------------------------------------------------------------------------------------------
-// A module's whole layer stack in one call, for inference: per layer and direction the input projection
-// and the forward loop (nothing saved). The Python layer stack costs ~15 µs a call (argument handling,
-// a dispatch per op, stacking the states), half of a one-step GRU call at B=1, H=64; this is the path of
-// rnnfast.nn.rnn's modules where no gradient is recorded (see its _fast_path()).
+// A module's whole layer stack in one call: forward, per layer and direction, the input projection and
+// the time loop; backward the reverse, with the projection's gradients. The Python layer stack costs
+// ~15 µs a call in inference (argument handling, a dispatch per op, stacking the states) and ~90 µs in
+// training (an autograd Function per layer and direction, the projection's autograd nodes): most of a
+// short call. rnnfast.nn.rnn's modules take this path (its _one_call()) for float32/float64 input
+// without PackedSequence, autocast, torch.compile or dropout between layers in training.
 
-// gi (rows, G·H) = x (rows, I)·W_ihᵀ + b_ih as the modules' input projection computes it
-// (rnnfast/ops/linear.py): F.linear's product (ATen) below kProjectMinWork multiply-adds (its _MIN_WORK),
-// from there the blocked kernel where `blocked` (its library; the caller leaves products that would go
-// to oneDNN to the Python path), else ATen's.
-constexpr int64_t kProjectMinWork = int64_t{1} << 21;
+// The input projection's library (rnnfast/ops/linear.py, library()): the products of at least
+// kProjectMinWork multiply-adds (its _MIN_WORK; smaller ones are F.linear's, ATen) go to ATen, the blocked
+// kernel (a float32 forward of fewer than kProjectBlockedMinRows rows to oneDNN, where torch has it), or
+// oneDNN (float32 forward, and dX from kProjectDnnlDxMinRows rows; dW ATen), as input_projection() does.
+enum ProjectLib : int64_t { kLibAten = 0, kLibBlocked = 1, kLibOnednn = 2 };
+constexpr int64_t kProjectMinWork = int64_t{1} << 21, kProjectBlockedMinRows = 512, kProjectDnnlDxMinRows = 128;
 
-Tensor project(const Tensor& x, const Tensor& w, const c10::optional<Tensor>& b, bool blocked) {
-  if (blocked && x.size(0) * w.size(0) * w.size(1) >= kProjectMinWork) {
-    const Tensor wt = w.t();
-    Tensor y = new_output({x.size(0), w.size(0)}, x.options());
-    if (gemm_blocked_takes(y, x, wt)) {
-      const Tensor bc = b.has_value() ? b->contiguous() : Tensor();
-      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "project", [&] {
-        gemm_blocked<scalar_t>(y, x, false, wt, bc.defined() ? bc.data_ptr<scalar_t>() : nullptr, false);
-      });
-      return y;
+// y = a·b (+ bias), b (R, N) any strides, in the blocked kernel (float32/float64).
+Tensor blocked_product(const Tensor& a, bool a_t, const Tensor& b, const c10::optional<Tensor>& bias) {
+  Tensor y = new_output({a.size(a_t ? 1 : 0), b.size(1)}, a.options());
+  const Tensor bc = bias.has_value() ? bias->contiguous() : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "blocked_product", [&] {
+    gemm_blocked<scalar_t>(y, a, a_t, b, bc.defined() ? bc.data_ptr<scalar_t>() : nullptr, false);
+  });
+  return y;
+}
+
+// oneDNN's x·wᵀ (+ bias) for float32, else undefined (not there, or it failed and is disabled).
+Tensor dnnl_product(const Tensor& x, const Tensor& w, const c10::optional<Tensor>& bias) {
+  if (x.scalar_type() != at::kFloat || !Dnnl::get().usable()) return Tensor();
+  try {
+    return Dnnl::get().linear(x.contiguous(), w.contiguous(), bias.has_value() ? *bias : Tensor());
+  } catch (const std::exception& e) {
+    Dnnl::get().disable(e.what());
+    return Tensor();
+  }
+}
+
+// gi (rows, G·H) = x (rows, I)·W_ihᵀ + b_ih, by `lib` as input_projection() computes it.
+Tensor project(const Tensor& x, const Tensor& w, const c10::optional<Tensor>& b, int64_t lib) {
+  const int64_t rows = x.size(0);
+  if (rows * w.size(0) * w.size(1) >= kProjectMinWork && lib != kLibAten) {
+    const bool f32 = x.scalar_type() == at::kFloat;
+    if (lib == kLibOnednn || (f32 && rows < kProjectBlockedMinRows && Dnnl::get().usable())) {
+      Tensor y = dnnl_product(x, w, b);
+      if (y.defined()) return y;
     }
+    if (lib == kLibBlocked) return blocked_product(x, false, w.t(), b);
   }
   return b.has_value() ? at::addmm(*b, x, w.t()) : at::mm(x, w.t());
 }
 
-// x (T, B, I) seq-first; h0, c0 (L·D, B, N / H) or none (zeros); weights per layer and direction in
-// torch.nn's order (w_ih, w_hh, then b_ih, b_hh with has_bias, then w_hr with has_proj) -> y (T, B, D·N),
-// h_n (L·D, B, N), c_n (L·D, B, H) (empty but for the LSTM).
-std::tuple<Tensor, Tensor, Tensor> module_fwd(const Tensor& x, const c10::optional<Tensor>& h0,
-                                              const c10::optional<Tensor>& c0, at::TensorList weights,
-                                              int64_t cell, int64_t num_layers, bool bidirectional, bool has_bias,
-                                              bool has_proj, bool blocked) {
-  const int64_t G = gates(cell), D = bidirectional ? 2 : 1, per = 2 + 2 * has_bias + has_proj;
+// The projection's gradients from g (rows, G·H) = dgi: dX (rows, I) = g·W_ih, and into dw (G·H, I) the
+// sum gᵀ·x, as _Linear.backward (rnnfast/ops/linear.py) or F.linear's autograd computes them.
+Tensor project_backward(const Tensor& g, const Tensor& x, const Tensor& w, int64_t lib, Tensor& dw) {
+  const int64_t rows = g.size(0);
+  const bool big = rows * w.size(0) * w.size(1) >= kProjectMinWork;
+  if (big && lib == kLibBlocked) {
+    dw = blocked_product(g, true, x, c10::nullopt);
+    return blocked_product(g, false, w, c10::nullopt);
+  }
+  dw = at::mm(g.t(), x);
+  if (big && lib == kLibOnednn && rows >= kProjectDnnlDxMinRows) {
+    Tensor dx = dnnl_product(g, w.t(), c10::nullopt);
+    if (dx.defined()) return dx;
+  }
+  return at::mm(g, w);
+}
+
+// The arguments shared by the forward and the backward of a module call.
+struct ModuleArgs {
+  int64_t cell, G, L, D, per, T, B, H, N;
+  bool bias, proj;
+  const Tensor* weights;  // per layer and direction: w_ih, w_hh, then b_ih, b_hh (bias), then w_hr (proj)
+
+  const Tensor* w(int64_t k) const { return weights + k * per; }
+  c10::optional<Tensor> b_hh(int64_t k) const {
+    return bias ? c10::optional<Tensor>(w(k)[3].contiguous()) : c10::nullopt;
+  }
+  c10::optional<Tensor> w_hr(int64_t k) const {
+    return proj ? c10::optional<Tensor>(w(k)[per - 1].contiguous()) : c10::nullopt;
+  }
+};
+
+ModuleArgs module_args(const Tensor& x, at::TensorList weights, int64_t cell, int64_t num_layers,
+                       bool bidirectional, bool has_bias, bool has_proj) {
+  ModuleArgs a{};
+  a.cell = cell;
+  a.G = gates(cell);
+  a.L = num_layers;
+  a.D = bidirectional ? 2 : 1;
+  a.per = 2 + 2 * has_bias + has_proj;
+  a.bias = has_bias;
+  a.proj = has_proj;
+  a.weights = weights.data();
   TORCH_CHECK(x.dim() == 3, "rnnfast_C: x: expected (T, B, I), got ", x.sizes());
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
               "rnnfast_C: x: expected float32 or float64, got ", x.scalar_type());
-  TORCH_CHECK(num_layers >= 1 && static_cast<int64_t>(weights.size()) == num_layers * D * per,
-              "rnnfast_C: weights: expected ", num_layers * D * per, " tensors for ", num_layers, " layers, got ",
-              weights.size());
+  TORCH_CHECK(num_layers >= 1 && static_cast<int64_t>(weights.size()) == num_layers * a.D * a.per,
+              "rnnfast_C: weights: expected ", num_layers * a.D * a.per, " tensors for ", num_layers,
+              " layers, got ", weights.size());
   TORCH_CHECK(!has_proj || cell == kLstm, "rnnfast_C: has_proj: a projection exists only for the lstm cell");
-  const bool lstm = cell == kLstm;
-  const int64_t T = x.size(0), B = x.size(1), H = weights[0].size(0) / G;
-  const int64_t N = has_proj ? weights[per - 1].size(0) : H;
-  TORCH_CHECK(T > 0 && H > 0 && weights[0].size(0) % G == 0,
-              "rnnfast_C: x, weights: expected at least one step and G·H rows of w_ih, got T = ", T, " and ",
-              weights[0].size(0), " rows for ", G, " gates");
-  const auto opts = x.options();
-  Tensor zeros;  // the initial state of every layer without h0 (c0): the loops only read it
-  auto state = [&](const c10::optional<Tensor>& s, int64_t k, int64_t width, const char* name) {
-    if (!s.has_value() || !s->defined()) {
-      if (!zeros.defined()) zeros = at::zeros({B, std::max(N, H)}, opts);
-      return zeros.narrow(1, 0, width);
+  a.T = x.size(0);
+  a.B = x.size(1);
+  a.H = weights[0].size(0) / a.G;
+  a.N = has_proj ? weights[a.per - 1].size(0) : a.H;
+  TORCH_CHECK(a.T > 0 && a.H > 0 && weights[0].size(0) % a.G == 0,
+              "rnnfast_C: x, weights: expected at least one step and G·H rows of w_ih, got T = ", a.T, " and ",
+              weights[0].size(0), " rows for ", a.G, " gates");
+  for (int64_t k = 0; k < num_layers * a.D; ++k) {
+    const Tensor* w = a.w(k);
+    const int64_t I = k < a.D ? x.size(2) : a.D * a.N;
+    check_like("w_ih", w[0], x, {a.G * a.H, I});
+    check_like("w_hh", w[1], x, {a.G * a.H, a.N});
+    if (has_bias) {
+      check_like("b_ih", w[2], x, {a.G * a.H});
+      check_like("b_hh", w[3], x, {a.G * a.H});
     }
-    check_like(name, *s, x, {num_layers * D, B, width});
-    return s->select(0, k);
-  };
-  // Row k of the (L·D, B, ·) output `dst` from the (B, ·) final state src.
-  auto put = [&](Tensor& dst, const Tensor& src, int64_t k) {
-    const int64_t n = src.numel(), bytes = static_cast<int64_t>(src.element_size()) * n;
-    std::memcpy(static_cast<char*>(dst.data_ptr()) + k * bytes, src.contiguous().data_ptr(), bytes);
-  };
-  Tensor h_n = new_output({num_layers * D, B, N}, opts);
-  Tensor c_n = lstm ? new_output({num_layers * D, B, H}, opts) : new_output({0}, opts);
-  const Steps fwd(T, B, false, c10::nullopt), rev(T, B, true, c10::nullopt);
-  Tensor in = x.contiguous();
-  for (int64_t layer = 0; layer < num_layers; ++layer) {
-    const int64_t I = in.size(2);
-    const Tensor x2 = in.view({T * B, I});
-    std::vector<Tensor> outs;
-    for (int64_t d = 0; d < D; ++d) {
-      const int64_t k = layer * D + d;
-      const Tensor* w = weights.data() + k * per;
-      check_like("w_ih", w[0], x, {G * H, I});
-      check_like("w_hh", w[1], x, {G * H, N});
-      c10::optional<Tensor> b_ih, b_hh, w_hr;
-      if (has_bias) {
-        check_like("b_ih", w[2], x, {G * H});
-        check_like("b_hh", w[3], x, {G * H});
-        b_ih = w[2];
-        b_hh = w[3].contiguous();
-      }
-      if (has_proj) {
-        check_like("w_hr", w[per - 1], x, {N, H});
-        w_hr = w[per - 1].contiguous();
-      }
-      const Tensor gi = project(x2, w[0], b_ih, blocked).view({T, B, G * H});
-      const Tensor hk = state(h0, k, N, "h0");
-      c10::optional<Tensor> ck;
-      if (lstm) ck = state(c0, k, H, "c0");
-      const Steps& st = d == 1 ? rev : fwd;
-      auto res = AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "module_fwd", [&] {
-        return dispatch_cell(cell, [&](auto c) {
-          using Cell = decltype(c);
-          return forward_impl<Cell, scalar_t>(gi, hk, ck, w[1].contiguous(), b_hh, w_hr, st, false);
-        });
-      });
-      put(h_n, std::get<1>(res), k);
-      if (lstm) put(c_n, std::get<2>(res), k);
-      outs.push_back(std::get<0>(res));
-    }
-    in = D == 1 ? outs[0] : at::cat(outs, 2);
+    if (has_proj) check_like("w_hr", w[a.per - 1], x, {a.N, a.H});
   }
-  return {in, h_n, c_n};
+  return a;
+}
+
+// Row k (B, width) of the initial state s (L·D, B, width), or of `zeros` (made once) without one.
+Tensor initial_state(const c10::optional<Tensor>& s, int64_t k, int64_t width, const char* name,
+                     const ModuleArgs& a, const Tensor& x, Tensor& zeros) {
+  if (!s.has_value() || !s->defined()) {
+    if (!zeros.defined()) zeros = at::zeros({a.B, std::max(a.N, a.H)}, x.options());
+    return zeros.narrow(1, 0, width).contiguous();
+  }
+  check_like(name, *s, x, {a.L * a.D, a.B, width});
+  return s->select(0, k).contiguous();
+}
+
+// Row k of the (K, ...) tensor dst from src (same element count per row), by memcpy.
+void put_row(Tensor& dst, const Tensor& src, int64_t k) {
+  const int64_t bytes = static_cast<int64_t>(src.element_size()) * src.numel();
+  std::memcpy(static_cast<char*>(dst.data_ptr()) + k * bytes, src.contiguous().data_ptr(), bytes);
+}
+
+template <typename F>
+auto with_cell(const Tensor& x, int64_t cell, F&& f) {
+  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "module", [&] {
+    return dispatch_cell(cell, [&](auto c) { return f(c, scalar_t{}); });
+  });
+}
+
+// x (T, B, I) seq-first; h0, c0 (L·D, B, N / H) or none (zeros); weights as ModuleArgs; lib the input
+// projection's library (ProjectLib) -> y (T, B, D·N), h_n (L·D, B, N), c_n (L·D, B, H) (empty but for the
+// LSTM), and with need_ws what module_bwd needs: per layer its input (layer 0: undefined, the caller
+// keeps x) and per direction its outputs (T, B, N) and saved activations.
+std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> module_fwd(
+    const Tensor& x, const c10::optional<Tensor>& h0, const c10::optional<Tensor>& c0, at::TensorList weights,
+    int64_t cell, int64_t num_layers, bool bidirectional, bool has_bias, bool has_proj, int64_t lib, bool need_ws) {
+  const ModuleArgs a = module_args(x, weights, cell, num_layers, bidirectional, has_bias, has_proj);
+  const bool lstm = cell == kLstm;
+  const auto opts = x.options();
+  Tensor zeros;
+  Tensor h_n = new_output({a.L * a.D, a.B, a.N}, opts);
+  Tensor c_n = lstm ? new_output({a.L * a.D, a.B, a.H}, opts) : new_output({0}, opts);
+  const Steps fwd(a.T, a.B, false, c10::nullopt), rev(a.T, a.B, true, c10::nullopt);
+  std::vector<Tensor> saved;
+  Tensor in = x.contiguous();
+  for (int64_t layer = 0; layer < a.L; ++layer) {
+    if (need_ws) saved.push_back(layer == 0 ? at::empty({0}, opts) : in);  // layer 0: the caller's x
+    const Tensor x2 = in.view({a.T * a.B, in.size(2)});
+    std::vector<Tensor> outs;
+    for (int64_t d = 0; d < a.D; ++d) {
+      const int64_t k = layer * a.D + d;
+      const Tensor* w = a.w(k);
+      const c10::optional<Tensor> b_ih = a.bias ? c10::optional<Tensor>(w[2]) : c10::nullopt;
+      const Tensor gi = project(x2, w[0], b_ih, lib).view({a.T, a.B, a.G * a.H});
+      const Tensor hk = initial_state(h0, k, a.N, "h0", a, x, zeros);
+      c10::optional<Tensor> ck;
+      if (lstm) ck = initial_state(c0, k, a.H, "c0", a, x, zeros);
+      const Steps& st = d == 1 ? rev : fwd;
+      auto res = with_cell(x, cell, [&](auto c, auto s) {
+        return forward_impl<decltype(c), decltype(s)>(gi, hk, ck, w[1].contiguous(), a.b_hh(k), a.w_hr(k), st,
+                                                      need_ws);
+      });
+      put_row(h_n, std::get<1>(res), k);
+      if (lstm) put_row(c_n, std::get<2>(res), k);
+      outs.push_back(std::get<0>(res));
+      if (need_ws) {
+        saved.push_back(std::get<0>(res));
+        saved.push_back(std::get<3>(res));
+      }
+    }
+    in = a.D == 1 ? outs[0] : at::cat(outs, 2);
+  }
+  return {in, h_n, c_n, saved};
+}
+
+// The gradients of module_fwd's call: grad_y (T, B, D·N), grad_hn, grad_cn (L·D, B, ·); x, h0, c0,
+// weights, lib as the forward got them, saved as it returned them -> dx (T, B, I), dh0, dc0 (as h0, c0;
+// empty without them), and the weights' gradients in their order.
+std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> module_bwd(
+    const Tensor& grad_y, const Tensor& grad_hn, const c10::optional<Tensor>& grad_cn, const Tensor& x,
+    const c10::optional<Tensor>& h0, const c10::optional<Tensor>& c0, at::TensorList weights, at::TensorList saved,
+    int64_t cell, int64_t num_layers, bool bidirectional, bool has_bias, bool has_proj, int64_t lib) {
+  const ModuleArgs a = module_args(x, weights, cell, num_layers, bidirectional, has_bias, has_proj);
+  const bool lstm = cell == kLstm;
+  TORCH_CHECK(static_cast<int64_t>(saved.size()) == a.L * (1 + 2 * a.D), "rnnfast_C: saved: expected ",
+              a.L * (1 + 2 * a.D), " tensors from module_fwd, got ", saved.size());
+  check_like("grad_y", grad_y, x, {a.T, a.B, a.D * a.N});
+  check_like("grad_hn", grad_hn, x, {a.L * a.D, a.B, a.N});
+  if (lstm) {
+    TORCH_CHECK(grad_cn.has_value() && grad_cn->defined(), "rnnfast_C: grad_cn: required for the lstm cell");
+    check_like("grad_cn", *grad_cn, x, {a.L * a.D, a.B, a.H});
+  }
+  const auto opts = x.options();
+  const bool has_h0 = h0.has_value() && h0->defined(), has_c0 = c0.has_value() && c0->defined();
+  Tensor zeros;
+  Tensor dh0 = has_h0 ? new_output({a.L * a.D, a.B, a.N}, opts) : new_output({0}, opts);
+  Tensor dc0 = has_c0 ? new_output({a.L * a.D, a.B, a.H}, opts) : new_output({0}, opts);
+  std::vector<Tensor> dw(weights.size());
+  const Steps fwd(a.T, a.B, false, c10::nullopt), rev(a.T, a.B, true, c10::nullopt);
+  Tensor g = grad_y.contiguous();  // the gradient of the current layer's output
+  for (int64_t layer = a.L - 1; layer >= 0; --layer) {
+    const Tensor in = layer == 0 ? x.contiguous() : saved[layer * (1 + 2 * a.D)];
+    const Tensor x2 = in.view({a.T * a.B, in.size(2)});
+    Tensor dx;
+    for (int64_t d = 0; d < a.D; ++d) {
+      const int64_t k = layer * a.D + d;
+      const Tensor* w = a.w(k);
+      const Tensor& y = saved[layer * (1 + 2 * a.D) + 1 + 2 * d];
+      const Tensor& ws = saved[layer * (1 + 2 * a.D) + 2 + 2 * d];
+      const Tensor gy = a.D == 1 ? g : g.narrow(2, d * a.N, a.N).contiguous();
+      const Tensor hk = initial_state(h0, k, a.N, "h0", a, x, zeros);
+      c10::optional<Tensor> ck, gck;
+      if (lstm) {
+        ck = initial_state(c0, k, a.H, "c0", a, x, zeros);
+        gck = grad_cn->select(0, k).contiguous();
+      }
+      const Steps& st = d == 1 ? rev : fwd;
+      auto r = with_cell(x, cell, [&](auto c, auto s) {
+        return backward_impl<decltype(c), decltype(s)>(gy, grad_hn.select(0, k).contiguous(), gck, hk, ck,
+                                                       w[1].contiguous(), a.b_hh(k), a.w_hr(k), y, ws, st);
+      });
+      const Tensor dgi = std::get<0>(r).view({a.T * a.B, a.G * a.H});
+      Tensor* dwk = dw.data() + k * a.per;
+      const Tensor dxk = project_backward(dgi, x2, w[0], lib, dwk[0]);
+      dx = d == 0 ? dxk : dx.add_(dxk);
+      dwk[1] = std::get<3>(r);
+      if (a.bias) {
+        dwk[2] = dgi.sum(0);
+        dwk[3] = std::get<4>(r);
+      }
+      if (a.proj) dwk[a.per - 1] = std::get<5>(r);
+      if (has_h0) put_row(dh0, std::get<1>(r), k);
+      if (has_c0) put_row(dc0, std::get<2>(r), k);
+    }
+    g = dx.view({a.T, a.B, in.size(2)});
+  }
+  return {g, dh0, dc0, dw};
 }
 
 }  // namespace
@@ -1001,6 +1149,7 @@ TORCH_LIBRARY_IMPL(rnnfast_C, CPU, m) {
   m.impl("recurrence_bwd", &recurrence_bwd);
   m.impl("gemm", &gemm_op);
   m.impl("module_fwd", &module_fwd);
+  m.impl("module_bwd", &module_bwd);
 }
 
 }  // namespace rnnfast

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from rnnfast import backends
-from rnnfast.ops.linear import input_projection, module_blocked
+from rnnfast.ops.linear import input_projection, library_code
 from rnnfast.ops.recurrence.common import CELL_CODE, as_dtype
 from rnnfast.ops.recurrence.function import recurrence
 
@@ -217,11 +217,12 @@ class _FusedRNNMixin:
 
     def _one_call(self, x, T, B, h0, c0):
         """The cpu backend's whole layer stack in one C++ call (``rnnfast_C::module_fwd``: per layer and
-        direction the input projection and the forward loop) where nothing records a gradient: (y, h_n,
-        c_n), or None where that call does not apply (autograd, torch.compile, dropout in training,
-        float16/bfloat16, weights of another dtype or a tensor subclass, a projection that would take
-        oneDNN) and _layers runs. It saves ~10 µs of Python per call: a one-step GRU at B=1, H=64 took
-        ~23 µs through _layers."""
+        direction the input projection and the forward loop; in training one autograd node whose backward
+        is ``module_bwd``): (y, h_n, c_n), or None where it does not apply (torch.compile, dropout between
+        layers in training, float16/bfloat16, weights of another dtype than the input or a tensor
+        subclass) and _layers runs. It computes what _layers does, each product in the same library, and
+        saves its Python and autograd overheads: a one-step GRU at B=1, H=64 took ~23 µs through _layers
+        in inference, an RNN ~120 µs in training."""
         dt = x.dtype
         if (
             dt not in _ONE_CALL_DTYPES
@@ -231,32 +232,25 @@ class _FusedRNNMixin:
         ):
             return None
         weights = [_param(self, n) for names in self._all_weights for n in names]
-        grad = torch.is_grad_enabled()
         for w in weights:
-            if type(w) not in _PLAIN or w.dtype != dt or (grad and w.requires_grad):
+            if type(w) not in _PLAIN or w.dtype != dt:
                 return None
-        if grad and (x.requires_grad or any(s is not None and s.requires_grad for s in (h0, c0))):
-            return None
-        D = 2 if self.bidirectional else 1
-        N = self.proj_size if self.proj_size > 0 else self.hidden_size
-        GH = weights[0].shape[0]
-        rows = T * B
-        works = [rows * GH * self.input_size] + [rows * GH * D * N] * (self.num_layers - 1)
-        blocked = module_blocked(rows, works, dt)
-        if blocked is None:
-            return None
-        y, h_n, c_n = torch.ops.rnnfast_C.module_fwd(
-            x,
-            h0,
-            c0,
-            weights,
+        cfg = (
             CELL_CODE[_cell(self)],
             self.num_layers,
             self.bidirectional,
             self.bias,
             self.proj_size > 0,
-            blocked,
+            library_code(),
         )
+        if torch.is_grad_enabled() and (
+            x.requires_grad
+            or any(w.requires_grad for w in weights)
+            or any(s is not None and s.requires_grad for s in (h0, c0))
+        ):
+            y, h_n, c_n = _ModuleCall.apply(x, h0, c0, cfg, *weights)
+        else:
+            y, h_n, c_n, _ = torch.ops.rnnfast_C.module_fwd(x, h0, c0, weights, *cfg, False)
         return y, h_n, (c_n if self.mode == "LSTM" else None)
 
     def _layers(self, x, T, B, h0, c0, lengths, rows, backend, cast):
@@ -314,6 +308,31 @@ class _FusedRNNMixin:
         h_n = _stack(hs)
         c_n = _stack(cs) if is_lstm else None
         return x, h_n, c_n
+
+
+class _ModuleCall(torch.autograd.Function):
+    """Autograd of the one-call layer stack: forward ``rnnfast_C::module_fwd`` keeping every layer's
+    activations, backward ``module_bwd`` (all layers, directions and the input projections at once)."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, cfg, *weights):
+        y, h_n, c_n, saved = torch.ops.rnnfast_C.module_fwd(x, h0, c0, weights, *cfg, True)
+        ctx.cfg, ctx.n_weights = cfg, len(weights)
+        ctx.save_for_backward(x, h0, c0, *weights, *saved)
+        if cfg[0] != CELL_CODE["lstm"]:
+            ctx.mark_non_differentiable(c_n)
+        return y, h_n, c_n
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y, grad_hn, grad_cn):
+        x, h0, c0, *rest = ctx.saved_tensors
+        weights, saved = rest[: ctx.n_weights], rest[ctx.n_weights :]
+        lstm = ctx.cfg[0] == CELL_CODE["lstm"]
+        dx, dh0, dc0, dws = torch.ops.rnnfast_C.module_bwd(
+            grad_y, grad_hn, grad_cn if lstm else None, x, h0, c0, weights, saved, *ctx.cfg
+        )
+        return (dx, dh0 if h0 is not None else None, dc0 if c0 is not None else None, None, *dws)
 
 
 _ONE_CALL_DTYPES = (torch.float32, torch.float64)

@@ -83,21 +83,14 @@ def _mm_nt(a: Tensor, b: Tensor, bias: Tensor | None, lib: str, dnnl: bool = Tru
     return torch.addmm(bias, a, b.t(), out=out)
 
 
-def module_blocked(rows: int, works: list[int], dtype: torch.dtype) -> bool | None:
-    """For the cpu modules' one-call inference (``torch.ops.rnnfast_C.module_fwd``), whose projections are
-    F.linear's product below ``_MIN_WORK`` multiply-adds and from there the blocked kernel or ATen's:
-    whether the large ones take the blocked kernel, as :func:`input_projection` would, for projections of
-    ``rows`` rows and ``works`` multiply-adds each; None where one of them would take oneDNN (which that
-    call does not run)."""
-    if max(works) < _MIN_WORK:
-        return False
-    lib = library()
-    f32_dnnl = dtype == torch.float32 and _DNNL
-    if lib == "onednn":
-        return None if f32_dnnl else False
-    if lib == "aten":
-        return False
-    return None if f32_dnnl and rows < _BLOCKED_FWD_MIN_ROWS else True
+# library() as the code rnnfast_C::module_fwd / module_bwd take (ProjectLib in csrc/cpu/recurrence.cpp).
+_LIB_CODE = {"aten": 0, "blocked": 1, "onednn": 2}
+
+
+def library_code() -> int:
+    """:func:`library` as the integer the cpu modules' one-call ops take (they choose among its kernels
+    for each product as :func:`input_projection` and its backward do)."""
+    return _LIB_CODE[library()]
 
 
 class _Linear(torch.autograd.Function):
