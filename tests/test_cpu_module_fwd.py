@@ -286,3 +286,16 @@ def test_one_call_gradcheck(kind, one_calls):
 
     assert torch.autograd.gradcheck(f, (x, h0, c0, *params))
     assert one_calls and all(one_calls)
+
+
+def test_one_call_can_be_turned_off(monkeypatch, one_calls):
+    """RNNFAST_CPU_ONE_CALL=0 (read at every call) leaves every call to the per-op layer stack."""
+    m = rnnfast.GRU(3, 4, backend="cpu")
+    x = torch.randn(2, 1, 3)
+    monkeypatch.setenv("RNNFAST_CPU_ONE_CALL", "0")
+    with pytest.raises(AssertionError, match="per-op layer stack ran"):
+        m(x)
+    assert one_calls == [False]
+    monkeypatch.delenv("RNNFAST_CPU_ONE_CALL")
+    m(x)
+    assert one_calls == [False, True]

@@ -10,6 +10,8 @@ device) calls torch.nn's forward itself, i.e. cuDNN on CUDA.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -220,12 +222,13 @@ class _FusedRNNMixin:
         direction the input projection and the forward loop; in training one autograd node whose backward
         is ``module_bwd``): (y, h_n, c_n), or None where it does not apply (torch.compile, dropout between
         layers in training, float16/bfloat16, weights of another dtype than the input or a tensor
-        subclass) and _layers runs. It computes what _layers does, each product in the same library, and
-        saves its Python and autograd overheads: a one-step GRU at B=1, H=64 took ~23 µs through _layers
-        in inference, an RNN ~120 µs in training."""
+        subclass; RNNFAST_CPU_ONE_CALL=0, read at every call) and _layers runs. It computes what _layers
+        does, each product in the same library, and saves its Python and autograd overheads: a one-step
+        GRU at B=1, H=64 took ~23 µs through _layers in inference, an RNN ~120 µs in training."""
         dt = x.dtype
         if (
             dt not in _ONE_CALL_DTYPES
+            or os.environ.get("RNNFAST_CPU_ONE_CALL") == "0"
             or (self.dropout and self.training and self.num_layers > 1)
             or torch.compiler.is_compiling()
             or type(x) is not Tensor
