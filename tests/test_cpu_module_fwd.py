@@ -213,40 +213,21 @@ def test_module_fwd_rejects_bad_arguments():
         y, h_n, c_n, saved = op(x, None, None, ws, 2, 1, False, True, False, 0, True)
         assert len(saved) == 3  # layer 0's input (the caller's x), its output and saved activations
         bwd = torch.ops.rnnfast_C.module_bwd
+        cfg = (2, 1, False, True, False, 0, True)
+        g_y, g_h = torch.ones_like(y), torch.ones_like(h_n)
         with pytest.raises(RuntimeError, match="saved: expected 3 tensors"):
-            bwd(
-                torch.ones_like(y),
-                torch.ones_like(h_n),
-                None,
-                x,
-                None,
-                None,
-                ws,
-                saved[:2],
-                2,
-                1,
-                False,
-                True,
-                False,
-                0,
-            )
+            bwd(g_y, g_h, None, x, None, None, ws, saved[:2], *cfg)
         with pytest.raises(RuntimeError, match="grad_y: expected shape"):
-            bwd(
-                torch.ones(2, 1, 5),
-                torch.ones_like(h_n),
-                None,
-                x,
-                None,
-                None,
-                ws,
-                saved,
-                2,
-                1,
-                False,
-                True,
-                False,
-                0,
-            )
+            bwd(torch.ones(2, 1, 5), g_h, None, x, None, None, ws, saved, *cfg)
+        dx, dh0, dc0, dws = bwd(g_y, g_h, None, x, None, None, ws, saved, *cfg)
+        assert (dx.shape, dh0.numel(), dc0.numel(), [d.shape for d in dws]) == (
+            x.shape,
+            0,
+            0,
+            [w.shape for w in ws],
+        )
+        dx, *_ = bwd(g_y, g_h, None, x, None, None, ws, saved, *cfg[:-1], False)
+        assert dx.numel() == 0  # need_dx=False: no dX product
 
 
 def test_module_fwd_all_cells_and_layers_against_torch_forward():
@@ -299,3 +280,18 @@ def test_one_call_can_be_turned_off(monkeypatch, one_calls):
     monkeypatch.delenv("RNNFAST_CPU_ONE_CALL")
     m(x)
     assert one_calls == [False, True]
+
+
+def test_one_call_training_only_below_a_w_hh_of_one_mib(one_calls, monkeypatch):
+    """Training takes the one call where the first layer's W_hh is below 1 MiB (float32 LSTM H=128: 256
+    KiB); from 1 MiB (H=256) it keeps the per-op path, which inference does not."""
+    monkeypatch.setattr(rnn_mod._FusedRNNMixin, "_layers", lambda self, *a: ("per-op",) * 3)
+    for H, want in [(128, True), (256, False)]:
+        m = rnnfast.LSTM(8, H, backend="cpu")
+        one_calls.clear()
+        out = m(torch.randn(2, 1, 8))
+        assert one_calls == [want] and (out[0] == "per-op") is not want, H
+        with torch.no_grad():
+            one_calls.clear()
+            m(torch.randn(2, 1, 8))
+            assert one_calls == [True], H

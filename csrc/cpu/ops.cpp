@@ -22,7 +22,7 @@ TORCH_LIBRARY(rnnfast_C, m) {
   m.def(
       "module_bwd(Tensor grad_y, Tensor grad_hn, Tensor? grad_cn, Tensor x, Tensor? h0, Tensor? c0, "
       "Tensor[] weights, Tensor[] saved, int cell, int num_layers, bool bidirectional, bool has_bias, "
-      "bool has_proj, int lib) -> (Tensor, Tensor, Tensor, Tensor[])");
+      "bool has_proj, int lib, bool need_dx) -> (Tensor, Tensor, Tensor, Tensor[])");
   m.def("gemm_path(int m, int k, int n, int steps=100) -> str");
   // op(a)·b (+ bias) in the blocked kernel: op(a) = a (M, R), or aᵀ with a_t (a (R, M)); b (R, N) -> (M, N).
   m.def("gemm(Tensor a, Tensor b, Tensor? bias=None, bool a_t=False) -> Tensor");

@@ -930,16 +930,18 @@ Tensor project(const Tensor& x, const Tensor& w, const c10::optional<Tensor>& b,
   return b.has_value() ? at::addmm(*b, x, w.t()) : at::mm(x, w.t());
 }
 
-// The projection's gradients from g (rows, G·H) = dgi: dX (rows, I) = g·W_ih, and into dw (G·H, I) the
-// sum gᵀ·x, as _Linear.backward (rnnfast/ops/linear.py) or F.linear's autograd computes them.
-Tensor project_backward(const Tensor& g, const Tensor& x, const Tensor& w, int64_t lib, Tensor& dw) {
+// The projection's gradients from g (rows, G·H) = dgi: into dw (G·H, I) the sum gᵀ·x, and with need_dx
+// dX (rows, I) = g·W_ih (else undefined), as _Linear.backward (rnnfast/ops/linear.py) or F.linear's
+// autograd computes them.
+Tensor project_backward(const Tensor& g, const Tensor& x, const Tensor& w, int64_t lib, Tensor& dw, bool need_dx) {
   const int64_t rows = g.size(0);
   const bool big = rows * w.size(0) * w.size(1) >= kProjectMinWork;
   if (big && lib == kLibBlocked) {
     dw = blocked_product(g, true, x, c10::nullopt);
-    return blocked_product(g, false, w, c10::nullopt);
+    return need_dx ? blocked_product(g, false, w, c10::nullopt) : Tensor();
   }
   dw = at::mm(g.t(), x);
+  if (!need_dx) return Tensor();
   if (big && lib == kLibOnednn && rows >= kProjectDnnlDxMinRows) {
     Tensor dx = dnnl_product(g, w.t(), c10::nullopt);
     if (dx.defined()) return dx;
@@ -1072,12 +1074,13 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> module_fwd(
 }
 
 // The gradients of module_fwd's call: grad_y (T, B, D·N), grad_hn, grad_cn (L·D, B, ·); x, h0, c0,
-// weights, lib as the forward got them, saved as it returned them -> dx (T, B, I), dh0, dc0 (as h0, c0;
-// empty without them), and the weights' gradients in their order.
+// weights, lib as the forward got them, saved as it returned them -> dx (T, B, I; empty without need_dx:
+// the first layer's dX product is skipped), dh0, dc0 (as h0, c0; empty without them), and the weights'
+// gradients in their order.
 std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> module_bwd(
     const Tensor& grad_y, const Tensor& grad_hn, const c10::optional<Tensor>& grad_cn, const Tensor& x,
     const c10::optional<Tensor>& h0, const c10::optional<Tensor>& c0, at::TensorList weights, at::TensorList saved,
-    int64_t cell, int64_t num_layers, bool bidirectional, bool has_bias, bool has_proj, int64_t lib) {
+    int64_t cell, int64_t num_layers, bool bidirectional, bool has_bias, bool has_proj, int64_t lib, bool need_dx) {
   const ModuleArgs a = module_args(x, weights, cell, num_layers, bidirectional, has_bias, has_proj);
   const bool lstm = cell == kLstm;
   TORCH_CHECK(static_cast<int64_t>(saved.size()) == a.L * (1 + 2 * a.D), "rnnfast_C: saved: expected ",
@@ -1119,8 +1122,8 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> module_bwd(
       });
       const Tensor dgi = std::get<0>(r).view({a.T * a.B, a.G * a.H});
       Tensor* dwk = dw.data() + k * a.per;
-      const Tensor dxk = project_backward(dgi, x2, w[0], lib, dwk[0]);
-      dx = d == 0 ? dxk : dx.add_(dxk);
+      const Tensor dxk = project_backward(dgi, x2, w[0], lib, dwk[0], layer > 0 || need_dx);
+      if (dxk.defined()) dx = d == 0 ? dxk : dx.add_(dxk);
       dwk[1] = std::get<3>(r);
       if (a.bias) {
         dwk[2] = dgi.sum(0);
@@ -1130,7 +1133,7 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> module_bwd(
       if (has_h0) put_row(dh0, std::get<1>(r), k);
       if (has_c0) put_row(dc0, std::get<2>(r), k);
     }
-    g = dx.view({a.T, a.B, in.size(2)});
+    g = dx.defined() ? dx.view({a.T, a.B, in.size(2)}) : at::empty({0}, opts);
   }
   return {g, dh0, dc0, dw};
 }

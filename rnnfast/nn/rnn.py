@@ -251,6 +251,8 @@ class _FusedRNNMixin:
             or any(w.requires_grad for w in weights)
             or any(s is not None and s.requires_grad for s in (h0, c0))
         ):
+            if weights[1].numel() * weights[1].element_size() >= _ONE_CALL_TRAIN_MAX_W_HH_BYTES:
+                return None
             y, h_n, c_n = _ModuleCall.apply(x, h0, c0, cfg, *weights)
         else:
             y, h_n, c_n, _ = torch.ops.rnnfast_C.module_fwd(x, h0, c0, weights, *cfg, False)
@@ -332,13 +334,26 @@ class _ModuleCall(torch.autograd.Function):
         x, h0, c0, *rest = ctx.saved_tensors
         weights, saved = rest[: ctx.n_weights], rest[ctx.n_weights :]
         lstm = ctx.cfg[0] == CELL_CODE["lstm"]
+        need_dx = ctx.needs_input_grad[0]
         dx, dh0, dc0, dws = torch.ops.rnnfast_C.module_bwd(
-            grad_y, grad_hn, grad_cn if lstm else None, x, h0, c0, weights, saved, *ctx.cfg
+            grad_y, grad_hn, grad_cn if lstm else None, x, h0, c0, weights, saved, *ctx.cfg, need_dx
         )
-        return (dx, dh0 if h0 is not None else None, dc0 if c0 is not None else None, None, *dws)
+        return (
+            dx if need_dx else None,
+            dh0 if h0 is not None else None,
+            dc0 if c0 is not None else None,
+            None,
+            *dws,
+        )
 
 
 _ONE_CALL_DTYPES = (torch.float32, torch.float64)
+# Training takes the one call only below this W_hh size (the first layer's): what it saves is a fixed
+# ~20-90 µs a call, while with a W_hh of 1 MiB or more paired rounds on a 2-core Zen 5 EPYC put it behind
+# the per-op path at one step (GRU and LSTM H=512, B=4-16: 0.60-0.87x; B=1 0.77-1.15x) and level at 50
+# steps (0.97-1.04x), for reasons not pinned down (its time in the recurrence's backward varied more).
+# Inference takes it at every size (0.98-1.09x there, 1.04-1.09x at small sizes).
+_ONE_CALL_TRAIN_MAX_W_HH_BYTES = 1 << 20
 _PLAIN = (Tensor, nn.Parameter)
 
 
