@@ -244,19 +244,15 @@ def _short_sequence(sizes: Sizes) -> bool:
     3ffbf36.json; GRU 0.85-1.19x, RNN 0.62-0.91x). On AVX-512 CPUs other than Intel's not for LSTMs at
     all: the cpu kernels were ahead at every one-step size measured on the Zen 5 EPYC, inference
     1.28x-4.30x, training 1.22x-16.3x (benchmarks/results/cpu-avx512-zen5-decode-09108f1.json; GRU
-    0.89x-1.46x, RNN 0.72x-1.10x, which kept torch.nn). There, since inference runs a module's whole
-    layer stack in one C++ call (rnnfast.nn.rnn, _one_call), GRU inference (nothing recording a gradient,
-    no autocast) takes the cpu kernels too: 1.14x-1.84x in all 9 one-step cases of the decode grid, where
-    training was 1.01x-1.27x and RNN inference 0.98x-1.26x, training 0.72x-0.97x, which keep torch.nn
-    (benchmarks/results/cpu-avx512-zen5-decode-4c6afd6.json)."""
+    0.89x-1.46x, RNN 0.72x-1.10x, which kept torch.nn). There, since a module's whole layer stack runs
+    in one C++ call (rnnfast.nn.rnn, _one_call), one- and two-step GRUs (not under autocast) take the cpu
+    kernels too: in all 9 one-step cases of the decode grid inference 1.06x-1.98x, training 1.03x-1.57x
+    (benchmarks/results/cpu-avx512-zen5-decode-3307b0b.json; an earlier run, inference one call only:
+    1.14x-1.84x and 1.01x-1.27x, cpu-avx512-zen5-decode-4c6afd6.json), while RNNs (inference
+    0.92x-1.36x, training 0.74x-1.04x) keep torch.nn."""
     if sizes.get("T", 8) > 2:
         return False
-    if (
-        sizes.get("cell") == "gru"
-        and not sizes.get("grad")
-        and not sizes.get("autocast")
-        and cpu_kind() == "avx512-other"
-    ):
+    if sizes.get("cell") == "gru" and not sizes.get("autocast") and cpu_kind() == "avx512-other":
         return False
     if sizes.get("cell") == "lstm":
         if sizes.get("autocast"):

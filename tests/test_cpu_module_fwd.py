@@ -16,23 +16,10 @@ import rnnfast
 import rnnfast.nn.rnn as rnn_mod
 from rnnfast import _ext
 from rnnfast.ops import linear
-from tests.utils import assert_close
+from tests.utils import MODULE_KINDS, assert_close, kind_id
 
 ok, why = _ext.status()
 pytestmark = pytest.mark.skipif(not ok, reason=f"C++ CPU kernels unavailable: {why}")
-
-KINDS = [
-    ("RNN", {"nonlinearity": "tanh"}),
-    ("RNN", {"nonlinearity": "relu"}),
-    ("GRU", {}),
-    ("LSTM", {}),
-    ("LSTM", {"proj_size": 3}),
-]
-
-
-def _kind_id(k):
-    name, kw = k
-    return name + "".join(f"-{v}" for v in kw.values())
 
 
 @pytest.fixture
@@ -65,7 +52,7 @@ def _flat(out):
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("num_layers", [1, 2], ids=["L1", "L2"])
-@pytest.mark.parametrize("kind", KINDS, ids=_kind_id)
+@pytest.mark.parametrize("kind", MODULE_KINDS, ids=kind_id)
 def test_one_call_matches_torch_nn(kind, num_layers, bidirectional, bias, inp, hx, mode, one_calls):
     """float64, H = 33, T = 4, B = 3 (1 unbatched): outputs and final states as torch.nn's (under no_grad
     for inference), and in training the gradients of the input, every parameter and h0 (c0) for injected
@@ -234,7 +221,7 @@ def test_module_fwd_all_cells_and_layers_against_torch_forward():
     """float32, every cell, 1 and 3 layers, both directions: the one call against torch.nn's forward run on
     the same module (its _torch_forward)."""
     torch.manual_seed(2)
-    for (name, kw), L, bi in itertools.product(KINDS, [1, 3], [False, True]):
+    for (name, kw), L, bi in itertools.product(MODULE_KINDS, [1, 3], [False, True]):
         m = getattr(rnnfast, name)(6, 9, num_layers=L, bidirectional=bi, backend="cpu", **kw).eval()
         x = torch.randn(5, 3, 6)
         with torch.no_grad():
@@ -245,7 +232,7 @@ def test_module_fwd_all_cells_and_layers_against_torch_forward():
 
 
 @pytest.mark.parametrize(
-    "kind", [("GRU", {}), ("LSTM", {"proj_size": 2}), ("RNN", {"nonlinearity": "relu"})], ids=_kind_id
+    "kind", [("GRU", {}), ("LSTM", {"proj_size": 2}), ("RNN", {"nonlinearity": "relu"})], ids=kind_id
 )
 def test_one_call_gradcheck(kind, one_calls):
     """float64 gradcheck of the one call through the module (two bidirectional layers) with respect to

@@ -13,22 +13,10 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnnfast
-from tests.utils import assert_close
+from tests.utils import MODULE_KINDS, assert_close, kind_id
 
 BACKENDS = os.environ.get("RNNFAST_TEST_BACKENDS", "reference,auto").split(",")
-KINDS = [
-    ("RNN", {"nonlinearity": "tanh"}),
-    ("RNN", {"nonlinearity": "relu"}),
-    ("GRU", {}),
-    ("LSTM", {}),
-    ("LSTM", {"proj_size": 3}),
-]
 INPUTS = ["padded", "packed-sorted", "packed-unsorted", "unbatched"]
-
-
-def _kind_id(k):
-    name, kw = k
-    return name + "".join(f"-{v}" for v in kw.values())
 
 
 def _pair(kind, backend, **cfg):
@@ -70,7 +58,7 @@ def _run(m, x, lengths, hx, batch_first, sorted_):
 @pytest.mark.parametrize("inp", INPUTS)
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("num_layers", [1, 2], ids=["L1", "L2"])
-@pytest.mark.parametrize("kind", KINDS, ids=_kind_id)
+@pytest.mark.parametrize("kind", MODULE_KINDS, ids=kind_id)
 def test_module_parity(kind, num_layers, bidirectional, inp, backend):
     T, B, I, H = 5, 4, 3, 6
     is_lstm = kind[0] == "LSTM"
@@ -111,7 +99,7 @@ def test_module_parity(kind, num_layers, bidirectional, inp, backend):
             assert_close(f"d{n} (batch_first={batch_first})", got, want, 1e-11)
 
 
-@pytest.mark.parametrize("kind", KINDS, ids=_kind_id)
+@pytest.mark.parametrize("kind", MODULE_KINDS, ids=kind_id)
 def test_dropout_between_layers_matches_torch(kind):
     """Training-mode dropout draws the same masks as torch.nn on CPU (same RNG stream, same shapes)."""
     ref, fast = _pair(kind, "reference", input_size=3, hidden_size=5, num_layers=3, dropout=0.4)
@@ -129,7 +117,7 @@ def test_dropout_between_layers_matches_torch(kind):
     assert torch.equal(y1, y2), "eval mode must not apply dropout"
 
 
-@pytest.mark.parametrize("kind", KINDS, ids=_kind_id)
+@pytest.mark.parametrize("kind", MODULE_KINDS, ids=kind_id)
 def test_state_dict_and_conversions(kind):
     name, kw = kind
     cfg = dict(input_size=4, hidden_size=5, num_layers=2, bidirectional=True, **kw)
@@ -234,7 +222,7 @@ class _Double(nn.Module):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("kind", [("GRU", {}), ("LSTM", {"proj_size": 3})], ids=_kind_id)
+@pytest.mark.parametrize("kind", [("GRU", {}), ("LSTM", {"proj_size": 3})], ids=kind_id)
 def test_swapped_and_parametrized_weights_are_used(kind, backend):
     """The forward reads the weights the module has at the call: those torch.func.functional_call swaps
     in (and back out), and parametrized ones (recomputed per call), as torch.nn does."""

@@ -12,6 +12,21 @@ from rnnfast.ops.recurrence import reference as rec_ref
 
 CELLS = common.CELLS
 
+# The drop-in modules' kinds: (class name, its extra constructor arguments).
+MODULE_KINDS = [
+    ("RNN", {"nonlinearity": "tanh"}),
+    ("RNN", {"nonlinearity": "relu"}),
+    ("GRU", {}),
+    ("LSTM", {}),
+    ("LSTM", {"proj_size": 3}),
+]
+
+
+def kind_id(kind) -> str:
+    """'LSTM-3'-style ids of MODULE_KINDS entries."""
+    name, kw = kind
+    return name + "".join(f"-{v}" for v in kw.values())
+
 
 def assert_close(name: str, got: torch.Tensor, want: torch.Tensor, atol: float, rtol: float = 0.0) -> None:
     """Compare two tensors, naming the tensor and the worst element in the failure message."""
