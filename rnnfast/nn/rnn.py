@@ -352,7 +352,7 @@ _ONE_CALL_DTYPES = (torch.float32, torch.float64)
 # ~20-90 µs a call, while with a W_hh of 1 MiB or more paired rounds on a 2-core Zen 5 EPYC put it behind
 # the per-op path at one step (GRU and LSTM H=512, B=4-16: 0.60-0.87x; B=1 0.77-1.15x) and level at 50
 # steps (0.97-1.04x), for reasons not pinned down (its time in the recurrence's backward varied more).
-# Inference takes it at every size (0.98-1.09x there, 1.04-1.09x at small sizes).
+# Inference takes it at every size (paired rounds: 1.03-1.22x at one step, 0.98-1.09x at 50 steps).
 _ONE_CALL_TRAIN_MAX_W_HH_BYTES = 1 << 20
 _PLAIN = (Tensor, nn.Parameter)
 
