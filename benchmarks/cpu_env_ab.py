@@ -6,7 +6,8 @@ drift of a shared machine hits both alike;
 the figure of a case is the median over rounds of B's time / A's time (> 1: A is faster). With
 ``--module`` the case is a whole one-layer module call (rnnfast.RNN / GRU / LSTM, I = H, backend "cpu":
 the input projection, its gradients and the loop) instead of the recurrence op alone, for the knobs of
-the projection (RNNFAST_CPU_GEMM, read at every call).
+the projection (RNNFAST_CPU_GEMM, read at every call); ``--module-backend auto --env-a RNNFAST_BACKEND=cpu
+--env RNNFAST_BACKEND=torch`` compares two backends of the same module.
 
     python benchmarks/cpu_env_ab.py --env RNNFAST_CPU_ROW_SPLIT_MIN_B=-1 --cells rnn_tanh,gru,lstm \\
         --batch 16,64,256 --hidden 64,128,256 --threads 2 --name cpu-row-split-ab
@@ -37,12 +38,21 @@ def ints(s: str) -> list[int]:
     return [int(v) for v in s.split(",")]
 
 
+# Variables set for side A only (--env-a; side B removes those it does not set itself).
+ENV_A: dict[str, str] = {}
+
+
 def set_env(env: dict[str, str], on: bool) -> None:
-    """Sets the variables of ``env`` (side B) or removes them (side A)."""
+    """Sets the variables of ``env`` (side B) or removes them (side A, which sets ENV_A's instead)."""
     for name, value in env.items():
         if on:
             os.environ[name] = value
         else:
+            os.environ.pop(name, None)
+    for name, value in ENV_A.items():
+        if not on:
+            os.environ[name] = value
+        elif name not in env:
             os.environ.pop(name, None)
 
 
@@ -68,13 +78,14 @@ def time_pair(run, env: dict[str, str], rounds: int, round_s: float) -> tuple[li
     return a, b
 
 
-def module_call(cell: str, T: int, B: int, H: int, mode: str):
-    """A call of a one-layer rnnfast module (I = H, backend "cpu") on fresh random input, as a function."""
+def module_call(cell: str, T: int, B: int, H: int, mode: str, backend: str = "cpu"):
+    """A call of a one-layer rnnfast module (I = H) on fresh random input, as a function; with backend
+    "auto" RNNFAST_BACKEND (read at every call) may pick the backend per side."""
     import rnnfast
 
     cls = {"rnn_tanh": rnnfast.RNN, "gru": rnnfast.GRU, "lstm": rnnfast.LSTM}[cell]
     g = torch.Generator().manual_seed(T + B + H)
-    mod = cls(H, H, backend="cpu")
+    mod = cls(H, H, backend=backend)
     x = torch.randn(T, B, H, generator=g).requires_grad_(mode == "fwdbwd")
 
     def run():
@@ -99,6 +110,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--module", action="store_true", help="time a one-layer module call, not the op alone")
+    p.add_argument("--module-backend", default="cpu", help="the module's backend argument (default cpu)")
+    p.add_argument("--env-a", default="", help="NAME=VALUE[,NAME=VALUE...] set for side A only")
     p.add_argument("--round-s", type=float, default=0.02, help="seconds of calls per side and round")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--name", required=True)
@@ -106,6 +119,9 @@ def main(argv=None) -> int:
     env = dict(item.partition("=")[::2] for item in args.env.split(","))
     if not all(env) or not all(env.values()):
         p.error(f"--env: expected NAME=VALUE[,NAME=VALUE...], got {args.env!r}")
+    ENV_A.update(dict(item.partition("=")[::2] for item in args.env_a.split(",") if item))
+    if not all(ENV_A.values()):
+        p.error(f"--env-a: expected NAME=VALUE[,NAME=VALUE...], got {args.env_a!r}")
     ok, why = _ext.status()
     if not ok:
         print(f"C++ CPU kernels unavailable: {why}", file=sys.stderr)
@@ -129,7 +145,7 @@ def main(argv=None) -> int:
                     set_env(env, False)
                 for mode in args.modes.split(","):
                     if args.module:
-                        run = module_call(cell, T, B, H, mode)
+                        run = module_call(cell, T, B, H, mode, args.module_backend)
                     else:
                         x = recurrence_inputs(cell, T, B, H, dtype=torch.float32, grad=mode == "fwdbwd")
 
@@ -162,8 +178,8 @@ def main(argv=None) -> int:
                         f"  B/A {row['b_over_a_median']:.2f} [{q[0]:.2f}, {q[2]:.2f}]",
                         flush=True,
                     )
-    op = "module, one layer, I = H (cpu)" if args.module else "recurrence (cpu)"
-    write_results(args.out, args.name, rows, env_b=args.env, op=op)
+    op = f"module, one layer, I = H ({args.module_backend})" if args.module else "recurrence (cpu)"
+    write_results(args.out, args.name, rows, env_a=args.env_a, env_b=args.env, op=op)
     return 0
 
 

@@ -248,12 +248,17 @@ def _short_sequence(sizes: Sizes) -> bool:
     in one C++ call (rnnfast.nn.rnn, _one_call), one- and two-step GRUs (not under autocast) take the cpu
     kernels too: in all 9 one-step cases of the decode grid inference 1.06x-1.98x, training 1.03x-1.57x
     (benchmarks/results/cpu-avx512-zen5-decode-3307b0b.json; an earlier run, inference one call only:
-    1.14x-1.84x and 1.01x-1.27x, cpu-avx512-zen5-decode-4c6afd6.json), while RNNs (inference
-    0.92x-1.36x, training 0.74x-1.04x) keep torch.nn."""
+    1.14x-1.84x and 1.01x-1.27x, cpu-avx512-zen5-decode-4c6afd6.json), and so does one- and two-step RNN
+    inference: against bare torch.nn it was 0.92x-1.36x there, but what `auto` chooses between is the
+    module's own two paths, and the torch one costs the module's checks and backend choice on top of
+    torch.nn's call (~6 µs: 24.4 against 18.0 µs at B=1 H=64); paired rounds of the module with each
+    backend put cpu ahead in all 6 RNN inference cases, 1.05x-1.47x (training 0.79x-1.04x, which keeps
+    torch.nn; benchmarks/results/cpu-avx512-zen5-one-step-cpu-vs-torch-backend-ab-357e47d.json)."""
     if sizes.get("T", 8) > 2:
         return False
-    if sizes.get("cell") == "gru" and not sizes.get("autocast") and cpu_kind() == "avx512-other":
-        return False
+    if not sizes.get("autocast") and cpu_kind() == "avx512-other":
+        if sizes.get("cell") == "gru" or (sizes.get("cell", "").startswith("rnn") and not sizes.get("grad")):
+            return False
     if sizes.get("cell") == "lstm":
         if sizes.get("autocast"):
             return False

@@ -99,11 +99,14 @@ def test_auto_order_cpu_lstm_on_avx512_other_than_intel(monkeypatch):
     assert backends.auto_order("module", cpu, dict(LSTM, B=16, H=256, lengths=True))[0] == "cpu"
     for B, H, T in [(16, 512, 1), (4, 512, 2), (1, 128, 1), (16, 256, 2)]:
         assert backends.auto_order("module", cpu, dict(LSTM, B=B, H=H, T=T))[0] == "cpu", (B, H, T)
-    # RNN modules of one or two steps keep torch.nn, GRUs take cpu (not under autocast)
+    # modules of one or two steps: GRUs take cpu, RNNs in inference only (neither under autocast)
     assert backends.auto_order("module", cpu, dict(GRU, B=16, H=512, T=1, autocast=True))[0] == "torch"
+    assert backends.auto_order("module", cpu, dict(RNN, B=16, H=512, T=1, autocast=True))[0] == "torch"
     for T, grad in [(1, False), (2, False), (1, True), (2, True)]:
         assert backends.auto_order("module", cpu, dict(GRU, B=1, H=128, T=T, grad=grad))[0] == "cpu", T
-        assert backends.auto_order("module", cpu, dict(RNN, B=1, H=128, T=T, grad=grad))[0] == "torch", T
+        rnn = backends.auto_order("module", cpu, dict(RNN, B=1, H=128, T=T, grad=grad))[0]
+        assert rnn == ("torch" if grad else "cpu"), (T, grad)
+    assert backends.auto_order("module", cpu, dict(RNN, cell="rnn_relu", T=1))[0] == "cpu"
     monkeypatch.setattr(backends, "cpu_capability", lambda: "AVX2")
     assert backends.auto_order("module", cpu, dict(GRU, B=1, H=128, T=1))[0] == "torch"
 
