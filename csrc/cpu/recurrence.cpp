@@ -852,6 +852,19 @@ int64_t row_parts_op(int64_t B, int64_t cell, int64_t H, int64_t P, at::ScalarTy
   return dtype == at::kFloat ? row_parts<float>(T, B, G, H, N, P > 0) : row_parts<double>(T, B, G, H, N, P > 0);
 }
 
+// y = op(a)·b (+ bias) in the blocked kernel (gemm_blocked(), whose operands it must take, see
+// gemm_blocked_takes()): op(a) = a, or aᵀ with a_t; b (R, N) any strides; into y where given, else a
+// new output.
+Tensor blocked_product(const Tensor& a, bool a_t, const Tensor& b, const c10::optional<Tensor>& bias,
+                       Tensor y = Tensor()) {
+  if (!y.defined()) y = new_output({a.size(a_t ? 1 : 0), b.size(1)}, a.options());
+  const Tensor bc = bias.has_value() ? bias->contiguous() : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "blocked_product", [&] {
+    gemm_blocked<scalar_t>(y, a, a_t, b, bc.defined() ? bc.data_ptr<scalar_t>() : nullptr, false);
+  });
+  return y;
+}
+
 // op(a)·b (+ bias) in the blocked kernel (gemm_blocked(); ATen for other dtypes), into a block of the
 // cache: op(a) = a (M, R), or aᵀ with a_t (a (R, M)); b (R, N), any strides; bias (N). The modules'
 // input projection, its dX and its dW (rnnfast/ops/linear.py).
@@ -873,11 +886,7 @@ Tensor gemm_op(const Tensor& a, const Tensor& b, const c10::optional<Tensor>& bi
     if (bias.has_value()) return at::addmm_out(y, *bias, op_a, b);
     return at::mm_out(y, op_a, b);
   }
-  const Tensor bc = bias.has_value() ? bias->contiguous() : Tensor();
-  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "gemm", [&] {
-    gemm_blocked<scalar_t>(y, ac, a_t, b, bc.defined() ? bc.data_ptr<scalar_t>() : nullptr, false);
-  });
-  return y;
+  return blocked_product(ac, a_t, b, bias, y);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -894,16 +903,6 @@ Tensor gemm_op(const Tensor& a, const Tensor& b, const c10::optional<Tensor>& bi
 // oneDNN (float32 forward, and dX from kProjectDnnlDxMinRows rows; dW ATen), as input_projection() does.
 enum ProjectLib : int64_t { kLibAten = 0, kLibBlocked = 1, kLibOnednn = 2 };
 constexpr int64_t kProjectMinWork = int64_t{1} << 21, kProjectBlockedMinRows = 512, kProjectDnnlDxMinRows = 128;
-
-// y = a·b (+ bias), b (R, N) any strides, in the blocked kernel (float32/float64).
-Tensor blocked_product(const Tensor& a, bool a_t, const Tensor& b, const c10::optional<Tensor>& bias) {
-  Tensor y = new_output({a.size(a_t ? 1 : 0), b.size(1)}, a.options());
-  const Tensor bc = bias.has_value() ? bias->contiguous() : Tensor();
-  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "blocked_product", [&] {
-    gemm_blocked<scalar_t>(y, a, a_t, b, bc.defined() ? bc.data_ptr<scalar_t>() : nullptr, false);
-  });
-  return y;
-}
 
 // oneDNN's x·wᵀ (+ bias) for float32, else undefined (not there, or it failed and is disabled).
 Tensor dnnl_product(const Tensor& x, const Tensor& w, const c10::optional<Tensor>& bias) {
