@@ -734,6 +734,15 @@ auto dispatch_cell(int64_t cell, F&& f) {
   }
 }
 
+// f(cell, scalar) for the cell type of `cell` and the scalar type of `dtype` (float or double, checked
+// by the callers): the entry points' dispatch to forward_impl / backward_impl.
+template <typename F>
+auto with_cell(at::ScalarType dtype, int64_t cell, F&& f) {
+  return AT_DISPATCH_FLOATING_TYPES(dtype, "recurrence", [&] {
+    return dispatch_cell(cell, [&](auto c) { return f(c, scalar_t{}); });
+  });
+}
+
 void check_like(const char* name, const Tensor& t, const Tensor& ref, at::IntArrayRef shape) {
   TORCH_CHECK(t.device().is_cpu(), "rnnfast_C: ", name, ": expected a CPU tensor, got ", t.device());
   TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "rnnfast_C: ", name, ": expected dtype ", ref.scalar_type(),
@@ -769,11 +778,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> recurrence_fwd(const Tensor& gi, cons
   if (proj) check_like("w_hr", *w_hr, gi, {N, H});
   Steps st(T, B, reverse, lengths);
   Tensor g = gi.contiguous();
-  return AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "recurrence_fwd", [&] {
-    return dispatch_cell(cell, [&](auto c) {
-      using Cell = decltype(c);
-      return forward_impl<Cell, scalar_t>(g, h0, c0, w_hh.contiguous(), b_hh, w_hr, st, need_ws);
-    });
+  return with_cell(gi.scalar_type(), cell, [&](auto c, auto s) {
+    return forward_impl<decltype(c), decltype(s)>(g, h0, c0, w_hh.contiguous(), b_hh, w_hr, st, need_ws);
   });
 }
 
@@ -804,12 +810,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrence_bwd(
   Steps st(T, B, reverse, lengths);
   c10::optional<Tensor> c0c = c0.has_value() && c0->defined() ? c10::optional<Tensor>(c0->contiguous()) : c0;
   c10::optional<Tensor> w_hrc = proj ? c10::optional<Tensor>(w_hr->contiguous()) : w_hr;
-  return AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "recurrence_bwd", [&] {
-    return dispatch_cell(cell, [&](auto c) {
-      using Cell = decltype(c);
-      return backward_impl<Cell, scalar_t>(grad_y.contiguous(), grad_hn, grad_cn, h0.contiguous(), c0c,
-                                           w_hh.contiguous(), b_hh, w_hrc, y.contiguous(), ws.contiguous(), st);
-    });
+  return with_cell(y.scalar_type(), cell, [&](auto c, auto s) {
+    return backward_impl<decltype(c), decltype(s)>(grad_y.contiguous(), grad_hn, grad_cn, h0.contiguous(), c0c,
+                                                   w_hh.contiguous(), b_hh, w_hrc, y.contiguous(), ws.contiguous(),
+                                                   st);
   });
 }
 
@@ -1019,13 +1023,6 @@ void put_row(Tensor& dst, const Tensor& src, int64_t k) {
   std::memcpy(static_cast<char*>(dst.data_ptr()) + k * bytes, src.contiguous().data_ptr(), bytes);
 }
 
-template <typename F>
-auto with_cell(const Tensor& x, int64_t cell, F&& f) {
-  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "module", [&] {
-    return dispatch_cell(cell, [&](auto c) { return f(c, scalar_t{}); });
-  });
-}
-
 // x (T, B, I) seq-first; h0, c0 (L·D, B, N / H) or none (zeros); weights as ModuleArgs; lib the input
 // projection's library (ProjectLib) -> y (T, B, D·N), h_n (L·D, B, N), c_n (L·D, B, H) (empty but for the
 // LSTM), and with need_ws what module_bwd needs: per layer its input (layer 0: undefined, the caller
@@ -1055,7 +1052,7 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> module_fwd(
       c10::optional<Tensor> ck;
       if (lstm) ck = initial_state(c0, k, a.H, "c0", a, x, zeros);
       const Steps& st = d == 1 ? rev : fwd;
-      auto res = with_cell(x, cell, [&](auto c, auto s) {
+      auto res = with_cell(x.scalar_type(), cell, [&](auto c, auto s) {
         return forward_impl<decltype(c), decltype(s)>(gi, hk, ck, w[1].contiguous(), a.b_hh(k), a.w_hr(k), st,
                                                       need_ws);
       });
@@ -1115,7 +1112,7 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> module_bwd(
         gck = grad_cn->select(0, k).contiguous();
       }
       const Steps& st = d == 1 ? rev : fwd;
-      auto r = with_cell(x, cell, [&](auto c, auto s) {
+      auto r = with_cell(x.scalar_type(), cell, [&](auto c, auto s) {
         return backward_impl<decltype(c), decltype(s)>(gy, grad_hn.select(0, k).contiguous(), gck, hk, ck,
                                                        w[1].contiguous(), a.b_hh(k), a.w_hr(k), y, ws, st);
       });
