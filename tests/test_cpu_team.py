@@ -136,10 +136,11 @@ def test_team_beyond_l2_matches_oracle(cell):
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_team_beyond_l2_many_rows_matches_oracle(cell):
-    """B=20, H=512 with AVX2: a team of two over 20 rows, slices of 3 / 4 MiB; ragged rows, reverse."""
+    """B=20, H=512: a team of two over 20 rows, slices of 3 / 4 MiB; ragged rows, reverse."""
     _ext.ensure_loaded()
-    if torch.ops.rnnfast_C.isa_level() != 3:
-        pytest.skip("teams beyond L2 over more than 8 rows run with AVX2 only")
+    isa = torch.ops.rnnfast_C.isa_level()
+    if isa != 3 and not (isa == 4 and not backends.intel_cpu()):
+        pytest.skip("teams beyond L2 over more than 8 rows: AVX2, and AVX-512 on CPUs other than Intel's")
     B, T, H = 20, 6, 512
     with threads(2):
         code = common.CELL_CODE[cell]
@@ -174,17 +175,24 @@ def test_team_choice(monkeypatch):
         assert parts(200, 129, lstm, 128, False) == 1
         assert parts(200, 1, lstm, 128, True) == 1  # projection
         assert parts(2, 1, lstm, 128, False) == 1  # too short to pack W
-        # Slices beyond L2 (8 MiB each at H=1024) from 2 to 32 rows with AVX2; with AVX-512 on CPUs other
-        # than Intel's up to 15 (from 16 rows and 2^18 multiply-adds a row the plain loop's products are
-        # oneDNN's, which a team does not beat), else to 8
+        # Slices beyond L2 (8 MiB each at H=1024) from 2 to 32 rows with AVX2, to 63 with AVX-512 on CPUs
+        # other than Intel's, else to 8 (and there from 16 rows and 2^18 multiply-adds a row the plain
+        # loop's products are oneDNN's)
         isa = torch.ops.rnnfast_C.isa_level()
-        avx2 = isa == 3
-        most = 32 if avx2 else 12 if isa == 4 and not backends.intel_cpu() else 8
-        assert parts(200, 32, lstm, 512, False) == (2 if avx2 else 1)
+        avx2, other512 = isa == 3, isa == 4 and not backends.intel_cpu()
+        most = 63 if other512 else 32 if avx2 else 8
+        assert parts(200, 32, lstm, 512, False) == (2 if avx2 or other512 else 1)
         assert parts(200, 2, lstm, 1024, False) == 2 and parts(200, most, gru, 1024, False) == 2
-        assert parts(200, 1, lstm, 1024, False) == 1 and parts(200, most + 4, lstm, 1024, False) == 1
+        assert parts(200, 1, lstm, 1024, False) == 1 and parts(200, most + 1, lstm, 1024, False) == 1
         monkeypatch.setenv("RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B", "8")
         assert parts(200, 8, gru, 1024, False) == 2 and parts(200, 12, lstm, 1024, False) == 1
+        monkeypatch.delenv("RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B")
+        if other512:
+            # RNNFAST_CPU_TEAM_WIDE_W=0: the plain loop (oneDNN's products) from 16 rows and 2^18 a row
+            assert parts(200, 16, gru, 512, False) == 2 and parts(200, 16, rnn, 1024, False) == 2
+            monkeypatch.setenv("RNNFAST_CPU_TEAM_WIDE_W", "0")
+            assert parts(200, 16, gru, 512, False) == 1 and parts(200, 15, gru, 512, False) == 2
+            assert parts(200, 16, rnn, 1024, False) == 1 and parts(200, 16, lstm, 256, False) == 2
     with threads(1):
         assert parts(200, 1, lstm, 128, False) == 1
 

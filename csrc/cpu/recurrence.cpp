@@ -218,7 +218,8 @@ void for_row_slices(int64_t B, int64_t parts, const F& f) {
 //   kernel, which now keeps those products with AVX2, 0.75-0.97 from 2 to 8 rows, and ahead up to 32
 //   rows (team_beyond_l2_max_rows());
 // - B >= 16 where the plain loop's products go to oneDNN (G·H² > small_max_work(): 2^18 except with
-//   AVX2, where there is no limit; LSTM B=32-48 H=512: 0.92-0.98x);
+//   AVX2, where there is no limit; LSTM B=32-48 H=512: 0.92-0.98x), except on AVX-512 CPUs other than
+//   Intel's (team_wide_w());
 // - a projected LSTM: its projection mixes every unit of a step into every unit of h, which would
 //   take a second barrier per step;
 // - from B=64, where the plain loop's products are GEMMs of oneDNN or ATen, except up to B=128 with a
@@ -232,17 +233,28 @@ void for_row_slices(int64_t B, int64_t parts, const F& f) {
 // the limit stands; slices beyond L2 run up to team_beyond_l2_max_rows() rows.
 constexpr int64_t kTeamMaxRows = 64;
 
+// Whether a team takes 16 rows or more with a W_hh of more than small_max_work() multiply-adds a row
+// (env RNNFAST_CPU_TEAM_WIDE_W, 1 or 0, read at every call; default 1 on AVX-512 CPUs other than Intel's,
+// 0 elsewhere, where that limit is 2^18 on Intel's AVX-512 CPUs, not measured, and none with AVX2). There
+// the plain loop's products are oneDNN calls (~10 µs of fixed cost each, and a pointwise pass after them).
+// Measured on a 2-core Zen 5 EPYC (float32, T=50, op alone, paired rounds of benchmarks/cpu_env_ab.py,
+// plain loop / team; GRU and LSTM H=512-1024, RNN H=1024, B=16-32): inference 1.00-1.26 (GRU B=16 H=512
+// 1.26), training 1.01-1.09 (benchmarks/results/cpu-avx512-zen5-team-wide-w-ab-*.json).
+inline bool team_wide_w() { return env_int("RNNFAST_CPU_TEAM_WIDE_W", avx512_other() ? 1 : 0) != 0; }
+
 // Up to how many rows a team runs whose slices of W_hh are beyond a core's L2 (env
-// RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B, read at every call): 32 with AVX2 and on AVX-512 CPUs other than
-// Intel's (where from 16 rows such a W_hh, G·H² > 2^18, keeps the plain loop anyway, see team_parts()),
-// 8 elsewhere. Measured on the 2-core AVX2 EPYC (T=20, op alone, paired rounds of
-// benchmarks/cpu_env_ab.py, the plain loop on the blocked kernel / team): LSTM and GRU H=512-1024 B=12
-// 0.97-1.40, B=16 1.04-1.28, B=32 0.99-1.10; B=48 mixed (team / plain 0.90-1.07). On the 2-core Zen 5
-// EPYC (AVX-512, same method, the plain loop's products through oneDNN): B=12 1.02-1.23 (GRU H=512
-// inference 1.23), B=8 unchanged (benchmarks/results/cpu-avx512-zen5-team-beyond-l2-12-rows-ab-5390140.json).
+// RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B, read at every call): on AVX-512 CPUs other than Intel's every batch a
+// team takes (below kTeamMaxRows), 32 with AVX2, 8 elsewhere. Measured on the 2-core AVX2 EPYC (T=20, op
+// alone, paired rounds of benchmarks/cpu_env_ab.py, the plain loop on the blocked kernel / team): LSTM and
+// GRU H=512-1024 B=12 0.97-1.40, B=16 1.04-1.28, B=32 0.99-1.10; B=48 mixed (team / plain 0.90-1.07). On
+// the 2-core Zen 5 EPYC (AVX-512, same method, the plain loop's products through oneDNN): B=12 1.02-1.23
+// (GRU H=512 inference 1.23), B=8 unchanged (benchmarks/results/cpu-avx512-zen5-team-beyond-l2-12-rows-ab-
+// 5390140.json); with team_wide_w(), B=16-32 above, and B=40-48 (T=50, GRU and LSTM H=512-1024, RNN
+// H=1024) inference 1.03-1.12, training 0.97-1.04 (benchmarks/results/cpu-avx512-zen5-team-beyond-l2-48-
+// rows-ab-*.json).
 inline int64_t team_beyond_l2_max_rows() {
-  const bool measured = isa_level() == 3 || avx512_other();
-  return env_int("RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B", measured ? 32 : 8);
+  if (avx512_other()) return env_int("RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B", kTeamMaxRows);
+  return env_int("RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B", isa_level() == 3 ? 32 : 8);
 }
 
 // Whether a team may slice a small H in panels of half the width (env RNNFAST_CPU_TEAM_NARROW_PANELS, 1
@@ -269,7 +281,7 @@ int64_t team_parts(int64_t T, int64_t B, int64_t G, int64_t H, bool proj) {
   if (proj || min_work < 0 || T < 4 || B * G * H * H < min_work || G * H < 256) return 1;
   if (row_parts<scalar_t>(T, B, G, H, H, proj) > 1) return 1;  // the row split goes first
   if (B >= kTeamMaxRows && !(B <= 128 && G * H * H <= (int64_t{1} << 16))) return 1;
-  if (B >= 16 && G * H * H > small_max_work()) return 1;
+  if (B >= 16 && G * H * H > small_max_work() && !team_wide_w()) return 1;
   if (!team_available()) return 1;
   const int64_t panels = H / team_panel_width<scalar_t>(H);
   const int64_t parts = std::min<int64_t>({at::get_num_threads(), panels, kMaxTeam});
