@@ -238,8 +238,8 @@ constexpr int64_t kTeamMaxRows = 64;
 // 0 elsewhere, where that limit is 2^18 on Intel's AVX-512 CPUs, not measured, and none with AVX2). There
 // the plain loop's products are oneDNN calls (~10 µs of fixed cost each, and a pointwise pass after them).
 // Measured on a 2-core Zen 5 EPYC (float32, T=50, op alone, paired rounds of benchmarks/cpu_env_ab.py,
-// plain loop / team; GRU and LSTM H=512-1024, RNN H=1024, B=16-32): inference 1.00-1.26 (GRU B=16 H=512
-// 1.26), training 1.01-1.09 (benchmarks/results/cpu-avx512-zen5-team-wide-w-ab-*.json).
+// plain loop / team; GRU and LSTM H=512-1024, RNN H=1024, B=16-48): inference 1.01-1.24 (GRU B=16 H=512
+// 1.24), training 0.99-1.10 (benchmarks/results/cpu-avx512-zen5-team-wide-w-ab-8a62b4f.json).
 inline bool team_wide_w() { return env_int("RNNFAST_CPU_TEAM_WIDE_W", avx512_other() ? 1 : 0) != 0; }
 
 // Up to how many rows a team runs whose slices of W_hh are beyond a core's L2 (env
@@ -249,9 +249,9 @@ inline bool team_wide_w() { return env_int("RNNFAST_CPU_TEAM_WIDE_W", avx512_oth
 // GRU H=512-1024 B=12 0.97-1.40, B=16 1.04-1.28, B=32 0.99-1.10; B=48 mixed (team / plain 0.90-1.07). On
 // the 2-core Zen 5 EPYC (AVX-512, same method, the plain loop's products through oneDNN): B=12 1.02-1.23
 // (GRU H=512 inference 1.23), B=8 unchanged (benchmarks/results/cpu-avx512-zen5-team-beyond-l2-12-rows-ab-
-// 5390140.json); with team_wide_w(), B=16-32 above, and B=40-48 (T=50, GRU and LSTM H=512-1024, RNN
-// H=1024) inference 1.03-1.12, training 0.97-1.04 (benchmarks/results/cpu-avx512-zen5-team-beyond-l2-48-
-// rows-ab-*.json).
+// 5390140.json); with team_wide_w() against a limit of 32 rows, B=40-48 (T=50, GRU and LSTM H=512-1024,
+// RNN H=1024) inference 1.02-1.09, training 0.98-1.06 (benchmarks/results/cpu-avx512-zen5-team-beyond-l2-
+// 48-rows-ab-8a62b4f.json).
 inline int64_t team_beyond_l2_max_rows() {
   if (avx512_other()) return env_int("RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B", kTeamMaxRows);
   return env_int("RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B", isa_level() == 3 ? 32 : 8);
