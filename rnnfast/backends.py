@@ -210,6 +210,12 @@ def _onednn_lstm_faster(sizes: Sizes) -> bool:
     B=16 0.82x-0.93x and B=64 T=50 0.89x-0.94x (T=200 0.99x-1.07x), training at B=16 0.90x-1.02x (B=64
     1.03x-1.46x). There those take torch.nn, every other size the cpu kernels (before those changes the
     same machine measured 0.67x-2.41x, 47 below 0.95x: cpu-avx512-zen5-sweep-867cf80-lstm-infer-fwdbwd.json).
+    Since teams also take 16-63 rows with a W_hh beyond L2 there (csrc/cpu/recurrence.cpp, team_wide_w()),
+    paired rounds of the module with each backend (T=50; benchmarks/results/cpu-avx512-zen5-lstm-mid-cpu-vs-
+    torch-backend-ab-215b7f4.json and cpu-avx512-zen5-lstm-mid-train-cpu-vs-torch-backend-ab-215b7f4.json)
+    put torch.nn still ahead in inference (cpu 0.87x-0.97x at B=16-48, H=256-512) and in training at B=16
+    (0.89x-0.93x) and B=32 H=256 (0.91x-0.93x), the cpu kernels in training at B=32 H=384-512 (1.04x-1.11x)
+    and from 48 rows (0.99x-1.22x): training takes torch.nn only below 32 rows, or below 48 with H <= 256.
 
     Not under autocast: there torch.nn's LSTM runs oneDNN in bfloat16, which raises on CPUs without
     AVX-512 bf16 support ("could not create a primitive descriptor"), while the cpu kernels compute in
@@ -223,7 +229,8 @@ def _onednn_lstm_faster(sizes: Sizes) -> bool:
     B, H = sizes.get("B", 0), sizes.get("H", 0)
     if rules == "avx512-other":
         # (one or two steps: see _short_sequence)
-        mid = 16 <= B <= 64 and 256 <= H <= 512 and (not sizes.get("grad") or B < 64)
+        train_mid = B < 32 or (B < 48 and H <= 256)
+        mid = 16 <= B <= 64 and 256 <= H <= 512 and (not sizes.get("grad") or train_mid)
         return mid and sizes.get("T", 8) > 2
     if B <= 4 and (H <= 128 or H >= 512):
         return False

@@ -76,7 +76,8 @@ def test_auto_order_cpu_lstm_on_avx2(monkeypatch):
 
 def test_auto_order_cpu_lstm_on_avx512_other_than_intel(monkeypatch):
     """On AVX-512 CPUs other than Intel's padded LSTM modules take torch.nn only at 16 <= B <= 64 with
-    256 <= H <= 512 (in training only below 64 rows), and one- or two-step LSTMs keep the cpu kernels."""
+    256 <= H <= 512 (in training only below 32 rows, or 48 with H <= 256), and one- or two-step LSTMs keep
+    the cpu kernels."""
     cpu = torch.device("cpu")
     monkeypatch.setattr(backends, "cpu_capability", lambda: "AVX512")
     monkeypatch.setattr(backends, "intel_cpu", lambda: False)
@@ -85,6 +86,11 @@ def test_auto_order_cpu_lstm_on_avx512_other_than_intel(monkeypatch):
         (16, 512, True, "torch"),
         (64, 384, False, "torch"),
         (32, 256, True, "torch"),
+        (47, 256, True, "torch"),
+        (31, 512, True, "torch"),
+        (32, 384, True, "cpu"),
+        (48, 256, True, "cpu"),
+        (48, 512, False, "torch"),
         (64, 256, True, "cpu"),
         (15, 256, False, "cpu"),
         (65, 512, False, "cpu"),
