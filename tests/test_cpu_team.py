@@ -170,17 +170,24 @@ def test_team_choice(monkeypatch):
             monkeypatch.setenv("RNNFAST_CPU_TEAM_NARROW_PANELS", "1")
             assert parts(200, 16, lstm, 64, False) == 2
             monkeypatch.delenv("RNNFAST_CPU_TEAM_NARROW_PANELS")
-        assert parts(200, 64, lstm, 256, False) == 1  # a real GEMM per step
+        # a real GEMM per step: the plain loop from 64 rows, 128 on AVX-512 CPUs other than Intel's
+        other512 = torch.ops.rnnfast_C.isa_level() == 4 and not backends.intel_cpu()
+        assert parts(200, 64, lstm, 256, False) == (2 if other512 else 1)
+        assert parts(200, 128, lstm, 256, False) == 1 and parts(200, 127, gru, 512, False) == (
+            2 if other512 else 1
+        )
+        monkeypatch.setenv("RNNFAST_CPU_TEAM_MAX_B", "64")
+        assert parts(200, 64, lstm, 256, False) == 1 and parts(200, 63, lstm, 256, False) == 2
+        monkeypatch.delenv("RNNFAST_CPU_TEAM_MAX_B")
         assert parts(200, 128, lstm, 128, False) == 2  # ... but W_hh of 2^16 values: a team up to B=128
         assert parts(200, 129, lstm, 128, False) == 1
         assert parts(200, 1, lstm, 128, True) == 1  # projection
         assert parts(2, 1, lstm, 128, False) == 1  # too short to pack W
-        # Slices beyond L2 (8 MiB each at H=1024) from 2 to 32 rows with AVX2, to 63 with AVX-512 on CPUs
+        # Slices beyond L2 (8 MiB each at H=1024) from 2 to 32 rows with AVX2, to 127 with AVX-512 on CPUs
         # other than Intel's, else to 8 (and there from 16 rows and 2^18 multiply-adds a row the plain
         # loop's products are oneDNN's)
-        isa = torch.ops.rnnfast_C.isa_level()
-        avx2, other512 = isa == 3, isa == 4 and not backends.intel_cpu()
-        most = 63 if other512 else 32 if avx2 else 8
+        avx2 = torch.ops.rnnfast_C.isa_level() == 3
+        most = 127 if other512 else 32 if avx2 else 8
         assert parts(200, 32, lstm, 512, False) == (2 if avx2 or other512 else 1)
         assert parts(200, 2, lstm, 1024, False) == 2 and parts(200, most, gru, 1024, False) == 2
         assert parts(200, 1, lstm, 1024, False) == 1 and parts(200, most + 1, lstm, 1024, False) == 1

@@ -233,6 +233,14 @@ void for_row_slices(int64_t B, int64_t parts, const F& f) {
 // the limit stands; slices beyond L2 run up to team_beyond_l2_max_rows() rows.
 constexpr int64_t kTeamMaxRows = 64;
 
+// From how many rows the plain loop takes over from a team (env RNNFAST_CPU_TEAM_MAX_B, read at every
+// call; a W_hh of at most 2^16 values keeps its team up to 128 rows regardless): kTeamMaxRows, except on
+// AVX-512 CPUs other than Intel's, 128. There a team against the plain loop (oneDNN's per-step products)
+// at B=64-96 (2-core Zen 5 EPYC, float32, T=50, op alone, paired rounds; GRU and LSTM H=512-1024, RNN
+// H=1024; plain / team) ran TEAM_MAX_RESULT (benchmarks/results/cpu-avx512-zen5-team-64-rows-ab-*.json);
+// at B=128 mixed (LSTM H=256 0.96-0.97, GRU 1.01-1.06): not taken.
+inline int64_t team_max_rows() { return env_int("RNNFAST_CPU_TEAM_MAX_B", avx512_other() ? 128 : kTeamMaxRows); }
+
 // Whether a team takes 16 rows or more with a W_hh of more than small_max_work() multiply-adds a row
 // (env RNNFAST_CPU_TEAM_WIDE_W, 1 or 0, read at every call; default 1 on AVX-512 CPUs other than Intel's,
 // 0 elsewhere, where that limit is 2^18 on Intel's AVX-512 CPUs, not measured, and none with AVX2). There
@@ -244,7 +252,7 @@ inline bool team_wide_w() { return env_int("RNNFAST_CPU_TEAM_WIDE_W", avx512_oth
 
 // Up to how many rows a team runs whose slices of W_hh are beyond a core's L2 (env
 // RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B, read at every call): on AVX-512 CPUs other than Intel's every batch a
-// team takes (below kTeamMaxRows), 32 with AVX2, 8 elsewhere. Measured on the 2-core AVX2 EPYC (T=20, op
+// team takes (below team_max_rows()), 32 with AVX2, 8 elsewhere. Measured on the 2-core AVX2 EPYC (T=20, op
 // alone, paired rounds of benchmarks/cpu_env_ab.py, the plain loop on the blocked kernel / team): LSTM and
 // GRU H=512-1024 B=12 0.97-1.40, B=16 1.04-1.28, B=32 0.99-1.10; B=48 mixed (team / plain 0.90-1.07). On
 // the 2-core Zen 5 EPYC (AVX-512, same method, the plain loop's products through oneDNN): B=12 1.02-1.23
@@ -253,7 +261,7 @@ inline bool team_wide_w() { return env_int("RNNFAST_CPU_TEAM_WIDE_W", avx512_oth
 // RNN H=1024) inference 1.02-1.09, training 0.98-1.06 (benchmarks/results/cpu-avx512-zen5-team-beyond-l2-
 // 48-rows-ab-8a62b4f.json).
 inline int64_t team_beyond_l2_max_rows() {
-  if (avx512_other()) return env_int("RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B", kTeamMaxRows);
+  if (avx512_other()) return env_int("RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B", team_max_rows());
   return env_int("RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B", isa_level() == 3 ? 32 : 8);
 }
 
@@ -280,7 +288,7 @@ int64_t team_parts(int64_t T, int64_t B, int64_t G, int64_t H, bool proj) {
   const int64_t min_work = team_min_work();
   if (proj || min_work < 0 || T < 4 || B * G * H * H < min_work || G * H < 256) return 1;
   if (row_parts<scalar_t>(T, B, G, H, H, proj) > 1) return 1;  // the row split goes first
-  if (B >= kTeamMaxRows && !(B <= 128 && G * H * H <= (int64_t{1} << 16))) return 1;
+  if (B >= team_max_rows() && !(B <= 128 && G * H * H <= (int64_t{1} << 16))) return 1;
   if (B >= 16 && G * H * H > small_max_work() && !team_wide_w()) return 1;
   if (!team_available()) return 1;
   const int64_t panels = H / team_panel_width<scalar_t>(H);
