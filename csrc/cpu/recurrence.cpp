@@ -237,8 +237,8 @@ constexpr int64_t kTeamMaxRows = 64;
 // call; a W_hh of at most 2^16 values keeps its team up to 128 rows regardless): kTeamMaxRows, except on
 // AVX-512 CPUs other than Intel's, 128. There a team against the plain loop (oneDNN's per-step products)
 // at B=64-96 (2-core Zen 5 EPYC, float32, T=50, op alone, paired rounds; GRU and LSTM H=512-1024, RNN
-// H=1024; plain / team) ran TEAM_MAX_RESULT (benchmarks/results/cpu-avx512-zen5-team-64-rows-ab-*.json);
-// at B=128 mixed (LSTM H=256 0.96-0.97, GRU 1.01-1.06): not taken.
+// H=1024; plain / team) ran 1.00-1.05 in inference, 1.02-1.05 in training (benchmarks/results/cpu-avx512-
+// zen5-team-64-rows-ab-ca372cc.json); at B=128 mixed (LSTM H=256 0.96-0.97, GRU 1.01-1.06): not taken.
 inline int64_t team_max_rows() { return env_int("RNNFAST_CPU_TEAM_MAX_B", avx512_other() ? 128 : kTeamMaxRows); }
 
 // Whether a team takes 16 rows or more with a W_hh of more than small_max_work() multiply-adds a row
