@@ -926,7 +926,7 @@ Tensor gemm_op(const Tensor& a, const Tensor& b, const c10::optional<Tensor>& bi
 // kernel (a float32 forward of fewer than kProjectBlockedMinRows rows to oneDNN, where torch has it), or
 // oneDNN (float32 forward, and dX from kProjectDnnlDxMinRows rows; dW ATen), as input_projection() does.
 enum ProjectLib : int64_t { kLibAten = 0, kLibBlocked = 1, kLibOnednn = 2 };
-constexpr int64_t kProjectMinWork = int64_t{1} << 21, kProjectBlockedMinRows = 512, kProjectDnnlDxMinRows = 128;
+constexpr int64_t kProjectMinWork = int64_t{1} << 21, kProjectBlockedMinRows = 768, kProjectDnnlDxMinRows = 128;
 
 // oneDNN's x·wᵀ (+ bias) for float32, else undefined (not there, or it failed and is disabled).
 Tensor dnnl_product(const Tensor& x, const Tensor& w, const c10::optional<Tensor>& bias) {

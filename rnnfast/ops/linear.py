@@ -11,8 +11,9 @@ panels of the right factor, near a core's FMA peak, its result in a block of the
 benchmarks/results/cpu-avx512-zen5-projection-products-ab-189f9aa.json), blocked time / the library's,
 MxKxN: forward with bias against oneDNN 0.46 at 12800x256x1024 and 0.22 at 51200x64x256 (oneDNN's
 fresh 52 MB result is page-faulted in at every call), 0.82-0.86 at 1600-3200 rows, even at 800, but
-1.15-1.42 at 200-400 rows, where packing W_ihᵀ at every call does not pay: so the forward takes oneDNN
-below ``_BLOCKED_FWD_MIN_ROWS`` rows; dX against oneDNN (which wants a transposed copy of W) 0.73-0.92;
+1.15-1.42 at 200-400 rows and 1.10-1.19 at 512 (benchmarks/results/cpu-avx512-zen5-projection-fwd-rows-ab-
+921ab5c.json; 0.95-1.10 at 800), where packing W_ihᵀ at every call does not pay: so the forward takes
+oneDNN below ``_BLOCKED_FWD_MIN_ROWS`` rows; dX against oneDNN (which wants a transposed copy of W) 0.73-0.92;
 dW (aᵀ·b, the sum over the rows) against MKL 0.46-0.67.
 Before that kernel these CPUs took oneDNN for the forward and dX (for float32
 products of at least ``_MIN_WORK`` multiply-adds; below that its ~25 µs call overhead loses to F.linear;
@@ -47,7 +48,7 @@ _DNNL_DX_MIN_ROWS = 128
 _CACHE_MIN_BYTES = 1 << 20
 # The blocked kernel's forward from this many rows (oneDNN below, where it is available): it packs W_ihᵀ
 # at every call, which few rows do not earn back (see the module docstring).
-_BLOCKED_FWD_MIN_ROWS = 512
+_BLOCKED_FWD_MIN_ROWS = 768
 _DNNL = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
