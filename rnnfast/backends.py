@@ -210,7 +210,7 @@ def _onednn_lstm_faster(sizes: Sizes) -> bool:
     B=16 0.82x-0.93x and B=64 T=50 0.89x-0.94x (T=200 0.99x-1.07x), training at B=16 0.90x-1.02x (B=64
     1.03x-1.46x). There those take torch.nn, every other size the cpu kernels (before those changes the
     same machine measured 0.67x-2.41x, 47 below 0.95x: cpu-avx512-zen5-sweep-867cf80-lstm-infer-fwdbwd.json).
-    Since teams also take 16-63 rows with a W_hh beyond L2 there (csrc/cpu/recurrence.cpp, team_wide_w()),
+    Since teams also take 16-127 rows with a W_hh beyond L2 there (csrc/cpu/recurrence.cpp, team_wide_w()),
     paired rounds of the module with each backend (T=50; benchmarks/results/cpu-avx512-zen5-lstm-mid-cpu-vs-
     torch-backend-ab-215b7f4.json and cpu-avx512-zen5-lstm-mid-train-cpu-vs-torch-backend-ab-215b7f4.json)
     put torch.nn still ahead in inference (cpu 0.87x-0.97x at B=16-48, H=256-512) and in training at B=16

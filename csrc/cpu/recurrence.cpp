@@ -222,10 +222,11 @@ void for_row_slices(int64_t B, int64_t parts, const F& f) {
 //   Intel's (team_wide_w());
 // - a projected LSTM: its projection mixes every unit of a step into every unit of h, which would
 //   take a second barrier per step;
-// - from B=64, where the plain loop's products are GEMMs of oneDNN or ATen, except up to B=128 with a
-//   W_hh of at most 2^16 values (T=50, team vs plain: GRU H=128 B=64 2.30x / 1.35x forward / backward,
-//   B=128 1.19x / 0.98x; LSTM H=128 B=128 1.22x / 1.07x; RNN H=256 B=128 1.17x / 1.02x; at B=256
-//   0.95-0.97x backward, and LSTM H=256 B=128 0.87x / 0.89x).
+// - from B=64 (team_max_rows(): 128 on AVX-512 CPUs other than Intel's), where the plain loop's
+//   products are GEMMs of oneDNN or ATen, except up to B=128 with a W_hh of at most 2^16 values (T=50,
+//   team vs plain: GRU H=128 B=64 2.30x / 1.35x forward / backward, B=128 1.19x / 0.98x; LSTM H=128
+//   B=128 1.22x / 1.07x; RNN H=256 B=128 1.17x / 1.02x; at B=256 0.95-0.97x backward, and LSTM H=256
+//   B=128 0.87x / 0.89x).
 // Slices are whole panels of the packed product (64 units in float32 with AVX-512): a part-filled
 // panel computes its zero columns too.
 // kTeamMaxRows was measured against a plain loop whose products from 64 rows were library calls. With
