@@ -169,3 +169,18 @@ def test_row_split_lstm_module_matches_torch_nn():
     with threads(2):
         assert row_parts("lstm", B, H, P, torch.float64, T) == 2
         assert_packed_module_matches(mod, ref, x, lengths)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_plain_loop_rows_on_all_threads_match_oracle(cell, reverse, monkeypatch):
+    """The plain loop with B·G·H >= 16K: each step's cell, output and state copies run over slices of the
+    rows on two threads (for_rows); ragged unsorted lengths with empty rows, H=65 (no team: one panel),
+    float64, every gradient."""
+    T, B, H = 7, 300, 65
+    monkeypatch.setenv(OFF, "-1")
+    with threads(2):
+        assert row_parts(cell, B, H, dtype=torch.float64, T=T) == 1
+        assert team_parts(cell, T, B, H, torch.float64) == 1
+        args = recurrence_inputs(cell, T, B, H, lengths=ragged(B, T))
+        assert_matches_oracle(cell, args, reverse, "cpu", 1e-11, seed=4)

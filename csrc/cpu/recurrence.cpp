@@ -497,7 +497,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& gi, const 
           cell_step(t, b0, b1, 0, H, m, gh_p, h_p, hnew_p);
         } else {
           const scalar_t* ghr = mm_hh.apply(h_p, N, gh_p, GH, rows, &keep);
-          for_rows(B, GH, [&](int64_t r0, int64_t r1) { cell_step(t, r0, r1, 0, H, m, ghr, h_p, hnew_p); });
+          // Without a projection each row's output and state copies follow its cell on the same thread
+          // (the product has read h_p already): at B=256, H=256-512, 1.03-1.08x in inference.
+          for_rows(B, GH, [&](int64_t r0, int64_t r1) {
+            cell_step(t, r0, r1, 0, H, m, ghr, h_p, hnew_p);
+            if (!proj) emit(t, m, hfin_p, h_p, h_p, 0, N, r0, r1);
+          });
+          if (!proj) continue;
         }
         if (proj) mm_hr->apply(hnew_p + b0 * H, H, hfin_p + b0 * N, N, rows);
         emit(t, m, hfin_p, h_p, h_p, 0, N, b0, b1);
