@@ -262,8 +262,7 @@ inline bool team_wide_w() { return env_int("RNNFAST_CPU_TEAM_WIDE_W", avx512_oth
 // RNN H=1024) inference 1.02-1.09, training 0.98-1.06 (benchmarks/results/cpu-avx512-zen5-team-beyond-l2-
 // 48-rows-ab-8a62b4f.json).
 inline int64_t team_beyond_l2_max_rows() {
-  if (avx512_other()) return env_int("RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B", team_max_rows());
-  return env_int("RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B", isa_level() == 3 ? 32 : 8);
+  return env_int("RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B", avx512_other() ? team_max_rows() : isa_level() == 3 ? 32 : 8);
 }
 
 // Whether a team may slice a small H in panels of half the width (env RNNFAST_CPU_TEAM_NARROW_PANELS, 1
@@ -503,10 +502,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& gi, const 
             cell_step(t, r0, r1, 0, H, m, ghr, h_p, hnew_p);
             if (!proj) emit(t, m, hfin_p, h_p, h_p, 0, N, r0, r1);
           });
-          if (!proj) continue;
         }
         if (proj) mm_hr->apply(hnew_p + b0 * H, H, hfin_p + b0 * N, N, rows);
-        emit(t, m, hfin_p, h_p, h_p, 0, N, b0, b1);
+        if (split || proj) emit(t, m, hfin_p, h_p, h_p, 0, N, b0, b1);
       }
     };
     for_row_slices(B, rparts, run_rows);
