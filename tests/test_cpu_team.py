@@ -30,6 +30,13 @@ ok, why = _ext.status()
 pytestmark = pytest.mark.skipif(not ok, reason=f"C++ CPU kernels unavailable: {why}")
 
 
+def avx512_other() -> bool:
+    """Whether the kernels run their AVX-512 code on a CPU other than Intel's (avx512_other() in
+    csrc/cpu/matmul.h), where the teams' limits differ."""
+    _ext.ensure_loaded()
+    return torch.ops.rnnfast_C.isa_level() == 4 and not backends.intel_cpu()
+
+
 @pytest.fixture(autouse=True)
 def no_row_split(monkeypatch):
     """From 16 rows the row split (tests/test_cpu_row_split.py) goes before a team: off here."""
@@ -138,8 +145,7 @@ def test_team_beyond_l2_matches_oracle(cell):
 def test_team_beyond_l2_many_rows_matches_oracle(cell):
     """B=20, H=512: a team of two over 20 rows, slices of 3 / 4 MiB; ragged rows, reverse."""
     _ext.ensure_loaded()
-    isa = torch.ops.rnnfast_C.isa_level()
-    if isa != 3 and not (isa == 4 and not backends.intel_cpu()):
+    if torch.ops.rnnfast_C.isa_level() != 3 and not avx512_other():
         pytest.skip("teams beyond L2 over more than 8 rows: AVX2, and AVX-512 on CPUs other than Intel's")
     B, T, H = 20, 6, 512
     with threads(2):
@@ -171,7 +177,7 @@ def test_team_choice(monkeypatch):
             assert parts(200, 16, lstm, 64, False) == 2
             monkeypatch.delenv("RNNFAST_CPU_TEAM_NARROW_PANELS")
         # a real GEMM per step: the plain loop from 64 rows, 128 on AVX-512 CPUs other than Intel's
-        other512 = torch.ops.rnnfast_C.isa_level() == 4 and not backends.intel_cpu()
+        other512 = avx512_other()
         assert parts(200, 64, lstm, 256, False) == (2 if other512 else 1)
         assert parts(200, 128, lstm, 256, False) == 1 and parts(200, 127, gru, 512, False) == (
             2 if other512 else 1
