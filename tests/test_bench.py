@@ -11,11 +11,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from rnnfast import _ext
 from rnnfast.bench import main_bench, main_profile, registry, runner
 from rnnfast.nn.transitions import REDUCE, SHIFT
 
@@ -99,6 +101,23 @@ def test_spinn_counts_follow_the_generated_trees():
     assert registry.tokens_of(case) == 6 * 11
     with pytest.raises(ValueError, match="T: spinn"):
         registry.flops_of(registry.Case("spinn", B=2, T=8, H=4))
+
+
+def test_auto_provider_is_the_module_as_users_get_it():
+    """Modules list ``auto`` (rnnfast with backend="auto") after the baseline; it matches torch.nn in
+    every mode; bare ops do not list it."""
+    for case in registry.grid("tiny", "cpu", ops=["lstm", "gru"]):
+        names = [p[0] for p in registry.providers(case, "cpu")]
+        assert names[:2] == ["torch.nn", "auto"], names
+        w = case.spec.make(case, torch.device("cpu"))
+        bound = registry.bind(case, "auto", w)
+        base = runner.step_fn(w, registry.bind(case, "torch.nn", w))()
+        got = runner.step_fn(w, bound)()
+        assert len(got) == len(base)
+        err, where = runner.max_rel_error(got, base)
+        assert err <= runner.tolerance(torch.float32, "cpu"), f"{case.id}: {where} {err:.2e}"
+    for case in registry.grid("tiny", "cpu", ops=["lstm_op"]):
+        assert "auto" not in [p[0] for p in registry.providers(case, "cpu")]
 
 
 def test_spinn_providers_and_check():
@@ -198,23 +217,59 @@ def test_floor_of_a_small_case_is_positive_and_cached(monkeypatch):
         return timed(fn, device, first_call_s, min_time)
 
     monkeypatch.setattr(runner, "time_after_first", counting)
+    # every candidate GEMM of a shape is timed once (torch.mm, and the blocked kernel where it loads)
+    per = len(runner.gemm_candidates(torch.ones(2, 2), torch.ones(2, 2), torch.empty(2, 2)))
+    assert per == (2 if _ext.status()[0] else 1)
     floor = runner.GemmFloor("cpu", min_time=0.001)
     infer = registry.Case("gru", "infer", B=3, T=5, I=8, H=8)
     ms = floor.floor_ms(infer)
-    assert 0 < ms < float("inf") and len(calls) == 2  # input and recurrent GEMM
+    assert 0 < ms < float("inf") and len(calls) == 2 * per  # input and recurrent GEMM
     # fwdbwd of the same shape: its forward GEMMs and dW_hh (= dW_ih's shape, I = H) come from the cache
     assert 0 < floor.floor_ms(registry.Case("gru", "fwdbwd", B=3, T=5, I=8, H=8)) < float("inf")
-    assert len(calls) == 2 + 3
+    assert len(calls) == (2 + 3) * per
     # T = 10: only the input GEMM is new; the per-step GEMM is timed once for every T
     floor.floor_ms(registry.Case("gru", "infer", B=3, T=10, I=8, H=8))
-    assert len(calls) == 6 and len(floor.timings) == 6
-    assert floor.floor_ms(infer) == ms and len(calls) == 6
+    assert len(calls) == 6 * per and len(floor.timings) == 6
+    assert floor.floor_ms(infer) == ms and len(calls) == 6 * per
     step = floor.gemm_ms("float32", 3, 8, 24)
     assert ms == pytest.approx(floor.gemm_ms("float32", 15, 8, 24) + 5 * step)
     assert {g["m"] for g in floor.as_list()} >= {3, 15, 30} and all(
         g["median_ms"] > 0 for g in floor.as_list()
     )
-    assert floor.floor_ms(registry.Case("tree_lstm", R=4, H=8)) is None and len(calls) == 6
+    assert floor.floor_ms(registry.Case("tree_lstm", R=4, H=8)) is None and len(calls) == 6 * per
+
+
+def _slow_and_fast_gemms(a, b, out):
+    """Two GEMMs of the same product, one of them 2 ms slower a call."""
+
+    def slow():
+        time.sleep(0.002)
+        return torch.mm(a, b, out=out)
+
+    return {"slow": slow, "fast": lambda: torch.mm(a, b, out=out)}
+
+
+def test_floor_and_peak_take_the_fastest_gemm(monkeypatch):
+    monkeypatch.setattr(runner, "gemm_candidates", _slow_and_fast_gemms)
+    floor = runner.GemmFloor("cpu", min_time=0.01)
+    assert floor.gemm_ms("float32", 4, 8, 16) < 2.0
+    (row,) = floor.as_list()
+    assert row["lib"] == "fast" and (row["m"], row["k"], row["n"]) == (4, 8, 16)
+    peak = runner.measure_peak("cpu", ["float32"], min_time=0.01)
+    assert peak["gemm_lib"] == {"float32": "fast"} and peak["gemm_flops"]["float32"] > 0
+
+
+@pytest.mark.skipif(not _ext.status()[0], reason="the cpu backend's extension did not load")
+def test_gemm_candidates_compute_the_same_product():
+    g = torch.Generator().manual_seed(5)
+    for dt in (torch.float32, torch.float64):
+        a, b = torch.randn(70, 33, generator=g, dtype=dt), torch.randn(33, 130, generator=g, dtype=dt)
+        out = torch.full((70, 130), float("nan"), dtype=dt)
+        got = {name: fn().clone() for name, fn in runner.gemm_candidates(a, b, out).items()}
+        assert set(got) == {"torch.mm", "rnnfast_C.gemm"}
+        for name, y in got.items():
+            torch.testing.assert_close(y, a @ b, msg=name)
+    assert list(runner.gemm_candidates(a.bfloat16(), b.bfloat16(), out.bfloat16())) == ["torch.mm"]
 
 
 def test_rep_policy_reuses_the_first_long_call():
@@ -501,7 +556,7 @@ def test_cli_runs_spinn_on_the_tiny_grid(tmp_path):
 
 def test_cli_list_runs_nothing(tmp_path):
     rc, text = _run_cli(["--device", "cpu", "--grid", "quick", "--list", "--out", str(tmp_path / "none")])
-    assert rc == 0 and "gru fwdbwd B16 T100 I256 H256 f32" in text and "torch.nn, reference" in text
+    assert rc == 0 and "gru fwdbwd B16 T100 I256 H256 f32" in text and "torch.nn, auto, reference" in text
     assert f"{len(registry.grid('quick', 'cpu'))} cases" in text
     assert not (tmp_path / "none").exists()
 

@@ -87,7 +87,7 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--providers",
         type=_csv,
-        help="comma-separated providers to time (torch.nn, reference, cpu, triton, cuda, compile); "
+        help="comma-separated providers to time (torch.nn, reference, cpu, triton, cuda, auto, compile); "
         "the baseline (torch.nn, or reference for bare ops) always runs, to check them and for the speedup",
     )
     p.add_argument(
@@ -113,7 +113,7 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-floor",
         action="store_true",
-        help="skip the GEMM floor (pct_floor): no torch.mm timings of each case's GEMMs",
+        help="skip the GEMM floor (pct_floor): no GEMM timings of each case's products",
     )
     p.add_argument("--list", action="store_true", help="print the cases and their providers, run nothing")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")

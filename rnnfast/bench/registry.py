@@ -23,6 +23,8 @@ A **provider** is one way to run a case:
     reference   rnnfast with ``backend="reference"`` (pure PyTorch) - the baseline of the bare ops;
                 for spinn, the list-based SPINN (its baseline)
     cpu, triton, cuda   rnnfast with that backend, where ``rnnfast.backends`` says it supports the case
+    auto        the rnnfast module with ``backend="auto"`` (modules only): what a user gets by default,
+                the backend ``auto`` picks for the case, torch.nn itself included
     compile     ``torch.compile`` of the pure-PyTorch oracle (slow to compile: only on request)
 
 Adding an op: build an :class:`OpSpec` and call :func:`register_op` (as the SPINN encoder does); see
@@ -348,9 +350,9 @@ def _reduce_bytes(case: Case) -> float:
 
 # --------------------------------------------------------------------------------------------------
 # The GEMM floor: the matrix products a case cannot avoid. runner.GemmFloor times each distinct shape
-# on its own with torch.mm; the floor of a case is Σ count × time. A recurrence can fuse its pointwise
-# gate math into these GEMMs but cannot do less GEMM work, so a time at the floor is as fast as this
-# machine's GEMM makes the case (pct_floor = 100·floor/median).
+# on its own (the fastest of runner.gemm_candidates); the floor of a case is Σ count × time. A
+# recurrence can fuse its pointwise gate math into these GEMMs but cannot do less GEMM work, so a time
+# at the floor is as fast as this machine's GEMM makes the case (pct_floor = 100·floor/median).
 
 
 def recurrence_gemms(
@@ -511,6 +513,11 @@ def _module_backend(w: Workload, backend: str) -> Bound:
     m = rnnfast.from_torch(w.data["module"], backend=backend)
     x = w.data["x"]
     return Bound(lambda: _flat(m(x)), _own_params(m, w.case))
+
+
+def _module_auto(w: Workload) -> Bound:
+    """The module as a user gets it: ``backend="auto"``, which may hand the call to torch.nn itself."""
+    return _module_backend(w, "auto")
 
 
 def oracle_stack(m: nn.RNNBase, x: Tensor, lengths: Tensor | None) -> list[Tensor]:
@@ -684,7 +691,7 @@ for _name in ("gru", "rnn", "lstm"):
         OpSpec(
             name=_name, family="module", baseline="torch.nn",
             shape=_module_shape, sizes=_module_sizes, make=_module_make, run_backend=_module_backend,
-            extra={"torch.nn": _module_torch, "compile": _module_compile},
+            extra={"torch.nn": _module_torch, "auto": _module_auto, "compile": _module_compile},
             flops=_module_flops, bytes=_module_bytes, tokens=_packed_tokens, floor=_module_floor,
         )
     )  # fmt: skip
@@ -833,6 +840,12 @@ register_op(
 # Providers of a case and the grids
 
 
+_EXTRA_REASONS = {
+    "torch.nn": "torch.nn kernels",
+    "auto": "the rnnfast module with backend='auto' (the backend it picks for the case)",
+}
+
+
 def providers(case: Case, device: torch.device, compile: bool = False) -> list[tuple[str, bool, str]]:
     """Every provider of the case, baseline first: (name, supported, reason)."""
     spec = case.spec
@@ -841,7 +854,7 @@ def providers(case: Case, device: torch.device, compile: bool = False) -> list[t
     for name, _ in spec.extra.items():
         if name == "compile":
             continue
-        out.append((name, True, "torch.nn kernels" if name == "torch.nn" else "registered provider"))
+        out.append((name, True, _EXTRA_REASONS.get(name, "registered provider")))
     for name in KERNEL_BACKENDS:
         if name in spec.extra:
             continue  # a registered provider of that name takes its place (spinn's list-based reference)

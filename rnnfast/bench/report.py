@@ -255,8 +255,10 @@ def header_lines(machine: dict, peak: dict) -> list[str]:
         f"rnnfast {machine['rnnfast']} at {machine['commit'] or 'unknown commit'}",
     ]
     if peak:
+        libs = peak.get("gemm_lib", {})
         gemm = ", ".join(
-            f"{dt} {v / 1e12:.3g} TFLOP/s (n={peak['gemm_n'][dt]})" for dt, v in peak["gemm_flops"].items()
+            f"{dt} {v / 1e12:.3g} TFLOP/s (n={peak['gemm_n'][dt]}, {libs.get(dt, 'torch.mm')})"
+            for dt, v in peak["gemm_flops"].items()
         )
         lines.append(
             f"measured peak: GEMM {gemm}; "
@@ -268,7 +270,8 @@ def header_lines(machine: dict, peak: dict) -> list[str]:
 LEGEND = (
     "median ms: per call, after warm-up; IQR: 25th-75th percentile; * marks the case's baseline "
     "(torch.nn for modules, reference for bare ops); speedup = baseline median / median; "
-    "%floor: 100 x the time of the case's unavoidable GEMMs (torch.mm, timed in this run) / median; "
+    "%floor: 100 x the time of the case's unavoidable GEMMs (the fastest of torch.mm and, on the CPU, "
+    "rnnfast's blocked kernel, timed in this run) / median; "
     "%FLOP, %BW: achieved FLOP/s and bytes/s against the GEMM and copy peaks measured above."
 )
 
