@@ -6,6 +6,11 @@ Per cell (gru, rnn, lstm) it prints the range of the provider's speed-up over to
 0.95× (the worst named), the overhead-bound cases (B ≤ 4, H ≤ 128) for inference and forward+backward,
 B=16 H=256, one row with H ≥ 512, and how many GEMM-bound cases (B ≥ 16 or H ≥ 256) are below 85% of
 the GEMM floor. Speed-ups are ratios of the medians in the file; nothing is re-measured.
+
+    python scripts/sweep_summary.py benchmarks/results/<name>.json --targets lstm [--providers cpu,auto]
+
+prints instead one line per case of that cell with its target (3× at B ≤ 4 and H ≤ 128, 1.1× at B=16
+H=256, else 0.95×), each provider's speed-up and the share of the run's GEMM peak the target asks for.
 """
 
 from __future__ import annotations
@@ -56,13 +61,88 @@ def summarise(rows: list[dict], provider: str = "cpu") -> list[dict]:
     return out
 
 
+def target_of(B: int, H: int) -> tuple[float, str]:
+    """The speed-up asked for at batch B and hidden size H, and the name of the rule."""
+    if B <= 4 and H <= 128:
+        return 3.0, "3x (B<=4, H<=128)"
+    if B == 16 and H == 256:
+        return 1.1, "1.1x (B=16, H=256)"
+    return 0.95, "0.95x (grid)"
+
+
+def rows_by_case(doc: dict, op: str) -> dict[tuple, dict[str, dict]]:
+    """{(mode, B, H, T): {provider: row}} for the timed rows of ``op`` (unpacked, one layer)."""
+    cases: dict[tuple, dict[str, dict]] = {}
+    for r in doc["rows"]:
+        if r["op"] != op or r["status"] != "ok" or r["packed"] or r["layers"] != 1:
+            continue
+        cases.setdefault((r["mode"], r["B"], r["H"], r["T"]), {})[r["provider"]] = r
+    return cases
+
+
+def targets(doc: dict, op: str, providers: list[str]) -> list[str]:
+    """Per case of ``op``: its target, torch.nn's median, each provider's speed-up (! below the target),
+    and the FLOP/s the target asks for (the case's ``flop`` in torch.nn's time / the target) as a share
+    of the run's GEMM peak (``peak.gemm_flops``); above 100% no implementation meets it on that machine,
+    its best large GEMM alone not being fast enough. Then, per rule and provider, how many cases meet it,
+    and the cases below their target where it asks for more than the peak."""
+    peak = doc["peak"]["gemm_flops"]["float32"]
+    lib = doc["peak"].get("gemm_lib", {}).get("float32", "torch.mm")
+    lines = [
+        f"{op}: GEMM peak of the run {peak / 1e9:.0f} GFLOP/s ({lib}, n={doc['peak']['gemm_n']['float32']})",
+        f"{'case':<26} {'target':<20} {'torch.nn ms':>11} "
+        + " ".join(f"{p + ' x':>9}" for p in providers)
+        + f" {'needs':>7} {'% peak':>7}",
+    ]
+    summary: dict[tuple[str, str], list] = {}
+    beyond = []
+    for (mode, B, H, T), by in sorted(rows_by_case(doc, op).items()):
+        base = by.get("torch.nn")
+        if base is None:
+            continue
+        target, rule = target_of(B, H)
+        needed_ms = base["median_ms"] / target
+        gflops = base["flop"] / (needed_ms * 1e-3) / 1e9
+        pct = 100.0 * gflops * 1e9 / peak
+        cells, missed = [], False
+        for p in providers:
+            if p not in by:
+                cells.append(f"{'-':>9}")
+                continue
+            x = base["median_ms"] / by[p]["median_ms"]
+            ok = x >= target
+            missed |= not ok
+            summary.setdefault((rule, p), []).append(ok)
+            cells.append(f"{x:>8.2f}{' ' if ok else '!'}")
+        if missed and pct > 100:
+            beyond.append(f"{mode} B{B} T{T} H{H}")
+        lines.append(
+            f"{mode + f' B{B} T{T} H{H}':<26} {rule:<20} {base['median_ms']:>11.3f} "
+            + " ".join(cells)
+            + f" {gflops:>7.0f} {pct:>6.0f}%"
+        )
+    lines.append("! marks a case below its target; needs: GFLOP/s to meet it (FLOP / (torch.nn ms / target))")
+    for (rule, p), oks in sorted(summary.items()):
+        lines.append(f"{rule:<20} {p:<8} met in {sum(oks)} of {len(oks)}")
+    lines.append(
+        f"cases below a target that asks for more than the measured peak: {len(beyond)} "
+        f"({', '.join(beyond) or 'none'})"
+    )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("results", help="a JSON file written by rnnfast bench --grid sweep")
     p.add_argument("--provider", default="cpu", help="the provider compared with torch.nn (default cpu)")
+    p.add_argument("--targets", metavar="CELL", help="per case of this cell (gru, rnn, lstm): the targets")
+    p.add_argument("--providers", default="cpu,auto", help="with --targets: providers (default cpu,auto)")
     args = p.parse_args(argv)
     with open(args.results) as f:
         data = json.load(f)
+    if args.targets:
+        print("\n".join(targets(data, args.targets, [n for n in args.providers.split(",") if n])))
+        return 0
     m = data["machine"]
     print(f"{m.get('device_name')}, {m.get('threads')} threads, torch {m.get('torch')}")
     print(f"commit {m.get('commit')}")

@@ -708,3 +708,40 @@ def test_sweep_summary_counts_the_targets():
     assert s["below"] == "1 of 4 (worst gru infer B16 T50 I256 H256 f32: 0.90×)"
     assert s["small"] == "3.00–3.00× / 4.00–4.00×"
     assert s["b16h256"] == "0.90–0.90×" and s["b1h512"] == "2.00–2.00×" and s["floor"] == "1 of 2"
+
+
+def test_sweep_summary_targets_per_case():
+    spec = importlib.util.spec_from_file_location("sweep_summary", ROOT / "scripts" / "sweep_summary.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def row(mode, B, H, provider, ms, flop):
+        return dict(op="lstm", mode=mode, B=B, H=H, T=50, provider=provider, median_ms=ms, flop=flop,
+                    status="ok", packed=False, layers=1)  # fmt: skip
+
+    peak = {"gemm_flops": {"float32": 100e9}, "gemm_n": {"float32": 1024}, "gemm_lib": {"float32": "x"}}
+    doc = {
+        "peak": peak,
+        "rows": [
+            # B=4 H=128: 3x of 1 ms is 0.333 ms; 50 MFLOP in it is 150 GFLOP/s, 150% of the peak
+            row("infer", 4, 128, "torch.nn", 1.0, 50e6),
+            row("infer", 4, 128, "cpu", 0.5, 50e6),  # 2x: below
+            row("infer", 4, 128, "auto", 0.25, 50e6),  # 4x: met
+            # B=16 H=256: 1.1x; 2 ms of 110 MFLOP asks for 60.5 GFLOP/s
+            row("fwdbwd", 16, 256, "torch.nn", 2.0, 110e6),
+            row("fwdbwd", 16, 256, "cpu", 1.9, 110e6),  # 1.05x: below, within the peak
+            row("infer", 64, 512, "torch.nn", 1.0, 1e6),
+            row("infer", 64, 512, "cpu", 1.0, 1e6),  # 1x >= 0.95x
+            {**row("infer", 64, 512, "torch.nn", 9.0, 1e6), "packed": True},  # packed: left out
+        ],
+    }
+    lines = mod.targets(doc, "lstm", ["cpu", "auto"])
+    assert lines[0] == "lstm: GEMM peak of the run 100 GFLOP/s (x, n=1024)"
+    (b4,) = [ln for ln in lines if ln.startswith("infer B4 T50 H128")]
+    assert "3x (B<=4, H<=128)" in b4 and "2.00!" in b4 and "4.00 " in b4 and b4.endswith("150%")
+    (b16,) = [ln for ln in lines if ln.startswith("fwdbwd B16 T50 H256")]
+    assert "1.1x (B=16, H=256)" in b16 and "1.05!" in b16 and b16.endswith(" 60%")
+    assert "3x (B<=4, H<=128)    cpu      met in 0 of 1" in lines
+    assert "3x (B<=4, H<=128)    auto     met in 1 of 1" in lines
+    assert "0.95x (grid)         cpu      met in 1 of 1" in lines
+    assert lines[-1].endswith("asks for more than the measured peak: 1 (infer B4 T50 H128)")
