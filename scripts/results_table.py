@@ -1,11 +1,12 @@
 """Markdown headline table from the committed benchmark results (``benchmarks/results/*.json``).
 
 For every quick-grid results file (one per device, written by ``rnnfast bench``; ``--all`` adds the
-other grids and restricted runs) and every case: the
-baseline's median (torch.nn for the modules, the reference for the bare ops), the fastest rnnfast
-backend that passed the correctness check, and its speedup; files written with the GEMM floor
-(rows with ``pct_floor``) add that backend's % of floor ("—" where the op has none). Numbers are
-copied from the files, never recomputed or edited, except the speedup (a ratio of two of them).
+other grids and restricted runs) and every case: the baseline's median (torch.nn for the modules, the
+reference for the bare ops), the fastest rnnfast provider that passed the correctness check (a backend,
+or ``auto``: the module as a user gets it, which may hand the call to torch.nn), and its speedup; files
+written with the GEMM floor (rows with ``pct_floor``) add that provider's % of floor ("—" where the op
+has none). Numbers are copied from the files, never recomputed or edited, except the speedup (a ratio of
+two of them).
 
     python scripts/results_table.py                      # print the table
     python scripts/results_table.py --update README.md   # rewrite it between the README markers
@@ -21,7 +22,9 @@ from pathlib import Path
 
 START = "<!-- results-table:start -->"
 END = "<!-- results-table:end -->"
-RNNFAST_BACKENDS = ("reference", "cpu", "triton", "cuda")
+# The providers that are rnnfast: its backends, and "auto" (the module as a user gets it, which may hand
+# the call to torch.nn itself where that is faster).
+RNNFAST_BACKENDS = ("reference", "cpu", "triton", "cuda", "auto")
 ROOT = Path(__file__).resolve().parents[1]
 
 
