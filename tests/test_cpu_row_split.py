@@ -173,14 +173,16 @@ def test_row_split_lstm_module_matches_torch_nn():
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-def test_plain_loop_rows_on_all_threads_match_oracle(cell, reverse, monkeypatch):
-    """The plain loop with B·G·H >= 16K: each step's cell, output and state copies run over slices of the
-    rows on two threads (for_rows); ragged unsorted lengths with empty rows, H=65 (no team: one panel),
-    float64, every gradient."""
+@pytest.mark.parametrize("with_lengths", [True, False], ids=["ragged", "full"])
+def test_plain_loop_rows_on_all_threads_match_oracle(cell, reverse, with_lengths, monkeypatch):
+    """The plain loop with B·G·H >= 16K: each step's cell runs over slices of the rows on two threads
+    (for_rows), with ragged unsorted lengths (empty rows too) followed by the output and state copies,
+    without lengths writing y[t] itself, which the next step reads; H=65 (no team: one panel), float64,
+    every gradient."""
     T, B, H = 7, 300, 65
     monkeypatch.setenv(OFF, "-1")
     with threads(2):
         assert row_parts(cell, B, H, dtype=torch.float64, T=T) == 1
         assert team_parts(cell, T, B, H, torch.float64) == 1
-        args = recurrence_inputs(cell, T, B, H, lengths=ragged(B, T))
+        args = recurrence_inputs(cell, T, B, H, lengths=ragged(B, T) if with_lengths else None)
         assert_matches_oracle(cell, args, reverse, "cpu", 1e-11, seed=4)

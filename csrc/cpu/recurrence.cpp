@@ -438,6 +438,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& gi, const 
   };
 
   const scalar_t* h_last = h_p;  // where the final state is
+  // Without a projection or lengths the new state of step t is y[t] itself: the cell writes it there
+  // and step t + 1 reads it back, with no copies from a state buffer into y and back. On a 2-core Zen 5
+  // EPYC (float32, T=50, op alone, paired rounds of benchmarks/cpu_env_ab.py against the copies, B=4-256,
+  // H=64-512, all three cells): inference 1.00-1.38x (RNN B=256 H=128 1.38, GRU B=256 H=64 1.15, LSTM
+  // B=256 H=64 1.09), training 0.98-1.10x (benchmarks/results/cpu-avx512-zen5-direct-y-ab-9259223-dirty.json).
+  const bool direct = !proj && !st.ragged();
+  // The state step s reads (h0 at the first step) and the one it writes.
+  auto y_step = [&](int64_t s) { return y_p + (st.reverse ? T - 1 - s : s) * B * N; };
+  auto state_in = [&](int64_t s) -> const scalar_t* { return s == 0 ? h_p : y_step(s - 1); };
+  if (direct) h_last = y_step(T - 1);
   if (parts > 1) {
     // Slice p's factor for gate g: W_hh[g·H + u0 : g·H + u1, :]ᵀ (H, u1 - u0), in panels.
     const int64_t PW = team_panel_width<scalar_t>(H);
@@ -458,8 +468,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& gi, const 
       }
       for (int64_t s = 0; s < T; ++s) {
         const int64_t t = st.reverse ? T - 1 - s : s;
-        const scalar_t* cur = s % 2 == 0 ? h_p : hnew_p;
-        scalar_t* nxt = s % 2 == 0 ? hnew_p : h_p;
+        const scalar_t* cur = direct ? state_in(s) : s % 2 == 0 ? h_p : hnew_p;
+        scalar_t* nxt = direct ? y_step(s) : s % 2 == 0 ? hnew_p : h_p;
         const uint8_t* m = st.mask(t, valid.data() + p0 * B);
         const int64_t rows = st.rows(t);
         for (int64_t p = p0; p < p1; ++p) {
@@ -470,11 +480,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& gi, const 
           }
         }
         cell_step(t, 0, B, u[p0], u[p1], m, gh_p, cur, nxt);
-        emit(t, m, nxt, cur, nxt, u[p0], u[p1], 0, B);
+        if (!direct) emit(t, m, nxt, cur, nxt, u[p0], u[p1], 0, B);
         member.sync();
       }
     });
-    h_last = T % 2 == 0 ? h_p : hnew_p;
+    if (!direct) h_last = T % 2 == 0 ? h_p : hnew_p;
   } else {
     // One loop over all rows, or (row_parts()) one per slice of rows on its own thread.
     const int64_t rparts = row_parts<scalar_t>(T, B, G, H, N, proj);
@@ -491,13 +501,25 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& gi, const 
         const int64_t t = st.reverse ? T - 1 - s : s;
         const uint8_t* m = st.mask(t, valid.data());
         const int64_t rows = std::min(std::max(st.rows(t), b0), b1) - b0;
+        if (direct) {
+          const scalar_t* cur = state_in(s);
+          if (split) {
+            mm_hh.apply(cur + b0 * N, N, gh_p + b0 * GH, GH, rows);
+            cell_step(t, b0, b1, 0, H, nullptr, gh_p, cur, y_step(s));
+          } else {
+            const scalar_t* ghr = mm_hh.apply(cur, N, gh_p, GH, rows, &keep);
+            for_rows(B, GH, [&](int64_t r0, int64_t r1) { cell_step(t, r0, r1, 0, H, nullptr, ghr, cur, y_step(s)); });
+          }
+          continue;
+        }
         if (split) {
           mm_hh.apply(h_p + b0 * N, N, gh_p + b0 * GH, GH, rows);
           cell_step(t, b0, b1, 0, H, m, gh_p, h_p, hnew_p);
         } else {
           const scalar_t* ghr = mm_hh.apply(h_p, N, gh_p, GH, rows, &keep);
-          // Without a projection each row's output and state copies follow its cell on the same thread
-          // (the product has read h_p already): at B=256, H=256-512, 1.03-1.08x in inference.
+          // With lengths and without a projection each row's output and state copies follow its cell
+          // on the same thread (the product has read h_p already): at B=256, H=256-512, 1.03-1.08x in
+          // inference.
           for_rows(B, GH, [&](int64_t r0, int64_t r1) {
             cell_step(t, r0, r1, 0, H, m, ghr, h_p, hnew_p);
             if (!proj) emit(t, m, hfin_p, h_p, h_p, 0, N, r0, r1);
