@@ -216,6 +216,12 @@ def _onednn_lstm_faster(sizes: Sizes) -> bool:
     put torch.nn still ahead in inference (cpu 0.87x-0.97x at B=16-48, H=256-512) and in training at B=16
     (0.89x-0.93x) and B=32 H=256 (0.91x-0.93x), the cpu kernels in training at B=32 H=384-512 (1.04x-1.11x)
     and from 48 rows (0.99x-1.22x): training takes torch.nn only below 32 rows, or below 48 with H <= 256.
+    Beyond 64 rows, inference over short sequences too: there, paired rounds of the module with each
+    backend (torch.nn time / cpu time) at T=50 put torch.nn ahead at 65-128 rows with H=256-384 (B=80-128
+    0.88x-0.93x, B=128 H=256 0.88x; H=512 1.00x-1.07x, B=160 1.03x-1.06x), at T=100 and T=200 the cpu kernels
+    (0.98x-1.19x) (benchmarks/results/cpu-avx512-zen5-lstm-b80-160-h256-512-t50-infer-cpu-vs-torch-backend-
+    ab-a7a6be9.json, ...-t200-..., cpu-avx512-zen5-lstm-b80-128-h256-384-t100-infer-cpu-vs-torch-backend-ab-
+    8b41b04.json): inference at 64 < B <= 128 with 256 <= H <= 384 and T < 100 takes torch.nn.
 
     Not under autocast: there torch.nn's LSTM runs oneDNN in bfloat16, which raises on CPUs without
     AVX-512 bf16 support ("could not create a primitive descriptor"), while the cpu kernels compute in
@@ -229,9 +235,11 @@ def _onednn_lstm_faster(sizes: Sizes) -> bool:
     B, H = sizes.get("B", 0), sizes.get("H", 0)
     if rules == "avx512-other":
         # (one or two steps: see _short_sequence)
+        T, grad = sizes.get("T", 8), sizes.get("grad")
         train_mid = B < 32 or (B < 48 and H <= 256)
-        mid = 16 <= B <= 64 and 256 <= H <= 512 and (not sizes.get("grad") or train_mid)
-        return mid and sizes.get("T", 8) > 2
+        mid = 16 <= B <= 64 and 256 <= H <= 512 and (not grad or train_mid)
+        short_wide = not grad and 64 < B <= 128 and 256 <= H <= 384 and T < 100
+        return (mid or short_wide) and T > 2
     if B <= 4 and (H <= 128 or H >= 512):
         return False
     return not (sizes.get("grad") and B <= 4 and intel_cpu())

@@ -76,8 +76,8 @@ def test_auto_order_cpu_lstm_on_avx2(monkeypatch):
 
 def test_auto_order_cpu_lstm_on_avx512_other_than_intel(monkeypatch):
     """On AVX-512 CPUs other than Intel's padded LSTM modules take torch.nn only at 16 <= B <= 64 with
-    256 <= H <= 512 (in training only below 32 rows, or 48 with H <= 256), and one- or two-step LSTMs keep
-    the cpu kernels."""
+    256 <= H <= 512 (in training only below 32 rows, or 48 with H <= 256) and in inference at 64 < B <= 128
+    with 256 <= H <= 384 below 100 steps, and one- or two-step LSTMs keep the cpu kernels."""
     cpu = torch.device("cpu")
     monkeypatch.setattr(backends, "cpu_capability", lambda: "AVX512")
     monkeypatch.setattr(backends, "intel_cpu", lambda: False)
@@ -103,6 +103,18 @@ def test_auto_order_cpu_lstm_on_avx512_other_than_intel(monkeypatch):
         sizes = dict(LSTM, B=B, H=H, grad=grad)
         assert backends.auto_order("module", cpu, sizes)[0] == want, (B, H, grad)
     assert backends.auto_order("module", cpu, dict(LSTM, B=16, H=256, lengths=True))[0] == "cpu"
+    for B, H, T, grad, want in [
+        (65, 256, 50, False, "torch"),
+        (128, 384, 99, False, "torch"),
+        (96, 256, 3, False, "torch"),
+        (96, 256, 100, False, "cpu"),
+        (129, 256, 50, False, "cpu"),
+        (96, 512, 50, False, "cpu"),
+        (96, 192, 50, False, "cpu"),
+        (96, 256, 50, True, "cpu"),
+    ]:
+        sizes = dict(LSTM, B=B, H=H, T=T, grad=grad)
+        assert backends.auto_order("module", cpu, sizes)[0] == want, (B, H, T, grad)
     for B, H, T in [(16, 512, 1), (4, 512, 2), (1, 128, 1), (16, 256, 2)]:
         assert backends.auto_order("module", cpu, dict(LSTM, B=B, H=H, T=T))[0] == "cpu", (B, H, T)
     # modules of one or two steps: GRUs take cpu, RNNs in inference only (neither under autocast)
