@@ -314,7 +314,7 @@ class GemmFloor:
         return sum(count * self.gemm_ms(case.dtype, *shape) for shape, count in gemms.items())
 
     def as_list(self) -> list[dict]:
-        """The timed GEMMs, for the JSON: dtype, m, k, n and the timing."""
+        """The timed GEMMs, for the JSON: dtype, m, k, n, the fastest GEMM (``lib``) and its timing."""
         return [
             {"dtype": dt, "m": m, "k": k, "n": n, "lib": self.libs[(dt, m, k, n)], **t.as_dict()}
             for (dt, m, k, n), t in self.timings.items()
