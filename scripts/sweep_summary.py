@@ -24,15 +24,21 @@ def _range(xs: list[float]) -> str:
     return f"{min(xs):.2f}–{max(xs):.2f}×" if xs else "–"
 
 
-def summarise(rows: list[dict], provider: str = "cpu") -> list[dict]:
-    by_case: dict[str, dict[str, dict]] = defaultdict(dict)
+def by_case(rows: list[dict]) -> dict[str, dict[str, dict]]:
+    """{case label: {provider: row}} over the timed rows (those with a median)."""
+    cases: dict[str, dict[str, dict]] = defaultdict(dict)
     for r in rows:
         if r.get("median_ms"):
-            by_case[r["label"]][r["provider"]] = r
+            cases[r["label"]][r["provider"]] = r
+    return cases
+
+
+def summarise(rows: list[dict], provider: str = "cpu") -> list[dict]:
+    cases_by_label = by_case(rows)
     out = []
     for op in ("gru", "rnn", "lstm"):
         cases = []
-        for label, prov in by_case.items():
+        for label, prov in cases_by_label.items():
             base, mine = prov.get("torch.nn"), prov.get(provider)
             if base is None or mine is None or mine["op"] != op:
                 continue
@@ -70,16 +76,6 @@ def target_of(B: int, H: int) -> tuple[float, str]:
     return 0.95, "0.95x (grid)"
 
 
-def rows_by_case(doc: dict, op: str) -> dict[tuple, dict[str, dict]]:
-    """{(mode, B, H, T): {provider: row}} for the timed rows of ``op`` (unpacked, one layer)."""
-    cases: dict[tuple, dict[str, dict]] = {}
-    for r in doc["rows"]:
-        if r["op"] != op or r["status"] != "ok" or r["packed"] or r["layers"] != 1:
-            continue
-        cases.setdefault((r["mode"], r["B"], r["H"], r["T"]), {})[r["provider"]] = r
-    return cases
-
-
 def targets(doc: dict, op: str, providers: list[str]) -> list[str]:
     """Per case of ``op``: its target, torch.nn's median, each provider's speed-up (! below the target),
     and the FLOP/s the target asks for (the case's ``flop`` in torch.nn's time / the target) as a share
@@ -96,10 +92,12 @@ def targets(doc: dict, op: str, providers: list[str]) -> list[str]:
     ]
     summary: dict[tuple[str, str], list] = {}
     beyond = []
-    for (mode, B, H, T), by in sorted(rows_by_case(doc, op).items()):
-        base = by.get("torch.nn")
-        if base is None:
-            continue
+    cases = [by for by in by_case(doc["rows"]).values() if "torch.nn" in by]
+    cases = [by for by in cases if by["torch.nn"]["op"] == op and not by["torch.nn"]["packed"]]
+    cases = [by for by in cases if by["torch.nn"]["layers"] == 1]
+    for by in sorted(cases, key=lambda by: tuple(by["torch.nn"][k] for k in ("mode", "B", "H", "T"))):
+        base = by["torch.nn"]
+        mode, B, H, T = (base[k] for k in ("mode", "B", "H", "T"))
         target, rule = target_of(B, H)
         needed_ms = base["median_ms"] / target
         gflops = base["flop"] / (needed_ms * 1e-3) / 1e9

@@ -716,8 +716,9 @@ def test_sweep_summary_targets_per_case():
     spec.loader.exec_module(mod)
 
     def row(mode, B, H, provider, ms, flop):
-        return dict(op="lstm", mode=mode, B=B, H=H, T=50, provider=provider, median_ms=ms, flop=flop,
-                    status="ok", packed=False, layers=1)  # fmt: skip
+        label = f"lstm {mode} B{B} T50 I{H} H{H} f32"
+        return dict(label=label, op="lstm", mode=mode, B=B, H=H, T=50, provider=provider, median_ms=ms,
+                    flop=flop, status="ok", packed=False, layers=1)  # fmt: skip
 
     peak = {"gemm_flops": {"float32": 100e9}, "gemm_n": {"float32": 1024}, "gemm_lib": {"float32": "x"}}
     doc = {
@@ -732,7 +733,7 @@ def test_sweep_summary_targets_per_case():
             row("fwdbwd", 16, 256, "cpu", 1.9, 110e6),  # 1.05x: below, within the peak
             row("infer", 64, 512, "torch.nn", 1.0, 1e6),
             row("infer", 64, 512, "cpu", 1.0, 1e6),  # 1x >= 0.95x
-            {**row("infer", 64, 512, "torch.nn", 9.0, 1e6), "packed": True},  # packed: left out
+            {**row("infer", 64, 512, "torch.nn", 9.0, 1e6), "packed": True, "label": "packed"},  # left out
         ],
     }
     lines = mod.targets(doc, "lstm", ["cpu", "auto"])
