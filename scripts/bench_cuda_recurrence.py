@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 
@@ -116,13 +115,13 @@ def _bench_one(cell, dtype, T, B, H, repeats) -> list[dict]:
     for backward in (False, True):
         ref = _time(_torch_nn(cell, a, backward), repeats)
         for algo in ("persistent", "stepwise"):
-            os.environ["RNNFAST_CUDA_ALGO"] = algo
-            runnable = all(
-                cuda_backend.algorithm(cell, dtype, B, H, bwd, dev)[0] for bwd in {False, backward}
-            )
-            if not runnable:
-                continue
-            ms = _time(_ours(cell, a, backward), repeats)
+            with cuda_backend.flags(algo=algo):
+                runnable = all(
+                    cuda_backend.algorithm(cell, dtype, B, H, bwd, dev)[0] for bwd in {False, backward}
+                )
+                if not runnable:
+                    continue
+                ms = _time(_ours(cell, a, backward), repeats)
             rows.append(
                 {
                     "cell": cell,
@@ -171,11 +170,11 @@ def main() -> None:
                     rows += _bench_one(cell, dtype, args.T, B, H, args.repeats)
     # Per-step floor: one hidden unit per CTA and B=1, so a step is little more than the grid barrier and
     # the L2 round trip of h.
-    os.environ["RNNFAST_CUDA_ALGO"] = "persistent"
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     floor_T = 4096
     a = _inputs("rnn_tanh", floor_T, 1, sms, torch.float16)
-    floor = _time(_ours("rnn_tanh", a, False), args.repeats) * 1000 / floor_T
+    with cuda_backend.flags(algo="persistent"):
+        floor = _time(_ours("rnn_tanh", a, False), args.repeats) * 1000 / floor_T
     print(f"per-step floor (rnn_tanh, B=1, H={sms}, one unit per CTA): {floor:.2f} us")
     meta = {
         "device": torch.cuda.get_device_name(),

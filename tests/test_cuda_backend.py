@@ -8,7 +8,7 @@ to be exact). torch.nn runs the op's problem exactly: input size G·H with W_ih 
 input projection returns gi unchanged), packed sequences for ``lengths``, and the valid part of every row
 time-reversed for ``reverse``. Float32 comparisons turn TF32 off on both sides.
 
-Both algorithms are covered: ``RNNFAST_CUDA_ALGO=auto`` (the persistent kernels wherever they fit, which
+Both algorithms are covered: ``flags(algo="auto")`` (the persistent kernels wherever they fit, which
 test_persistent_plan_covers_the_small_shapes checks) and ``stepwise``.
 """
 
@@ -37,9 +37,9 @@ MODES = ("plain", "reverse", "ragged", "ragged_reverse")
 
 
 @pytest.fixture(params=["auto", "stepwise"])
-def algo(request, monkeypatch):
-    monkeypatch.setenv("RNNFAST_CUDA_ALGO", request.param)
-    return request.param
+def algo(request):
+    with cuda_backend.flags(algo=request.param):
+        yield request.param
 
 
 @pytest.fixture
@@ -68,10 +68,20 @@ def test_availability_is_reported():
         assert not ok and "no CUDA device" in why, why
 
 
-def test_forced_algorithm_is_validated(monkeypatch):
-    monkeypatch.setenv("RNNFAST_CUDA_ALGO", "fastest")
-    with pytest.raises(ValueError, match="RNNFAST_CUDA_ALGO"):
-        cuda_backend.algorithm("gru", torch.float32, 2, 8, False, torch.device("cuda"))
+def test_forced_algorithm_is_validated():
+    with pytest.raises(ValueError, match="algo: expected one of"):
+        with cuda_backend.flags(algo="fastest"):
+            pass
+    assert cuda_backend._forced_algorithm() == "auto"
+
+
+def test_forced_algorithm_is_restored_on_exit():
+    with cuda_backend.flags(algo="stepwise"):
+        assert cuda_backend._forced_algorithm() == "stepwise"
+        with cuda_backend.flags(algo="persistent"):
+            assert cuda_backend._forced_algorithm() == "persistent"
+        assert cuda_backend._forced_algorithm() == "stepwise"
+    assert cuda_backend._forced_algorithm() == "auto"
 
 
 def test_auto_never_picks_the_unverified_cuda_backend():

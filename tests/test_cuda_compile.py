@@ -492,7 +492,7 @@ def _adapter_contract() -> None:
 
     import torch
 
-    from rnnfast.ops.recurrence import common, reference
+    from rnnfast.ops.recurrence import common
     from rnnfast.ops.recurrence import cuda as cuda_backend
 
     torch.cuda.device = lambda device: contextlib.nullcontext()
@@ -514,28 +514,31 @@ def _adapter_contract() -> None:
             gy, ghn = r(T, B, H), r(B, H)
             gcn = r(B, H) if cell == "lstm" else None
             for algo in ("persistent", "stepwise"):
-                os.environ["RNNFAST_CUDA_ALGO"] = algo
-                tag = f"adapter {cell} bias={bias} {algo}"
-                got = cuda_backend.forward(cell, gi, h0, c0, w, b, None, L, reverse, True)
-                want = reference.forward(cell, gi, h0, c0, w, b, None, L, reverse, True)
-                for name, x, y in zip(("y", "h_n", "c_n", "ws"), got, want):
-                    assert x.shape == y.shape and x.dtype == y.dtype, (
-                        f"{tag} {name}: {x.shape}/{x.dtype} vs {y.shape}/{y.dtype}"
-                    )
-                    if name != "ws":
-                        assert_close_f64(f"{tag} {name}", x, y, 1e-5)
-                got_b = cuda_backend.backward(
-                    cell, gy, ghn, gcn, h0, c0, w, b, None, L, reverse, got[0], got[3]
-                )
-                want_b = reference.backward(
-                    cell, gy, ghn, gcn, h0, c0, w, b, None, L, reverse, want[0], want[3]
-                )
-                names = ("dgi", "dh0", "dc0", "dw_hh", "db_hh", "dw_hr")
-                for name, x, y in zip(names, got_b, want_b):
-                    assert x.shape == y.shape and x.dtype == y.dtype, (
-                        f"{tag} {name}: {x.shape}/{x.dtype} vs {y.shape}/{y.dtype}"
-                    )
-                    assert_close_f64(f"{tag} {name}", x, y, 1e-5)
+                with cuda_backend.flags(algo=algo):
+                    _adapter_case(cell, algo, bias, reverse, gi, h0, c0, w, b, L, gy, ghn, gcn)
+
+
+def _adapter_case(cell, algo, bias, reverse, gi, h0, c0, w, b, L, gy, ghn, gcn) -> None:
+    from rnnfast.ops.recurrence import cuda as cuda_backend
+    from rnnfast.ops.recurrence import reference
+
+    tag = f"adapter {cell} bias={bias} {algo}"
+    got = cuda_backend.forward(cell, gi, h0, c0, w, b, None, L, reverse, True)
+    want = reference.forward(cell, gi, h0, c0, w, b, None, L, reverse, True)
+    for name, x, y in zip(("y", "h_n", "c_n", "ws"), got, want):
+        assert x.shape == y.shape and x.dtype == y.dtype, (
+            f"{tag} {name}: {x.shape}/{x.dtype} vs {y.shape}/{y.dtype}"
+        )
+        if name != "ws":
+            assert_close_f64(f"{tag} {name}", x, y, 1e-5)
+    got_b = cuda_backend.backward(cell, gy, ghn, gcn, h0, c0, w, b, None, L, reverse, got[0], got[3])
+    want_b = reference.backward(cell, gy, ghn, gcn, h0, c0, w, b, None, L, reverse, want[0], want[3])
+    names = ("dgi", "dh0", "dc0", "dw_hh", "db_hh", "dw_hr")
+    for name, x, y in zip(names, got_b, want_b):
+        assert x.shape == y.shape and x.dtype == y.dtype, (
+            f"{tag} {name}: {x.shape}/{x.dtype} vs {y.shape}/{y.dtype}"
+        )
+        assert_close_f64(f"{tag} {name}", x, y, 1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """The ``cuda`` backend of the recurrence op: persistent CUDA kernels (``csrc/cuda``), opt-in.
 
-Two algorithms, chosen per call (``RNNFAST_CUDA_ALGO=persistent|stepwise`` forces one):
+Two algorithms, chosen per call (``with flags(algo="persistent"|"stepwise"):`` forces one):
 - persistent: the whole time loop in one cooperative launch; each CTA keeps its slice of W_hh in shared
   memory for all T steps and the CTAs meet at one grid barrier per step (forward and backward). Used
   whenever the slices fit on chip (``torch.ops.rnnfast_C.cuda_persistent_plan``).
@@ -16,8 +16,9 @@ regardless of ``allow_tf32``. Dimensions: T time, B batch, H hidden, G gates (se
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import os
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -31,11 +32,26 @@ _PERSISTENT, _STEPWISE = 1, 2
 _ALGOS = ("auto", "persistent", "stepwise")
 
 
-def _forced_algorithm() -> str:
-    algo = os.environ.get("RNNFAST_CUDA_ALGO", "auto") or "auto"
+_forced = "auto"
+
+
+@contextlib.contextmanager
+def flags(algo: str = "auto") -> Iterator[None]:
+    """Force the algorithm inside the block, like ``torch.backends.cudnn.flags``: ``"persistent"``,
+    ``"stepwise"`` or ``"auto"`` (the default choice). Process-wide; the previous setting comes back on exit.
+    Under torch.compile the setting at trace time is baked into the graph."""
+    global _forced
     if algo not in _ALGOS:
-        raise ValueError(f"RNNFAST_CUDA_ALGO: expected one of {_ALGOS}, got {algo!r}")
-    return algo
+        raise ValueError(f"algo: expected one of {_ALGOS}, got {algo!r}")
+    prev, _forced = _forced, algo
+    try:
+        yield
+    finally:
+        _forced = prev
+
+
+def _forced_algorithm() -> str:
+    return _forced
 
 
 @functools.lru_cache(maxsize=512)
@@ -55,7 +71,7 @@ def algorithm(
     """(algorithm code, description) for one call; code 0 when the forced algorithm cannot run."""
     forced = _forced_algorithm()
     if forced == "stepwise":
-        return _STEPWISE, "stepwise (forced by RNNFAST_CUDA_ALGO)"
+        return _STEPWISE, "stepwise (forced by flags(algo='stepwise'))"
     plan = _plan(cell, dtype, B, H, backward, _device_index(device))
     if plan[0]:
         ctas, units, _, _, smem = plan[1:]
