@@ -88,28 +88,13 @@ def test_encoder_matches_reference(case, all_rows):
     _compare(model, buffers, tr, null)
 
 
-def test_encoder_pads_anywhere_and_empty_sentences():
-    """Right padding and all-PAD columns (empty sentences: the root is the null state)."""
+def test_encoder_pads_anywhere():
+    """Right padding: PAD anywhere is a no-op for the stack (the tracker still steps)."""
     B, H = 9, 4
-    lens = [3, 0, 5, 1, 0, 7, 2, 6, 4]
+    lens = [3, 1, 5, 1, 2, 7, 2, 6, 4]
     model = _model(H, 3)
     buffers, tr, null = _inputs(B, H, lens, seed=3, pad_left=False)
     _compare(model, buffers, tr, null)
-    with torch.no_grad():
-        h = model(buffers, tr, null)
-    assert_close("h of an empty sentence", h[1], null[1, :H], 0.0)
-
-
-def test_no_transitions_at_all():
-    """T = 0 (a batch of empty sentences): the root is the null state, its gradient the root's."""
-    B, H = 3, 4
-    model = _model(H, 3, predict=True)
-    buffers, _, null = _inputs(B, H, [1, 1, 1], seed=1)
-    h, c, logits = model(buffers, torch.empty(0, B, dtype=torch.int64), null, return_c=True)
-    assert_close("h", h, null[:, :H], 0.0)
-    assert logits.shape == (0, B, 4)
-    (h.sum() + 2 * c.sum()).backward()
-    assert_close("grad null", null.grad, torch.cat([torch.ones(B, H), 2 * torch.ones(B, H)], 1).double(), 0.0)
 
 
 @pytest.mark.parametrize("B", [1, 12])
@@ -209,12 +194,12 @@ def test_float32_close_to_float64():
 # Bad inputs: clear errors that name the argument.
 
 
-def _bad_call(tr=None, buffers=None, null=None, **kw):
+def _bad_call(tr=None, buffers=None, null=None, lengths=None, **kw):
     H = 3
     model = SPINN(H, 2, **kw)
     if buffers is None:
         buffers = torch.rand(2, 3, 2 * H)
-    return model(buffers, tr, null)
+    return model(buffers, tr, null, lengths=lengths)
 
 
 @pytest.mark.parametrize(
@@ -228,12 +213,40 @@ def _bad_call(tr=None, buffers=None, null=None, **kw):
         ([[SHIFT, SHIFT], [SHIFT, 5]], ValueError, "unknown code 5 at step 1, example 1"),
         ([[SHIFT, SHIFT]] * 4, ValueError, "shifts 4 times but buffers holds only N=3"),
         ([[REDUCE, PAD]], ValueError, "reduces with 0 entries"),
+        (
+            [[SHIFT, SHIFT], [SHIFT, SHIFT], [REDUCE, PAD]],
+            ValueError,
+            r"example 1 leaves 2 entries on the stack after its last step 2; a complete parse leaves 1 tree "
+            r"\(2 shifts need 1 reduces, got 0\)",
+        ),
+        (
+            [[SHIFT, SHIFT], [SHIFT, SHIFT], [SHIFT, SHIFT], [REDUCE, REDUCE]],
+            ValueError,
+            r"example 0 leaves 2 entries on the stack after its last step 3; "
+            r".*\(3 shifts need 2 reduces, got 1\)",
+        ),
+        (
+            [[SHIFT, PAD], [PAD, PAD]],
+            ValueError,
+            "example 1 shifts no leaf in its 2 steps, so no tree is left on the stack at the end",
+        ),
+        (torch.empty(0, 2, dtype=torch.int64), ValueError, "example 0 shifts no leaf in its 0 steps"),
     ],
-    ids=["reduce-one-entry", "unknown-code", "too-many-shifts", "reduce-empty"],
+    ids=[
+        "reduce-one-entry",
+        "unknown-code",
+        "too-many-shifts",
+        "reduce-empty",
+        "unfinished",
+        "unfinished-after-reduces",
+        "empty-example",
+        "no-steps",
+    ],
 )
-def test_bad_transitions(tr, exc, match):
+@pytest.mark.parametrize("backend", ["auto", "reference"])  # the C++ loop and the Python one
+def test_bad_transitions(tr, exc, match, backend):
     with pytest.raises(exc, match=match):
-        _bad_call(torch.tensor(tr))
+        _bad_call(torch.as_tensor(tr), backend=backend)
 
 
 def test_bad_inputs():
@@ -257,6 +270,8 @@ def test_bad_inputs():
         _bad_call(ok_tr, null=torch.rand(2, 2 * H, dtype=torch.float64))
     with pytest.raises(ValueError, match="transitions: required unless the module predicts"):
         _bad_call(None)
+    with pytest.raises(ValueError, match=r"lengths: expected values in \[1, N=3\], got \[3, 0\]"):
+        _bad_call(None, predict=True, lengths=torch.tensor([3, 0]))  # greedy parse of an empty sentence
     with pytest.raises(ValueError, match="predict: transition prediction needs a tracker"):
         SPINN(3, None, predict=True)
     with pytest.raises(ValueError, match="h_track: expected a tensor exactly when"):
@@ -428,7 +443,7 @@ def test_cpp_loop_matches_python_loop_float32(monkeypatch):
 def test_cpp_ops_opcheck_and_every_output_written(tracker):
     """opcheck of both custom ops; with RNNFAST_DEBUG_POISON=1 (set by conftest) every output starts as
     NaN, so a NaN left anywhere is an element the C++ code forgot to write."""
-    buffers, null, tr, w = _op_inputs(tracker, lens=(3, 1, 4, 0))
+    buffers, null, tr, w = _op_inputs(tracker, lens=(3, 1, 4, 1))
     fwd = (buffers, null, tr, *w.values())
     torch.library.opcheck(torch.ops.rnnfast.spinn_fwd.default, fwd)
     outs = torch.ops.rnnfast.spinn_fwd(*fwd)
@@ -458,3 +473,6 @@ def test_cpp_ops_refuse_bad_transitions():
         torch.ops.rnnfast.spinn_fwd(buffers, null, bad, *w.values())
     with pytest.raises(ValueError, match="example 2 shifts 4 times but buffers holds only N=2"):
         torch.ops.rnnfast.spinn_fwd(buffers[:, :2], null, tr, *w.values())
+    unfinished = torch.cat([tr, torch.tensor([[PAD, SHIFT, PAD, PAD]])])  # example 1: a leaf never reduced
+    with pytest.raises(ValueError, match="example 1 leaves 2 entries on the stack after its last step"):
+        torch.ops.rnnfast.spinn_fwd(buffers, null, unfinished, *w.values())

@@ -129,7 +129,16 @@ Plan make_plan(const Tensor& transitions, int64_t N) {
     }
   }
   p.off[T] = static_cast<int64_t>(p.ex.size());
-  for (int64_t b = 0; b < B; ++b) p.root[b] = stack[b * depth + sp[b] - 1];
+  for (int64_t b = 0; b < B; ++b) {
+    // A complete parse leaves exactly one tree: none or several has no root.
+    const int64_t left = sp[b] - 2;
+    TORCH_CHECK_VALUE(left != 0, "transitions: example ", b, " shifts no leaf in its ", T,
+                      " steps, so no tree is left on the stack at the end; a parse needs at least one SHIFT");
+    TORCH_CHECK_VALUE(left == 1, "transitions: example ", b, " leaves ", left,
+                      " entries on the stack after its last step ", T - 1, "; a complete parse leaves 1 tree (",
+                      shifts[b], " shifts need ", shifts[b] - 1, " reduces, got ", shifts[b] - left, ")");
+    p.root[b] = stack[b * depth + sp[b] - 1];
+  }
   return p;
 }
 

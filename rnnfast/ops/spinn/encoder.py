@@ -122,7 +122,28 @@ def check_transitions(transitions, B: int, N: int) -> Tensor:
             f"transitions: step {t}, example {b} reduces with {int(before[t, b])} entr"
             f"{'y' if int(before[t, b]) == 1 else 'ies'} on the stack; a reduce needs 2"
         )
+    # A complete parse leaves exactly one tree, the root; none (no leaf shifted) or several (a reduce
+    # missing) has no root to return.
+    end = size[-1] if tr.shape[0] else torch.zeros(B, dtype=torch.int64)
+    unfinished = (end != 1).nonzero()
+    if unfinished.numel():
+        b = int(unfinished[0])
+        raise ValueError(_end_message(b, int(end[b]), int(shifts[b]), tr.shape[0]))
     return tr
+
+
+def _end_message(b: int, left: int, shifts: int, T: int) -> str:
+    """The error for example ``b`` whose stack holds ``left`` != 1 entries after all T steps (the C++ plan
+    in csrc/cpu/spinn.cpp words it the same)."""
+    if left == 0:
+        return (
+            f"transitions: example {b} shifts no leaf in its {T} steps, so no tree is left on the stack at "
+            "the end; a parse needs at least one SHIFT"
+        )
+    return (
+        f"transitions: example {b} leaves {left} entries on the stack after its last step {T - 1}; a "
+        f"complete parse leaves 1 tree ({shifts} shifts need {shifts - 1} reduces, got {shifts - left})"
+    )
 
 
 def build_plan(tr: Tensor, N: int, all_rows: bool = False) -> Plan:
@@ -590,8 +611,8 @@ def spinn_encode(
         if not isinstance(lengths, Tensor) or lengths.dtype not in _INT_DTYPES or lengths.shape != (B,):
             raise ValueError(f"lengths: expected an integer tensor of shape ({B},), got {lengths!r}")
         lengths = lengths.cpu()
-        if B and (int(lengths.min()) < 0 or int(lengths.max()) > N):
-            raise ValueError(f"lengths: expected values in [0, N={N}], got {lengths.tolist()}")
+        if B and (int(lengths.min()) < 1 or int(lengths.max()) > N):  # a parse needs a leaf, as given ones
+            raise ValueError(f"lengths: expected values in [1, N={N}], got {lengths.tolist()}")
         args = (*weights, w_trans, b_trans)
         impl = backends.implementation(name, "tree_lstm")
         h, c, logits, predicted = _predict(impl, buffers, null, lengths, *args)
