@@ -49,3 +49,26 @@ def test_quick_start_install_gives_the_bench_plot_and_matches_ci():
     optional = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     deps = {re.split(r"[<>=;\[ ]", d)[0].lower() for e in readme_extras for d in optional[e]}
     assert {"matplotlib", "pytest", "pytest-benchmark"} <= deps, deps
+
+
+def test_design_diagram_names_what_exists():
+    """Every file and custom op the Design diagram names is there (it is drawn from the code's path)."""
+    readme = (ROOT / "README.md").read_text()
+    design = readme[readme.index("## Design") :]
+    block = design[design.index("```") + 3 :]
+    block = block[: block.index("```")]
+    ops_dirs = [p.name for p in (ROOT / "rnnfast" / "ops").iterdir() if (p / "function.py").exists()]
+    paths = set(re.findall(r"\b((?:[\w<>]+/)+[\w.<>]*\.(?:py|cpp))", block))
+    assert len(paths) >= 5, paths
+    for p in paths:
+        candidates = [p.replace("<op>", d) for d in ops_dirs] if "<op>" in p else [p]
+        for c in candidates:
+            assert (ROOT / c).exists() or (ROOT / "rnnfast" / c).exists(), f"README Design names {c}"
+    sources = "".join(
+        f.read_text() for f in [*(ROOT / "rnnfast").rglob("*.py"), *(ROOT / "csrc").rglob("*.cpp")]
+    )
+    ops = set(re.findall(r"\b(rnnfast(?:_C)?::\w+)", block))
+    assert len(ops) >= 3, ops
+    for op in ops:
+        ns, name = op.split("::")
+        assert f'"{op}"' in sources or (ns == "rnnfast_C" and f'"{name}(' in sources), f"no op {op}"
