@@ -476,3 +476,21 @@ def test_cpp_ops_refuse_bad_transitions():
     unfinished = torch.cat([tr, torch.tensor([[PAD, SHIFT, PAD, PAD]])])  # example 1: a leaf never reduced
     with pytest.raises(ValueError, match="example 1 leaves 2 entries on the stack after its last step"):
         torch.ops.rnnfast.spinn_fwd(buffers, null, unfinished, *w.values())
+
+
+def test_snli_reader_drops_pairs_the_encoder_refuses(tmp_path):
+    """An empty sentence has no tree: the reader drops its pair (as it drops '-' labels) rather than hand
+    the encoder an all-PAD column, which it refuses."""
+    import json
+
+    from rnnfast.data.snli import read_jsonl
+
+    rows = [
+        {"gold_label": "entailment", "sentence1_binary_parse": "( a b )", "sentence2_binary_parse": "c"},
+        {"gold_label": "neutral", "sentence1_binary_parse": "", "sentence2_binary_parse": "( d e )"},
+        {"gold_label": "contradiction", "sentence1_binary_parse": "f", "sentence2_binary_parse": "  "},
+    ]
+    path = tmp_path / "snli.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = read_jsonl(path)
+    assert [(e.premise, e.hypothesis) for e in got] == [(["a", "b"], ["c"])]

@@ -34,7 +34,8 @@ class Example:
 
 def read_jsonl(path: str | Path, lower: bool = True) -> list[Example]:
     """Read an SNLI-format jsonl file (``sentence1_binary_parse``, ``sentence2_binary_parse``,
-    ``gold_label``); pairs without a gold label ('-') are dropped."""
+    ``gold_label``); pairs without a gold label ('-') or with an empty sentence (no tree for the encoder)
+    are dropped."""
     out = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -50,6 +51,8 @@ def read_jsonl(path: str | Path, lower: bool = True) -> list[Example]:
                 continue
             p, pt = parse_to_transitions(s1, lower)
             h, ht = parse_to_transitions(s2, lower)
+            if not (p and h):
+                continue
             out.append(Example(p, pt, h, ht, LABELS.index(label)))
     return out
 
