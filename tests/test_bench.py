@@ -716,6 +716,29 @@ def test_cli_rounds(tmp_path):
         main_bench(argv + ["--rounds", "0"])
 
 
+def test_cli_roofline_when_every_case_beats_the_peaks(monkeypatch, tmp_path):
+    """With measured peaks stubbed far below what any call does (1 FLOP/s, 1 B/s, no cache), the
+    fastest cases set both limits: each at 100% of its floor, every other case below, all named."""
+    stub = {"gemm_flops": {"float32": 1.0}, "gemm_n": {"float32": 1024}, "gemm_lib": {"float32": "stub"},
+            "copy_bytes_per_s": 1.0, "copy_mib": 64, "cache_bytes": 0, "cache": "none (stub)"}  # fmt: skip
+    monkeypatch.setattr(runner, "measure_peak", lambda *a, **k: dict(stub))
+    argv = ["--device", "cpu", "--grid", "tiny", "--ops", "gru,rnn", "--modes", "fwd", "--out", str(tmp_path)]
+    rc, text = _run_cli(argv + ["--no-floor", "--no-plot", "--min-time", "0.01", "--quiet"])
+    assert rc == 0, text
+    doc = json.loads((tmp_path / "cpu-tiny-gru-rnn-fwd.json").read_text())
+    limits, rows = doc["roofline"], [r for r in doc["rows"] if r["status"] == "ok"]
+    assert limits["gemm_raised_by"]["float32"] and limits["copy_raised_by"] and limits["cache_bytes"] == 0
+    assert "roofline: float32 peak raised to" in text and "roofline: bandwidth raised to" in text
+    assert all(0 < r["pct_roofline"] <= 100 * (1 + 1e-9) for r in rows)
+    by = {f"{r['label']} [{r['provider']}]": r for r in rows}
+    assert by[limits["gemm_raised_by"]["float32"]]["pct_roofline"] == pytest.approx(100.0)
+    assert by[limits["copy_raised_by"]]["pct_roofline"] == pytest.approx(100.0)
+    # no cache: the whole boundary moves, and W_hh again at every step after the first
+    keys = ("op", "mode", "dtype", "B", "T", "I", "H", "layers", "bidir", "packed")
+    assert all(r["must_move_bytes"] > registry.boundary_bytes(registry.Case(**{k: r[k] for k in keys}))
+               for r in rows)  # fmt: skip
+
+
 def test_cli_no_floor(tmp_path):
     argv = ["--device", "cpu", "--grid", "tiny", "--ops", "rnn", "--modes", "infer", "--out", str(tmp_path)]
     rc, _ = _run_cli(argv + ["--no-floor", "--no-plot", "--min-time", "0.01", "--quiet"])
