@@ -105,20 +105,30 @@ if command -v nvidia-smi >/dev/null; then
 fi
 mkdir -p "$out" || exit 2
 
+# stage_record NUMBER STATUS LIMIT RC SECONDS TIMED_OUT: one line of run.jsonl
+stage_record() {
+  printf '{"run":"%s","stage":"%s","stage_number":%d,"kind":"stage","status":"%s","limit_s":%d,"rc":%d,"seconds":%d,"timed_out":%s,"commit":"%s","commit_source":"%s","time":"%s"}\n' \
+    "$run_id" "${NAMES[$1]}" "$1" "$2" "$3" "$4" "$5" "$6" "$commit" "$source" "$(date -u +%Y-%m-%dT%H:%M:%S+00:00)" \
+    >>"$out/run.jsonl"
+}
+
 run_stage() {
   local i=$1 lim=$2 name=${NAMES[$1]} sig=TERM start rc seconds timed_out=false
   [[ $name == pytests ]] && sig=INT # pytest ends its session cleanly on SIGINT and still writes the junit XML
+  if ((lim < 30)); then
+    echo "=== stage $i $name: skipped, $lim s left"
+    stage_record "$i" cut "$lim" 124 0 true
+    return 1
+  fi
   start=$(date +%s)
   echo "=== stage $i $name: limit $lim s"
   local cmd=("$PYTHON" -m "benchmarks.gpu.$name" "${common[@]}" --budget-s "$((lim - 10))" --deadline "$((start + lim - 10))")
   echo "+ ${cmd[*]}"
-  timeout -s "$sig" -k 5 "$((lim - 5))" "${cmd[@]}"
+  timeout -s "$sig" -k 5 "$((lim - 5))" "${cmd[@]}" </dev/null
   rc=$?
   seconds=$(($(date +%s) - start))
   ((rc == 124 || rc == 137)) && timed_out=true
-  printf '{"run":"%s","stage":"%s","stage_number":%d,"kind":"stage","status":"%s","limit_s":%d,"rc":%d,"seconds":%d,"timed_out":%s,"commit":"%s","commit_source":"%s","time":"%s"}\n' \
-    "$run_id" "$name" "$i" "$([[ $rc == 0 ]] && echo ok || echo error)" "$lim" "$rc" "$seconds" "$timed_out" \
-    "$commit" "$source" "$(date -u +%Y-%m-%dT%H:%M:%S+00:00)" >>"$out/run.jsonl"
+  stage_record "$i" "$( ((rc == 0)) && echo ok || echo error)" "$lim" "$rc" "$seconds" "$timed_out"
   echo "=== stage $i $name: exit code $rc after $seconds s$([[ $timed_out == true ]] && echo ' (time limit)')"
   return $((rc != 0))
 }
@@ -131,11 +141,6 @@ main() {
     lim=${limit:-${LIMITS[i]}}
     if ((i == ${#NAMES[@]} - 1 && ${#selected[@]} > 1)); then
       lim=$((TOTAL - SUMMARY_LIMIT - ($(date +%s) - t0)))
-    fi
-    if ((lim < 30)); then
-      echo "=== stage $i ${NAMES[i]}: skipped, $lim s left"
-      status=1
-      continue
     fi
     run_stage "$i" "$lim" || status=1
   done

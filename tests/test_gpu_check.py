@@ -7,9 +7,12 @@ options and verdicts, the build's ptxas summary, the pytest plugin, the final su
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -568,3 +571,74 @@ def test_summary_lists_failures_and_timings(tmp_path):
     assert "smoke.jsonl: 1 fail, 1 pass" in text and "stage 1 smoke" in text
     assert "persistent 2.00 [1.50x]" in text, text
     assert json.loads((tmp_path / "smoke.jsonl").read_text().splitlines()[0])["run"] == "R"
+
+
+def test_timing_case_runs_on_cpu_checks_then_times_each_provider(monkeypatch):
+    """The whole of a stage-3 case with the reference backend as the rnnfast provider (torch.nn on the
+    CPU as 'cudnn'), a variant that cannot run here, and one whose forward is wrong."""
+    right = timings.run_recurrence
+
+    @contextlib.contextmanager
+    def off_by_one_percent():
+        def wrong(cell, a, reverse, backend):
+            y, h, c = right(cell, a, reverse, backend)
+            return y * 1.01, h, c
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(timings, "run_recurrence", wrong)
+            yield
+
+    variants = (
+        REFERENCE,
+        common.variant("persistent"),
+        common.Variant("wrong", "reference", off_by_one_percent),
+    )
+    monkeypatch.setattr(common, "VARIANTS", variants)
+    rows = []
+    case = {"kind": "grid", "cell": "lstm", "dtype": "float32", "B": 3, "T": 8, "H": 16, "mode": "fwdbwd"}
+    rec = timings.time_case(case, rows.append, device="cpu")
+    by = {r["provider"]: r for r in rows}
+    assert set(by) == {"cudnn", "cudnn_input", "reference", "persistent", "wrong"}, rows
+    assert by["persistent"]["status"] == "n/a" and "CUDA" in by["persistent"]["why"]
+    assert by["wrong"]["status"] == "fail" and by["wrong"]["max_rel_err"] > by["wrong"]["tolerance"]
+    assert "median_ms" not in by["wrong"]  # a provider that disagrees is not timed
+    ok = by["reference"]
+    assert ok["status"] == "ok" and ok["max_rel_err"] <= ok["tolerance"] and ok["vs_cudnn"] > 0
+    assert by["cudnn"]["status"] == by["cudnn_input"]["status"] == "ok"
+    assert rec["status"] == "fail" and rec["providers"]["reference"] == "ok"
+
+
+def test_environment_report_runs_without_a_gpu(tmp_path, capsys):
+    w = common.ResultWriter(tmp_path / "run.jsonl", {"run": "R"})
+    env.report(w)
+    (rec,) = common.read_records(tmp_path / "run.jsonl")
+    assert rec["kind"] == "env" and rec["cuda_available"] == torch.cuda.is_available()
+    assert set(rec["tools"]) == {"nvcc", "compute-sanitizer", "ncu"} and rec["python"]
+    assert "nvcc:" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_stage_stopped_by_its_time_limit_records_the_rest_as_cut(tmp_path):
+    """SIGTERM to the stage's process group, as coreutils' timeout sends it: the case in progress and
+    the ones after it are recorded ``cut`` and the stage exits with timeout's code."""
+    path = tmp_path / "r.jsonl"
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from benchmarks.gpu import common
+        cases = [{{"kind": "k", "i": i, "limit_s": 100}} for i in range(3)]
+        child = [sys.executable, "-c", "import time; print('@case 1 100', flush=True); time.sleep(100)"]
+        sys.exit(common.supervise(child, cases, common.ResultWriter({str(path)!r}), common.Budget.of(100)))
+        """
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        assert p.stdout.readline().startswith("[2/3] kind=k i=1")
+        os.killpg(p.pid, signal.SIGTERM)
+        assert p.wait(timeout=30) == common.CUT
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert [(r["i"], r["status"]) for r in common.read_records(path)] == [(1, "cut"), (2, "cut")]

@@ -337,6 +337,15 @@ def write_skipped(writer: ResultWriter, cases: Iterable[dict], why: str, status:
         writer.write({**case, "status": status, "why": why})
 
 
+def load_cuda_kernels() -> None:
+    """Loads rnnfast's CUDA kernels (building them just in time if the install did not), so that no
+    case's time limit pays for a build; what happened is printed."""
+    if torch.cuda.is_available():
+        from rnnfast import _cuda_ext
+
+        print(f"CUDA kernels: {_cuda_ext.status()[1]}", flush=True)
+
+
 def gpu_usable() -> bool:
     """False when this process's CUDA context is broken (a kernel fault is sticky): the next case must
     run in a new process. True without CUDA."""
@@ -462,7 +471,16 @@ def supervise(
                     if hung
                     else f"the process died (exit code {rc})"
                 )
-                writer.write({**cases[current], "status": status, "why": why, "output_tail": "".join(tail)})
+                seconds = round(time.monotonic() - since, 3)
+                writer.write(
+                    {
+                        **cases[current],
+                        "status": status,
+                        "why": why,
+                        "seconds": seconds,
+                        "output_tail": "".join(tail),
+                    }
+                )
                 start = current + 1
             elif rc == CONTEXT_LOST:
                 start = last_done + 1

@@ -218,11 +218,19 @@ def capture(
         torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
+    inner = None  # what failed inside the capture; ending a broken capture raises an error of its own
     try:
         with torch.cuda.graph(graph):
-            captured = step()
+            try:
+                captured = step()
+            except Exception as e:
+                inner = e
+                raise
     except Exception as e:  # a refusal is a result: recorded with its message
-        return common.error_record(e) | {"phase": "capture"}
+        rec = common.error_record(inner or e) | {"phase": "capture"}
+        if inner is not None and e is not inner:
+            rec["capture_end"] = f"{type(e).__name__}: {e}"[:1000]
+        return rec
     _refill(a, seed=6)
     graph.replay()
     torch.cuda.synchronize()
@@ -308,10 +316,12 @@ def run_case(case: dict, emit=None) -> dict:
 
 
 def setup() -> None:
-    """What the test suite sets: TF32 off (the rule compares like with like), NaN-poisoned outputs."""
+    """What the test suite sets: TF32 off (the rule compares like with like), NaN-poisoned outputs; and
+    the CUDA kernels loaded (or built just in time) before the first case's clock starts."""
     os.environ.setdefault("RNNFAST_DEBUG_POISON", "1")
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
+    common.load_cuda_kernels()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,14 +77,16 @@ def cases() -> list[dict]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _inputs(cell: str, T: int, B: int, H: int, dtype: torch.dtype, grad: bool, seed: int) -> dict:
+def _inputs(
+    cell: str, T: int, B: int, H: int, dtype: torch.dtype, grad: bool, seed: int, device="cuda"
+) -> dict:
     """Random op inputs made on the GPU (a B=256, H=1024 LSTM's gi is 268M values), the keys of
     ``tests.utils.recurrence_inputs``: W_hh within +-1/sqrt(H), so the recurrence stays bounded."""
-    g = torch.Generator(device="cuda").manual_seed(seed)
+    g = torch.Generator(device=device).manual_seed(seed)
     G = GATES[cell]
 
     def r(*shape, scale=1.0):
-        t = torch.rand(*shape, generator=g, device="cuda", dtype=torch.float32).mul_(2).sub_(1).mul_(scale)
+        t = torch.rand(*shape, generator=g, device=device, dtype=torch.float32).mul_(2).sub_(1).mul_(scale)
         return t.to(dtype).requires_grad_(grad)
 
     return {
@@ -102,10 +104,12 @@ def _leaves(a: dict) -> list[Tensor]:
     return [a[k] for k in ("gi", "h0", "c0", "w_hh", "b_hh") if a[k] is not None]
 
 
-def _upstream(cell: str, T: int, B: int, H: int, dtype: torch.dtype, seed: int) -> list[Tensor]:
-    g = torch.Generator(device="cuda").manual_seed(seed)
+def _upstream(
+    cell: str, T: int, B: int, H: int, dtype: torch.dtype, seed: int, device="cuda"
+) -> list[Tensor]:
+    g = torch.Generator(device=device).manual_seed(seed)
     shapes = [(T, B, H), (B, H)] + ([(B, H)] if cell == "lstm" else [])
-    return [torch.randn(s, generator=g, device="cuda", dtype=torch.float32).to(dtype) for s in shapes]
+    return [torch.randn(s, generator=g, device=device, dtype=torch.float32).to(dtype) for s in shapes]
 
 
 def _rnnfast(v: common.Variant, cell: str, a: dict, ups: list[Tensor], backward: bool):
@@ -125,12 +129,12 @@ def _cudnn(cell: str, a: dict, ups: list[Tensor], backward: bool):
     """(the torch.nn call, its input projection alone) on ``a``'s recurrence with input size 128."""
     T, B, GH = a["gi"].shape
     H = GH // GATES[cell]
-    dtype = a["gi"].dtype
-    m = (nn.LSTM if cell == "lstm" else nn.GRU)(CUDNN_INPUT, H, device="cuda", dtype=dtype)
+    dtype, device = a["gi"].dtype, a["gi"].device
+    m = (nn.LSTM if cell == "lstm" else nn.GRU)(CUDNN_INPUT, H, device=device, dtype=dtype)
     with torch.no_grad():
         m.weight_hh_l0.copy_(a["w_hh"])
         m.bias_hh_l0.copy_(a["b_hh"])
-    x = torch.randn(T, B, CUDNN_INPUT, device="cuda", dtype=dtype).requires_grad_(backward)
+    x = torch.randn(T, B, CUDNN_INPUT, device=device, dtype=dtype).requires_grad_(backward)
     hx = [a[k].detach()[None].requires_grad_(backward) for k in ("h0", "c0") if a[k] is not None]
     wrt = [x, *hx, *m.parameters()]
     hx = tuple(hx) if cell == "lstm" else hx[0]
@@ -144,7 +148,7 @@ def _cudnn(cell: str, a: dict, ups: list[Tensor], backward: bool):
                 torch.autograd.grad(outs, wrt, [ups[0], *state_ups])
 
     proj_wrt = [x, m.weight_ih_l0, m.bias_ih_l0]
-    gp = torch.ones(T, B, GH, device="cuda", dtype=dtype)
+    gp = torch.ones(T, B, GH, device=device, dtype=dtype)
 
     def projection():
         with torch.set_grad_enabled(backward):
@@ -155,10 +159,10 @@ def _cudnn(cell: str, a: dict, ups: list[Tensor], backward: bool):
     return call, projection
 
 
-def _timed_first(fn) -> tuple[object, float]:
+def _timed_first(fn, device="cuda") -> tuple[object, float]:
     t0 = time.perf_counter()
     out = fn()
-    torch.cuda.synchronize()
+    runner.synchronize(torch.device(device))
     return out, time.perf_counter() - t0
 
 
@@ -193,34 +197,35 @@ def _measure(fns: dict, emit, extra: dict, T: int, first_s: dict, device: str = 
     return timings
 
 
-def time_case(case: dict, emit) -> dict:
+def time_case(case: dict, emit, device: str = "cuda") -> dict:
+    """Every provider on one case: a row each (emitted as measured); returns the case's record."""
     cell, dtype, B, T, H = case["cell"], common.DTYPES[case["dtype"]], case["B"], case["T"], case["H"]
     backward = case["mode"] == "fwdbwd"
     seed = zlib.crc32(f"{cell} {case['dtype']} {B} {T} {H}".encode())
-    a = _inputs(cell, T, B, H, dtype, backward, seed)
-    ups = _upstream(cell, T, B, H, dtype, seed + 1)
+    a = _inputs(cell, T, B, H, dtype, backward, seed, device)
+    ups = _upstream(cell, T, B, H, dtype, seed + 1, device)
     a32 = {k: (v.detach().float() if isinstance(v, Tensor) else v) for k, v in a.items()}
     with torch.no_grad():
         want = [o for o in run_recurrence(cell, a32, False, "reference") if o is not None]
-    tol = runner.tolerance(dtype, torch.device("cuda"))
+    tol = runner.tolerance(dtype, torch.device(device))
     fns, extra, first_s, statuses = {}, {}, {}, {}
     call, projection = _cudnn(cell, a, ups, backward)
     for name, fn in (("cudnn", call), ("cudnn_input", projection)):
         try:
-            first_s[name] = _timed_first(fn)[1]
+            first_s[name] = _timed_first(fn, device)[1]
             fns[name] = fn
         except Exception as e:  # recorded; the rnnfast providers are still timed
             emit({"provider": name, **common.error_record(e)})
             statuses[name] = "error"
     for v in common.VARIANTS:
-        ok, why = common.supports(v, cell, dtype, T, B, H, False, False, "cuda")
+        ok, why = common.supports(v, cell, dtype, T, B, H, False, False, device)
         if not ok:
             emit({"provider": v.name, "status": "n/a", "why": why})
             statuses[v.name] = "n/a"
             continue
         fn = _rnnfast(v, cell, a, ups, backward)
         try:
-            outs, first_s[v.name] = _timed_first(fn)
+            outs, first_s[v.name] = _timed_first(fn, device)
         except Exception as e:  # recorded; the other providers go on
             emit({"provider": v.name, **common.error_record(e)})
             statuses[v.name] = "error"
@@ -236,7 +241,7 @@ def time_case(case: dict, emit) -> dict:
             statuses[v.name] = "fail"
             continue
         fns[v.name] = fn
-    timings = _measure(fns, emit, extra, T, first_s)
+    timings = _measure(fns, emit, extra, T, first_s, device)
     statuses |= {n: ("ok" if n in timings else "error") for n in fns}
     worst = next((s for s in common.FAILING if s in statuses.values()), "ok")
     return {"status": worst, "providers": statuses}
@@ -291,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     args = common.parser(__doc__, budget_s=150).parse_args(argv)
     ctx = common.Context.from_args("timings", args)
     estimator = common.Estimator(key=lambda c: (c.get("B"), c.get("H"), c.get("mode")), default=4.0)
-    return common.run_stage(ctx, args, argv, "benchmarks.gpu.timings", cases(), run_case, estimator)
+    return common.run_stage(
+        ctx, args, argv, "benchmarks.gpu.timings", cases(), run_case, estimator, common.load_cuda_kernels
+    )
 
 
 if __name__ == "__main__":
