@@ -531,5 +531,5 @@ def run_stage(
     if args.child_start is not None:
         setup()
         return run_child(cases, args.child_start, run_case, writer, budget, estimator)
-    child = [sys.executable, "-m", module, *argv, "--deadline", str(budget.deadline)]
+    child = [sys.executable, "-m", module, *argv, "--run", ctx.run, "--deadline", str(budget.deadline)]
     return supervise(child, cases, writer, budget)

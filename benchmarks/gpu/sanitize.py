@@ -120,6 +120,15 @@ def find_sanitizer() -> str | None:
     return None
 
 
+def _text(cmd: list[str]) -> str:
+    """What ``cmd`` prints ('' if it cannot run)."""
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return r.stdout + r.stderr
+
+
 def sanitizer_args(help_text: str) -> list[str]:
     """The options of this compute-sanitizer version: the kernel filter (``--kernel-name`` since 2022,
     ``--filter`` before), a generous wait for the Python driver to start, a bound on printed errors."""
@@ -229,9 +238,8 @@ def stage(ctx: common.Context, args) -> int:
     sanitizer = find_sanitizer()
     help_text = ""
     if sanitizer:
-        help_text = subprocess.run([sanitizer, "--help"], capture_output=True, text=True, timeout=60).stdout
-        version = subprocess.run([sanitizer, "--version"], capture_output=True, text=True, timeout=60).stdout
-        print(version.strip().splitlines()[-1] if version.strip() else sanitizer)
+        help_text = _text([sanitizer, "--help"])
+        print(sanitizer, (_text([sanitizer, "--version"]).strip().splitlines() or [""])[-1])
     previous = signal.signal(signal.SIGTERM, common._raise_cut)
     try:
         listing = driver_argv + ["--profile"]
@@ -307,9 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         sanitizer = find_sanitizer()
         if sanitizer:
             print(f"benchmarks.gpu.sanitize: {sanitizer}")
-            help_text = subprocess.run(
-                [sanitizer, "--help"], capture_output=True, text=True, timeout=60
-            ).stdout
+            help_text = _text([sanitizer, "--help"])
         else:
             print(
                 "benchmarks.gpu.sanitize: compute-sanitizer not found here; on the GPU machine, with a 2022+"
