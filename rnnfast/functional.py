@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from rnnfast import backends
+from rnnfast._guards import check_tracer
 from rnnfast.ops.recurrence import common
 from rnnfast.ops.recurrence.function import recurrence as _recurrence
 from rnnfast.ops.tree_lstm.function import tree_lstm as _tree_lstm
@@ -60,6 +61,7 @@ def check_lengths(lengths, T: int, B: int, device: torch.device) -> Tensor | Non
 
 
 def _recurrence_call(cell, gi, h0, c0, w_hh, b_hh, w_hr, lengths, reverse, backend):
+    check_tracer("rnnfast.functional." + ("rnn" if cell.startswith("rnn") else cell))
     G = common.GATES[cell]
     _check_tensor("gi", gi, (None, None, None))
     T, B, GH = gi.shape
@@ -152,6 +154,7 @@ def lstm(
 
 def tree_lstm(lstm_in: Tensor, c_l: Tensor, c_r: Tensor, backend: str = "auto") -> tuple[Tensor, Tensor]:
     """Tree-LSTM composition: lstm_in (R, 5H) = [a, i, f1, f2, o], c_l, c_r (R, H) -> h, c (R, H)."""
+    check_tracer("rnnfast.functional.tree_lstm")
     _check_tensor("lstm_in", lstm_in, (None, None))
     R, H5 = lstm_in.shape
     if H5 % 5:
@@ -178,6 +181,7 @@ def tree_lstm_reduce(
 
     h_l, c_l, h_r, c_r (R, H); w_l, w_r (5H, H); b_l (5H,); h_track (R, HT); w_t (5H, HT) -> h, c (R, H).
     """
+    check_tracer("rnnfast.functional.tree_lstm_reduce")
     _check_tensor("h_l", h_l, (None, None))
     R, H = h_l.shape
     for name, t in (("c_l", c_l), ("h_r", h_r), ("c_r", c_r)):

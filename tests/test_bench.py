@@ -8,17 +8,18 @@ import csv
 import importlib.util
 import io
 import json
+import math
 import os
 import subprocess
 import sys
-import time
+import types
 from pathlib import Path
 
 import pytest
 import torch
 
 from rnnfast import _ext
-from rnnfast.bench import main_bench, main_profile, registry, runner
+from rnnfast.bench import main_bench, main_profile, plot, registry, roofline, runner
 from rnnfast.nn.transitions import REDUCE, SHIFT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -239,24 +240,38 @@ def test_floor_of_a_small_case_is_positive_and_cached(monkeypatch):
     assert floor.floor_ms(registry.Case("tree_lstm", R=4, H=8)) is None and len(calls) == 6 * per
 
 
-def _slow_and_fast_gemms(a, b, out):
-    """Two GEMMs of the same product, one of them 2 ms slower a call."""
+def _stubbed_gemms(a, b, out):
+    """Two GEMMs of the same product whose sampled times are fixed (see _stub_samples)."""
 
     def slow():
-        time.sleep(0.002)
         return torch.mm(a, b, out=out)
 
-    return {"slow": slow, "fast": lambda: torch.mm(a, b, out=out)}
+    def fast():
+        return torch.mm(a, b, out=out)
+
+    slow.stub_ms, fast.stub_ms = 2.0, 0.5
+    return {"slow": slow, "fast": fast}
+
+
+def _stub_samples(fn, device, *args, **kwargs):
+    """runner.sample_fn without a clock: every sample of ``fn`` takes its ``stub_ms`` (1 ms else)."""
+    fn()
+    return [getattr(fn, "stub_ms", 1.0)] * runner.MIN_REPS, "stub"
 
 
 def test_floor_and_peak_take_the_fastest_gemm(monkeypatch):
-    monkeypatch.setattr(runner, "gemm_candidates", _slow_and_fast_gemms)
+    """The GEMM-call time and the peak keep the faster candidate; timings stubbed, so no race with the
+    machine's noise decides it."""
+    monkeypatch.setattr(runner, "gemm_candidates", _stubbed_gemms)
+    monkeypatch.setattr(runner, "sample_fn", _stub_samples)
     floor = runner.GemmFloor("cpu", min_time=0.01)
-    assert floor.gemm_ms("float32", 4, 8, 16) < 2.0
+    assert floor.gemm_ms("float32", 4, 8, 16) == 0.5
     (row,) = floor.as_list()
-    assert row["lib"] == "fast" and (row["m"], row["k"], row["n"]) == (4, 8, 16)
+    assert row["lib"] == "fast" and (row["m"], row["k"], row["n"]) == (4, 8, 16) and row["method"] == "stub"
     peak = runner.measure_peak("cpu", ["float32"], min_time=0.01)
-    assert peak["gemm_lib"] == {"float32": "fast"} and peak["gemm_flops"]["float32"] > 0
+    assert peak["gemm_lib"] == {"float32": "fast"}
+    assert peak["gemm_flops"]["float32"] == pytest.approx(2 * 1024**3 / 0.5e-3)
+    assert peak["copy_bytes_per_s"] == pytest.approx(2 * (64 << 20) / 1e-3)  # the copy: 1 ms
 
 
 @pytest.mark.skipif(not _ext.status()[0], reason="the cpu backend's extension did not load")
@@ -272,6 +287,22 @@ def test_gemm_candidates_compute_the_same_product():
     assert list(runner.gemm_candidates(a.bfloat16(), b.bfloat16(), out.bfloat16())) == ["torch.mm"]
 
 
+def test_tf32_candidate_sets_and_restores_the_matmul_flag():
+    """The float32 peak on CUDA also times torch.mm in TF32 (cuDNN's precision for float32 RNNs); the
+    wrapper turns the flag on for the call only, also when the call raises."""
+    seen = []
+    before = torch.backends.cuda.matmul.allow_tf32
+    runner._with_tf32(lambda: seen.append(torch.backends.cuda.matmul.allow_tf32))()
+    assert seen == [True] and torch.backends.cuda.matmul.allow_tf32 == before
+
+    def fails():
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        runner._with_tf32(fails)()
+    assert torch.backends.cuda.matmul.allow_tf32 == before
+
+
 def test_rep_policy_reuses_the_first_long_call():
     calls = []
     fn = lambda: calls.append(1)  # noqa: E731
@@ -281,6 +312,145 @@ def test_rep_policy_reuses_the_first_long_call():
     calls.clear()
     t = runner.time_after_first(fn, "cpu", first_call_s=1e-4, min_time=0.0)
     assert len(calls) == runner.WARMUP + runner.MIN_REPS and t.reps == runner.MIN_REPS
+
+
+# --------------------------------------------------------------------------------------------------
+# The roofline floor
+
+
+def test_boundary_bytes_are_the_tensors_a_call_reads_and_writes():
+    """S counts exactly the floating-point tensors at the call's boundary: the differentiable inputs,
+    the parameters and the outputs of the baseline (fwdbwd: also the upstream gradients and the
+    gradients), on every op and variant of the tiny grid."""
+    for case in registry.grid("tiny", "cpu", modes=["fwd", "fwdbwd"], dtypes=["float64"]):
+        w = case.spec.make(case, torch.device("cpu"))
+        bound = registry.bind(case, case.spec.baseline, w)
+        got = runner.step_fn(w, bound)()
+        inputs = w.leaves + bound.params
+        outs = got[: len(got) - len(inputs)] if case.mode == "fwdbwd" else got
+        tensors = inputs + got + (outs if case.mode == "fwdbwd" else [])
+        assert all(t.dtype == torch.float64 for t in tensors), case.id
+        assert registry.boundary_bytes(case) == sum(t.numel() * 8 for t in tensors), case.id
+
+
+def test_must_move_bytes_hand_computed():
+    # GRU B=2 T=3 I=4 H=5 float32: x 24, params 3·5·9 + 2·15 = 165, y 30, h_n 10 -> S = 229 elements;
+    # W_hh + b_hh = 75 + 15 = 90 elements read at each of the 3 steps.
+    infer = registry.Case("gru", "infer", B=2, T=3, I=4, H=5)
+    S, W = 229 * 4, 90 * 4
+    assert registry.boundary_bytes(infer) == S
+    assert registry.must_move_bytes(infer, 0) == S + 2 * W  # no cache: everything, W again at steps 2, 3
+    assert registry.must_move_bytes(infer, 300) == (S - 300) + 2 * (W - 300)
+    assert registry.must_move_bytes(infer, W) == S - W  # W stays: once per call
+    assert registry.must_move_bytes(infer, S) == 0  # all of it stays between calls
+    # fwdbwd: 2S at the boundary; W read at 3 forward and 3 backward steps
+    fwdbwd = registry.Case("gru", "fwdbwd", B=2, T=3, I=4, H=5)
+    assert registry.must_move_bytes(fwdbwd, 300) == (2 * S - 300) + 5 * (W - 300)
+    # two layers, bidirectional: 4 recurrences, each re-reading its own W (layer 1: I_1 = 2H)
+    deep = registry.Case("gru", "infer", B=2, T=3, I=4, H=5, layers=2, bidir=True)
+    assert registry.must_move_bytes(deep, 0) == registry.boundary_bytes(deep) + 4 * 2 * W
+    # tree ops run one step: the boundary only; without a cache size nothing is claimed
+    tree = registry.Case("tree_lstm", "fwdbwd", R=4, H=8)
+    assert registry.must_move_bytes(tree, 100) == 2 * 9 * 4 * 8 * 4 - 100
+    assert registry.must_move_bytes(infer, None) is None
+
+
+def test_cpu_cache_from_sysfs(tmp_path):
+    def cache(cpu, index, level, kind, size, shared):
+        d = tmp_path / f"cpu{cpu}" / "cache" / f"index{index}"
+        d.mkdir(parents=True)
+        for name, value in (("level", level), ("type", kind), ("size", size), ("shared_cpu_list", shared)):
+            (d / name).write_text(f"{value}\n")
+
+    for cpu in (0, 1):
+        cache(cpu, 0, 1, "Data", "48K", cpu)
+        cache(cpu, 1, 1, "Instruction", "32K", cpu)
+        cache(cpu, 2, 2, "Unified", "2048K", cpu)
+        cache(cpu, 3, 3, "Unified", "32M", "0-1")
+    size, what = roofline.cpu_cache([0, 1], root=tmp_path)
+    assert size == 2 * 48 * 1024 + 2 * 2048 * 1024 + 32 * 1024 * 1024  # the shared L3 once, no L1i
+    assert "L1 2×48 KiB" in what and "L2 2×2 MiB" in what and "L3 32 MiB" in what
+    assert roofline.cpu_cache([0], root=tmp_path)[0] == 48 * 1024 + 2048 * 1024 + 32 * 1024 * 1024
+    assert roofline.cpu_cache([0], root=tmp_path / "none")[0] is None
+
+
+def test_gpu_cache_counts_l2_shared_memory_and_registers():
+    props = types.SimpleNamespace(
+        multi_processor_count=132,
+        L2_cache_size=50 << 20,
+        shared_memory_per_multiprocessor=228 << 10,
+        regs_per_multiprocessor=65536,
+    )
+    size, what = roofline.gpu_cache(props)
+    assert size == (50 << 20) + 132 * ((228 << 10) + (256 << 10))
+    assert "132 SMs" in what
+    del props.regs_per_multiprocessor  # an older torch: 64 Ki registers per SM
+    assert roofline.gpu_cache(props)[0] == size
+
+
+def _row(case, provider, median_ms, base_ms=None, status="ok", cache=None):
+    """A results row of ``case`` as the runner writes it, with a stubbed timing."""
+    row = runner._row_head(case, provider, 1e-4)
+    row["must_move_bytes"] = registry.must_move_bytes(case, cache)
+    if status == "ok":
+        row.update(status="ok", median_ms=median_ms, speedup=(base_ms or median_ms) / median_ms)
+    else:
+        row.update(status=status, detail="stub")
+    return row
+
+
+def test_roofline_stays_at_most_100_on_stubbed_timings():
+    peak = {"gemm_flops": {"float32": 1e11}, "gemm_n": {"float32": 1024}, "copy_bytes_per_s": 1e10,
+            "copy_mib": 64, "cache_bytes": 4 << 20}  # fmt: skip
+    big = registry.Case("gru", "infer", B=64, T=50, I=512, H=512)  # 1.3 GFLOP: 13 ms at the peak
+    one_row = registry.Case("lstm", "infer", B=1, T=200, I=1024, H=1024)  # W_hh 16 MiB > the cache
+    rows = [
+        _row(big, "torch.nn", 20.0, cache=4 << 20),
+        _row(big, "cpu", 10.0, 20.0, cache=4 << 20),  # 130 GFLOP/s: beats the measured peak
+        _row(one_row, "torch.nn", 800.0, cache=4 << 20),
+        _row(one_row, "cpu", 400.0, 800.0, cache=4 << 20),  # 6.3 GB/s: within the copy
+        _row(one_row, "cuda", None, status="MISMATCH", cache=4 << 20),
+    ]
+    limits = roofline.apply(rows, peak)
+    assert limits["gemm_flops"]["float32"] == pytest.approx(registry.flops_of(big) / 10e-3)
+    assert limits["gemm_raised_by"] == {"float32": "gru infer B64 T50 I512 H512 f32 [cpu]"}
+    assert limits["copy_raised_by"] is None and limits["copy_bytes_per_s"] == 1e10
+    fast, slow = rows[1], rows[0]
+    assert fast["pct_roofline"] == pytest.approx(100.0) and fast["roofline_bound"] == "FLOP"
+    assert slow["pct_roofline"] == pytest.approx(50.0)
+    # the one-row LSTM streams 16 MiB of W_hh beyond the cache at each of 199 steps: memory-bound
+    moved = rows[3]["must_move_bytes"]
+    assert moved > 199 * ((16 << 20) - (4 << 20))
+    assert rows[3]["roofline_bound"] == "memory" and rows[3]["roofline_ms"] == pytest.approx(
+        moved / 1e10 * 1e3
+    )
+    assert rows[3]["pct_roofline"] == pytest.approx(100 * moved / 1e10 / 0.4)
+    assert rows[4]["pct_roofline"] is None and rows[4]["roofline_ms"] == rows[3]["roofline_ms"]
+    assert all(r["pct_roofline"] <= 100 * (1 + 1e-12) for r in rows if r["pct_roofline"] is not None)
+    assert any("raised" in line and "[cpu]" in line for line in roofline.raised(limits))
+    # rows without must_move_bytes (files from before it) get the FLOP term alone
+    for r in rows:
+        r["must_move_bytes"] = None
+    roofline.apply(rows, peak)
+    assert rows[3]["roofline_bound"] == "FLOP" and rows[3]["roofline_ms"] < moved / 1e10 * 1e3
+
+
+def test_roofline_stays_at_most_100_on_every_committed_result():
+    """Every recorded run, read through the same rule: no timed case above 100% of its floor, and a
+    case at 100% wherever one raised a peak."""
+    files = 0
+    for path in sorted((ROOT / "benchmarks" / "results").glob("*.json")):
+        doc = json.loads(path.read_text())
+        if not (isinstance(doc, dict) and doc.get("schema") == 1 and "rows" in doc):
+            continue
+        files += 1
+        rows = [dict(r) for r in doc["rows"]]
+        limits = roofline.apply(rows, doc.get("peak") or {})
+        pcts = [r["pct_roofline"] for r in rows if r["status"] == "ok" and r.get("flop")]
+        assert pcts and all(0 < p <= 100 * (1 + 1e-9) for p in pcts), path.name
+        if any(limits["gemm_raised_by"].values()):
+            assert max(pcts) == pytest.approx(100.0), path.name
+    assert files >= 10
 
 
 def test_sweep_grid_shapes():
@@ -407,13 +577,15 @@ def test_cli_prints_the_table(tiny_run):
         "IQR ms",
         "speedup",
         "%floor",
+        "bound",
+        "%GEMMs",
         "tokens/s",
         "TFLOP/s",
         "%FLOP",
         "%BW",
     ):
         assert column in text
-    assert "measured peak: GEMM float32" in text
+    assert "measured peak: GEMM float32" in text and "cache: " in text
     assert "gru fwdbwd B3 T5 I6 H8 L2 bi packed f32" in text
     assert "torch.nn*" in text and "reference" in text
     assert "MISMATCH" not in text and "ERROR" not in text
@@ -449,6 +621,16 @@ def test_cli_writes_json_and_csv(tiny_run):
             assert r["floor_ms"] is None and r["pct_floor"] is None and c["pct_floor"] == ""
     assert any(r["pct_floor"] for r in rows)
     assert doc["schema"] == 1 and {"m", "k", "n", "median_ms", "reps"} <= set(doc["floor_gemms"][0])
+    # The roofline floor: every timed row has one, at most 100%, from the run's own limits.
+    limits = doc["roofline"]
+    assert doc["peak"]["cache_bytes"] > 0 and limits["cache_bytes"] == doc["peak"]["cache_bytes"]
+    assert limits["gemm_flops"]["float32"] >= doc["peak"]["gemm_flops"]["float32"]
+    for r, c in zip(rows, table):
+        if r["status"] == "ok":
+            assert r["must_move_bytes"] is not None and r["roofline_bound"] in ("FLOP", "memory")
+            assert 0 < r["pct_roofline"] <= 100 * (1 + 1e-9), r
+            assert r["pct_roofline"] == pytest.approx(100 * r["roofline_ms"] / r["median_ms"])
+            assert float(c["pct_roofline"]) == pytest.approx(r["pct_roofline"])
 
 
 def test_cli_writes_the_png(tiny_run):
@@ -534,6 +716,29 @@ def test_cli_rounds(tmp_path):
         main_bench(argv + ["--rounds", "0"])
 
 
+def test_cli_roofline_when_every_case_beats_the_peaks(monkeypatch, tmp_path):
+    """With measured peaks stubbed far below what any call does (1 FLOP/s, 1 B/s, no cache), the
+    fastest cases set both limits: each at 100% of its floor, every other case below, all named."""
+    stub = {"gemm_flops": {"float32": 1.0}, "gemm_n": {"float32": 1024}, "gemm_lib": {"float32": "stub"},
+            "copy_bytes_per_s": 1.0, "copy_mib": 64, "cache_bytes": 0, "cache": "none (stub)"}  # fmt: skip
+    monkeypatch.setattr(runner, "measure_peak", lambda *a, **k: dict(stub))
+    argv = ["--device", "cpu", "--grid", "tiny", "--ops", "gru,rnn", "--modes", "fwd", "--out", str(tmp_path)]
+    rc, text = _run_cli(argv + ["--no-floor", "--no-plot", "--min-time", "0.01", "--quiet"])
+    assert rc == 0, text
+    doc = json.loads((tmp_path / "cpu-tiny-gru-rnn-fwd.json").read_text())
+    limits, rows = doc["roofline"], [r for r in doc["rows"] if r["status"] == "ok"]
+    assert limits["gemm_raised_by"]["float32"] and limits["copy_raised_by"] and limits["cache_bytes"] == 0
+    assert "roofline: float32 peak raised to" in text and "roofline: bandwidth raised to" in text
+    assert all(0 < r["pct_roofline"] <= 100 * (1 + 1e-9) for r in rows)
+    by = {f"{r['label']} [{r['provider']}]": r for r in rows}
+    assert by[limits["gemm_raised_by"]["float32"]]["pct_roofline"] == pytest.approx(100.0)
+    assert by[limits["copy_raised_by"]]["pct_roofline"] == pytest.approx(100.0)
+    # no cache: the whole boundary moves, and W_hh again at every step after the first
+    keys = ("op", "mode", "dtype", "B", "T", "I", "H", "layers", "bidir", "packed")
+    assert all(r["must_move_bytes"] > registry.boundary_bytes(registry.Case(**{k: r[k] for k in keys}))
+               for r in rows)  # fmt: skip
+
+
 def test_cli_no_floor(tmp_path):
     argv = ["--device", "cpu", "--grid", "tiny", "--ops", "rnn", "--modes", "infer", "--out", str(tmp_path)]
     rc, _ = _run_cli(argv + ["--no-floor", "--no-plot", "--min-time", "0.01", "--quiet"])
@@ -578,6 +783,177 @@ def test_cli_filter_keeps_matching_cases():
     listed = [ln.split("  ")[0] for ln in text.splitlines() if ln.startswith("gru ")]
     assert rc == 0 and "4 cases" in text
     assert listed == [f"gru infer B{B} T50 I{H} H{H} f32" for B in (1, 16) for H in (64, 256)]
+
+
+# --------------------------------------------------------------------------------------------------
+# The figures: bars for a few cases, heat maps for B × H grids, redrawn from any results file
+
+MACHINE = {"device": "cpu", "device_name": "Test CPU (AVX2)", "threads": 2, "torch": "2.13.0",
+           "triton": "3.9.0", "rnnfast": "0.1.0", "commit": "0123456789abcdef",
+           "loadavg_1min": 0.5}  # fmt: skip
+
+
+def _results(tmp_path, name, rows):
+    doc = {"schema": 1, "grid": "quick", "created": "2026-12-08T00:00:00+00:00", "machine": MACHINE,
+           "peak": {"gemm_flops": {"float32": 1e11}}, "rows": rows}  # fmt: skip
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def _png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def _overlapping_labels(fig):
+    """Pairs of drawn texts (titles, legend, axis and tick labels, printed values) whose boxes overlap."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [*fig.texts, *(t for leg in fig.legends for t in leg.get_texts())]  # the suptitle included
+    for ax in fig.axes:
+        texts += [ax.title, ax._left_title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
+        for axis, (lo, hi) in ((ax.xaxis, sorted(ax.get_xlim())), (ax.yaxis, sorted(ax.get_ylim()))):
+            texts += [t.label1 for t in axis.get_major_ticks() if lo <= t.get_loc() <= hi]
+    boxes = []
+    for t in texts:
+        if t is not None and t.get_visible() and t.get_text().strip():
+            b = t.get_window_extent(renderer)
+            boxes.append((t.get_text(), b.expanded(0.98, 0.9)))
+    inside = fig.bbox
+    outside = [text for text, b in boxes if b.x0 < inside.x0 - 1 or b.x1 > inside.x1 + 1 or b.y0 < -1]
+    pairs = [(a, c) for i, (a, b) in enumerate(boxes) for c, d in boxes[i + 1 :] if b.overlaps(d)]
+    return pairs + [(text, "outside the figure") for text in outside]
+
+
+def _bar_rows():
+    gru = registry.Case("gru", "fwd", B=1, T=200, I=128, H=128)
+    lstm = registry.Case("lstm", "fwdbwd", B=16, T=100, I=256, H=256)
+    tree = registry.Case("tree_lstm", "fwd", R=128, H=300)
+    spinn = registry.Case("spinn", "fwd", B=128, T=49, H=300, HT=64)
+    return [
+        _row(gru, "torch.nn", 4.0),
+        _row(gru, "auto", 1.0, 4.0),
+        _row(gru, "reference", 5.0, 4.0),
+        _row(gru, "cpu", 0.8, 4.0),  # 5×, the fastest: its value is printed
+        _row(gru, "triton", None, status="unsupported"),
+        _row(lstm, "torch.nn", 10.0),
+        _row(lstm, "auto", 10.0, 10.0),  # 1×, faster than cpu
+        _row(lstm, "cpu", 11.0, 10.0),
+        _row(lstm, "reference", None, status="MISMATCH"),
+        _row(tree, "reference", 0.2),
+        _row(tree, "cpu", 0.07, 0.2),
+        _row(spinn, "reference", 80.0),
+        _row(spinn, "cpu", None, status="ERROR"),
+    ]
+
+
+def test_bar_chart_of_a_few_cases(tmp_path):
+    pytest.importorskip("matplotlib")
+    rows = _bar_rows()
+    fig = plot.bar_figure(rows, MACHINE, {"grid": "quick"})
+    bars = sorted(p.get_gid() for ax in fig.axes for p in ax.patches if p.get_gid())
+    gru, lstm = "gru-fwd-B1-T200-I128-H128-float32", "lstm-fwdbwd-B16-T100-I256-H256-float32"
+    want = [f"{gru}|auto", f"{gru}|reference", f"{gru}|cpu", f"{lstm}|auto", f"{lstm}|cpu"]
+    assert bars == sorted(want + ["tree_lstm-fwd-R128-H300-float32|cpu"])
+    values = [t.get_text() for ax in fig.axes for t in ax.texts if t.get_gid() == "value"]
+    assert values == ["5.00×", "1.00×", "2.86×"]  # the fastest rnnfast provider of each timed case
+    notes = [t.get_text().strip() for ax in fig.axes for t in ax.texts if t.get_color() == "#b00000"]
+    assert notes == ["reference: MISMATCH", "cpu: ERROR"]
+    # one section per baseline, its 1× line named; the title names device, versions and commit
+    assert [ax.get_title(loc="left").split(" (")[0] for ax in fig.axes] == [
+        "speed-up over torch.nn", "speed-up over reference"]  # fmt: skip
+    assert all(ax.get_xscale() == "log" for ax in fig.axes)
+    title = fig._suptitle.get_text()
+    assert "Test CPU (AVX2)" in title and "torch 2.13.0" in title and "@ 0123456789" in title
+    assert _overlapping_labels(fig) == []
+    # the PNG, from the results file: its size follows from the cases and providers drawn
+    path = _results(tmp_path, "few", rows)
+    written, why = plot.replot(path)
+    assert why is None and written == [tmp_path / "few.png"]
+    sections = (
+        2 * plot.SECTION_IN + 2 * (3 * plot.BAR_IN + plot.CASE_PAD_IN) + 2 * (plot.BAR_IN + plot.CASE_PAD_IN)
+    )
+    height = plot.HEAD_IN + plot.FOOT_IN + sections
+    w, h = _png_size(written[0])
+    assert w == round(plot.BAR_WIDTH_IN * plot.DPI) and abs(h - height * plot.DPI) <= 1.5
+
+
+def _sweep_rows():
+    rows = []
+    for T in (50, 200):
+        for B in (1, 4, 16):
+            for H in (64, 128):
+                if (T, B, H) == (200, 16, 128):
+                    continue  # a hole in the grid
+                case = registry.Case("gru", "infer", B=B, T=T, I=H, H=H)
+                rows.append(_row(case, "torch.nn", 2.0))
+                if (T, B, H) == (50, 4, 64):
+                    rows.append(_row(case, "cpu", None, status="MISMATCH"))
+                else:
+                    rows.append(_row(case, "cpu", 2.0 / (B * H / 64), 2.0))  # 1× to 32×
+    deep = registry.Case("gru", "infer", B=4, T=50, I=64, H=64, layers=2)  # outside the grid: a bar
+    return rows + [_row(deep, "torch.nn", 3.0), _row(deep, "cpu", 6.0, 3.0)]
+
+
+def test_heat_maps_of_a_sweep(tmp_path):
+    pytest.importorskip("matplotlib")
+    rows = _sweep_rows()
+    panels, rest = plot.split(rows)
+    assert len(panels) == 2 and list(rest) == ["gru-infer-B4-T50-I64-H64-L2-float32"]
+    sparse = [r for r in rows if r["T"] == 200 and (r["B"], r["H"]) in ((1, 64), (4, 128))]
+    assert plot.split(sparse) == ({}, plot._cases(sparse))  # 2 of its 4 cells: bars
+    fig = plot.heat_figure(rows, MACHINE, {"grid": "sweep"})
+    images = [ax.images[0] for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in fig.axes if ax.images] == [
+        "gru infer f32 T=50 · vs torch.nn", "gru infer f32 T=200 · vs torch.nn"]  # fmt: skip
+    for im in images:
+        assert im.get_array().shape == (3, 2)  # B ∈ {1, 4, 16} × H ∈ {64, 128}
+    # 6 cells at T=50 with the mismatch masked, 5 at T=200 with the hole masked
+    assert [int((~im.get_array().mask).sum()) for im in images] == [5, 5]
+    cells = [t.get_text() for ax in fig.axes for t in ax.texts if t.get_gid() == "cell"]
+    assert len(cells) == 10 and "32.0×" in cells and "1.00×" in cells
+    assert [t.get_text() for ax in fig.axes for t in ax.texts if t.get_text() == "fail"] == ["fail"]
+    norm = images[0].norm  # diverging, centred on 1×
+    assert float(norm(0.0)) == pytest.approx(0.5) and norm.vmax == pytest.approx(math.log10(32))
+    assert _overlapping_labels(fig) == []
+    # the files: heat maps in <stem>.png, the case outside the grid in <stem>-bars.png
+    path = _results(tmp_path, "sweep", rows)
+    written, why = plot.replot(path, tmp_path / "out")
+    assert why is None and written == [tmp_path / "out" / "sweep.png", tmp_path / "out" / "sweep-bars.png"]
+    width = max(6.0, 2 * (2 * plot.CELL_W_IN + plot.PANEL_PAD_W_IN) + plot.COLORBAR_IN)
+    height = 3 * plot.CELL_H_IN + plot.PANEL_PAD_H_IN + plot.HEAD_IN
+    w, h = _png_size(written[0])
+    assert abs(w - width * plot.DPI) <= 1.5 and abs(h - height * plot.DPI) <= 1.5
+    assert _png_size(written[1])[0] == round(plot.BAR_WIDTH_IN * plot.DPI)
+
+
+def test_replot_from_the_cli_and_the_results_script(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    path = _results(tmp_path, "few", _bar_rows())
+    assert main_bench(["--replot", str(path), "--out", str(tmp_path / "cli")]) == 0
+    assert _png_size(tmp_path / "cli" / "few.png")[0] == round(plot.BAR_WIDTH_IN * plot.DPI)
+    assert _results_table().main(["--plot", str(path)]) == 0
+    assert (tmp_path / "few.png").exists() and f"wrote {tmp_path / 'few.png'}" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--replot: .*not an 'rnnfast bench' results file"):
+        bad = tmp_path / "bad.json"
+        bad.write_text("[]")
+        main_bench(["--replot", str(bad)])
+
+
+def test_figures_without_matplotlib(monkeypatch, tmp_path, capsys):
+    def missing():
+        raise ImportError("No module named 'matplotlib'")
+
+    monkeypatch.setattr(plot, "_matplotlib", missing)
+    written, why = plot.write_figures(tmp_path / "x", _bar_rows())
+    assert written == [] and why.startswith("matplotlib is not installed") and not list(tmp_path.iterdir())
+    path = _results(tmp_path, "few", _bar_rows())
+    assert main_bench(["--replot", str(path)]) == 1
+    assert "no PNG: matplotlib is not installed" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -656,20 +1032,29 @@ def test_results_table_from_cli_output(tiny_run, tmp_path):
     table = rt.build(out_dir, root=out_dir, everything=True)
     assert "| gru fwd B3 T5 I6 H8 f32 | torch.nn |" in table
     assert "| tree_lstm_reduce fwdbwd R4 H8 HT3 f32 | reference |" in table
-    # A file with pct_floor gets the column ("—" for ops without a floor); one without keeps its columns.
-    assert "| speedup | % of floor |" in table
-    assert all(ln.endswith("% |") for ln in table.splitlines() if ln.startswith("| gru "))
-    assert all(ln.endswith("| — |") for ln in table.splitlines() if ln.startswith("| tree_lstm_reduce "))
+    # The % of floor column is the fastest rnnfast provider's pct_roofline, as recorded.
+    doc = json.loads((out_dir / "cpu-tiny-gru-tree_lstm_reduce.json").read_text())
+    assert "| speedup | % of floor |" in table and "FLOP term only" not in table
+    for rs in plot._cases(doc["rows"]).values():
+        best = plot.fastest_rnnfast(rs)
+        (line,) = [ln for ln in table.splitlines() if ln.startswith(f"| {rs[0]['label']} |")]
+        assert line.endswith(f" {rt._pct(best['pct_roofline'])} |") and best["pct_roofline"] <= 100, line
+    # A file from before the roofline: derived from its own peak and medians, FLOP term only.
     old = tmp_path / "old"
     old.mkdir()
-    doc = json.loads((out_dir / "cpu-tiny-gru-tree_lstm_reduce.json").read_text())
-    doc["rows"] = [{k: v for k, v in r.items() if k not in ("floor_ms", "pct_floor")} for r in doc["rows"]]
+    new_keys = ("must_move_bytes", "roofline_ms", "roofline_bound", "pct_roofline")
+    doc["rows"] = [{k: v for k, v in r.items() if k not in new_keys} for r in doc["rows"]]
+    del doc["roofline"], doc["peak"]["cache_bytes"], doc["peak"]["cache"]
     (old / "cpu-tiny.json").write_text(json.dumps(doc))
     old_table = rt.build(old, root=old, everything=True)
-    assert (
-        "floor" not in old_table
-        and "| case | baseline | baseline ms | fastest rnnfast | ms | speedup |\n" in old_table
+    assert "% of floor from the file's peaks, FLOP term only" in old_table
+    peak = max(
+        [doc["peak"]["gemm_flops"]["float32"]]
+        + [r["flop"] / (r["median_ms"] * 1e-3) for r in doc["rows"] if r["status"] == "ok"]
     )
+    best = plot.fastest_rnnfast([r for r in doc["rows"] if r["label"] == "gru fwd B3 T5 I6 H8 f32"])
+    want = rt._pct(100 * best["flop"] / peak / (best["median_ms"] * 1e-3))
+    assert "| gru fwd B3 T5 I6 H8 f32 | torch.nn |" in old_table and f" {want} |\n" in old_table
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{rt.START}\nold table\n{rt.END}\nafter\n")
     assert rt.main(["--results", str(out_dir), "--all", "--check", str(readme)]) == 1

@@ -5,6 +5,7 @@ taken exactly where it applies, each library of the input projection, and the op
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import pytest
@@ -134,7 +135,8 @@ def test_one_call_taken_where_it_applies(monkeypatch):
         m.train()
         assert took(lambda: m(x))[0] == [False]  # training dropout between layers
         m.eval()
-        assert took(lambda: m(x.half()))[0] == [False]  # float16: computed in float32 by the per-op path
+        m16 = copy.deepcopy(m).half()
+        assert took(lambda: m16(x.half()))[0] == [False]  # float16: computed in float32 by the per-op path
     m.requires_grad_(False)
     ref.requires_grad_(False)
     used, out = took(lambda: m(x, h0))
@@ -144,8 +146,8 @@ def test_one_call_taken_where_it_applies(monkeypatch):
     assert_close("dh0", dh0, want, 1e-12)
     assert took(lambda: m(pack_padded_sequence(x, torch.tensor([5, 3]))))[0] == []  # not tried
     m32 = rnnfast.from_torch(nn.GRU(4, 6), backend="cpu")
-    with torch.no_grad():
-        assert took(lambda: m32(x))[0] == [False]  # float64 input, float32 weights
+    with torch.no_grad(), pytest.raises(ValueError, match="does not match weight dtype"):
+        m32(x)  # float64 input, float32 weights: refused before any path is taken, as torch.nn does
 
 
 @pytest.mark.parametrize("grad", [False, True], ids=["infer", "train"])

@@ -128,3 +128,31 @@ def test_unsorted_lengths_without_enforce_sorted_false():
     x = torch.randn(4, 2, 3)
     with pytest.raises(RuntimeError, match="sorted in decreasing order"):
         pack_padded_sequence(x, torch.tensor([2, 4]))
+
+
+@pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])
+@pytest.mark.parametrize("x_dtype", [torch.float16, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_input_dtype_must_match_weights_like_torch_nn(kind, x_dtype, packed):
+    """An input of another dtype than the weights raises torch.nn's own ValueError (no silent cast); on
+    PackedSequence too, where torch.nn's LSTM fails later in a matmul."""
+    m = getattr(rnnfast, kind)(3, 4)  # float32 weights, the default backend
+    ref = getattr(torch.nn, kind)(3, 4)
+    x = torch.randn(5, 2, 3, dtype=x_dtype)
+    with pytest.raises(ValueError) as want:
+        ref(x)
+    assert "does not match weight dtype" in str(want.value)
+    with pytest.raises(ValueError) as got:
+        m(pack_padded_sequence(x, torch.tensor([5, 3])) if packed else x)
+    assert str(got.value) == str(want.value)
+
+
+def test_input_dtype_under_autocast_still_runs():
+    # autocast is where torch.nn accepts a float32 model on lower-precision input; so does rnnfast.
+    m, ref = rnnfast.LSTM(3, 4), torch.nn.LSTM(3, 4)
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(5, 2, 3, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, want = m(x)[0], ref(x)[0]
+    assert y.dtype == want.dtype
+    torch.testing.assert_close(y.float(), want.float(), atol=2e-2, rtol=0)

@@ -1,4 +1,5 @@
-"""Benchmarks: the case registry, the runner, ``rnnfast bench`` and ``rnnfast profile``.
+"""Benchmarks: the case registry, the runner, the roofline floor, the figures, ``rnnfast bench`` and
+``rnnfast profile``.
 
 ``python -m rnnfast.bench [bench|profile] ...`` runs them without the ``rnnfast`` console script.
 """

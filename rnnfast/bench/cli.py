@@ -1,8 +1,9 @@
 """``rnnfast bench`` and ``rnnfast profile``: argument parsing and the run loop.
 
 ``main_bench`` checks and times a grid of cases on one device, prints the table and writes
-``<out>/<stem>.json``, ``.csv`` and ``.png``; it returns 1 when a provider disagreed with its baseline
-(MISMATCH) or raised (ERROR), else 0. ``main_profile`` runs one case under torch.profiler
+``<out>/<stem>.json``, ``.csv`` and the figures (``.png``, :mod:`rnnfast.bench.plot`); it returns 1 when
+a provider disagreed with its baseline (MISMATCH) or raised (ERROR), else 0. ``--replot`` redraws the
+figures of results files instead. ``main_profile`` runs one case under torch.profiler
 (see :mod:`rnnfast.bench.profile`).
 """
 
@@ -12,10 +13,11 @@ import argparse
 import re
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from rnnfast.bench import registry, report, runner
+from rnnfast.bench import plot, registry, report, roofline, runner
 
 
 def _csv(s: str) -> list[str]:
@@ -94,7 +96,8 @@ def bench_parser() -> argparse.ArgumentParser:
         "--compile", action="store_true", help="add torch.compile of the PyTorch oracle (slow compiles)"
     )
     p.add_argument(
-        "--out", default="bench_out", help="directory for the JSON, CSV and PNG (default: bench_out)"
+        "--out",
+        help="directory for the JSON, CSV and PNG (default: bench_out; with --replot: beside each file)",
     )
     p.add_argument(
         "--name", help="file stem (default: <device>-<grid>[-<ops>-<dtypes>-<modes> given], e.g. cpu-quick)"
@@ -113,10 +116,18 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-floor",
         action="store_true",
-        help="skip the GEMM floor (pct_floor): no GEMM timings of each case's products",
+        help="skip timing each case's GEMMs one by one (the %%GEMMs column, JSON pct_floor); "
+        "the roofline floor (%%floor) needs no timing of its own and stays",
     )
     p.add_argument("--list", action="store_true", help="print the cases and their providers, run nothing")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument(
+        "--replot",
+        nargs="+",
+        metavar="FILE",
+        help="run nothing: redraw the figures of results JSON files (written by rnnfast bench) "
+        "beside each, or into --out",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -124,6 +135,8 @@ def bench_parser() -> argparse.ArgumentParser:
 def main_bench(argv: list[str] | None = None) -> int:
     """``rnnfast bench``: returns 0, or 1 if any provider gave a MISMATCH or an ERROR."""
     args = bench_parser().parse_args(argv)
+    if args.replot:
+        return _replot(args.replot, args.out)
     device = parse_device(args.device)
     if args.rounds < 1:
         raise SystemExit(f"rnnfast bench: --rounds: expected a positive integer, got {args.rounds}")
@@ -212,6 +225,7 @@ def main_bench(argv: list[str] | None = None) -> int:
     progress.show(f"done in {time.perf_counter() - t0:.0f}s")
     progress.close()
 
+    limits = roofline.apply(rows, peak)
     print()
     print("\n".join(report.table_lines(rows)))
     not_run = report.not_run_lines(rows)
@@ -219,8 +233,10 @@ def main_bench(argv: list[str] | None = None) -> int:
         print("not run (unsupported here):")
         print("\n".join(not_run))
     print(report.LEGEND)
+    for line in roofline.raised(limits):
+        print(f"roofline: {line}")
 
-    out = report.ensure_dir(args.out)
+    out = report.ensure_dir(args.out or "bench_out")
     # Restricted runs get their own files, so runs split by dtype or op do not overwrite each other.
     filters = [
         *(args.ops or []),
@@ -242,24 +258,38 @@ def main_bench(argv: list[str] | None = None) -> int:
         "seconds": round(time.perf_counter() - t0, 1),
         # The GEMMs behind floor_ms (registry.floor_gemms), each timed once in this run.
         "floor_gemms": floor.as_list() if floor is not None else None,
+        # The limits behind roofline_ms: the measured peaks, or the case that beat one.
+        "roofline": limits,
     }
     report.write_json(out / f"{stem}.json", machine, peak, rows, meta)
     report.write_csv(out / f"{stem}.csv", machine, rows)
     written = [f"{stem}.json", f"{stem}.csv"]
     if not args.no_plot:
-        why = report.write_plot(
-            out / f"{stem}.png", rows, f"rnnfast bench {args.grid}: {machine['device_name']}"
-        )
+        figures, why = plot.write_figures(out / stem, rows, machine, meta)
         if why:
             print(f"no PNG: {why}")
-        else:
-            written.append(f"{stem}.png")
+        written += [f.name for f in figures]
     print(f"wrote {', '.join(str(out / w) for w in written)}")
 
     bad = [r for r in rows if r["status"] in ("MISMATCH", "ERROR")]
     if bad:
         print(f"{len(bad)} provider run(s) failed the check or raised: see MISMATCH/ERROR rows above")
         return 1
+    return 0
+
+
+def _replot(files: list[str], out: str | None) -> int:
+    """``rnnfast bench --replot FILE...``: the figures of each results file, nothing run."""
+    out_dir = report.ensure_dir(out) if out else None
+    for name in files:
+        try:
+            figures, why = plot.replot(Path(name), out_dir)
+        except (OSError, ValueError) as e:  # a missing or foreign file: say which, as argparse would
+            raise SystemExit(f"rnnfast bench: --replot: {e}") from None
+        if why:
+            print(f"no PNG: {why}")
+            return 1
+        print(f"wrote {', '.join(str(f) for f in figures)}")
     return 0
 
 

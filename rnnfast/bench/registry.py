@@ -173,6 +173,12 @@ class OpSpec:
     tokens: Callable[[Case], int]
     # GEMMs the computation cannot avoid, {(m, k, n): count}; None: the op has no GEMM floor
     floor: Callable[[Case], dict[Gemm, int]] | None = None
+    # Elements of the floating-point tensors a forward call reads and writes at its boundary: the
+    # differentiable inputs, the parameters and the outputs (see :func:`boundary_bytes`)
+    io: Callable[[Case], int] | None = None
+    # Per layer and direction (elements of the weights every step reads, steps per forward); see
+    # :func:`must_move_bytes`
+    step_weights: Callable[[Case], list[tuple[int, int]]] | None = None
 
 
 OPS: dict[str, OpSpec] = {}
@@ -192,6 +198,7 @@ def register_op(spec: OpSpec) -> None:
         extra       other providers by name (a plain-PyTorch SPINN as the baseline, ``compile``)
         flops, bytes, tokens   forward counts; ``flops_of``/``bytes_of`` scale them for the mode
         floor       optional: the GEMMs the op cannot avoid in the case's mode (see :func:`floor_gemms`)
+        io, step_weights   optional: what the roofline's memory term counts (see :func:`must_move_bytes`)
     then add its cases to :func:`grid`.
     """
     OPS[spec.name] = spec
@@ -431,6 +438,108 @@ def floor_gemms(case: Case) -> dict[Gemm, int] | None:
     """{(m, k, n): count} of the GEMMs ``case`` cannot avoid in its mode, or None for ops without a
     GEMM floor (the tree ops and spinn: their GEMMs are a minor or data-dependent part)."""
     return case.spec.floor(case) if case.spec.floor is not None else None
+
+
+# --------------------------------------------------------------------------------------------------
+# The roofline's memory term: the bytes a call must move between memory and the caches.
+#
+# A timed loop calls a case again and again, so whatever fits in the cache stays there between calls
+# and between steps. What must move is what cannot stay (C: the cache capacity, all levels the run's
+# cores reach, taken generously so that the count stays a lower bound):
+#   - once per call, the tensors at the call's boundary beyond C: max(0, S - C), S = the floating-point
+#     inputs, parameters and outputs of the call (fwdbwd: also the upstream gradients read and the
+#     gradients written, 2 S). Activations saved for backward are left out: a kernel may recompute them.
+#   - every further step, the weights the step reads beyond C: a recurrence reads all of W_hh at every
+#     step (forward, and again at every step of backward), and between two such reads at most C bytes of
+#     it can stay cached: (reads - 1) * max(0, W - C) per layer and direction.
+# Integer index tensors (lengths, transitions) are left out, a few bytes per row.
+
+
+def boundary_bytes(case: Case) -> float | None:
+    """S: bytes of the floating-point tensors one call reads and writes at its boundary (the
+    differentiable inputs, the parameters, the outputs; fwdbwd twice that: the upstream gradients of
+    the outputs and the gradients of the inputs and parameters have the same sizes). None when the op
+    does not count them."""
+    if case.spec.io is None:
+        return None
+    return float(case.spec.io(case) * _itemsize(case) * (2 if case.mode == "fwdbwd" else 1))
+
+
+def must_move_bytes(case: Case, cache_bytes: float | None) -> float | None:
+    """Bytes one call of ``case`` must move between memory and a cache of ``cache_bytes``, in a loop of
+    calls: max(0, S - C) + Σ over layers and directions of (reads - 1) · max(0, W - C), with S from
+    :func:`boundary_bytes`, W the weights each step reads and reads = T (2T for fwdbwd). None when the
+    cache size or the op's counts are unknown."""
+    S = boundary_bytes(case)
+    if cache_bytes is None or S is None:
+        return None
+    total = max(0.0, S - cache_bytes)
+    per_step = case.spec.step_weights(case) if case.spec.step_weights is not None else []
+    for elements, steps in per_step:
+        reads = steps * (2 if case.mode == "fwdbwd" else 1)
+        total += (reads - 1) * max(0.0, elements * _itemsize(case) - cache_bytes)
+    return total
+
+
+def _module_io(case: Case) -> int:
+    """x N·I, the parameters Σ_l D·(G·H·(I_l + H) + 2·G·H), y N·D·H, h_n (and c_n) L·D·B·H; the
+    benchmark's modules start from a zero state (no h0)."""
+    G = common.GATES[_CELL_OF[case.op]]
+    D = 2 if case.bidir else 1
+    N, H = _packed_tokens(case), case.H
+    params = sum(
+        D * (G * H * ((case.I if layer == 0 else D * H) + H) + 2 * G * H) for layer in range(case.layers)
+    )
+    states = 2 if case.op == "lstm" else 1
+    return N * case.I + params + N * D * H + states * case.layers * D * case.B * H
+
+
+def _module_step_weights(case: Case) -> list[tuple[int, int]]:
+    """W_hh and b_hh, G·H·H + G·H, at each of the T steps of every layer and direction (the bare ops:
+    one layer, one direction)."""
+    G = common.GATES[_CELL_OF[case.op]]
+    D = 2 if case.bidir else 1
+    return [(G * case.H * case.H + G * case.H, case.T)] * (case.layers * D)
+
+
+def _op_io(case: Case) -> int:
+    """gi T·B·G·H, h0 (and c0) B·H, w_hh G·H², b_hh G·H, y T·B·H, h_n (and c_n) B·H (gi and y keep all
+    T·B positions when packed)."""
+    G = common.GATES[_CELL_OF[case.op]]
+    T, B, H = case.T, case.B, case.H
+    states = 2 if _CELL_OF[case.op] == "lstm" else 1
+    return T * B * G * H + 2 * states * B * H + G * H * H + G * H + T * B * H
+
+
+def _tree_io(case: Case) -> int:
+    """lstm_in 5·R·H, c_l, c_r; h, c: 9·R·H."""
+    return 9 * case.R * case.H
+
+
+def _reduce_io(case: Case) -> int:
+    """h_l, c_l, h_r, c_r 4·R·H, h_track R·HT, w_l and w_r 10·H², b_l 5H, w_t 5H·HT; h, c 2·R·H."""
+    R, H, HT = case.R, case.H, case.HT
+    return 4 * R * H + R * HT + 10 * H * H + 5 * H + 5 * H * HT + 2 * R * H
+
+
+def _spinn_params(case: Case) -> int:
+    """Reduce: left (5H, H) + bias 5H, right (5H, H), tracker input (5H, HT); tracker LSTMCell
+    (3H -> HT): 4HT·3H + 4HT·HT + two biases 4HT."""
+    H, HT = case.H, case.HT
+    tracker = 5 * H * HT + 4 * HT * 3 * H + 4 * HT * HT + 8 * HT if HT else 0
+    return 10 * H * H + 5 * H + tracker
+
+
+def _spinn_io(case: Case) -> int:
+    """The leaf buffers B·N·2H, the null B·2H (with a tracker: without one no complete tree reads it),
+    the parameters, the root h B·H."""
+    B, H, N = case.B, case.H, (case.T + 1) // 2
+    return B * N * 2 * H + (B * 2 * H if case.HT else 0) + _spinn_params(case) + B * H
+
+
+def _spinn_step_weights(case: Case) -> list[tuple[int, int]]:
+    """Every parameter at each of the T transitions (the reduce's and the tracker's products)."""
+    return [(_spinn_params(case), case.T)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -693,6 +802,7 @@ for _name in ("gru", "rnn", "lstm"):
             shape=_module_shape, sizes=_module_sizes, make=_module_make, run_backend=_module_backend,
             extra={"torch.nn": _module_torch, "auto": _module_auto, "compile": _module_compile},
             flops=_module_flops, bytes=_module_bytes, tokens=_packed_tokens, floor=_module_floor,
+            io=_module_io, step_weights=_module_step_weights,
         )
     )  # fmt: skip
     register_op(
@@ -701,6 +811,7 @@ for _name in ("gru", "rnn", "lstm"):
             shape=_op_shape, sizes=_op_sizes, make=_op_make, run_backend=_op_backend,
             extra={"compile": _op_compile},
             flops=_op_flops, bytes=_op_bytes, tokens=_packed_tokens, floor=_op_floor,
+            io=_op_io, step_weights=_module_step_weights,
         )
     )  # fmt: skip
 register_op(
@@ -708,7 +819,7 @@ register_op(
         name="tree_lstm", family="tree_lstm", baseline="reference",
         shape=_tree_shape, sizes=_tree_sizes, make=_tree_make, run_backend=_tree_backend,
         extra={"compile": _tree_compile},
-        flops=_tree_flops, bytes=_tree_bytes, tokens=lambda c: c.R,
+        flops=_tree_flops, bytes=_tree_bytes, tokens=lambda c: c.R, io=_tree_io,
     )
 )  # fmt: skip
 register_op(
@@ -716,7 +827,7 @@ register_op(
         name="tree_lstm_reduce", family="tree_lstm_reduce", baseline="reference",
         shape=_tree_shape, sizes=_tree_sizes, make=_reduce_make, run_backend=_reduce_backend,
         extra={"compile": _reduce_compile},
-        flops=_reduce_flops, bytes=_reduce_bytes, tokens=lambda c: c.R,
+        flops=_reduce_flops, bytes=_reduce_bytes, tokens=lambda c: c.R, io=_reduce_io,
     )
 )  # fmt: skip
 
@@ -832,6 +943,7 @@ register_op(
         shape=_spinn_shape, sizes=_spinn_sizes, make=_spinn_make, run_backend=_spinn_backend,
         extra={"reference": _spinn_reference},
         flops=_spinn_flops, bytes=_spinn_bytes, tokens=lambda c: c.B * c.T,
+        io=_spinn_io, step_weights=_spinn_step_weights,
     )
 )  # fmt: skip
 

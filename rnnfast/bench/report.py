@@ -1,4 +1,4 @@
-"""What a benchmark run reports: the machine, the table, JSON + CSV files, the speedup plot."""
+"""What a benchmark run reports: the machine, the table, JSON + CSV files (the figures: ``plot``)."""
 
 from __future__ import annotations
 
@@ -55,6 +55,10 @@ ROW_KEYS = (
     "pct_peak_bw",
     "floor_ms",
     "pct_floor",
+    "must_move_bytes",
+    "roofline_ms",
+    "roofline_bound",
+    "pct_roofline",
 )
 MACHINE_KEYS = (
     "device",
@@ -178,6 +182,8 @@ COLUMNS = (
     ("IQR ms", ">"),
     ("speedup", ">"),
     ("%floor", ">"),
+    ("bound", "<"),
+    ("%GEMMs", ">"),
     ("tokens/s", ">"),
     ("TFLOP/s", ">"),
     ("%FLOP", ">"),
@@ -207,6 +213,8 @@ def table_lines(rows: list[dict]) -> list[str]:
                 _ms(r["median_ms"]),
                 f"{_ms(r['q25_ms'])}-{_ms(r['q75_ms'])}",
                 speed,
+                _pct(r.get("pct_roofline")),
+                {"FLOP": "FLOP", "memory": "mem"}.get(r.get("roofline_bound") or "", ""),
                 _pct(r.get("pct_floor")),
                 _si(r["tokens_per_s"]),
                 f"{r['tflops']:.3g}",
@@ -264,15 +272,20 @@ def header_lines(machine: dict, peak: dict) -> list[str]:
             f"measured peak: GEMM {gemm}; "
             f"copy {peak['copy_bytes_per_s'] / 1e9:.3g} GB/s ({peak['copy_mib']} MiB)"
         )
+        if "cache" in peak:
+            lines.append(f"cache: {peak['cache']}")
     return lines
 
 
 LEGEND = (
     "median ms: per call, after warm-up; IQR: 25th-75th percentile; * marks the case's baseline "
     "(torch.nn for modules, reference for bare ops); speedup = baseline median / median; "
-    "%floor: 100 x the time of the case's unavoidable GEMMs (the fastest of torch.mm and, on the CPU, "
-    "rnnfast's blocked kernel, timed in this run) / median; "
-    "%FLOP, %BW: achieved FLOP/s and bytes/s against the GEMM and copy peaks measured above."
+    "%floor: 100 x the roofline floor / median, floor = max(FLOP / peak GEMM FLOP/s, bytes that must "
+    "move beyond the cache / copy bandwidth), at most 100% (bound: which term sets it); "
+    "%GEMMs: 100 x the time of the case's GEMMs called one by one (the fastest of torch.mm and, on the "
+    "CPU, rnnfast's blocked kernel, timed in this run) / median, above 100% where a fused loop saves "
+    "the calls' overhead; %FLOP, %BW: achieved FLOP/s and bytes/s against the GEMM and copy peaks "
+    "measured above."
 )
 
 
@@ -302,68 +315,6 @@ def write_csv(path: Path, machine: dict, rows: list[dict]) -> None:
         w.writerow(MACHINE_KEYS + ROW_KEYS)
         for r in rows:
             w.writerow([machine.get(k) for k in MACHINE_KEYS] + [_finite(r.get(k)) for k in ROW_KEYS])
-
-
-def write_plot(path: Path, rows: list[dict], title: str) -> str | None:
-    """Speedup vs H, one panel per (op, mode, dtype), a colour per provider and a marker per batch size
-    (B, or R for the tree ops); the baseline is the dashed line at 1. Single-layer, unidirectional,
-    unpacked cases with a provider besides the baseline only: the variants are in the table.
-    Returns None when written, else why not (matplotlib missing)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-    except ImportError as e:
-        return f"matplotlib is not installed ({e}); pip install matplotlib for the plot"
-    panels: dict[tuple, list[dict]] = {}
-    for r in rows:
-        sweep = r["layers"] == 1 and not r["bidir"] and not r["packed"]
-        if r["status"] == "ok" and r["speedup"] is not None and sweep and r["provider"] != r["baseline"]:
-            panels.setdefault((r["op"], r["mode"], r["dtype"]), []).append(r)
-    providers = sorted({r["provider"] for rs in panels.values() for r in rs})
-    colours = {p: f"C{i}" for i, p in enumerate(providers)}
-    markers = "os^vD<>p*h"
-    n = max(1, len(panels))
-    ncols = min(3, n)
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.6 * nrows), squeeze=False)
-    for ax, ((op, mode, dtype), rs) in zip(axes.flat, sorted(panels.items())):
-        lines: dict[tuple, list[tuple[int, float]]] = {}
-        for r in rs:
-            batch = r["R"] if r["R"] else r["B"]
-            lines.setdefault((r["provider"], batch), []).append((r["H"], r["speedup"]))
-        batches = sorted({b for _, b in lines})
-        for (prov, batch), pts in sorted(lines.items()):
-            pts.sort()
-            ax.plot(
-                [p[0] for p in pts], [p[1] for p in pts], color=colours[prov],
-                marker=markers[batches.index(batch) % len(markers)],
-                label=f"{prov} {'R' if rs[0]['R'] else 'B'}={batch}",
-            )  # fmt: skip
-        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-        speedups = [r["speedup"] for r in rs]
-        # At least 0.5x-2x, so the 0.5/1/2 ticks always show.
-        ax.set_ylim(min(0.5, min(speedups) / 1.2), max(2.0, max(speedups) * 1.2))
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
-        ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.set_title(f"{op} {mode} {dtype}", fontsize=10)
-        ax.set_xlabel("H")
-        ax.set_ylabel(f"speedup vs {rs[0]['baseline']}")
-        ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.axis("off")
-    if not panels:
-        axes.flat[0].text(0.5, 0.5, "no timed provider besides the baselines", ha="center", va="center")
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return None
 
 
 def result_stem(machine: dict, grid: str) -> str:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from rnnfast.bench import registry
+from rnnfast.bench import registry, roofline
 from rnnfast.bench.registry import Case, Workload
 
 # Largest error allowed, relative to the largest magnitude of the baseline tensor (see max_rel_error).
@@ -270,7 +270,10 @@ def time_in_rounds(
 
 
 class GemmFloor:
-    """The GEMM floor of cases (``registry.floor_gemms``), one timing per distinct GEMM in a run.
+    """The time of a case's GEMMs called one by one (``registry.floor_gemms``; the ``%GEMMs`` column,
+    JSON ``floor_ms``/``pct_floor``, keys named when it was called the floor), one timing per distinct
+    GEMM in a run. Not a lower bound (that is ``roofline``): it compares the case with the same products
+    made as library calls.
 
     Each (dtype, m, k, n) is timed on its own, every GEMM of :func:`gemm_candidates` on seeded uniform
     (m, k) and (k, n) matrices on the run's device, with the providers' method (:func:`time_after_first`:
@@ -280,7 +283,7 @@ class GemmFloor:
     recurrent one) is timed once and its median multiplied by T: a step's GEMM is the same work at
     every step. For small per-step GEMMs the time includes the call's overhead (a few µs from Python),
     which a compiled time loop partly avoids: pct_floor above 100 is possible for overhead-bound cases,
-    and the floor is meant for GEMM-bound ones.
+    and the comparison is meant for GEMM-bound ones.
     """
 
     def __init__(self, device: torch.device, min_time: float = 0.3):
@@ -391,12 +394,15 @@ def do_bench_ms(fn: Callable[[], object]) -> float | None:
 
 
 def measure_peak(device: torch.device, dtypes: list[str], min_time: float = 0.5) -> dict:
-    """The machine's measured peaks in this run: GEMM FLOP/s per dtype and copy bandwidth in B/s.
+    """The machine's measured peaks in this run: GEMM FLOP/s per dtype, copy bandwidth in B/s, and the
+    cache the run reaches (``cache_bytes``, ``cache``: what it is made of; see ``roofline.cache_of``).
 
     GEMM: an n×n·n×n product (n = 1024 on CPU, 8192 on CUDA; 2·n³ FLOP), the fastest of
-    :func:`gemm_candidates` (its name in ``gemm_lib``). Copy: ``dst.copy_(src)`` of 64 MiB on CPU, 1 GiB
-    on CUDA (read + write: 2× the size). The fastest of ``min_time`` seconds of samples: a peak is the
-    best the machine did, and on a shared machine the median would understate it.
+    :func:`gemm_candidates` (its name in ``gemm_lib``); on CUDA in float32 with cuDNN's TF32 allowed,
+    also the product in TF32 (``torch.mm (TF32)``): cuDNN runs float32 RNNs in TF32 then, so that is
+    the float32 limit of the run. Copy: ``dst.copy_(src)`` of 64 MiB on CPU, 1 GiB on CUDA (read +
+    write: 2× the size), beyond the caches. The fastest of ``min_time`` seconds of samples: a peak is
+    the best the machine did, and on a shared machine the median would understate it.
     """
     device = torch.device(device)
     cuda = device.type == "cuda"
@@ -407,13 +413,17 @@ def measure_peak(device: torch.device, dtypes: list[str], min_time: float = 0.5)
         a = torch.randn(n, n, device=device).to(dt)
         b = torch.randn(n, n, device=device).to(dt)
         out = torch.empty(n, n, device=device, dtype=dt)
-        for lib, mm in gemm_candidates(a, b, out).items():
+        candidates = gemm_candidates(a, b, out)
+        tf32 = cuda and dt == torch.float32 and torch.backends.cudnn.allow_tf32
+        if tf32 and not torch.backends.cuda.matmul.allow_tf32:
+            candidates["torch.mm (TF32)"] = _with_tf32(candidates["torch.mm"])
+        for lib, mm in candidates.items():
             t = time_fn(mm, device, min_time=min_time, min_reps=3, max_reps=50)
             flops = 2.0 * n**3 / (t.min_ms * 1e-3)
             if flops > peak["gemm_flops"].get(name, 0.0):
                 peak["gemm_flops"][name], peak["gemm_lib"][name] = flops, lib
         peak["gemm_n"][name] = n
-        del a, b, out
+        del a, b, out, candidates
     size = (1 << 30) if cuda else (64 << 20)
     src = torch.empty(size // 4, device=device, dtype=torch.float32).uniform_()
     dst = torch.empty_like(src)
@@ -422,7 +432,22 @@ def measure_peak(device: torch.device, dtypes: list[str], min_time: float = 0.5)
     peak["copy_mib"] = size >> 20
     del src, dst
     _free(device)
+    peak["cache_bytes"], peak["cache"] = roofline.cache_of(device)
     return peak
+
+
+def _with_tf32(mm: Callable[[], Tensor]) -> Callable[[], Tensor]:
+    """``mm`` with ``torch.backends.cuda.matmul.allow_tf32`` on during the call."""
+
+    def call():
+        before = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            return mm()
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = before
+
+    return call
 
 
 def _free(device: torch.device) -> None:
@@ -451,8 +476,10 @@ def run_case(
     refuses the case: ``detail`` says why). The baseline is always run (first, for the check) and timed;
     the check's call is every provider's first warm-up (:func:`rep_policy`), and the baseline's own
     check is that first call (its error is 0 by definition). With ``floor``, rows of ops with a GEMM
-    floor get ``floor_ms`` and ``pct_floor`` = 100·floor_ms/median_ms (timed once at least one
-    provider was).
+    floor get ``floor_ms`` and ``pct_floor`` = 100·floor_ms/median_ms, the case's GEMMs called one by
+    one (timed once at least one provider was). Every row gets ``must_move_bytes`` for the cache in
+    ``peak``; the roofline columns need every case's timings and are filled over the whole run by
+    ``roofline.apply(rows, peak)``.
     """
     device = torch.device(device)
     spec = case.spec
@@ -530,7 +557,9 @@ def run_case(
     floor_ms = None
     if floor is not None and any(r["status"] == "ok" for r in rows):
         floor_ms = floor.floor_ms(case)
+    must_move = registry.must_move_bytes(case, peak.get("cache_bytes"))
     for row in rows:
+        row["must_move_bytes"] = must_move
         row["floor_ms"] = floor_ms
         if row["status"] == "ok" and base_ms is not None:
             row["speedup"] = base_ms / row["median_ms"]
@@ -584,6 +613,10 @@ def _row_head(case: Case, provider: str, tol: float) -> dict:
         "pct_peak_bw": None,
         "floor_ms": None,
         "pct_floor": None,
+        "must_move_bytes": None,
+        "roofline_ms": None,
+        "roofline_bound": None,
+        "pct_roofline": None,
     }
 
 

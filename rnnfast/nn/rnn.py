@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from rnnfast import backends
+from rnnfast._guards import check_tracer, refuse_scripting
 from rnnfast.ops.linear import input_projection, library_code
 from rnnfast.ops.recurrence.common import CELL_CODE, as_dtype
 from rnnfast.ops.recurrence.function import recurrence
@@ -73,6 +74,9 @@ class _FusedRNNMixin:
         s = super().extra_repr()
         return s + (f", backend={self.backend!r}" if self.backend != "auto" else "")
 
+    def __prepare_scriptable__(self):
+        refuse_scripting(self)  # raises: a clear error where torch.jit.script would fail deep in its compiler
+
     def to_torch(self) -> nn.RNNBase:
         """A torch.nn module with the same configuration and parameters (copies)."""
         base = _TORCH_CLASS[type(self)]
@@ -91,9 +95,15 @@ class _FusedRNNMixin:
             raise ValueError(
                 f"input: expected {self.input_size} features in the last dimension, got {x.shape[-1]}"
             )
-        w = self.weight_ih_l0
+        w = _param(self, "weight_ih_l0")
         if x.device != w.device:
             raise RuntimeError(f"input: expected a tensor on {w.device} like the parameters, got {x.device}")
+        if x.dtype != w.dtype and not torch._C._is_any_autocast_enabled():
+            # torch.nn's own check and message: no silent cast outside autocast.
+            raise ValueError(
+                f"RNN input dtype ({x.dtype}) does not match weight dtype ({w.dtype}). "
+                f"Convert input: input.to({w.dtype}), or convert model: model.to({x.dtype})"
+            )
         if x.shape[1 if (batched and self.batch_first) else 0] == 0:
             raise ValueError("input: expected at least one time step, got a sequence of length 0")
 
@@ -122,6 +132,7 @@ class _FusedRNNMixin:
         return backends.resolve("module", x.device, x.dtype, sizes, self.backend)
 
     def forward(self, input, hx=None):  # noqa: A002 (torch.nn's argument name)
+        check_tracer(self)  # torch.jit.trace and ONNX export: a clear error naming what works
         packed = isinstance(input, PackedSequence)
         if not packed:
             batched = isinstance(input, Tensor) and input.dim() == 3

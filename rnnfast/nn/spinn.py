@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnfast import functional
+from rnnfast._guards import check_tracer, refuse_scripting
 
 
 class TreeLSTMReduce(nn.Module):
@@ -25,7 +26,11 @@ class TreeLSTMReduce(nn.Module):
             self.track = nn.Linear(tracker_size, 5 * size, bias=False)
         self.backend = backend
 
+    def __prepare_scriptable__(self):
+        refuse_scripting(self)
+
     def forward(self, h_l: Tensor, c_l: Tensor, h_r: Tensor, c_r: Tensor, h_track: Tensor | None = None):
+        check_tracer(self)
         w_t = self.track.weight if hasattr(self, "track") else None
         if (h_track is None) != (w_t is None):
             raise ValueError(
@@ -98,6 +103,9 @@ class SPINN(nn.Module):
         self.backend = backend
         self.all_rows = all_rows
 
+    def __prepare_scriptable__(self):
+        refuse_scripting(self)
+
     def forward(
         self,
         buffers: Tensor,
@@ -106,6 +114,7 @@ class SPINN(nn.Module):
         lengths: Tensor | None = None,
         return_c: bool = False,
     ):
+        check_tracer(self)
         if transitions is None and not self.predict:
             raise ValueError("transitions: required unless the module predicts them (predict=True), got None")
         # Imported here: rnnfast.functional re-exports spinn_encode, and the encoder needs rnnfast.nn's

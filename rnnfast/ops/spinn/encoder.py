@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rnnfast import backends, functional
+from rnnfast._guards import check_tracer
 from rnnfast.nn.transitions import PAD, REDUCE, SHIFT
 from rnnfast.ops.spinn import function
 
@@ -524,6 +525,7 @@ def spinn_encode(
     Returns (h, c, logits, transitions): root state (B, H) each; logits (T, B, 4) or None without
     w_trans; the transitions that were run (the predicted ones when none were given).
     """
+    check_tracer("rnnfast.functional.spinn_encode")
     if not isinstance(buffers, Tensor):
         raise TypeError(f"buffers: expected a torch.Tensor, got {type(buffers).__name__}")
     if buffers.dim() != 3 or buffers.shape[2] % 2:
