@@ -163,13 +163,13 @@ void gemm_f32(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
   at::mm_out(out, a.to(at::kFloat), b);
 }
 
-void addgemm_f32(at::Tensor& out, const at::Tensor& add, const at::Tensor& a, const at::Tensor& b) {
-#if RNNFAST_MM_OUT_DTYPE
+// out = add + a·b; prod (the shape of out, float32) is scratch for the 16-bit case.
+void addgemm_f32(at::Tensor& out, at::Tensor& prod, const at::Tensor& add, const at::Tensor& a, const at::Tensor& b) {
   if (dtype_gemm(a)) {
-    at::addmm_out(out, add, a, b, at::kFloat);
+    gemm_f32(prod, a, b);
+    at::add_out(out, add, prod);
     return;
   }
-#endif
   at::addmm_out(out, add, a.to(at::kFloat), b);
 }
 
@@ -282,6 +282,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrence_bwd(
   at::Tensor dc = lstm ? at::empty({B, H}, f32) : at::empty({0}, f32);
   if (lstm) dc.copy_(*grad_cn);
   at::Tensor carry = at::empty({B, H}, f32);
+  at::Tensor prod = at::empty({B, H}, f32);
   const at::Tensor w = dtype_gemm(grad_y) || grad_y.scalar_type() == at::kFloat ? w_hh : w_hh.to(at::kFloat);
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? s : T - 1 - s;
@@ -290,7 +291,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrence_bwd(
                                 lstm ? dc.data_ptr<float>() : nullptr, dgi.data_ptr(), dgh.data_ptr(),
                                 carry.data_ptr<float>(), as_stream(stream)),
                "stepwise backward launch");
-    addgemm_f32(dh, carry, dgh.select(0, t).narrow(1, 0, G * H), w);
+    addgemm_f32(dh, prod, carry, dgh.select(0, t).narrow(1, 0, G * H), w);
   }
   dh0.copy_(dh);
   if (lstm) dc0.copy_(dc);

@@ -19,8 +19,8 @@
 
 namespace rnnfast {
 
-// CUDA API calls that do not enqueue work (function attributes, occupancy) but count as unsafe during
-// stream capture in the default (global) mode run under this guard: relaxed mode for this thread, as
+// CUDA API calls that do not enqueue work (device attributes, function attributes, occupancy) but may count
+// as unsafe during stream capture in the default (global) mode run under this guard: relaxed mode for this thread, as
 // torch's allocator does for its cudaMalloc, so a first call inside graph capture is legal.
 struct RelaxedCapture {
   cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
@@ -42,6 +42,7 @@ inline int setup_kernel(const void* kernel, int device, int optin) {
 template <typename E, int CELL, int MODE, typename Kernel>
 int plan_persistent(Kernel kernel, bool backward, int B, int H, int device, rnnfast_plan* p) {
   *p = rnnfast_plan{};
+  RelaxedCapture relaxed;
   int sms = 0, optin = 0, current = 0;
   cudaError_t err = cudaGetDevice(&current);
   if (err == cudaSuccess && current != device) err = cudaErrorInvalidDevice;  // the caller makes it current
@@ -53,12 +54,9 @@ int plan_persistent(Kernel kernel, bool backward, int B, int H, int device, rnnf
   const Tile L = persistent_tile<E, CELL, MODE>(backward, B, H, U, optin);
   if (L.bytes > optin) return 0;
   int per_sm = 0;
-  {
-    RelaxedCapture relaxed;
-    const int e = setup_kernel(reinterpret_cast<const void*>(kernel), device, optin);
-    if (e) return e;
-    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, L.bytes);
-  }
+  const int e = setup_kernel(reinterpret_cast<const void*>(kernel), device, optin);
+  if (e) return e;
+  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, L.bytes);
   if (err != cudaSuccess) return static_cast<int>(err);
   if (per_sm * sms < ctas) return 0;
   p->ok = 1, p->ctas = ctas, p->units = U, p->mode = MODE, p->k_chunk = L.kc, p->k_chunks = L.nkc;
