@@ -8,8 +8,9 @@ to be exact). torch.nn runs the op's problem exactly: input size G·H with W_ih 
 input projection returns gi unchanged), packed sequences for ``lengths``, and the valid part of every row
 time-reversed for ``reverse``. Float32 comparisons turn TF32 off on both sides.
 
-Both algorithms are covered: ``flags(algo="auto")`` (the persistent kernels wherever they fit, which
-test_persistent_plan_covers_the_small_shapes checks) and ``stepwise``.
+Both algorithms are covered on every shape: ``flags(algo="persistent")`` (the persistent kernels fit all
+of them, which test_persistent_plan_covers_the_test_shapes checks) and ``stepwise``; what ``auto`` picks
+between them comes from the cost model, checked on the CPU below (test_algorithm_follows_the_cost_model).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ SHAPES = [(7, 3, 33), (1, 1, 256), (7, 17, 256), (33, 3, 1000)]  # (T, B, H)
 MODES = ("plain", "reverse", "ragged", "ragged_reverse")
 
 
-@pytest.fixture(params=["auto", "stepwise"])
+@pytest.fixture(params=["persistent", "stepwise"])
 def algo(request):
     with cuda_backend.flags(algo=request.param):
         yield request.param
@@ -88,6 +89,92 @@ def test_auto_never_picks_the_unverified_cuda_backend():
     assert ("cuda", "recurrence") not in rnnfast.backends.GPU_VERIFIED
     assert "cuda" not in rnnfast.backends.auto_order("recurrence", torch.device("cuda"))
     assert "cuda" not in rnnfast.backends.auto_order("module", torch.device("cuda"))
+
+
+MODEL_CASES = [
+    (c, d, H, bwd) for c in ("gru", "lstm") for d in DTYPES for H in (256, 1024) for bwd in (False, True)
+]
+
+
+@pytest.mark.parametrize(("cell", "dtype", "H", "backward"), MODEL_CASES)
+def test_cost_model_terms(cell, dtype, H, backward):
+    """The persistent estimate is its parts (staging overlapped with the GEMM beyond one block of rows),
+    and the staged bytes are what every CTA reads: all B rows of h (forward) or of dgh (backward)."""
+    gpu = cuda_backend.Gpu()
+    for B in (1, 16, 17, 64, 256):
+        t = cuda_backend.step_time(cell, dtype, B, H, backward, True, gpu)
+        assert all(v >= 0 for v in t.values()), t
+        gemm, serial = max(t["smem"], t["mma"]), B <= 16
+        operand = gpu.l2_latency_us + (t["l2"] + gemm if serial else max(t["l2"], gemm))
+        assert t["persistent"] == pytest.approx(t["barrier"] + operand + t["cells"] + t["hbm"]), t
+        U = -(-H // gpu.sms)
+        ctas, esz = -(-H // U), 4 if dtype == torch.float32 else 2
+        K = common.GATES[cell] * H if backward else H
+        assert t["l2_bytes"] == ctas * B * K * esz, t
+
+
+@pytest.mark.parametrize(("cell", "dtype", "H", "backward"), MODEL_CASES)
+def test_batch_limit_is_where_the_model_changes_its_mind(cell, dtype, H, backward):
+    for tf32 in (True, False) if dtype == torch.float32 else (True,):
+        limit = cuda_backend.batch_limit(cell, dtype, H, backward, tf32)
+
+        def wins(B, tf32=tf32):
+            t = cuda_backend.step_time(cell, dtype, B, H, backward, tf32)
+            return t["persistent"] <= t["stepwise"]
+
+        assert limit == 0 or wins(limit), (cell, dtype, H, backward, tf32, limit)
+        assert not wins(limit + 1) or limit == cuda_backend._MAX_BATCH, (
+            cell,
+            dtype,
+            H,
+            backward,
+            tf32,
+            limit,
+        )
+
+
+def test_float32_fma_never_outlasts_tf32_in_the_model():
+    for cell in ("gru", "lstm"):
+        for H in (128, 512, 1024, 2048):
+            for bwd in (False, True):
+                fma = cuda_backend.batch_limit(cell, torch.float32, H, bwd, False)
+                tf32 = cuda_backend.batch_limit(cell, torch.float32, H, bwd, True)
+                assert fma <= tf32, (cell, H, bwd, fma, tf32)
+
+
+def test_algorithm_follows_the_cost_model(monkeypatch):
+    """algorithm(): persistent up to the model's batch limit, stepwise beyond; forced persistent runs
+    whenever the plan fits; a plan that does not fit goes stepwise (auto) or is refused (forced)."""
+    plan = (1, 128, 8, 0, 1024, 1, 8, 1, 99 * 1024)
+    monkeypatch.setattr(cuda_backend, "_plan", lambda *args: plan)
+    monkeypatch.setattr(cuda_backend, "_gpu", lambda index: cuda_backend.Gpu())
+    monkeypatch.setattr(cuda_backend, "_device_index", lambda device: 0)
+    dev = torch.device("cuda")
+    limit = cuda_backend.batch_limit("lstm", torch.bfloat16, 1024, False, True, cuda_backend.Gpu())
+    assert limit > 0
+    code, why = cuda_backend.algorithm("lstm", torch.bfloat16, limit, 1024, False, dev)
+    assert code == 1 and "128 CTAs x 8 units, 99 KiB" in why and f"B={limit}" in why, why
+    code, why = cuda_backend.algorithm("lstm", torch.bfloat16, limit + 1, 1024, False, dev)
+    assert code == 2 and "cost model" in why, why
+    with cuda_backend.flags(algo="persistent"):
+        code, why = cuda_backend.algorithm("lstm", torch.bfloat16, limit + 1, 1024, False, dev)
+        assert code == 1 and "forced" in why, why
+    plan = (0,) * 9
+    code, why = cuda_backend.algorithm("lstm", torch.bfloat16, 1, 1024, False, dev)
+    assert code == 2 and "cannot run" in why, why
+    with cuda_backend.flags(algo="persistent"):
+        code, why = cuda_backend.algorithm("lstm", torch.bfloat16, 1, 1024, False, dev)
+        assert code == 0 and "cannot run" in why, why
+
+
+def test_tf32_follows_the_cudnn_rnn_setting():
+    saved = torch.backends.cudnn.allow_tf32
+    try:
+        for value in (False, True):
+            torch.backends.cudnn.allow_tf32 = value
+            assert cuda_backend.tf32_allowed() is value
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
 
 
 def _lengths(mode: str, T: int, B: int) -> list[int] | None:
@@ -265,21 +352,24 @@ def test_zero_length_rows_and_no_bias(algo):
 @gpu
 @needs_gpu
 @pytest.mark.usefixtures("no_tf32")
-def test_persistent_plan_covers_the_small_shapes():
+def test_persistent_plan_covers_the_test_shapes():
     ok, why = cuda_backend.supports(torch.device("cuda"), torch.float32, {"cell": "gru", "B": 3, "H": 33})
     assert ok, why
     dev = torch.device("cuda")
-    for cell in CELLS:
-        for dtype in DTYPES:
-            for B, H in ((1, 33), (17, 256)):
-                for backward in (False, True):
-                    code, why = cuda_backend.algorithm(cell, dtype, B, H, backward, dev)
-                    assert code == 1, f"{cell} {dtype} B={B} H={H} backward={backward}: {why}"
-    # One CTA per SM: H=1000 fits forward in every dtype on a GPU with >= 100 SMs and 227 KiB shared memory.
-    if torch.cuda.get_device_properties(0).multi_processor_count >= 100:
-        for dtype in DTYPES:
-            code, why = cuda_backend.algorithm("gru", dtype, 17, 1000, False, dev)
-            assert code == 1, f"gru {dtype} H=1000 forward: {why}"
+    with cuda_backend.flags(algo="persistent"):
+        for cell in CELLS:
+            for dtype in DTYPES:
+                for _T, B, H in SHAPES:
+                    for backward in (False, True):
+                        code, why = cuda_backend.algorithm(cell, dtype, B, H, backward, dev)
+                        assert code == 1, f"{cell} {dtype} B={B} H={H} backward={backward}: {why}"
+        # With K-chunked staging every cell's backward fits at H=1024 on an H100-sized GPU (132 SMs, 227 KiB).
+        props = torch.cuda.get_device_properties(0)
+        if props.multi_processor_count >= 132 and props.shared_memory_per_block_optin >= 232448:
+            for dtype in DTYPES:
+                for cell in CELLS:
+                    code, why = cuda_backend.algorithm(cell, dtype, 16, 1024, True, dev)
+                    assert code == 1, f"{cell} {dtype} H=1024 backward: {why}"
 
 
 @gpu
@@ -357,6 +447,79 @@ def test_cuda_graph_capture_forward(cell, algo):
 @gpu
 @needs_gpu
 @pytest.mark.usefixtures("no_tf32")
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_cuda_graph_capture_backward(cell, algo):
+    """Forward and backward captured together, with lengths on the device: nothing in the backward copies
+    between host and device (a copy from pageable memory would fail the capture)."""
+    T, B, H = 12, 5, 48
+    a = recurrence_inputs(cell, T, B, H, lengths=[12, 7, 1, 12, 3], dtype=torch.bfloat16, device="cuda")
+    leaves = [t for t in _leaves(a) if t is not None]
+    upstream = _upstream(cell, T, B, H, "cuda")
+
+    def run():
+        outs = _run_rnnfast(cell, a, reverse=True)
+        return torch.autograd.grad(
+            sum((o.float() * g.float()).sum() for o, g in zip(outs, upstream) if o is not None), leaves
+        )
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        eager = run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = run()
+    graph.replay()
+    torch.cuda.synchronize()
+    for i, (got, want) in enumerate(zip(captured, eager)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0, msg=lambda m, i=i: f"grad {i}: {m}")
+
+
+_BESIDE_STREAM = """
+import threading, torch, rnnfast
+from rnnfast.ops.recurrence import cuda as cuda_backend
+from tests.utils import recurrence_inputs
+a = recurrence_inputs("lstm", 64, 16, 1024, dtype=torch.bfloat16, device="cuda")
+with cuda_backend.flags(algo="persistent"):
+    code, why = cuda_backend.algorithm("lstm", torch.bfloat16, 16, 1024, True, torch.device("cuda"))
+    assert code == 1, why
+    print("plan:", why, flush=True)
+    other = torch.cuda.Stream()
+    x = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    with torch.cuda.stream(other):  # keeps SMs busy while the cooperative grid starts
+        for _ in range(200):
+            x = (x @ x).clamp_(-1, 1)
+    y, h, c = rnnfast.functional.lstm(a["gi"], a["h0"], a["c0"], a["w_hh"], a["b_hh"], backend="cuda")
+    (y.float().sum() + h.float().sum() + c.float().sum()).backward()
+    torch.cuda.synchronize()
+print("done", flush=True)
+"""
+
+
+@gpu
+@needs_gpu
+def test_full_sm_persistent_kernel_beside_another_stream():
+    """The cooperative grid at its largest (one CTA per SM, most of the shared memory: LSTM bf16 H=1024
+    backward) completes while another stream keeps the SMs busy. In a subprocess under a timeout: a
+    co-residency deadlock would hang, not fail."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _BESIDE_STREAM], capture_output=True, text=True, cwd=root, timeout=180
+        )
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"no progress in 180 s (deadlock?):\n{e.stdout}\n{e.stderr}") from None
+    assert proc.returncode == 0 and "done" in proc.stdout, f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+
+
+@gpu
+@needs_gpu
+@pytest.mark.usefixtures("no_tf32")
 def test_two_streams_at_once(algo):
     cells = ("gru", "lstm")
     problems = [
@@ -400,11 +563,39 @@ def test_binding_rejects_bad_inputs_by_name():
     op = torch.ops.rnnfast_C.cuda_recurrence_fwd
     code = common.CELL_CODE["gru"]
     with pytest.raises(RuntimeError, match="h0: expected dtype"):
-        op(a["gi"], a["h0"].float(), None, a["w_hh"], a["b_hh"], None, None, code, False, True, 1, stream)
+        op(
+            a["gi"],
+            a["h0"].float(),
+            None,
+            a["w_hh"],
+            a["b_hh"],
+            None,
+            None,
+            code,
+            False,
+            True,
+            1,
+            False,
+            stream,
+        )
     with pytest.raises(RuntimeError, match="w_hh: expected shape"):
-        op(a["gi"], a["h0"], None, a["w_hh"][:, :4], a["b_hh"], None, None, code, False, True, 1, stream)
+        op(
+            a["gi"],
+            a["h0"],
+            None,
+            a["w_hh"][:, :4],
+            a["b_hh"],
+            None,
+            None,
+            code,
+            False,
+            True,
+            1,
+            False,
+            stream,
+        )
     with pytest.raises(RuntimeError, match="lengths: expected int64"):
         bad = torch.ones(2, dtype=torch.int32, device="cuda")
-        op(a["gi"], a["h0"], None, a["w_hh"], a["b_hh"], None, bad, code, False, True, 1, stream)
+        op(a["gi"], a["h0"], None, a["w_hh"], a["b_hh"], None, bad, code, False, True, 1, False, stream)
     with pytest.raises(RuntimeError, match="w_hr"):
-        op(a["gi"], a["h0"], None, a["w_hh"], a["b_hh"], a["w_hh"], None, code, False, True, 1, stream)
+        op(a["gi"], a["h0"], None, a["w_hh"], a["b_hh"], a["w_hh"], None, code, False, True, 1, False, stream)

@@ -1,16 +1,21 @@
-"""Compile check of the CUDA kernels and their binding, no GPU needed.
+"""Checks of the CUDA kernels and their binding that need no GPU.
 
 - every ``csrc/cuda/*.cu`` compiles with ``nvcc -c -arch=sm_90 -Xptxas -v`` (the .cu files include no
   torch header); the register / spill report of every kernel is printed (``pytest -s`` shows it), and the
   persistent kernels must not spill at all (a spill in their time loop would go to local memory every
   step);
+- the SASS of the persistent kernels: their innermost product loops load operands from shared memory only
+  (LDSM for the tensor-core paths, LDS for the FMA path) and never from global or local memory;
 - ``bindings.cpp`` passes ``-fsyntax-only`` with the host compiler against torch's CPU include dirs: it must
-  not need any CUDA header.
+  not need any CUDA header;
+- the host emulator runs the kernels' CTA programs against the reference (see its section below), and the
+  binding itself on emulated kernels.
 Skipped, with the reason, where nvcc or a host C++ compiler is missing.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import shutil
@@ -81,18 +86,30 @@ def _demangle(names: list[str]) -> dict[str, str]:
 
 
 _CELL_NAMES = ("rnn_tanh", "rnn_relu", "gru", "lstm")  # common.CELL_CODE order
+_MODE_NAMES = ("mma", "tf32", "ffma")  # rnnfast_cuda.h RNNFAST_MMA16 / TF32 / FFMA
 
 
 def _short(name: str) -> str:
-    """'void rnnfast::...::fwd_step_kernel<float, 3>(...)' -> 'fwd_step_kernel<float, lstm>'."""
-    m = re.search(r"(\w+_kernel)<([\w ]+), (\d)>", name)
-    return f"{m.group(1)}<{m.group(2)}, {_CELL_NAMES[int(m.group(3))]}>" if m else name
+    """'void rnnfast::...::fwd_persistent_kernel<float, 3, 1>(...)' -> 'fwd_persistent_kernel<float, lstm,
+    tf32>'."""
+    m = re.search(r"(\w+_kernel)<([\w ]+), (\d)(?:, (\d))?>", name)
+    if not m:
+        return name
+    mode = f", {_MODE_NAMES[int(m.group(4))]}" if m.group(4) else ""
+    return f"{m.group(1)}<{m.group(2)}, {_CELL_NAMES[int(m.group(3))]}{mode}>"
+
+
+_OBJECTS: dict[str, Path] = {}  # where nvcc_logs put the objects
 
 
 @pytest.fixture(scope="module")
 def nvcc_logs(tmp_path_factory) -> dict[str, tuple[int, str]]:
-    """{file name: (return code, nvcc output)} of every .cu, compiled concurrently (one process each)."""
+    """{file name: (return code, nvcc output)} of every .cu, compiled concurrently (one process each); the
+    objects go to _OBJECTS["dir"]."""
+    if NVCC is None:
+        pytest.skip("nvcc not found (PATH, CUDA_HOME): the CUDA compile check needs it")
     out = tmp_path_factory.mktemp("nvcc")
+    _OBJECTS["dir"] = out
     procs = {}
     for source in CU_FILES:
         cmd = [NVCC, "-c", f"-arch={ARCH}", "-std=c++20", "-O3", *TORCH_NVCC_FLAGS, "-Xptxas", "-v"]
@@ -113,8 +130,12 @@ def test_nvcc_compiles_without_persistent_spills(source: Path, nvcc_logs) -> Non
     assert "warning" not in log.lower(), f"{source.name}: compiler warnings:\n{log[-6000:]}"
     kernels = parse_ptxas(log)
     assert kernels, f"{source.name}: no kernel in the ptxas report:\n{log[-3000:]}"
-    # 4 cells x 3 dtypes, forward and/or backward, in every file.
-    assert len(kernels) % 12 == 0, f"{source.name}: expected 12 instantiations per kernel, got {len(kernels)}"
+    # 4 cells x (float32 TF32, float32 FMA, float16, bfloat16) per persistent kernel; 4 cells x 3 dtypes
+    # per stepwise kernel (forward and backward).
+    expected = {"persistent_fwd.cu": 16, "persistent_bwd.cu": 16, "step.cu": 24}.get(source.name)
+    assert expected is None or len(kernels) == expected, (
+        f"{source.name}: expected {expected} kernel instantiations, got {len(kernels)}"
+    )
     names = _demangle(sorted(kernels))
     print(f"\n{source.name} ({ARCH}): registers / stack / spill stores / spill loads")
     for mangled in sorted(kernels, key=lambda n: names[n]):
@@ -157,7 +178,7 @@ def test_abi_header_is_plain_c(tmp_path: Path) -> None:
         pytest.skip("no C compiler (cc/gcc) for the C ABI header check")
     src = tmp_path / "abi.c"
     src.write_text(
-        '#include "rnnfast_cuda.h"\nint main(void) { return (int)rnnfast_fwd_workspace(1, 1) - 3; }\n'
+        '#include "rnnfast_cuda.h"\nint main(void) { return rnnfast_row(33, RNNFAST_BF16) - 40; }\n'
     )
     proc = subprocess.run(
         [cc, "-std=c99", "-Wall", "-Wextra", "-Werror", "-fsyntax-only", f"-I{SRC}", str(src)],
@@ -168,31 +189,141 @@ def test_abi_header_is_plain_c(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Host emulation: the kernels' own phase functions (csrc/cuda/phases.cuh) run thread by thread on the CPU
-# (csrc/cuda/emulator), against the reference backend. This checks the indexing of both algorithms, every
-# cell and dtype, lengths and reverse, several units per CTA, ragged last CTAs and several batch chunks,
-# under two schedules (ascending and descending CTAs/threads, the backward's CTAs running ahead into the
-# next step) so that a race shows as a mismatch. Outputs, shared memory and workspaces start as NaN.
+# SASS of the persistent kernels (cuobjdump ships with triton): the innermost loops that do the tile GEMM
+# take their operands from shared memory through LDSM (tensor cores) or LDS (float32 FMA), and contain no
+# load from global (LDG), generic (LD) or local (LDL: a spill) memory.
+
+
+def _cuobjdump() -> str | None:
+    try:
+        import triton
+    except ImportError:
+        return shutil.which("cuobjdump")
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    return str(tool) if tool.exists() else shutil.which("cuobjdump")
+
+
+CUOBJDUMP = _cuobjdump()
+_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
+
+
+def sass_functions(text: str) -> dict[str, list[tuple[int, str, str]]]:
+    """{mangled function: [(address, opcode, operands)]} from ``cuobjdump -sass``."""
+    funcs: dict[str, list[tuple[int, str, str]]] = {}
+    current = None
+    for line in text.splitlines():
+        m = re.search(r"Function : (\S+)", line)
+        if m:
+            current = funcs.setdefault(m.group(1), [])
+            continue
+        m = _SASS_LINE.search(line)
+        if m and current is not None:
+            current.append((int(m.group(1), 16), m.group(2), m.group(3)))
+    return funcs
+
+
+def innermost_loops(code: list[tuple[int, str, str]], select) -> list[list[tuple[int, str, str]]]:
+    """Bodies of the loops (a branch back to an earlier address) that contain no other loop and whose list
+    of opcodes passes select."""
+    loops = []
+    for addr, op, args in code:
+        m = re.search(r"0x([0-9a-f]+)", args)
+        if op.startswith("BRA") and m and int(m.group(1), 16) < addr:
+            loops.append((int(m.group(1), 16), addr))
+    bodies = []
+    for lo, hi in loops:
+        if any(lo <= a < b <= hi and (a, b) != (lo, hi) for a, b in loops):
+            continue
+        body = [ins for ins in code if lo <= ins[0] <= hi]
+        if select([op for _, op, _ in body]):
+            bodies.append(body)
+    return bodies
+
+
+def _is_memory_load(op: str, prefix: str) -> bool:
+    return op == prefix or op.startswith(prefix + ".")
+
+
+@pytest.mark.skipif(CUOBJDUMP is None, reason="cuobjdump not found (shipped with triton, or CUDA's bin)")
+@pytest.mark.parametrize("source", ["persistent_fwd.cu", "persistent_bwd.cu"])
+def test_sass_inner_loops_read_operands_from_shared_memory(source, nvcc_logs):
+    returncode, log = nvcc_logs[source]
+    assert returncode == 0, f"{source}: nvcc failed:\n{log[-3000:]}"
+    obj = _OBJECTS["dir"] / (Path(source).stem + ".o")
+    proc = subprocess.run([CUOBJDUMP, "-sass", str(obj)], capture_output=True, text=True)
+    assert proc.returncode == 0, f"cuobjdump failed: {proc.stderr[-2000:]}"
+    funcs = sass_functions(proc.stdout)
+    names = _demangle(sorted(funcs))
+    assert len(funcs) == 16, f"{source}: expected 16 kernels in the SASS, got {len(funcs)}"
+    for mangled, code in funcs.items():
+        name = _short(names[mangled])
+        ffma = name.endswith("ffma>")
+        # The product loop: HMMA for the tensor-core paths; for the FMA path the 4x4 tile's 64 FFMA per
+        # iteration (the cells' loops have a few FFMA of their own).
+        if ffma:
+            loops = innermost_loops(code, lambda ops: ops.count("FFMA") >= 64)
+        else:
+            loops = innermost_loops(code, lambda ops: any(op.startswith("HMMA") for op in ops))
+        assert loops, f"{name}: no innermost product loop ({'64 FFMA' if ffma else 'HMMA'})"
+        for body in loops:
+            ops = [op for _, op, _ in body]
+            where = f"{name}, loop at {body[0][0]:#x}"
+            if ffma:
+                assert any(op.startswith("LDS.128") for op in ops), f"{where}: no 16-byte shared load"
+            else:
+                assert any(op.startswith("LDSM") for op in ops), f"{where}: operands not loaded with LDSM"
+            bad = [op for op in ops if any(_is_memory_load(op, p) for p in ("LD", "LDG", "LDL"))]
+            assert not bad, f"{where}: global/generic/local loads in the product loop: {bad}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Host emulation: the kernels' own CTA programs (csrc/cuda/phases.cuh) run on the CPU over an emulated
+# runtime (csrc/cuda/emulator), against the reference backend: every cell, dtype and multiply mode,
+# lengths and reverse, several units per CTA, ragged last CTAs, odd n-tile counts, several batch blocks,
+# K-chunked staging with and without the prefetch buffer, under three CTA schedules, so that a race shows
+# as a mismatch. ldmatrix / mma follow the PTX ISA in the emulator while the lane addresses and
+# accumulator positions are the kernels' (tile.cuh); every ldmatrix phase is checked for bank conflicts and
+# for reading only the rows it means to. Outputs, shared memory and workspaces start as NaN; copies in
+# flight read as NaN until the wait that lands them.
 
 EMU_SRC = SRC / "emulator" / "host_emulator.cu"
 EMU_DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2}
-EMU_TOL = {"float32": 1e-5, "float16": 2e-2, "bfloat16": 6e-2}  # half path: h and dgh rounded for the MMA
-# (T, B, H, lengths, modelled SMs, modelled shared memory per CTA in bytes)
+# (dtype, multiply mode, tolerance): the half paths round h and dgh for the MMA; TF32 rounds both operands.
+EMU_MODES = {
+    "float32-ffma": ("float32", 2, 1e-5),
+    "float32-tf32": ("float32", 1, 5e-3),
+    "float16": ("float16", 0, 2e-2),
+    "bfloat16": ("bfloat16", 0, 6e-2),
+}
+ROOMY, CHUNKED, TIGHT = 0, 1, 2  # shared-memory budgets (rnnfast_emulator_optin)
+# (T, B, H, lengths, modelled SMs, budget)
 EMU_CASES = [
-    (5, 3, 33, [5, 0, 2], 4, 1 << 20),  # 9 units per CTA, last CTA 6; a zero-length row
-    (4, 17, 20, None, 4, 1 << 20),  # two batch chunks of 16 for the tensor-core path
-    (1, 1, 7, None, 4, 1 << 20),
-    # float32 only: batch chunks shrunk to 1 or 2 rows (GRU, LSTM) to fit 1800 bytes; too small for the
-    # tensor-core tiles, which the other cases cover.
-    (6, 5, 9, [1, 6, 3, 0, 5], 2, 1800),
+    (5, 3, 33, [5, 0, 2], 4, ROOMY),  # 9 units per CTA, last CTA 6, odd n-tile counts; a zero-length row
+    (4, 17, 20, None, 4, ROOMY),  # two blocks of batch rows, double-buffered across them
+    (1, 1, 7, None, 4, ROOMY),
+    (3, 18, 40, [3, 1, 2, 0, 3, 2, 1, 3, 3, 2, 1, 0, 3, 3, 2, 2, 1, 3], 2, CHUNKED),  # K-chunks x row blocks
+    (4, 5, 33, [4, 1, 3, 0, 2], 2, TIGHT),  # K-chunks, no prefetch buffer
 ]
+SCHEDULES = {0: "ascending", 1: "descending", 2: "rotating"}
 EMU_PARAMS = [
-    pytest.param(algo, dt, case, id=f"{algo_name}-{dt}-T{case[0]}-B{case[1]}-H{case[2]}-sms{case[4]}")
+    pytest.param(
+        algo, mode, case, id=f"{algo_name}-{mode}-T{case[0]}-B{case[1]}-H{case[2]}-sms{case[4]}-{case[5]}"
+    )
     for algo, algo_name in ((1, "persistent"), (2, "stepwise"))
-    for dt in EMU_DTYPES
+    for mode in EMU_MODES
     for case in EMU_CASES
-    if dt == "float32" or case[5] >= 1 << 20
+    if algo == 1 or case[5] == ROOMY
 ]
+
+
+class EmuInfo(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_int64)
+        for name in (
+            "ctas units smem k_chunk k_chunks split prefetch nbuf "
+            "ldsm_phases bank_conflicts misplaced copies pending_at_exit barrier_ok"
+        ).split()
+    ]
 
 
 def _cuda_include() -> Path | None:
@@ -213,35 +344,26 @@ def emulator_object(tmp_path_factory) -> Path:
     if CXX is None or include is None:
         pytest.skip("the host emulator needs a host C++ compiler and CUDA's headers (CUDA_HOME)")
     obj = tmp_path_factory.mktemp("emu") / "host_emulator.o"
-    cmd = [
-        CXX,
-        "-x",
-        "c++",
-        "-std=c++17",
-        "-O2",
-        "-fPIC",
-        "-Wall",
-        f"-I{include}",
-        "-c",
-        "-o",
-        str(obj),
-        str(EMU_SRC),
-    ]
+    cmd = [CXX, "-x", "c++", "-std=c++17", "-O2", "-fPIC", "-Wall", "-Wno-unknown-pragmas", f"-I{include}"]
+    cmd += ["-c", "-o", str(obj), str(EMU_SRC)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, f"host emulator does not build:\n{proc.stdout}{proc.stderr}"
+    assert "warning" not in proc.stderr, f"host emulator: compiler warnings:\n{proc.stderr[-4000:]}"
     return obj
 
 
 @pytest.fixture(scope="module")
 def emulator(emulator_object):
-    import ctypes
-
     lib = emulator_object.with_name("rnnfast_emulator.so")
     proc = subprocess.run(
         [CXX, "-shared", "-o", str(lib), str(emulator_object)], capture_output=True, text=True
     )
     assert proc.returncode == 0, f"host emulator does not link:\n{proc.stderr}"
-    return ctypes.CDLL(str(lib))
+    dll = ctypes.CDLL(str(lib))
+    assert dll.rnnfast_emulator_info_size() == ctypes.sizeof(EmuInfo), (
+        "Info layout differs from the emulator's"
+    )
+    return dll
 
 
 def _emu_inputs(cell, dtype, T, B, H, lengths):
@@ -269,8 +391,6 @@ def _emu_inputs(cell, dtype, T, B, H, lengths):
 
 
 def _ptr(t):
-    import ctypes
-
     return ctypes.c_void_p(t.data_ptr() if t is not None and t.numel() else 0)
 
 
@@ -280,19 +400,42 @@ def _nan(*shape, dtype):
     return torch.full(shape, float("nan"), dtype=dtype)
 
 
-@pytest.mark.parametrize(("algo", "dtype_name", "case"), EMU_PARAMS)
-def test_host_emulation_matches_reference(emulator, algo, dtype_name, case):
+def _row(n, dtype_name):
+    per = 16 // (4 if dtype_name == "float32" else 2)
+    return (n + per - 1) // per * per
+
+
+def _check_info(tag, info: EmuInfo, budget: int) -> None:
+    assert info.bank_conflicts == 0, (
+        f"{tag}: {info.bank_conflicts} of {info.ldsm_phases} ldmatrix phases conflict"
+    )
+    assert info.misplaced == 0, f"{tag}: {info.misplaced} shared accesses outside the rows they mean to read"
+    assert info.pending_at_exit == 0, f"{tag}: cp.async groups never waited for"
+    assert info.barrier_ok, f"{tag}: a step started before every CTA arrived at the barrier"
+    assert info.copies > 0, f"{tag}: no staging copies"
+    if budget != ROOMY:
+        assert info.k_chunks > 1, f"{tag}: the case means to stage in K-chunks, got {info.k_chunks}"
+    if budget == TIGHT:
+        assert not info.prefetch, f"{tag}: the tight budget leaves no room for the prefetch buffer"
+    if budget == ROOMY:
+        assert info.prefetch, f"{tag}: the roomy budget has room for the prefetch buffer"
+
+
+@pytest.mark.parametrize(("algo", "mode_name", "case"), EMU_PARAMS)
+def test_host_emulation_matches_reference(emulator, algo, mode_name, case):
     import torch
 
     from rnnfast.ops.recurrence import common, reference
 
-    T, B, H, lengths, sms, optin = case
-    dtype = getattr(torch, dtype_name)
-    tol = EMU_TOL[dtype_name]
+    T, B, H, lengths, sms, budget = case
+    dtype_name, mode, tol = EMU_MODES[mode_name]
+    dtype, dt = getattr(torch, dtype_name), EMU_DTYPES[dtype_name]
     for cell in common.CELLS:
+        G, S, code = common.GATES[cell], common.SAVED[cell], common.CELL_CODE[cell]
+        optin_f = emulator.rnnfast_emulator_optin(budget, code, dt, mode, 0, B, H, sms)
+        optin_b = emulator.rnnfast_emulator_optin(budget, code, dt, mode, 1, B, H, sms)
         for reverse in (False, True):
             a = _emu_inputs(cell, dtype, T, B, H, lengths)
-            G, S, code = common.GATES[cell], common.SAVED[cell], common.CELL_CODE[cell]
             L = a["lengths"]
 
             def d(t):
@@ -302,17 +445,20 @@ def test_host_emulation_matches_reference(emulator, algo, dtype_name, case):
                 cell, d(a["gi"]), d(a["h0"]), d(a["c0"]), d(a["w_hh"]), d(a["b_hh"]), None, L, reverse, True
             )
             valid = torch.ones(T, B, 1, dtype=torch.bool) if L is None else common.valid_mask(L, T, B, "cpu")
-            for rev in (0, 1):
-                tag = f"{cell} reverse={reverse} schedule={'desc' if rev else 'asc'}"
+            for order in SCHEDULES if algo == 1 else (0, 1):
+                tag = f"{cell} reverse={reverse} schedule={SCHEDULES[order]}"
                 y, hn = _nan(T, B, H, dtype=dtype), _nan(B, H, dtype=dtype)
                 cn = _nan(B, H, dtype=dtype) if cell == "lstm" else torch.empty(0, dtype=dtype)
                 ws = _nan(T, B, S * H, dtype=torch.float32)
+                info = EmuInfo()
                 rc = emulator.rnnfast_emulate_fwd(
-                    algo, code, EMU_DTYPES[dtype_name], T, B, H, int(reverse), sms, optin, rev,
+                    algo, code, dt, mode, T, B, H, int(reverse), sms, optin_f, order,
                     _ptr(a["gi"]), _ptr(a["h0"]), _ptr(a["c0"]), _ptr(a["w_hh"]), _ptr(a["b_hh"]), _ptr(L),
-                    _ptr(y), _ptr(hn), _ptr(cn), _ptr(ws),
+                    _ptr(y), _ptr(hn), _ptr(cn), _ptr(ws), ctypes.byref(info),
                 )  # fmt: skip
                 assert rc == 0, f"{tag}: emulator returned {rc} (1: the persistent tile does not fit)"
+                if algo == 1:
+                    _check_info(f"{tag} forward", info, budget)
                 got = {"y": y, "h_n": hn, "c_n": cn if cell == "lstm" else None}
                 for name, g, w in zip(("y", "h_n", "c_n"), got.values(), want_fwd[:3]):
                     if g is not None:
@@ -326,15 +472,20 @@ def test_host_emulation_matches_reference(emulator, algo, dtype_name, case):
                 ws_in = want_fwd[3].float().masked_fill(~valid, float("nan")) if S else torch.empty(0)
                 dgi, dh0 = _nan(T, B, G * H, dtype=dtype), _nan(B, H, dtype=dtype)
                 dc0 = _nan(B, H, dtype=dtype) if cell == "lstm" else torch.empty(0, dtype=dtype)
-                dgh = _nan(T, B, G * H, dtype=torch.float32)
+                dgh = _nan(T, B, _row(G * H, dtype_name), dtype=dtype)
+                info = EmuInfo()
                 rc = emulator.rnnfast_emulate_bwd(
-                    algo, code, EMU_DTYPES[dtype_name], T, B, H, int(reverse), sms, optin, rev,
+                    algo, code, dt, mode, T, B, H, int(reverse), sms, optin_b, order,
                     _ptr(a["gy"]), _ptr(a["ghn"]), _ptr(a["gcn"]), _ptr(a["h0"]), _ptr(a["c0"]),
                     _ptr(a["w_hh"]), _ptr(L), _ptr(y_in), _ptr(ws_in),
-                    _ptr(dgi), _ptr(dgh), _ptr(dh0), _ptr(dc0),
+                    _ptr(dgi), _ptr(dgh), _ptr(dh0), _ptr(dc0), ctypes.byref(info),
                 )  # fmt: skip
                 assert rc == 0, f"{tag}: emulator (backward) returned {rc}"
-                h_prev = common.previous_states(y_in.float(), a["h0"].float(), L, reverse)
+                if algo == 1:
+                    _check_info(f"{tag} backward", info, budget)
+                assert dgh[..., G * H :].isnan().all(), f"{tag}: the padding of dgh rows was written"
+                h_prev = common.previous_states(y_in.double(), a["h0"].double(), L, reverse)
+                dgh = dgh[..., : G * H].double()
                 dw, db = common.weight_grads(dgh, h_prev, True)
                 want = reference.backward(
                     cell, d(a["gy"]), d(a["ghn"]), d(a["gcn"]), d(a["h0"]), d(a["c0"]), d(a["w_hh"]),
@@ -347,12 +498,53 @@ def test_host_emulation_matches_reference(emulator, algo, dtype_name, case):
 
 
 def assert_close_f64(name, got, want, tol):
-    """got (any dtype) within tol·max(1, |want|max) of want, with no NaN (an unwritten element)."""
+    """got (any dtype) within tol·max(1, |want|max) of want, with no NaN (an element never written, or read
+    before written)."""
     got, want = got.double(), want.double()
     assert not got.isnan().any(), f"{name}: NaN (an element was never written, or read before written)"
     scale = max(1.0, want.abs().max().item()) if want.numel() else 1.0
     err = (got - want).abs().max().item() if want.numel() else 0.0
     assert err <= tol * scale, f"{name}: max abs error {err:.3e} > {tol * scale:.3e}"
+
+
+H100_SMS, H100_OPTIN = 132, 232448  # an H100 SXM: SMs, opt-in shared memory per block (227 KiB)
+
+
+def _largest_h(emulator, cell, dt, mode, backward, B=16):
+    """Largest H (multiple of 16, up to 4096) whose persistent tile fits an H100's shared memory."""
+    from rnnfast.ops.recurrence import common
+
+    best = 0
+    for H in range(16, 4097, 16):
+        code = common.CELL_CODE[cell]
+        if (
+            emulator.rnnfast_emulator_tile(code, dt, mode, int(backward), B, H, H100_SMS, H100_OPTIN, None)
+            == 0
+        ):
+            best = H
+    return best
+
+
+def test_plan_limits_on_an_h100(emulator):
+    """Largest H the persistent kernels take on an H100 (printed for docs/cuda.md): staging the shared
+    operand in K-chunks lets the backward of every cell reach H=1024 in every dtype, the LSTM's included."""
+    from rnnfast.ops.recurrence import common
+
+    print("\nlargest H of the persistent kernels on an H100 (B=16), forward / backward")
+    for mode_name, (dtype_name, mode, _) in EMU_MODES.items():
+        dt = EMU_DTYPES[dtype_name]
+        row = []
+        for cell in common.CELLS:
+            fwd, bwd = (_largest_h(emulator, cell, dt, mode, b) for b in (False, True))
+            row.append(f"{cell} {fwd}/{bwd}")
+            assert fwd >= 1024 and bwd >= 1024, f"{cell} {mode_name}: largest H {fwd} forward, {bwd} backward"
+        print(f"  {mode_name:<13} " + "  ".join(row))
+    info = EmuInfo()
+    code = common.CELL_CODE["lstm"]
+    assert (
+        emulator.rnnfast_emulator_tile(code, 2, 0, 1, 16, 1024, H100_SMS, H100_OPTIN, ctypes.byref(info)) == 0
+    )
+    assert info.smem <= H100_OPTIN and info.ctas <= H100_SMS, f"LSTM bf16 backward H=1024: {info.smem} B"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -370,9 +562,16 @@ def _binding_driver(library: str) -> None:
 
     torch.ops.load_library(library)
     op_f, op_b = torch.ops.rnnfast_C.cuda_recurrence_fwd, torch.ops.rnnfast_C.cuda_recurrence_bwd
-    plan = torch.ops.rnnfast_C.cuda_persistent_plan(common.CELL_CODE["gru"], torch.float16, 3, 33, False, 0)
-    assert plan[0] == 1 and plan[1] * plan[2] >= 33, f"plan {plan}"
+    plan = torch.ops.rnnfast_C.cuda_persistent_plan(
+        common.CELL_CODE["gru"], torch.float16, False, 3, 33, False, 0
+    )
+    assert plan[0] == 1 and plan[1] * plan[2] >= 33 and plan[3] == 0, f"plan {plan}"
+    plan = torch.ops.rnnfast_C.cuda_persistent_plan(
+        common.CELL_CODE["gru"], torch.float32, True, 3, 33, True, 0
+    )
+    assert plan[0] == 1 and plan[3] == 1, f"float32 with TF32 allowed: mode {plan[3]}, expected 1 (TF32)"
     T, B, H = 5, 3, 33
+    tols = {torch.float32: 1e-5, torch.float16: 2e-2, torch.bfloat16: 6e-2}
 
     def d(t):
         return None if t is None else t.double()
@@ -380,13 +579,13 @@ def _binding_driver(library: str) -> None:
     for cell in common.CELLS:
         G, code = common.GATES[cell], common.CELL_CODE[cell]
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
-            tol = EMU_TOL[str(dtype).replace("torch.", "")]
-            for algo, reverse, lengths in (
-                (1, False, None),
-                (1, True, [5, 0, 2]),
-                (2, False, [5, 0, 2]),
-                (2, True, None),
+            for algo, reverse, lengths, tf32 in (
+                (1, False, None, False),
+                (1, True, [5, 0, 2], dtype == torch.float32),
+                (2, False, [5, 0, 2], False),
+                (2, True, None, False),
             ):
+                tol = 5e-3 if tf32 else tols[dtype]
                 g = torch.Generator().manual_seed(algo)
 
                 def r(*shape, scale=0.5, g=g, dtype=dtype):
@@ -397,8 +596,8 @@ def _binding_driver(library: str) -> None:
                 gy, ghn = r(T, B, H, scale=1.0), r(B, H, scale=1.0)
                 gcn = r(B, H, scale=1.0) if cell == "lstm" else None
                 L = None if lengths is None else torch.tensor(lengths)
-                tag = f"{cell} {dtype} algo={algo} reverse={reverse} lengths={lengths}"
-                y, hn, cn, ws = op_f(gi, h0, c0, w, b, None, L, code, reverse, True, algo, 0)
+                tag = f"{cell} {dtype} algo={algo} reverse={reverse} lengths={lengths} tf32={tf32}"
+                y, hn, cn, ws = op_f(gi, h0, c0, w, b, None, L, code, reverse, True, algo, tf32, 0)
                 want = reference.forward(cell, d(gi), d(h0), d(c0), d(w), d(b), None, L, reverse, True)
                 assert ws.dtype == torch.float32 and ws.shape == (T, B, common.SAVED[cell] * H), f"{tag} ws"
                 for name, got, wnt in zip(("y", "h_n", "c_n"), (y, hn, cn), want[:3]):
@@ -406,12 +605,16 @@ def _binding_driver(library: str) -> None:
                         assert got.dtype == dtype, f"{tag} {name}: dtype {got.dtype}"
                         assert_close_f64(f"{tag} {name}", got, wnt, tol)
                 assert cell == "lstm" or cn.shape == (0,), f"{tag} c_n placeholder {tuple(cn.shape)}"
-                _, _, _, ws_none = op_f(gi, h0, c0, w, b, None, L, code, reverse, False, algo, 0)
+                _, _, _, ws_none = op_f(gi, h0, c0, w, b, None, L, code, reverse, False, algo, tf32, 0)
                 assert ws_none.shape == (0,), f"{tag} ws without need_ws: {tuple(ws_none.shape)}"
 
-                dgi, dh0, dc0, dgh = op_b(gy, ghn, gcn, h0, c0, w, b, None, L, y, ws, code, reverse, algo, 0)
-                h_prev = common.previous_states(y.float(), h0.float(), L, reverse)
-                dw, db = common.weight_grads(dgh, h_prev, True)
+                dgi, dh0, dc0, dgh = op_b(
+                    gy, ghn, gcn, h0, c0, w, b, None, L, y, ws, code, reverse, algo, tf32, 0
+                )
+                assert dgh.dtype == dtype and dgh.shape[:2] == (T, B) and dgh.shape[2] >= G * H, f"{tag} dgh"
+                assert dgh.shape[2] * dgh.element_size() % 16 == 0, f"{tag} dgh rows not padded to 16 bytes"
+                h_prev = common.previous_states(y.double(), h0.double(), L, reverse)
+                dw, db = common.weight_grads(dgh[..., : G * H].double(), h_prev, True)
                 want = reference.backward(
                     cell,
                     d(gy),
@@ -473,6 +676,7 @@ def _binding_driver(library: str) -> None:
                 False,
                 True,
                 k["algo"],
+                False,
                 0,
             )
         except RuntimeError as e:
@@ -498,6 +702,7 @@ def _adapter_contract() -> None:
     torch.cuda.device = lambda device: contextlib.nullcontext()
     torch.cuda.current_stream = lambda device=None: types.SimpleNamespace(cuda_stream=0)
     cuda_backend._device_index = lambda device: 0
+    cuda_backend._gpu = lambda device: cuda_backend.Gpu(sms=4)  # the emulated GPU's SMs
     T, B, H = 4, 3, 17
     for cell in common.CELLS:
         for bias, lengths, reverse in ((True, [4, 1, 0], True), (False, None, False)):
@@ -513,25 +718,35 @@ def _adapter_contract() -> None:
             L = None if lengths is None else torch.tensor(lengths)
             gy, ghn = r(T, B, H), r(B, H)
             gcn = r(B, H) if cell == "lstm" else None
-            for algo in ("persistent", "stepwise"):
+            for algo in ("persistent", "stepwise", "auto"):
                 with cuda_backend.flags(algo=algo):
                     _adapter_case(cell, algo, bias, reverse, gi, h0, c0, w, b, L, gy, ghn, gcn)
 
 
 def _adapter_case(cell, algo, bias, reverse, gi, h0, c0, w, b, L, gy, ghn, gcn) -> None:
+    import torch
+
     from rnnfast.ops.recurrence import cuda as cuda_backend
     from rnnfast.ops.recurrence import reference
 
     tag = f"adapter {cell} bias={bias} {algo}"
-    got = cuda_backend.forward(cell, gi, h0, c0, w, b, None, L, reverse, True)
-    want = reference.forward(cell, gi, h0, c0, w, b, None, L, reverse, True)
+    code, why = cuda_backend.algorithm(cell, gi.dtype, gi.shape[1], h0.shape[1], False, gi.device)
+    assert code == {"persistent": 1, "stepwise": 2}.get(algo, code) and code in (1, 2), f"{tag}: {why}"
+    # float32 with TF32 allowed multiplies in TF32 on the persistent path: compare in exact FMA here.
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        got = cuda_backend.forward(cell, gi, h0, c0, w, b, None, L, reverse, True)
+        want = reference.forward(cell, gi, h0, c0, w, b, None, L, reverse, True)
+        got_b = cuda_backend.backward(cell, gy, ghn, gcn, h0, c0, w, b, None, L, reverse, got[0], got[3])
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
     for name, x, y in zip(("y", "h_n", "c_n", "ws"), got, want):
         assert x.shape == y.shape and x.dtype == y.dtype, (
             f"{tag} {name}: {x.shape}/{x.dtype} vs {y.shape}/{y.dtype}"
         )
         if name != "ws":
             assert_close_f64(f"{tag} {name}", x, y, 1e-5)
-    got_b = cuda_backend.backward(cell, gy, ghn, gcn, h0, c0, w, b, None, L, reverse, got[0], got[3])
     want_b = reference.backward(cell, gy, ghn, gcn, h0, c0, w, b, None, L, reverse, want[0], want[3])
     names = ("dgi", "dh0", "dc0", "dw_hh", "db_hh", "dw_hr")
     for name, x, y in zip(names, got_b, want_b):

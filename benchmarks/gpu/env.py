@@ -10,9 +10,9 @@ install's whole output in build.log.
    kernel, and one for the build.
 3. plans, in a new process (it loads the library just built): for every cell x dtype x B in
    {1, 16, 64, 256} x H in {33, 256, 768, 1024, 2048} x direction, the persistent kernel's plan
-   (``torch.ops.rnnfast_C.cuda_persistent_plan``: CTAs, units per CTA, batch chunk, split of K, shared
-   memory), the CTAs per SM and the share of the opt-in shared memory it takes, and the algorithm the
-   backend picks (``cuda.algorithm``).
+   (``torch.ops.rnnfast_C.cuda_persistent_plan``: CTAs, units per CTA, multiply mode, K-chunk, chunks,
+   split of K, prefetch, shared memory), the CTAs per SM and the share of the opt-in shared memory it
+   takes, and the algorithm the backend picks (``cuda.algorithm``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,17 @@ import torch
 
 from benchmarks.gpu import common
 
-PLAN_FIELDS = ("ok", "ctas", "units", "batch_chunk", "split_k", "smem_bytes")  # cuda._plan's layout
+PLAN_FIELDS = (
+    "ok",
+    "ctas",
+    "units",
+    "mode",
+    "k_chunk",
+    "k_chunks",
+    "split",
+    "prefetch",
+    "smem_bytes",
+)  # cuda._plan
 PLAN_BATCHES = (1, 16, 64, 256)
 PLAN_HIDDEN = (33, 256, 768, 1024, 2048)
 DEVICE_PROPERTIES = (
@@ -218,7 +228,8 @@ def plans(writer: common.ResultWriter) -> None:
                         base["direction"] = "backward" if backward else "forward"
                         try:
                             op = torch.ops.rnnfast_C.cuda_persistent_plan
-                            raw = [int(x) for x in op(rec.CELL_CODE[cell], dtype, B, H, backward, 0)]
+                            tf32 = dtype == torch.float32 and cuda.tf32_allowed()
+                            raw = [int(x) for x in op(rec.CELL_CODE[cell], dtype, tf32, B, H, backward, 0)]
                             code, desc = cuda.algorithm(cell, dtype, B, H, backward, dev)
                         except Exception as e:  # recorded; the other configurations go on
                             writer.write(base | common.error_record(e))

@@ -7,15 +7,31 @@
 // the inputs' device. The caller makes that device current.
 //
 // Ops (namespace rnnfast_C), argument conventions as the CPU recurrence_fwd / recurrence_bwd, plus
-//   algo: 1 persistent (whole loop in one cooperative launch), 2 stepwise; stream: cudaStream_t as int.
+//   algo: 1 persistent (whole loop in one cooperative launch), 2 stepwise; tf32: float32 may multiply on
+//   tensor cores in TF32 (persistent kernels; the stepwise GEMMs follow torch's matmul setting);
+//   stream: cudaStream_t as int.
 //   cuda_recurrence_fwd(...) -> (y, h_n, c_n, ws)
-//   cuda_recurrence_bwd(...) -> (dgi, dh0, dc0, dgh): dgh (T, B, G·H) float32 is the gradient w.r.t.
-//       h·W_hhᵀ + b_hh; the caller turns it into dW_hh, db_hh with one GEMM and one reduction.
-//   cuda_persistent_plan(cell, dtype, B, H, backward, device) -> [ok, ctas, units, batch_chunk, split_k, smem]
+//   cuda_recurrence_bwd(...) -> (dgi, dh0, dc0, dgh): dgh (T, B, rnnfast_row(G·H)) in the data dtype, of
+//       which columns < G·H are the gradient w.r.t. h·W_hhᵀ + b_hh; the caller turns it into dW_hh, db_hh
+//       with one GEMM and one reduction.
+//   cuda_persistent_plan(cell, dtype, tf32, B, H, backward, device)
+//       -> [ok, ctas, units, mode, k_chunk, k_chunks, split, prefetch, smem_bytes]
 //
 // Dimensions: T time, B batch, H hidden, G gates, S saved activations per unit.
 #include <ATen/ATen.h>
 #include <torch/library.h>
+
+#if __has_include(<torch/headeronly/version.h>)
+#include <torch/headeronly/version.h>
+#elif __has_include(<torch/version.h>)
+#include <torch/version.h>
+#endif
+// at::mm / at::addmm with an output dtype (float32 results of float16/bfloat16 operands): torch >= 2.8.
+#if defined(TORCH_VERSION_MAJOR) && (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 8))
+#define RNNFAST_MM_OUT_DTYPE 1
+#else
+#define RNNFAST_MM_OUT_DTYPE 0
+#endif
 
 #include <cstdlib>
 #include <cstring>
@@ -45,6 +61,10 @@ int dtype_code(at::ScalarType t) {
     default:
       TORCH_CHECK(false, "rnnfast cuda: expected float32, float16 or bfloat16, got ", t);
   }
+}
+
+int mode_code(at::ScalarType t, bool tf32) {
+  return t == at::kFloat ? (tf32 ? RNNFAST_TF32 : RNNFAST_FFMA) : RNNFAST_MMA16;
 }
 
 rnnfast_stream as_stream(int64_t stream) { return reinterpret_cast<rnnfast_stream>(static_cast<intptr_t>(stream)); }
@@ -115,20 +135,48 @@ std::tuple<int64_t, int64_t, int64_t> check_common(const char* x_name, const at:
   return {T, B, H};
 }
 
-rnnfast_plan make_plan(int64_t cell, const at::Tensor& x, int64_t B, int64_t H, bool backward) {
+rnnfast_plan make_plan(int64_t cell, const at::Tensor& x, int64_t B, int64_t H, bool backward, bool tf32) {
   rnnfast_plan plan{};
-  check_cuda(rnnfast_persistent_plan(static_cast<int>(cell), dtype_code(x.scalar_type()), static_cast<int>(B),
-                                     static_cast<int>(H), backward ? 1 : 0, x.device().index(), &plan),
+  check_cuda(rnnfast_persistent_plan(static_cast<int>(cell), dtype_code(x.scalar_type()),
+                                     mode_code(x.scalar_type(), tf32), static_cast<int>(B), static_cast<int>(H),
+                                     backward ? 1 : 0, x.device().index(), &plan),
              "persistent plan");
-  TORCH_CHECK(plan.ok, "rnnfast cuda: the persistent kernel does not fit on this GPU for H=", H,
-              " (weight slice too large for shared memory); use the stepwise algorithm");
+  TORCH_CHECK(plan.ok, "rnnfast cuda: the persistent kernel cannot run on this GPU for H=", H,
+              " (slices too large for shared memory, or the grid cannot be co-resident); use the stepwise algorithm");
   return plan;
+}
+
+// Per-step GEMMs of the stepwise algorithm: out (float32) = [add +] a·b with a, b in the data dtype. On
+// CUDA with torch >= 2.8 they run on tensor cores in that dtype with float32 accumulation and output;
+// otherwise (older torch, the host emulation's CPU tensors) on float32 copies, the same products.
+bool dtype_gemm(const at::Tensor& a) {
+  return RNNFAST_MM_OUT_DTYPE && a.is_cuda() && a.scalar_type() != at::kFloat;
+}
+
+void gemm_f32(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+#if RNNFAST_MM_OUT_DTYPE
+  if (dtype_gemm(a)) {
+    at::mm_out(out, a, b, at::kFloat);
+    return;
+  }
+#endif
+  at::mm_out(out, a.to(at::kFloat), b);
+}
+
+// out = add + a·b; prod (the shape of out, float32) is scratch for the 16-bit case.
+void addgemm_f32(at::Tensor& out, at::Tensor& prod, const at::Tensor& add, const at::Tensor& a, const at::Tensor& b) {
+  if (dtype_gemm(a)) {
+    gemm_f32(prod, a, b);
+    at::add_out(out, add, prod);
+    return;
+  }
+  at::addmm_out(out, add, a.to(at::kFloat), b);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrence_fwd(
     const at::Tensor& gi, const at::Tensor& h0, const std::optional<at::Tensor>& c0, const at::Tensor& w_hh,
     const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr,
-    const std::optional<at::Tensor>& lengths, int64_t cell, bool reverse, bool need_ws, int64_t algo,
+    const std::optional<at::Tensor>& lengths, int64_t cell, bool reverse, bool need_ws, int64_t algo, bool tf32,
     int64_t stream) {
   const int64_t G = gates(cell), S = saved(cell);
   const auto [T, B, H] = check_common("gi", gi, G, h0, c0, w_hh, b_hh, w_hr, lengths, cell, algo);
@@ -148,28 +196,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrence_fwd(
     return {y, h_n, c_n, ws};
   }
   if (algo == kPersistent) {
-    const rnnfast_plan plan = make_plan(cell, gi, B, H, false);
-    at::Tensor work = at::empty({static_cast<int64_t>(rnnfast_fwd_workspace(B, H))}, f32);
+    const rnnfast_plan plan = make_plan(cell, gi, B, H, false, tf32);
+    at::Tensor work = at::empty({static_cast<int64_t>(rnnfast_fwd_workspace_bytes(dt, B, H))}, gi.options().dtype(at::kByte));
+    at::Tensor barrier = at::zeros({1}, gi.options().dtype(at::kInt));
     check_cuda(rnnfast_fwd_persistent(static_cast<int>(cell), dt, T, B, H, reverse, gi.data_ptr(), h0.data_ptr(),
                                       opt_ptr(c0), w_hh.data_ptr(), opt_ptr(b_hh), len_ptr, y.data_ptr(),
-                                      h_n.data_ptr(), lstm ? c_n.data_ptr() : nullptr, ws_ptr,
-                                      work.data_ptr<float>(), &plan, as_stream(stream)),
+                                      h_n.data_ptr(), lstm ? c_n.data_ptr() : nullptr, ws_ptr, work.data_ptr(),
+                                      static_cast<unsigned*>(barrier.data_ptr()), &plan, as_stream(stream)),
                "persistent forward launch");
     return {y, h_n, c_n, ws};
   }
-  // Stepwise: float32 state and GEMM (TF32 if torch allows it), one pointwise kernel per step.
+  // Stepwise: float32 state h and its copy hp in the data dtype, the GEMM's operand; one pointwise kernel
+  // per step.
   at::Tensor h = at::empty({B, H}, f32);
   h.copy_(h0);
+  at::Tensor hp = h0.clone();
   at::Tensor c = lstm ? at::empty({B, H}, f32) : at::empty({0}, f32);
   if (lstm) c.copy_(*c0);
-  const at::Tensor w_t = w_hh.to(at::kFloat).t();
+  const at::Tensor w_t = dtype_gemm(hp) || gi.scalar_type() == at::kFloat ? w_hh.t() : w_hh.to(at::kFloat).t();
   at::Tensor gh = at::empty({B, G * H}, f32);
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? T - 1 - s : s;
-    at::mm_out(gh, h, w_t);
+    gemm_f32(gh, hp, w_t);
     check_cuda(rnnfast_fwd_step(static_cast<int>(cell), dt, t, T, B, H, gi.data_ptr(), gh.data_ptr<float>(),
-                                opt_ptr(b_hh), len_ptr, h.data_ptr<float>(), lstm ? c.data_ptr<float>() : nullptr,
-                                y.data_ptr(), ws_ptr, as_stream(stream)),
+                                opt_ptr(b_hh), len_ptr, h.data_ptr<float>(), hp.data_ptr(),
+                                lstm ? c.data_ptr<float>() : nullptr, y.data_ptr(), ws_ptr, as_stream(stream)),
                "stepwise forward launch");
   }
   h_n.copy_(h);
@@ -182,7 +233,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrence_bwd(
     const at::Tensor& h0, const std::optional<at::Tensor>& c0, const at::Tensor& w_hh,
     const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr,
     const std::optional<at::Tensor>& lengths, const at::Tensor& y, const at::Tensor& ws, int64_t cell,
-    bool reverse, int64_t algo, int64_t stream) {
+    bool reverse, int64_t algo, bool tf32, int64_t stream) {
   const int64_t G = gates(cell), S = saved(cell);
   const auto [T, B, H] = check_common("grad_y", grad_y, 1, h0, c0, w_hh, b_hh, w_hr, lengths, cell, algo);
   const bool lstm = cell == RNNFAST_LSTM;
@@ -201,7 +252,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrence_bwd(
   at::Tensor dgi = at::empty({T, B, G * H}, grad_y.options());
   at::Tensor dh0 = at::empty({B, H}, grad_y.options());
   at::Tensor dc0 = lstm ? at::empty({B, H}, grad_y.options()) : at::empty({0}, grad_y.options());
-  at::Tensor dgh = at::empty({T, B, G * H}, f32);
+  const int dt = dtype_code(grad_y.scalar_type());
+  const int64_t GHp = rnnfast_row(static_cast<int>(G * H), dt);
+  at::Tensor dgh = at::empty({T, B, GHp}, grad_y.options());
   for (at::Tensor* t : {&dgi, &dh0, &dc0, &dgh}) poison(*t);
   if (T == 0 || B == 0 || H == 0) {
     dgi.zero_(), dgh.zero_();
@@ -211,49 +264,51 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrence_bwd(
   }
   const int64_t* len_ptr = lengths.has_value() ? lengths->data_ptr<int64_t>() : nullptr;
   const float* ws_ptr = S > 0 ? ws.data_ptr<float>() : nullptr;
-  const int dt = dtype_code(grad_y.scalar_type());
   if (algo == kPersistent) {
-    const rnnfast_plan plan = make_plan(cell, grad_y, B, H, true);
-    at::Tensor work = at::empty({static_cast<int64_t>(rnnfast_bwd_workspace(B, H))}, f32);
+    const rnnfast_plan plan = make_plan(cell, grad_y, B, H, true, tf32);
+    at::Tensor work = at::empty({static_cast<int64_t>(rnnfast_bwd_workspace_bytes(dt, B, H))}, f32.dtype(at::kByte));
+    at::Tensor barrier = at::zeros({1}, grad_y.options().dtype(at::kInt));
     check_cuda(rnnfast_bwd_persistent(static_cast<int>(cell), dt, T, B, H, reverse, grad_y.data_ptr(),
                                       grad_hn.data_ptr(), opt_ptr(grad_cn), h0.data_ptr(), opt_ptr(c0),
-                                      w_hh.data_ptr(), len_ptr, y.data_ptr(), ws_ptr, dgi.data_ptr(),
-                                      dgh.data_ptr<float>(), dh0.data_ptr(), lstm ? dc0.data_ptr() : nullptr,
-                                      work.data_ptr<float>(), &plan, as_stream(stream)),
+                                      w_hh.data_ptr(), len_ptr, y.data_ptr(), ws_ptr, dgi.data_ptr(), dgh.data_ptr(),
+                                      dh0.data_ptr(), lstm ? dc0.data_ptr() : nullptr, work.data_ptr(),
+                                      static_cast<unsigned*>(barrier.data_ptr()), &plan, as_stream(stream)),
                "persistent backward launch");
     return {dgi, dh0, dc0, dgh};
   }
-  // Stepwise: per step the pointwise kernel, then dh = carry + dgh[t]·W_hh (float32 GEMM).
+  // Stepwise: per step the pointwise kernel, then dh = carry + dgh[t]·W_hh (data-dtype GEMM, float32 out).
   at::Tensor dh = at::empty({B, H}, f32);
   dh.copy_(grad_hn);
   at::Tensor dc = lstm ? at::empty({B, H}, f32) : at::empty({0}, f32);
   if (lstm) dc.copy_(*grad_cn);
   at::Tensor carry = at::empty({B, H}, f32);
-  const at::Tensor w = w_hh.to(at::kFloat);
+  at::Tensor prod = at::empty({B, H}, f32);
+  const at::Tensor w = dtype_gemm(grad_y) || grad_y.scalar_type() == at::kFloat ? w_hh : w_hh.to(at::kFloat);
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? s : T - 1 - s;
     check_cuda(rnnfast_bwd_step(static_cast<int>(cell), dt, t, T, B, H, reverse, grad_y.data_ptr(), h0.data_ptr(),
                                 opt_ptr(c0), len_ptr, y.data_ptr(), ws_ptr, dh.data_ptr<float>(),
-                                lstm ? dc.data_ptr<float>() : nullptr, dgi.data_ptr(), dgh.data_ptr<float>(),
+                                lstm ? dc.data_ptr<float>() : nullptr, dgi.data_ptr(), dgh.data_ptr(),
                                 carry.data_ptr<float>(), as_stream(stream)),
                "stepwise backward launch");
-    at::addmm_out(dh, carry, dgh.select(0, t), w);
+    addgemm_f32(dh, prod, carry, dgh.select(0, t).narrow(1, 0, G * H), w);
   }
   dh0.copy_(dh);
   if (lstm) dc0.copy_(dc);
   return {dgi, dh0, dc0, dgh};
 }
 
-std::vector<int64_t> persistent_plan(int64_t cell, at::ScalarType dtype, int64_t B, int64_t H, bool backward,
-                                     int64_t device) {
+std::vector<int64_t> persistent_plan(int64_t cell, at::ScalarType dtype, bool tf32, int64_t B, int64_t H,
+                                     bool backward, int64_t device) {
   TORCH_CHECK(cell >= 0 && cell <= 3, "cell: expected a code 0..3, got ", cell);
   TORCH_CHECK(B >= 0 && H >= 0 && B * H < std::numeric_limits<int>::max(), "B, H: expected B·H < 2^31, got B=", B,
               " H=", H);
   rnnfast_plan p{};
-  check_cuda(rnnfast_persistent_plan(static_cast<int>(cell), dtype_code(dtype), static_cast<int>(B),
-                                     static_cast<int>(H), backward ? 1 : 0, static_cast<int>(device), &p),
+  check_cuda(rnnfast_persistent_plan(static_cast<int>(cell), dtype_code(dtype), mode_code(dtype, tf32),
+                                     static_cast<int>(B), static_cast<int>(H), backward ? 1 : 0,
+                                     static_cast<int>(device), &p),
              "persistent plan");
-  return {p.ok, p.ctas, p.units, p.batch_chunk, p.split_k, p.smem_bytes};
+  return {p.ok, p.ctas, p.units, p.mode, p.k_chunk, p.k_chunks, p.split, p.prefetch, p.smem_bytes};
 }
 
 }  // namespace
@@ -261,13 +316,13 @@ std::vector<int64_t> persistent_plan(int64_t cell, at::ScalarType dtype, int64_t
 TORCH_LIBRARY_FRAGMENT(rnnfast_C, m) {
   m.def(
       "cuda_recurrence_fwd(Tensor gi, Tensor h0, Tensor? c0, Tensor w_hh, Tensor? b_hh, Tensor? w_hr, "
-      "Tensor? lengths, int cell, bool reverse, bool need_ws, int algo, int stream) "
+      "Tensor? lengths, int cell, bool reverse, bool need_ws, int algo, bool tf32, int stream) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "cuda_recurrence_bwd(Tensor grad_y, Tensor grad_hn, Tensor? grad_cn, Tensor h0, Tensor? c0, Tensor w_hh, "
       "Tensor? b_hh, Tensor? w_hr, Tensor? lengths, Tensor y, Tensor ws, int cell, bool reverse, int algo, "
-      "int stream) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("cuda_persistent_plan(int cell, ScalarType dtype, int B, int H, bool backward, int device) -> int[]",
+      "bool tf32, int stream) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("cuda_persistent_plan(int cell, ScalarType dtype, bool tf32, int B, int H, bool backward, int device) -> int[]",
         &persistent_plan);
 }
 

@@ -128,8 +128,10 @@ struct FwdArgs {
   E* hn;                   // (B, H)
   E* cn;                   // (B, H) or null
   float* ws;               // (T, B, S·H) or null
-  float* h;                // float32 state: persistent 2·(B, H) ping-pong; stepwise (B, H)
-  float* c;                // float32 cell state (B, H)
+  float* h;                // float32 state (B, H), read and written by the owner of each unit only
+  float* c;                // float32 cell state (B, H), likewise
+  E* hp;                   // h published in the data dtype: persistent (2, B, hp_ld) ping-pong, stepwise (B, H)
+  int hp_ld;               // row stride of hp
   const float* gh;         // stepwise: (B, G·H) = h·W_hhᵀ without bias
 };
 
@@ -146,7 +148,8 @@ struct BwdArgs {
   const E* y;              // (T, B, H)
   const float* ws;         // (T, B, S·H)
   E* dgi;                  // (T, B, G·H)
-  float* dgh;              // (T, B, G·H)
+  E* dgh;                  // (T, B, dgh_ld), columns < G·H used
+  int dgh_ld;              // rnnfast_row(G·H, dtype)
   E* dh0;                  // (B, H)
   E* dc0;                  // (B, H) or null
   float* dh;               // (B, H) gradient w.r.t. h_t flowing from later steps
@@ -161,28 +164,44 @@ RNNFAST_HD int row_length(const int64_t* lengths, int b, int T) {
   return l < 0 ? 0 : (l > T ? T : static_cast<int>(l));
 }
 
+// What the forward of unit (b, j) at step t reads besides the state: its G input pre-activations. The
+// persistent kernels fetch it for the next step before waiting at the grid barrier.
+template <int CELL>
+struct FwdIn {
+  float gi[Cell<CELL>::G];
+};
+
+template <typename E, int CELL>
+RNNFAST_HD FwdIn<CELL> load_fwd_in(const FwdArgs<E>& a, int t, int b, int j) {
+  constexpr int G = Cell<CELL>::G;
+  FwdIn<CELL> in;
+  const bool valid = t < row_length(a.lengths, b, a.T);
+  const E* gi = a.gi + (static_cast<int64_t>(t) * a.B + b) * G * a.H + j;
+#pragma unroll
+  for (int g = 0; g < G; ++g) in.gi[g] = valid ? to_f(gi[g * a.H]) : 0.0f;
+  return in;
+}
+
 // Forward of unit (b, j) at time t. pre_h: the G values of (h_{t-1}·W_hhᵀ)[b, g·H + j] without bias.
 // Writes y[t, b, j] (0 when t is past the row's length), ws and the cell state; returns h after the step
 // (h_prev when the step is invalid: the state is frozen).
 template <typename E, int CELL>
-RNNFAST_HD float fwd_unit(const FwdArgs<E>& a, int t, int b, int j, float* pre_h, float h_prev) {
+RNNFAST_HD float fwd_unit(const FwdArgs<E>& a, int t, int b, int j, const FwdIn<CELL>& in, float* pre_h,
+                          float h_prev) {
   using C = Cell<CELL>;
   const int64_t tb = static_cast<int64_t>(t) * a.B + b;
   if (t >= row_length(a.lengths, b, a.T)) {
     a.y[tb * a.H + j] = from_f<E>(0.0f);
     return h_prev;
   }
-  float pre_i[C::G];
-  const E* gi = a.gi + tb * C::G * a.H + j;
+  if (a.bias != nullptr) {
 #pragma unroll
-  for (int g = 0; g < C::G; ++g) {
-    pre_i[g] = to_f(gi[g * a.H]);
-    if (a.bias != nullptr) pre_h[g] += to_f(a.bias[g * a.H + j]);
+    for (int g = 0; g < C::G; ++g) pre_h[g] += to_f(a.bias[g * a.H + j]);
   }
   float c = 0.0f;
   if (CELL == RNNFAST_LSTM) c = a.c[static_cast<int64_t>(b) * a.H + j];
   float saved[C::S > 0 ? C::S : 1];
-  const float h = C::fwd(pre_i, pre_h, h_prev, c, saved);
+  const float h = C::fwd(in.gi, pre_h, h_prev, c, saved);
   if (CELL == RNNFAST_LSTM) a.c[static_cast<int64_t>(b) * a.H + j] = c;
   a.y[tb * a.H + j] = from_f<E>(h);
   if (C::S > 0 && a.ws != nullptr) {
@@ -193,45 +212,60 @@ RNNFAST_HD float fwd_unit(const FwdArgs<E>& a, int t, int b, int j, float* pre_h
   return h;
 }
 
-// Backward of unit (b, j) at time t. dh_next: gradient w.r.t. h_t from later steps (not yet including
-// grad_y[t]). Writes dgi[t], dgh[t] (zero at invalid steps), updates dc; returns the carry: the part of
-// the gradient w.r.t. h_{t-1} that does not go through W_hh (all of dh at an invalid step, where the
-// state was frozen). Saved activations of invalid steps are never read (they may be NaN).
+// What the backward of unit (b, j) at step t reads besides dh and dc: grad_y[t], the saved activations,
+// the previous state where the cell needs it (GRU h_{t-1}, LSTM c_{t-1}) and, for an Elman RNN, h_t.
+// Nothing is read at an invalid step (the saved activations there may be NaN).
+template <int CELL>
+struct BwdIn {
+  float gy, h_prev, c_prev, h_out;
+  float saved[Cell<CELL>::S > 0 ? Cell<CELL>::S : 1];
+};
+
 template <typename E, int CELL>
-RNNFAST_HD float bwd_unit(const BwdArgs<E>& a, int t, int b, int j, float dh_next) {
+RNNFAST_HD BwdIn<CELL> load_bwd_in(const BwdArgs<E>& a, int t, int b, int j) {
   using C = Cell<CELL>;
-  const int64_t tb = static_cast<int64_t>(t) * a.B + b;
-  const int64_t gofs = tb * C::G * a.H + j;
+  BwdIn<CELL> in{};
   const int len = row_length(a.lengths, b, a.T);
-  if (t >= len) {
-#pragma unroll
-    for (int g = 0; g < C::G; ++g) {
-      a.dgi[gofs + g * a.H] = from_f<E>(0.0f);
-      a.dgh[gofs + g * a.H] = 0.0f;
-    }
-    return dh_next;
-  }
-  const float dh = dh_next + to_f(a.grad_y[tb * a.H + j]);
+  if (t >= len) return in;
+  const int64_t tb = static_cast<int64_t>(t) * a.B + b;
+  in.gy = to_f(a.grad_y[tb * a.H + j]);
   // The step before t in processing order, and whether t was the row's first step (state from h0/c0).
   const int t_prev = a.reverse ? t + 1 : t - 1;
   const bool first = a.reverse ? (t + 1 >= len) : (t == 0);
   const int64_t bj = static_cast<int64_t>(b) * a.H + j;
   const int64_t prev_tb = static_cast<int64_t>(t_prev) * a.B + b;
-  float h_prev = 0.0f, c_prev = 0.0f;
-  if (CELL == RNNFAST_GRU) h_prev = first ? to_f(a.h0[bj]) : to_f(a.y[prev_tb * a.H + j]);
-  if (CELL == RNNFAST_LSTM) c_prev = first ? to_f(a.c0[bj]) : a.ws[prev_tb * C::S * a.H + 4 * a.H + j];
-  float saved[C::S > 0 ? C::S : 1];
+  if (CELL == RNNFAST_GRU) in.h_prev = first ? to_f(a.h0[bj]) : to_f(a.y[prev_tb * a.H + j]);
+  if (CELL == RNNFAST_LSTM) in.c_prev = first ? to_f(a.c0[bj]) : a.ws[prev_tb * C::S * a.H + 4 * a.H + j];
 #pragma unroll
-  for (int s = 0; s < C::S; ++s) saved[s] = a.ws[tb * C::S * a.H + s * a.H + j];
-  const float h_out = C::S == 0 ? to_f(a.y[tb * a.H + j]) : 0.0f;
+  for (int s = 0; s < C::S; ++s) in.saved[s] = a.ws[tb * C::S * a.H + s * a.H + j];
+  if (C::S == 0) in.h_out = to_f(a.y[tb * a.H + j]);
+  return in;
+}
+
+// Backward of unit (b, j) at time t. dh_next: gradient w.r.t. h_t from later steps (not yet including
+// grad_y[t]). Writes dgi[t], dgh[t] (zero at invalid steps), updates dc; returns the carry: the part of
+// the gradient w.r.t. h_{t-1} that does not go through W_hh (all of dh at an invalid step, where the
+// state was frozen).
+template <typename E, int CELL>
+RNNFAST_HD float bwd_unit(const BwdArgs<E>& a, int t, int b, int j, const BwdIn<CELL>& in, float dh_next) {
+  using C = Cell<CELL>;
+  const int64_t tb = static_cast<int64_t>(t) * a.B + b;
+  E* dgi = a.dgi + tb * C::G * a.H + j;
+  E* dgh = a.dgh + tb * a.dgh_ld + j;
+  if (t >= row_length(a.lengths, b, a.T)) {
+#pragma unroll
+    for (int g = 0; g < C::G; ++g) dgi[g * a.H] = dgh[g * a.H] = from_f<E>(0.0f);
+    return dh_next;
+  }
+  const int64_t bj = static_cast<int64_t>(b) * a.H + j;
   float dc = CELL == RNNFAST_LSTM ? a.dc[bj] : 0.0f;
   float d_gi[C::G], d_gh[C::G];
-  const float carry = C::bwd(dh, dc, saved, h_prev, c_prev, h_out, d_gi, d_gh);
+  const float carry = C::bwd(dh_next + in.gy, dc, in.saved, in.h_prev, in.c_prev, in.h_out, d_gi, d_gh);
   if (CELL == RNNFAST_LSTM) a.dc[bj] = dc;
 #pragma unroll
   for (int g = 0; g < C::G; ++g) {
-    a.dgi[gofs + g * a.H] = from_f<E>(d_gi[g]);
-    a.dgh[gofs + g * a.H] = d_gh[g];
+    dgi[g * a.H] = from_f<E>(d_gi[g]);
+    dgh[g * a.H] = from_f<E>(d_gh[g]);
   }
   return carry;
 }

@@ -82,18 +82,14 @@ def previous_states(
     if T == 0:
         return y
     h0 = h0.unsqueeze(0)
+    # Built from arange, not by setting an element: no host-to-device copy (CUDA graph capture).
+    t = torch.arange(T, device=y.device).view(T, 1, 1)
     if reverse:
         shifted = torch.cat([y[1:], h0], 0)
-        first = torch.zeros(T, dtype=torch.bool, device=y.device)
-        first[T - 1] = True
-        first = first.view(T, 1, 1)
-        if lengths is not None:
-            t = torch.arange(T, device=y.device).view(T, 1, 1)
-            first = (t + 1) >= lengths.to(y.device).view(1, -1, 1)
+        first = t == T - 1 if lengths is None else (t + 1) >= lengths.to(y.device).view(1, -1, 1)
     else:
         shifted = torch.cat([h0, y[:-1]], 0)
-        first = torch.zeros(T, 1, 1, dtype=torch.bool, device=y.device)
-        first[0] = True
+        first = t == 0
     return torch.where(first, h0.to(y.dtype), shifted)
 
 
