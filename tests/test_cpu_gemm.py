@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 import rnnfast
-from rnnfast import _ext, backends
+from rnnfast import _ext
+from rnnfast.backends import cpu as cpu_policy
 from rnnfast.ops import linear
 from rnnfast.ops.recurrence import common
 from tests.utils import assert_close, assert_matches_oracle, oracle, recurrence_inputs, run_recurrence
@@ -151,16 +152,20 @@ def test_single_step_unpacked_weights_match_oracle(cell):
         assert_close(name, o.double(), w, atol=1e-4, rtol=1e-4)
 
 
-# Each library of the input projection on every CPU (RNNFAST_CPU_GEMM): the blocked kernel (the default on
-# AVX-512 CPUs other than Intel's; its forward of fewer than _BLOCKED_FWD_MIN_ROWS rows is oneDNN's where
-# torch has oneDNN, "blocked-fwd" lowers that limit to 0), oneDNN, and ATen into cached blocks. 800 rows
+# Each library of the input projection on every CPU (flags(gemm=...)): the blocked kernel (its forward of
+# fewer than _BLOCKED_FWD_MIN_ROWS rows is oneDNN's where torch has oneDNN, "blocked-fwd" lowers that limit
+# to 0), oneDNN, and ATen into cached blocks. 800 rows
 # take oneDNN for dX too, 40 rows (below _DNNL_DX_MIN_ROWS) take ATen for it; with ATen the 40-row result
 # (120 KiB) is below the cache's blocks and is F.linear's.
 @pytest.mark.parametrize("lib", ["blocked", "blocked-fwd", "onednn", "aten"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("T,B", [(50, 16), (20, 2)], ids=["800rows", "40rows"])
 def test_input_projection_matches_linear(bias, lib, T, B, monkeypatch):
-    monkeypatch.setenv("RNNFAST_CPU_GEMM", lib.removesuffix("-fwd"))
+    with cpu_policy.flags(gemm=lib.removesuffix("-fwd")):
+        _projection_matches_linear(bias, lib, T, B, monkeypatch)
+
+
+def _projection_matches_linear(bias, lib, T, B, monkeypatch):
     if lib == "blocked-fwd":
         monkeypatch.setattr(linear, "_BLOCKED_FWD_MIN_ROWS", 0)
     g = torch.Generator().manual_seed(1)
@@ -188,8 +193,8 @@ def test_input_projection_matches_linear(bias, lib, T, B, monkeypatch):
 
 
 # float64 through the blocked kernel (forward, dX, dW): gradcheck of the Function itself.
+@cpu_policy.flags(gemm="blocked")
 def test_input_projection_blocked_gradcheck(monkeypatch):
-    monkeypatch.setenv("RNNFAST_CPU_GEMM", "blocked")
     monkeypatch.setattr(linear, "_MIN_WORK", 0)
     g = torch.Generator().manual_seed(2)
     x = torch.randn(5, 3, 7, generator=g, dtype=torch.float64, requires_grad=True)
@@ -209,25 +214,17 @@ def test_input_projection_small_is_linear():
     assert type(linear.input_projection(x32, w.float(), None).grad_fn).__name__ != "_LinearBackward"
 
 
-def test_input_projection_library_choice(monkeypatch):
-    """The blocked kernel on AVX-512 CPUs other than Intel's, ATen (MKL) elsewhere; RNNFAST_CPU_GEMM
-    overrides (oneDNN only where torch has it)."""
-    for intel, avx512, env, want in [
-        (True, True, None, "aten"),
-        (False, True, None, "blocked"),
-        (False, False, None, "aten"),
-        (True, True, "onednn", "onednn" if ONEDNN else "aten"),
-        (False, False, "blocked", "blocked"),
-        (False, True, "aten", "aten"),
-        (False, True, "bogus", "blocked"),
+def test_input_projection_library_choice():
+    """ATen unless flags(gemm=...) forces another (oneDNN only where torch has it)."""
+    assert linear.library() == "aten"
+    for forced, want in [
+        ("onednn", "onednn" if ONEDNN else "aten"),
+        ("blocked", "blocked"),
+        ("aten", "aten"),
     ]:
-        monkeypatch.setattr(backends, "intel_cpu", lambda intel=intel: intel)
-        monkeypatch.setattr(backends, "cpu_capability", lambda avx512=avx512: "AVX512" if avx512 else "AVX2")
-        if env is None:
-            monkeypatch.delenv("RNNFAST_CPU_GEMM", raising=False)
-        else:
-            monkeypatch.setenv("RNNFAST_CPU_GEMM", env)
-        assert linear.library() == want, (intel, avx512, env)
+        with cpu_policy.flags(gemm=forced):
+            assert linear.library() == want
+    assert linear.library() == "aten"
 
 
 def test_module_with_large_products_matches_torch_nn():
