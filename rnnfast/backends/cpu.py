@@ -116,8 +116,8 @@ def facts() -> Facts:
 # Forced paths
 
 
-_PATHS = ("team", "rows", "plain")
-_GEMMS = ("blocked", "onednn", "aten")
+_PATHS = ("auto", "team", "rows", "plain")
+_GEMMS = ("auto", "blocked", "onednn", "aten")
 _forced: dict[str, str] = {}
 
 
@@ -128,9 +128,9 @@ def flags(path: str | None = None, gemm: str | None = None, benchmark: bool | No
     path: ``"team"`` (a team of threads over slices of the hidden units), ``"rows"`` (a thread per slice
     of the batch rows) or ``"plain"`` (one loop, its products on all threads); where the forced path
     cannot run a call (one thread, a projected LSTM's team, fewer rows than threads) the call takes the
-    plain loop. gemm: the library of the large products (input projection and per-step products):
-    ``"blocked"`` (the kernels' own), ``"onednn"`` or ``"aten"``. benchmark: autotuning on or off.
-    None leaves a setting as it is."""
+    plain loop. gemm: the library of the large products (input projection, per-step products, weight
+    gradients): ``"blocked"`` (the kernels' own), ``"onednn"`` or ``"aten"``. ``"auto"``: the defaults.
+    benchmark: autotuning on or off. None leaves a setting as it is."""
     if path is not None and path not in _PATHS:
         raise ValueError(f"path: expected one of {_PATHS} or None, got {path!r}")
     if gemm is not None and gemm not in _GEMMS:
@@ -138,10 +138,11 @@ def flags(path: str | None = None, gemm: str | None = None, benchmark: bool | No
     mod = globals()
     saved = dict(_forced), mod["benchmark"]
     try:
-        if path is not None:
-            _forced["path"] = path
-        if gemm is not None:
-            _forced["gemm"] = gemm
+        for name, value in (("path", path), ("gemm", gemm)):
+            if value == "auto":
+                _forced.pop(name, None)
+            elif value is not None:
+                _forced[name] = value
         if benchmark is not None:
             mod["benchmark"] = bool(benchmark)
         _push_options()
