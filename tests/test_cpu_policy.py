@@ -248,3 +248,10 @@ def test_info_prints_the_policy(capsys, monkeypatch, tmp_path):
     f = cpu.facts()
     assert f"L2 {f.l2_bytes >> 10} KiB" in out and f"{f.vector_bytes * 8}-bit vectors" in out
     assert str(cpu.cache_file()) in out
+
+
+def test_cuda_flags_alias():
+    from rnnfast.backends import cuda
+    from rnnfast.ops.recurrence import cuda as impl
+
+    assert cuda.flags is impl.flags
