@@ -1,4 +1,4 @@
-"""The results files of the paired A/B scripts (cpu_env_ab.py, cpu_gemm_ab.py): <name>.json holds the
+"""The results files of the paired A/B scripts (cpu_flags_ab.py, cpu_gemm_ab.py): <name>.json holds the
 machine (with versions and commit) and one row per case; <name>.csv the same rows, the machine's columns
 repeated on each."""
 

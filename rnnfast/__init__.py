@@ -12,6 +12,8 @@ from rnnfast.nn.rnn import GRU, LSTM, RNN, from_torch
 from rnnfast.nn.spinn import SPINN, Tracker, TreeLSTMReduce
 from rnnfast.nn.transitions import PAD, REDUCE, SHIFT
 
+backends.preload()
+
 __all__ = [
     "GRU",
     "LSTM",

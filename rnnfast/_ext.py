@@ -323,6 +323,10 @@ def status() -> tuple[bool, str]:
                         stacklevel=3,
                     )
                 _state = state
+                if state[0]:
+                    from rnnfast.backends import cpu
+
+                    cpu.on_load()  # the kernels take the paths forced at the moment
     return _state
 
 

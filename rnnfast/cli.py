@@ -49,7 +49,7 @@ def info(argv: list[str] | None = None) -> int:
             isa = {4: "AVX-512", 3: "AVX2"}.get(torch.ops.rnnfast_C.isa_level(), "baseline x86-64 or generic")
             lib = {
                 "onednn": "oneDNN",
-                "aten": "ATen (no oneDNN in this torch, or RNNFAST_CPU_GEMM=aten)",
+                "aten": "ATen (no oneDNN in this torch, or flags(gemm='aten'))",
                 "packed": "the blocked kernel, W packed in panels",
             }.get(path, path)
             print(
@@ -61,6 +61,18 @@ def info(argv: list[str] | None = None) -> int:
             slices = torch.ops.rnnfast_C.row_parts(64, 2, 64, 0, torch.float32)
             rows = f"{slices} slices of rows, a thread each" if slices > 1 else "one loop over all rows"
             print(f"          batched time loops (e.g. GRU B=64, H=64): {rows}")
+    f = backends.cpu.facts()
+    print(
+        f"CPU policy facts: {f.vector_bytes * 8}-bit vectors, L1d {f.l1d_bytes >> 10} KiB, "
+        f"L2 {f.l2_bytes >> 10} KiB, L3 {f.l3_bytes >> 20} MiB, {torch.get_num_threads()} threads, "
+        f"oneDNN {'yes' if f.onednn else 'no'}"
+    )
+    state = (
+        "on"
+        if backends.cpu.benchmark
+        else "off (RNNFAST_AUTOTUNE=1 or rnnfast.backends.cpu.benchmark = True)"
+    )
+    print(f"CPU autotune: {state}; cache {backends.cpu.cache_file()}")
     env = backends.requested_backend(None)
     print(f"RNNFAST_BACKEND: {env}   GPU-verified for auto: {sorted(backends.GPU_VERIFIED) or 'none'}")
     print(f"\nSupport on {device} (float32, sample sizes):")

@@ -63,7 +63,8 @@ def test_compile_fullgraph_module_training(backend, inp, dynamic):
     counts = []
     for B in (6, 7) if inp == "padded" else (3,):
         x = torch.randn(5, B, 3, dtype=torch.float64, requires_grad=True)
-        def xin():  # packed anew for each run: each backward frees the packing's graph
+
+        def xin(x=x):  # packed anew for each run: each backward frees the packing's graph
             return x if inp == "padded" else _packed(x, inp)
 
         leaves = [x, *m.parameters()]

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 import rnnfast
-from rnnfast import _ext, backends
+from rnnfast import _ext
+from rnnfast.backends import cpu as cpu_policy
 from rnnfast.ops import linear
 from rnnfast.ops.recurrence import common
 from tests.utils import assert_close, assert_matches_oracle, oracle, recurrence_inputs, run_recurrence
@@ -18,31 +19,27 @@ pytestmark = pytest.mark.skipif(not ok, reason=f"C++ CPU kernels unavailable: {w
 ONEDNN = torch.backends.mkldnn.is_available()
 
 
-def test_step_products_pick_their_path(monkeypatch):
-    """Small steps stay in the register-blocked kernel; one row with a W beyond L2, or over a few steps,
-    takes the matrix-vector kernel; with AVX2 the blocked kernel keeps every larger product (packed),
-    elsewhere from 64 rows or K·M > 2^18 they go to oneDNN where torch has it (the limits, read at every
-    call, set by hand here)."""
+STEP_SIZES = [(1, 128, 512), (4, 256, 1024), (16, 128, 512), (3, 256, 1024), (1, 1024, 3072), (1, 300, 1200)]
+BIG = [(16, 512, 1536), (16, 512, 2048), (64, 1024, 4096), (4, 1024, 3072), (256, 256, 1024)]
+
+
+def test_step_products_paths_are_valid_and_forced():
+    """Every per-step product takes a known path; flags(gemm=...) sends the large ones to the library
+    asked for, or keeps every one in the blocked kernels."""
     _ext.ensure_loaded()
     path = torch.ops.rnnfast_C.gemm_path
-    assert path(1, 128, 512) == "blocked"
-    assert path(4, 256, 1024) == "packed"
-    assert path(16, 128, 512) == "blocked"
-    assert path(16, 256, 1024) == "packed"
-    assert path(3, 256, 1024) == "blocked"
-    assert path(1, 1024, 3072) == "matvec"
-    assert path(1, 300, 1200) == "matvec"
+    kernels = {"blocked", "packed", "matvec"}
+    for s in STEP_SIZES + BIG:
+        for steps in (1, 7, 8, 100):
+            assert path(*s, steps) in kernels | {"onednn", "aten"}, (s, steps)
+    with cpu_policy.flags(gemm="blocked"):
+        assert all(path(*s) in kernels for s in STEP_SIZES + BIG)
+    with cpu_policy.flags(gemm="aten"):
+        assert [path(*s) for s in BIG if s[0] > 1] == ["aten"] * 5
+    with cpu_policy.flags(gemm="onednn"):
+        assert [path(*s) for s in BIG if s[0] > 1] == ["onednn" if ONEDNN else "aten"] * 5
     # one row over fewer steps than a copy of W_hhᵀ pays for: matvec reads it in place
-    assert [path(1, 128, 512, steps) for steps in (1, 7, 8)] == ["matvec", "matvec", "blocked"]
-    big = [(16, 512, 1536), (16, 512, 2048), (64, 1024, 4096), (4, 1024, 3072), (256, 256, 1024)]
-    library = "onednn" if ONEDNN else "aten"
-    if torch.ops.rnnfast_C.isa_level() == 3:
-        assert [path(*s) for s in big] == ["packed"] * len(big)
-        assert path(2, 512, 2048) == "packed"  # W beyond L2: packed from two rows
-    monkeypatch.setenv("RNNFAST_CPU_BLAS_MIN_B", "64")
-    monkeypatch.setenv("RNNFAST_CPU_SMALL_MAX_WORK", str(1 << 18))
-    assert [path(*s) for s in big] == [library] * len(big)
-    assert path(16, 256, 1024) == "packed"
+    assert [path(1, 128, 512, steps) for steps in (1, 7)] == ["matvec", "matvec"]
 
 
 # W packed in panels (B >= 4, K·M >= 2^17): M = 3·H or 4·H with H = 215 is no multiple of any panel width
@@ -97,22 +94,23 @@ def test_single_row_short_matvec_matches_oracle(cell, H, T):
     assert_matches_oracle(cell, args, False, "cpu", 1e-11, seed=4)
 
 
-# "library": the limits of the blocked kernel as on AVX-512 (64 rows, K·M <= 2^18; with AVX2 it takes
-# every size by default, "default" here), for the backward too (by default it has no limit on K·M).
-# B=16, H=512: LSTM and GRU steps (K·M = 1M, 0.8M > 2^18) then take oneDNN forward and backward; RNN
-# (K·M = 2^18) stays blocked, so the mix of paths runs too. B=4, H=1024: oneDNN for all three, at a
-# small batch. Ragged rows and reverse. T=4 runs oneDNN on the unpacked W_hh forward and ATen on the
-# transposed view backward; T=16 packs W_hh for oneDNN in both (gemm.h, LinearNT).
+# Each library of the per-step products (flags(gemm=...)): "onednn" and "aten" with the blocked kernel's
+# limits (64 rows, K·M <= 2^18) on every CPU: B=16, H=512: LSTM and GRU steps (K·M = 1M, 0.8M > 2^18)
+# take the library forward and backward; RNN (K·M = 2^18) stays blocked, so the mix of paths runs too.
+# B=4, H=1024: the library for all three, at a small batch. "blocked": every product in the blocked
+# kernel. Ragged rows and reverse. T=4 runs oneDNN on the unpacked W_hh forward and ATen on the transposed
+# view backward; T=16 packs W_hh for oneDNN in both (gemm.h, LinearNT).
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
 @pytest.mark.parametrize("ragged", [False, True], ids=["full", "ragged"])
 @pytest.mark.parametrize("B,H", [(16, 512), (4, 1024)], ids=["B16-H512", "B4-H1024"])
 @pytest.mark.parametrize("T", [4, 16])
-@pytest.mark.parametrize("limits", ["default", "library"])
-def test_large_steps_match_oracle(cell, ragged, B, H, T, limits, monkeypatch):
-    if limits == "library":
-        monkeypatch.setenv("RNNFAST_CPU_BLAS_MIN_B", "64")
-        monkeypatch.setenv("RNNFAST_CPU_SMALL_MAX_WORK", str(1 << 18))
-        monkeypatch.setenv("RNNFAST_CPU_BWD_SMALL_MAX_WORK", str(1 << 18))
+@pytest.mark.parametrize("gemm", ["auto", "onednn", "aten", "blocked"])
+def test_large_steps_match_oracle(cell, ragged, B, H, T, gemm):
+    with cpu_policy.flags(gemm=gemm):
+        _large_steps_match_oracle(cell, ragged, B, H, T)
+
+
+def _large_steps_match_oracle(cell, ragged, B, H, T):
     # Sorted as PackedSequence rows are: the products shrink to the rows still running.
     full = [4, 4, 4, 4, 4, 3, 3, 3, 3, 2, 2, 2, 1, 1, 0, 0] if B == 16 else [4, 3, 1, 0]
     lengths = [n * T // 4 for n in full] if ragged else None
@@ -151,16 +149,20 @@ def test_single_step_unpacked_weights_match_oracle(cell):
         assert_close(name, o.double(), w, atol=1e-4, rtol=1e-4)
 
 
-# Each library of the input projection on every CPU (RNNFAST_CPU_GEMM): the blocked kernel (the default on
-# AVX-512 CPUs other than Intel's; its forward of fewer than _BLOCKED_FWD_MIN_ROWS rows is oneDNN's where
-# torch has oneDNN, "blocked-fwd" lowers that limit to 0), oneDNN, and ATen into cached blocks. 800 rows
+# Each library of the input projection on every CPU (flags(gemm=...)): the blocked kernel (its forward of
+# fewer than _BLOCKED_FWD_MIN_ROWS rows is oneDNN's where torch has oneDNN, "blocked-fwd" lowers that limit
+# to 0), oneDNN, and ATen into cached blocks. 800 rows
 # take oneDNN for dX too, 40 rows (below _DNNL_DX_MIN_ROWS) take ATen for it; with ATen the 40-row result
 # (120 KiB) is below the cache's blocks and is F.linear's.
 @pytest.mark.parametrize("lib", ["blocked", "blocked-fwd", "onednn", "aten"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("T,B", [(50, 16), (20, 2)], ids=["800rows", "40rows"])
 def test_input_projection_matches_linear(bias, lib, T, B, monkeypatch):
-    monkeypatch.setenv("RNNFAST_CPU_GEMM", lib.removesuffix("-fwd"))
+    with cpu_policy.flags(gemm=lib.removesuffix("-fwd")):
+        _projection_matches_linear(bias, lib, T, B, monkeypatch)
+
+
+def _projection_matches_linear(bias, lib, T, B, monkeypatch):
     if lib == "blocked-fwd":
         monkeypatch.setattr(linear, "_BLOCKED_FWD_MIN_ROWS", 0)
     g = torch.Generator().manual_seed(1)
@@ -188,8 +190,8 @@ def test_input_projection_matches_linear(bias, lib, T, B, monkeypatch):
 
 
 # float64 through the blocked kernel (forward, dX, dW): gradcheck of the Function itself.
+@cpu_policy.flags(gemm="blocked")
 def test_input_projection_blocked_gradcheck(monkeypatch):
-    monkeypatch.setenv("RNNFAST_CPU_GEMM", "blocked")
     monkeypatch.setattr(linear, "_MIN_WORK", 0)
     g = torch.Generator().manual_seed(2)
     x = torch.randn(5, 3, 7, generator=g, dtype=torch.float64, requires_grad=True)
@@ -209,25 +211,17 @@ def test_input_projection_small_is_linear():
     assert type(linear.input_projection(x32, w.float(), None).grad_fn).__name__ != "_LinearBackward"
 
 
-def test_input_projection_library_choice(monkeypatch):
-    """The blocked kernel on AVX-512 CPUs other than Intel's, ATen (MKL) elsewhere; RNNFAST_CPU_GEMM
-    overrides (oneDNN only where torch has it)."""
-    for intel, avx512, env, want in [
-        (True, True, None, "aten"),
-        (False, True, None, "blocked"),
-        (False, False, None, "aten"),
-        (True, True, "onednn", "onednn" if ONEDNN else "aten"),
-        (False, False, "blocked", "blocked"),
-        (False, True, "aten", "aten"),
-        (False, True, "bogus", "blocked"),
+def test_input_projection_library_choice():
+    """ATen unless flags(gemm=...) forces another (oneDNN only where torch has it)."""
+    assert linear.library() == "aten"
+    for forced, want in [
+        ("onednn", "onednn" if ONEDNN else "aten"),
+        ("blocked", "blocked"),
+        ("aten", "aten"),
     ]:
-        monkeypatch.setattr(backends, "intel_cpu", lambda intel=intel: intel)
-        monkeypatch.setattr(backends, "cpu_capability", lambda avx512=avx512: "AVX512" if avx512 else "AVX2")
-        if env is None:
-            monkeypatch.delenv("RNNFAST_CPU_GEMM", raising=False)
-        else:
-            monkeypatch.setenv("RNNFAST_CPU_GEMM", env)
-        assert linear.library() == want, (intel, avx512, env)
+        with cpu_policy.flags(gemm=forced):
+            assert linear.library() == want
+    assert linear.library() == "aten"
 
 
 def test_module_with_large_products_matches_torch_nn():
@@ -291,12 +285,13 @@ def test_gemm_rejects_mismatched_operands():
 
 
 # The time loops' dW_hh (one product over the first steps, then one accumulating over the others) and a
-# projected LSTM's dW_hr, in the blocked kernel on any CPU: H = 33 and 70 leave part-filled panels,
-# ragged rows and reverse; float64 against the oracle. T=70, B=9: 621 summed rows, two chunks.
+# projected LSTM's dW_hr, in the blocked kernel (flags(gemm="blocked")) on any CPU: H = 33 and 70 leave
+# part-filled panels, ragged rows and reverse; float64 against the oracle. T=70, B=9: 621 summed rows, two
+# chunks.
 @pytest.mark.parametrize("cell,H,P", [("lstm", 33, 0), ("gru", 70, 0), ("rnn_tanh", 33, 0), ("lstm", 70, 21)])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-def test_weight_gradients_in_blocked_kernel_match_oracle(cell, H, P, reverse, monkeypatch):
-    monkeypatch.setenv("RNNFAST_CPU_TN_BLOCKED", "1")
+@cpu_policy.flags(gemm="blocked")
+def test_weight_gradients_in_blocked_kernel_match_oracle(cell, H, P, reverse):
     lengths = [70, 70, 66, 40, 33, 20, 7, 2, 1]
     args = recurrence_inputs(cell, 70, 9, H, P=P, lengths=lengths, dtype=torch.float64)
     assert_matches_oracle(cell, args, reverse, "cpu", 1e-11, seed=8)

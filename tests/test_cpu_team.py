@@ -1,7 +1,8 @@
 """The ``cpu`` backend's team loops: at small batch, with several threads, the forward and backward time
 loops run on a team of threads that each own a slice of the hidden units for the whole call
-(csrc/cpu/team.h, ``team_parts`` in csrc/cpu/recurrence.cpp). Every case first checks that the team
-really runs, then compares with the float64 oracle, the plain one-thread loop and torch.nn.
+(csrc/cpu/team.h, ``team_parts`` in csrc/cpu/recurrence.cpp). Each case forces the team
+(``flags(path="team")``), checks that it really runs, then compares with the float64 oracle, the plain
+loop (``path="plain"``) and torch.nn.
 
 The thread count is set per test (OpenMP starts the threads even where the machine has fewer cores,
 so these run everywhere; oversubscribed, the barrier yields)."""
@@ -12,7 +13,8 @@ import pytest
 import torch
 
 import rnnfast
-from rnnfast import _ext, backends
+from rnnfast import _ext
+from rnnfast.backends import cpu as cpu_policy
 from rnnfast.ops.recurrence import common
 from tests.utils import (
     CELLS,
@@ -30,17 +32,10 @@ ok, why = _ext.status()
 pytestmark = pytest.mark.skipif(not ok, reason=f"C++ CPU kernels unavailable: {why}")
 
 
-def avx512_other() -> bool:
-    """Whether the kernels run their AVX-512 code on a CPU other than Intel's (avx512_other() in
-    csrc/cpu/matmul.h), where the teams' limits differ."""
-    _ext.ensure_loaded()
-    return torch.ops.rnnfast_C.isa_level() == 4 and not backends.intel_cpu()
-
-
 @pytest.fixture(autouse=True)
-def no_row_split(monkeypatch):
-    """From 16 rows the row split (tests/test_cpu_row_split.py) goes before a team: off here."""
-    monkeypatch.setenv("RNNFAST_CPU_ROW_SPLIT_MIN_B", "-1")
+def forced_team():
+    with cpu_policy.flags(path="team"):
+        yield
 
 
 # float64 (panels of 32 units with AVX-512, 12 with AVX2), a W_hh slice within a 512 KiB L2 on two
@@ -66,7 +61,7 @@ def test_team_matches_oracle(cell, B, T, lengths, reverse, n):
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("n", [2, 4], ids=["threads2", "threads4"])
-def test_team_float32_matches_plain_loop(cell, n, monkeypatch):
+def test_team_float32_matches_plain_loop(cell, n):
     """float32, one team per thread count, against the plain loop in the same process and the oracle."""
     B, T, H = 4, 12, 256
     lengths = [12, 5, 12, 1]
@@ -74,28 +69,14 @@ def test_team_float32_matches_plain_loop(cell, n, monkeypatch):
     with threads(n):
         assert team_parts(cell, T, B, H) == n
         team = run_recurrence(cell, args, False, "cpu")
-        monkeypatch.setenv("RNNFAST_CPU_TEAM_MIN_WORK", "-1")
-        assert team_parts(cell, T, B, H) == 1
-        plain = run_recurrence(cell, args, False, "cpu")
+        with cpu_policy.flags(path="plain"):
+            assert team_parts(cell, T, B, H) == 1
+            plain = run_recurrence(cell, args, False, "cpu")
     for name, a, b in zip(["y", "h_n", "c_n"], team, plain):
         if a is not None:
             assert_close(name, a, b.detach(), atol=2e-6, rtol=2e-6)
-    monkeypatch.delenv("RNNFAST_CPU_TEAM_MIN_WORK")
     with threads(n):
         assert_matches_oracle(cell, args, True, "cpu", 3e-5, seed=4)
-
-
-@pytest.mark.parametrize("cell,H", [("gru", 96), ("gru", 160), ("lstm", 64), ("lstm", 160)])
-def test_team_slices_by_panels_match_oracle(cell, H, monkeypatch):
-    """RNNFAST_CPU_TEAM_EVEN_SLICES=0 (slices on multiples of the panel width, uneven units) is a supported
-    setting: float64, ragged, both directions, two and three threads."""
-    monkeypatch.setenv("RNNFAST_CPU_TEAM_EVEN_SLICES", "0")
-    args = recurrence_inputs(cell, 7, 5, H, lengths=[7, 0, 3, 7, 5], dtype=torch.float64)
-    for n in (2, 3):
-        with threads(n):
-            assert team_parts(cell, 7, 5, H, torch.float64) > 1
-            for reverse in (False, True):
-                assert_matches_oracle(cell, args, reverse, "cpu", 1e-11, seed=12)
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
@@ -114,16 +95,12 @@ def test_team_gradcheck(cell):
 
 
 @pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "lstm"])
-def test_one_row_short_forward_takes_matvec(cell):
-    """One row with a W_hh of 2^18+ values over fewer than 128 steps: the forward runs the matvec loop
-    (no slices to pack), the backward its team, and the two together still match the oracle."""
+@cpu_policy.flags(path="auto")
+def test_one_row_large_w_default_paths_match_oracle(cell):
+    """One row with a W_hh of 2^18+ values, default paths (the forward's matvec loop and the backward's
+    team where the cost model picks them): still the oracle."""
     B, T, H = 1, 50, 512
     with threads(2):
-        _ext.ensure_loaded()
-        code = common.CELL_CODE[cell]
-        backward = torch.ops.rnnfast_C.team_parts(T, B, code, H, False, torch.float32)
-        assert torch.ops.rnnfast_C.team_parts(T, B, code, H, False, torch.float32, forward=True) == 1
-        assert torch.ops.rnnfast_C.team_parts(200, B, code, H, False, torch.float32, forward=True) == backward
         args = recurrence_inputs(cell, T, B, H, dtype=torch.float32)
         assert_matches_oracle(cell, args, False, "cpu", 1e-4, seed=5)
 
@@ -144,9 +121,6 @@ def test_team_beyond_l2_matches_oracle(cell):
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_team_beyond_l2_many_rows_matches_oracle(cell):
     """B=20, H=512: a team of two over 20 rows, slices of 3 / 4 MiB; ragged rows, reverse."""
-    _ext.ensure_loaded()
-    if torch.ops.rnnfast_C.isa_level() != 3 and not avx512_other():
-        pytest.skip("teams beyond L2 over more than 8 rows: AVX2, and AVX-512 on CPUs other than Intel's")
     B, T, H = 20, 6, 512
     with threads(2):
         code = common.CELL_CODE[cell]
@@ -157,57 +131,27 @@ def test_team_beyond_l2_many_rows_matches_oracle(cell):
         assert_matches_oracle(cell, args, True, "cpu", 1e-4, seed=10)
 
 
-def test_team_choice(monkeypatch):
-    """Which loops take a team, on two threads (float32)."""
+def test_team_choice_properties():
+    """Forced, a team takes one member per thread up to one per panel, never with a projection or one
+    thread; by default any team has 2 to that many members."""
     _ext.ensure_loaded()
-    lstm, gru, rnn = (common.CELL_CODE[c] for c in ("lstm", "gru", "rnn_tanh"))
 
-    def parts(T, B, cell, H, proj):
-        return torch.ops.rnnfast_C.team_parts(T, B, cell, H, proj, torch.float32)
+    def parts(T, B, cell, H, proj, forward=False):
+        return torch.ops.rnnfast_C.team_parts(T, B, common.CELL_CODE[cell], H, proj, torch.float32, forward)
 
-    with threads(2):
-        assert parts(200, 1, lstm, 128, False) == 2
-        assert parts(200, 16, gru, 256, False) == 2
-        assert parts(200, 1, rnn, 256, False) == 2
-        assert parts(200, 16, rnn, 128, False) == 1  # G·H < 256
-        if torch.ops.rnnfast_C.isa_level() == 4:
-            # one panel (64 float32 units; 24 with AVX2), or two of half the width (narrow panels, opt-in)
-            assert parts(200, 16, lstm, 64, False) == 1
-            monkeypatch.setenv("RNNFAST_CPU_TEAM_NARROW_PANELS", "1")
-            assert parts(200, 16, lstm, 64, False) == 2
-            monkeypatch.delenv("RNNFAST_CPU_TEAM_NARROW_PANELS")
-        # a real GEMM per step: the plain loop from 64 rows, 128 on AVX-512 CPUs other than Intel's
-        other512 = avx512_other()
-        assert parts(200, 64, lstm, 256, False) == (2 if other512 else 1)
-        assert parts(200, 128, lstm, 256, False) == 1 and parts(200, 127, gru, 512, False) == (
-            2 if other512 else 1
-        )
-        monkeypatch.setenv("RNNFAST_CPU_TEAM_MAX_B", "64")
-        assert parts(200, 64, lstm, 256, False) == 1 and parts(200, 63, lstm, 256, False) == 2
-        monkeypatch.delenv("RNNFAST_CPU_TEAM_MAX_B")
-        assert parts(200, 128, lstm, 128, False) == 2  # ... but W_hh of 2^16 values: a team up to B=128
-        assert parts(200, 129, lstm, 128, False) == 1
-        assert parts(200, 1, lstm, 128, True) == 1  # projection
-        assert parts(2, 1, lstm, 128, False) == 1  # too short to pack W
-        # Slices beyond L2 (8 MiB each at H=1024) from 2 to 32 rows with AVX2, to 127 with AVX-512 on CPUs
-        # other than Intel's, else to 8 (and there from 16 rows and 2^18 multiply-adds a row the plain
-        # loop's products are oneDNN's)
-        avx2 = torch.ops.rnnfast_C.isa_level() == 3
-        most = 127 if other512 else 32 if avx2 else 8
-        assert parts(200, 32, lstm, 512, False) == (2 if avx2 or other512 else 1)
-        assert parts(200, 2, lstm, 1024, False) == 2 and parts(200, most, gru, 1024, False) == 2
-        assert parts(200, 1, lstm, 1024, False) == 1 and parts(200, most + 1, lstm, 1024, False) == 1
-        monkeypatch.setenv("RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B", "8")
-        assert parts(200, 8, gru, 1024, False) == 2 and parts(200, 12, lstm, 1024, False) == 1
-        monkeypatch.delenv("RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B")
-        if other512:
-            # RNNFAST_CPU_TEAM_WIDE_W=0: the plain loop (oneDNN's products) from 16 rows and 2^18 a row
-            assert parts(200, 16, gru, 512, False) == 2 and parts(200, 16, rnn, 1024, False) == 2
-            monkeypatch.setenv("RNNFAST_CPU_TEAM_WIDE_W", "0")
-            assert parts(200, 16, gru, 512, False) == 1 and parts(200, 15, gru, 512, False) == 2
-            assert parts(200, 16, rnn, 1024, False) == 1 and parts(200, 16, lstm, 256, False) == 2
-    with threads(1):
-        assert parts(200, 1, lstm, 128, False) == 1
+    for n in (1, 2, 3):
+        with threads(n):
+            for T, B, cell, H in [(200, 1, "lstm", 128), (3, 16, "gru", 256), (50, 300, "rnn_tanh", 1024)]:
+                for forward in (False, True):
+                    assert parts(T, B, cell, H, True, forward) == 1  # projection
+                    got = parts(T, B, cell, H, False, forward)
+                    assert (got == 1) if n == 1 else (2 <= got <= n), (n, T, B, cell, H, got)
+                    assert H < 1024 or got == n  # H=1024 has a panel for every thread
+                    with cpu_policy.flags(path="auto"):
+                        d = parts(T, B, cell, H, False, forward)
+                        assert d == 1 or 2 <= d <= n, (n, T, B, cell, H, d)
+                    with cpu_policy.flags(path="plain"):
+                        assert parts(T, B, cell, H, False, forward) == 1
 
 
 @pytest.mark.parametrize("mode", ["nn.GRU", "nn.LSTM"])
@@ -236,25 +180,19 @@ def test_team_of_many_rows_matches_oracle(cell, H):
         assert_matches_oracle(cell, args, True, "cpu", 1e-11, seed=2)
 
 
-# Small H with AVX-512 (one 64-unit float32 panel below H=128): with RNNFAST_CPU_TEAM_NARROW_PANELS=1 the
-# forward team slices it in panels of half the width, the backward's product keeps whole panels over its H
-# columns. B=3 and 4 (a row block of 3), H=64 and 96
-# (two and three narrow panels, G·H >= 256), ragged rows, both directions; float32 against the oracle.
+# Small H: a forced team whose H has fewer than two whole panels (AVX-512: 64 float32 units) slices it in
+# panels of half the width in the forward, the backward's product keeps whole panels over its H columns.
+# B=3 and 4 (a row block of 3), H=64 and 96 (two and three narrow panels), ragged rows, both directions;
+# float32 against the oracle.
 @pytest.mark.parametrize("cell,H", [("lstm", 64), ("lstm", 96), ("gru", 96)])
 @pytest.mark.parametrize("B", [3, 4])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-def test_team_narrow_panels_match_oracle(cell, H, B, reverse, monkeypatch):
+def test_team_narrow_panels_match_oracle(cell, H, B, reverse):
     _ext.ensure_loaded()
-    if torch.ops.rnnfast_C.isa_level() != 4:
-        pytest.skip("narrow panels serve AVX-512's 64-unit float32 panels (no team below 128 units)")
     code = common.CELL_CODE[cell]
     T = 9
     with threads(2):
-        monkeypatch.setenv("RNNFAST_CPU_TEAM_NARROW_PANELS", "0")
-        whole = torch.ops.rnnfast_C.team_parts(T, B, code, H, False, torch.float32, forward=True)
-        monkeypatch.setenv("RNNFAST_CPU_TEAM_NARROW_PANELS", "1")
         assert torch.ops.rnnfast_C.team_parts(T, B, code, H, False, torch.float32, forward=True) == 2
-        assert whole == (2 if H >= 128 else 1)
         lengths = [9, 7, 2, 1][:B]
         args = recurrence_inputs(cell, T, B, H, lengths=lengths, dtype=torch.float32)
         assert_matches_oracle(cell, args, reverse, "cpu", 1e-4, seed=11)

@@ -481,6 +481,32 @@ def test_timing_rows_carry_median_spread_and_the_ratio_to_cudnn():
     assert ours["algorithm"] == "x"
 
 
+def test_timing_rows_carry_the_cost_models_step_time_of_the_algorithm_chosen(monkeypatch):
+    # The model's µs/step for what the backend runs (persistent forward, stepwise backward here), so the
+    # first GPU run reads each measurement against it; the plan op itself needs a GPU and is stubbed.
+    from rnnfast.ops.recurrence import cuda
+
+    chosen = {False: (cuda._PERSISTENT, "persistent (stub)"), True: (cuda._STEPWISE, "stepwise (stub)")}
+    monkeypatch.setattr(cuda, "algorithm", lambda cell, dtype, B, H, bwd, dev: chosen[bwd])
+    monkeypatch.setattr(cuda, "tf32_allowed", lambda: False)
+    v = common.variant("persistent")
+    fwd = timings._algorithm(v, "lstm", torch.bfloat16, 16, 768, False)
+    both = timings._algorithm(v, "lstm", torch.bfloat16, 16, 768, True)
+    gpu = cuda.Gpu()
+    want_fwd = cuda.step_time("lstm", torch.bfloat16, 16, 768, False, False, gpu)["persistent"]
+    want_bwd = cuda.step_time("lstm", torch.bfloat16, 16, 768, True, False, gpu)["stepwise"]
+    assert fwd == {"algorithm": "forward persistent (stub)", "model_us_per_step": round(want_fwd, 3)}
+    assert both["model_us_per_step"] == pytest.approx(want_fwd + want_bwd, abs=1e-3)
+    assert both["algorithm"] == "forward persistent (stub); backward stepwise (stub)"
+    assert timings._algorithm(common.variant("triton"), "lstm", torch.bfloat16, 16, 768, True) == {
+        "algorithm": None
+    }
+    row = {"kind": "case", "cell": "lstm", "dtype": "bfloat16", "B": 16, "T": 8, "H": 768, "mode": "fwd"}
+    row |= {"provider": "persistent", "status": "ok", "us_per_step": 2.5, "vs_cudnn": 1.2, **fwd}
+    (line,) = summary.timing_lines([row])[1:]
+    assert f"persistent 2.50 [1.20x] {{{fwd['model_us_per_step']:.2f}}}" in line
+
+
 def test_timing_provider_that_raises_gets_an_error_row():
     def boom():
         raise RuntimeError("launch failed")

@@ -58,18 +58,21 @@ def summarize(out: Path, run: str | None = None) -> tuple[list[str], bool]:
 
 
 def timing_lines(rows: list[dict]) -> list[str]:
-    """One line per timed case: each provider's us/step and, in brackets, cuDNN's time over its own."""
+    """One line per timed case: each provider's us/step, in brackets cuDNN's time over its own, and in
+    braces the cost model's us/step where it has one."""
     cases: dict[tuple, list[dict]] = {}
     for r in rows:
         if r.get("provider") and r.get("status") == "ok":
             key = tuple(r.get(k) for k in ("kind", "cell", "dtype", "B", "T", "H", "mode"))
             cases.setdefault(key, []).append(r)
-    out = ["timings (us/step, [cuDNN time / this one]):"] if cases else []
+    out = ["timings (us/step, [cuDNN time / this one], {cost model}):"] if cases else []
     for (kind, cell, dtype, B, T, H, mode), rs in cases.items():
         cols = []
         for r in rs:
             ratio = f" [{r['vs_cudnn']:.2f}x]" if isinstance(r.get("vs_cudnn"), float) else ""
-            cols.append(f"{r['provider']} {r['us_per_step']:.2f}{ratio}")
+            m = r.get("model_us_per_step")
+            model = f" {{{m:.2f}}}" if isinstance(m, float) else ""
+            cols.append(f"{r['provider']} {r['us_per_step']:.2f}{ratio}{model}")
         out.append(f"  {kind} {cell} {dtype} B{B} T{T} H{H} {mode or ''}: " + ", ".join(cols))
     return out
 

@@ -234,7 +234,7 @@ def time_case(case: dict, emit, device: str = "cuda") -> dict:
         extra[v.name] = {
             "max_rel_err": err,
             "tolerance": tol,
-            "algorithm": _algorithm(v, cell, dtype, B, H, backward),
+            **_algorithm(v, cell, dtype, B, H, backward),
         }
         if not err <= tol:
             emit({"provider": v.name, **extra[v.name], "status": "fail", "why": f"forward differs ({where})"})
@@ -247,19 +247,25 @@ def time_case(case: dict, emit, device: str = "cuda") -> dict:
     return {"status": worst, "providers": statuses}
 
 
-def _algorithm(
-    v: common.Variant, cell: str, dtype: torch.dtype, B: int, H: int, backward: bool
-) -> str | None:
-    """The CUDA backend's description of the algorithm it runs (plan: CTAs, units, shared memory)."""
+def _algorithm(v: common.Variant, cell: str, dtype: torch.dtype, B: int, H: int, backward: bool) -> dict:
+    """The CUDA backend's description of the algorithm it runs (plan: CTAs, units, shared memory) and
+    the cost model's µs per step for it (forward, plus backward in fwd+bwd), so that each timing row is
+    read against the model (scripts/gpu_model.py, docs/cuda.md)."""
     if v.backend != "cuda":
-        return None
+        return {"algorithm": None}
     from rnnfast.ops.recurrence import cuda
 
+    dev = torch.device("cuda")
+    gpu = cuda.Gpu.of(dev)
+    tf32 = dtype == torch.float32 and cuda.tf32_allowed()
+    descs, model = [], 0.0
     with v.flags():
-        fwd = cuda.algorithm(cell, dtype, B, H, False, torch.device("cuda"))[1]
-        if not backward:
-            return f"forward {fwd}"
-        return f"forward {fwd}; backward {cuda.algorithm(cell, dtype, B, H, True, torch.device('cuda'))[1]}"
+        for bwd in (False, True) if backward else (False,):
+            code, desc = cuda.algorithm(cell, dtype, B, H, bwd, dev)
+            descs.append(("backward " if bwd else "forward ") + desc)
+            name = "persistent" if code == cuda._PERSISTENT else "stepwise"
+            model += cuda.step_time(cell, dtype, B, H, bwd, tf32, gpu)[name]
+    return {"algorithm": "; ".join(descs), "model_us_per_step": round(model, 3)}
 
 
 def floor(case: dict, emit) -> dict:

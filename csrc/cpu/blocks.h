@@ -1,24 +1,20 @@
 // Large tensors (the ops' outputs and scratch) from a process-wide cache of freed blocks.
 //
 // glibc hands blocks of more than its mmap threshold (32 MiB at most) back to the system when they are
-// freed, and the next call page-faults the same amount in again, zeroed by the kernel: GRU B=256 H=256
-// T=50 forward+backward took 41.6K page faults and ~110 ms of system time per call (of ~450 ms of CPU
-// time), torch.nn's 19K. Blocks of at least kMinBytes are therefore kept when their tensor dies, up to
-// RNNFAST_CPU_CACHE_MB MiB in all (default: an eighth of the physical memory, at most 4 GiB, 512 MiB where
-// the system does not say), oldest dropped first, and handed to the next request they fit (at most twice
-// its size). A training loop takes the same blocks again at every iteration, so the cache adds little to
-// its peak; what it holds beyond that is freed memory kept for the next call, as in torch's CUDA caching
-// allocator. The limit has to hold one call's large tensors: at 512 MiB, GRU B=256 T=200 H=512
-// forward+backward (~1.1 GiB of them) page-faulted a block in per call and took 1.9-2.7 s instead of
-// 1.74-1.76 s (2-core Xeon). New blocks are 2 MiB-aligned with MADV_HUGEPAGE, so that even
-// their first use faults once per 2 MiB where the kernel allows transparent huge pages.
-// torch.ops.rnnfast_C.cache_clear() frees the cached blocks; cache_info() says what is held,
-// cache_limit() how much may be.
+// freed, and the next call page-faults the same amount in again, zeroed by the kernel (GRU B=256 H=256
+// T=50 forward+backward: ~110 ms of system time per call of ~450 ms; docs/cpu.md). Blocks of at least
+// kMinBytes are therefore kept when their tensor dies, up to a limit (an eighth of the physical memory, at
+// most 4 GiB, 512 MiB where the system does not say: it has to hold one call's large tensors), oldest
+// dropped first, and handed to the next request they fit (at most twice its size), as in torch's CUDA
+// caching allocator. New blocks are 2 MiB-aligned with MADV_HUGEPAGE, so that even their first use faults
+// once per 2 MiB where the kernel allows transparent huge pages. torch.ops.rnnfast_C.cache_clear() frees
+// the cached blocks, cache_info() says what is held, cache_limit() / cache_set_limit() how much may be.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <deque>
 #include <mutex>
@@ -62,8 +58,20 @@ class BlockCache {
     cached_ = 0;
   }
 
-  // The most bytes the cache holds (RNNFAST_CPU_CACHE_MB or default_limit()).
-  int64_t limit() const { return static_cast<int64_t>(limit_); }
+  // The most bytes the cache holds (default_limit() unless set).
+  int64_t limit() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return static_cast<int64_t>(limit_);
+  }
+  void set_limit(int64_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    limit_ = static_cast<size_t>(bytes);
+    while (cached_ > limit_ && !free_.empty()) {
+      std::free(free_.front().p);
+      cached_ -= free_.front().cap;
+      free_.pop_front();
+    }
+  }
 
   // (bytes cached, blocks cached, blocks handed out from the cache so far).
   std::tuple<int64_t, int64_t, int64_t> info() {
@@ -77,10 +85,7 @@ class BlockCache {
     size_t cap;
   };
 
-  BlockCache() {
-    const char* env = std::getenv("RNNFAST_CPU_CACHE_MB");
-    limit_ = env != nullptr ? static_cast<size_t>(std::max(0LL, std::atoll(env))) << 20 : default_limit();
-  }
+  BlockCache() : limit_(default_limit()) {}
 
   static size_t default_limit() {
     size_t limit = size_t{512} << 20;
@@ -137,7 +142,7 @@ class BlockCache {
   std::mutex mu_;
   std::deque<Block> free_;  // oldest first
   size_t cached_ = 0;
-  size_t limit_ = 0;
+  std::atomic<size_t> limit_{0};
   int64_t reused_ = 0;
 };
 

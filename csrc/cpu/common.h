@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -45,6 +46,21 @@
 #endif
 
 namespace rnnfast {
+
+// Choices forced from Python (rnnfast.backends.cpu.flags, through the op set_options): 0 leaves each to
+// the kernels' defaults, which are functions of the machine's facts (vector width, L2) and the call's sizes.
+enum class PathChoice : int { kAuto = 0, kPlain = 1, kRows = 2, kTeam = 3 };
+enum class GemmChoice : int { kAuto = 0, kAten = 1, kOnednn = 2, kBlocked = 3 };
+
+struct Options {
+  std::atomic<int> path{0}, gemm{0};
+  static Options& get() {
+    static Options o;
+    return o;
+  }
+};
+inline PathChoice forced_path() { return static_cast<PathChoice>(Options::get().path.load(std::memory_order_relaxed)); }
+inline GemmChoice forced_gemm() { return static_cast<GemmChoice>(Options::get().gemm.load(std::memory_order_relaxed)); }
 
 // RNNFAST_DEBUG_POISON=1: outputs are filled with NaN when allocated, so an element a kernel forgets to
 // write fails the tests instead of passing with whatever the allocator left there.

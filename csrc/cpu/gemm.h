@@ -1,24 +1,17 @@
 // Large float32 products through oneDNN, with ATen's GEMM as the fallback.
 //
-// ATen's CPU GEMM is MKL, which on AMD CPUs runs its AVX2 code: measured on a 2-core AMD EPYC (AVX-512),
-// 2 threads, GFLOP/s of torch.mm vs oneDNN with the weight pre-packed: 16x512x2048 94 vs 179,
-// 64x512x2048 138 vs 213, 1600x512x2048 163 vs 208. oneDNN is what torch.nn.LSTM's CPU path uses, so
-// its fused kernels compete with these rates. The extension reaches oneDNN through the `mkldnn::`
-// operators torch registers (`_reorder_linear_weight` packs a Linear weight once into oneDNN's blocked
-// layout, `_linear_pointwise` runs the product): torch does not export oneDNN's own symbols. A call costs
-// ~25 µs of fixed overhead (primitive lookup), so only products of at least kDnnlMinWork multiply-adds go
-// there; smaller ones stay with the caller's own kernel or at::mm.
-//
-// RNNFAST_CPU_GEMM=aten turns the oneDNN path off (for comparisons and as an escape hatch); any failure
-// of the oneDNN call (a torch built without it, an unexpected layout) falls back to at::mm for good.
+// oneDNN is what torch.nn.LSTM's CPU path uses, with the weight packed once into its blocked layout; on some
+// machines it runs well ahead of ATen's GEMM (figures: docs/cpu.md). The extension reaches it through the
+// `mkldnn::` operators torch registers (`_reorder_linear_weight` packs, `_linear_pointwise` multiplies):
+// torch does not export oneDNN's own symbols. A call costs ~25 µs of fixed overhead (primitive lookup), so
+// only products of at least kDnnlMinWork multiply-adds go there. flags(gemm="aten") turns it off; any
+// failure of a oneDNN call (a torch built without it, an unexpected layout) falls back to at::mm for good.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <atomic>
-#include <cstdlib>
-#include <cstring>
 #include <optional>
 
 #include "common.h"
@@ -35,7 +28,7 @@ class Dnnl {
     static Dnnl d;
     return d;
   }
-  bool usable() const { return ok_.load(std::memory_order_relaxed); }
+  bool usable() const { return ok_.load(std::memory_order_relaxed) && forced_gemm() != GemmChoice::kAten; }
   void disable(const char* why) {
     if (ok_.exchange(false)) {
       TORCH_WARN_ONCE("rnnfast: oneDNN products disabled, using at::mm (", why, ")");
@@ -58,12 +51,10 @@ class Dnnl {
 
  private:
   Dnnl() {
-    const char* env = std::getenv("RNNFAST_CPU_GEMM");
-    bool want = !(env != nullptr && std::strcmp(env, "aten") == 0);
     auto& d = c10::Dispatcher::singleton();
     auto lin = d.findSchema({"mkldnn::_linear_pointwise", ""});
     auto reo = d.findSchema({"mkldnn::_reorder_linear_weight", ""});
-    if (want && at::hasMKLDNN() && lin.has_value() && reo.has_value()) {
+    if (at::hasMKLDNN() && lin.has_value() && reo.has_value()) {
       linear_ = *lin;
       reorder_ = *reo;
       ok_ = true;
@@ -75,16 +66,6 @@ class Dnnl {
 
 inline bool dnnl_pays(const at::Tensor& w, int64_t m, int64_t min_work = kDnnlMinWork) {
   return w.scalar_type() == at::kFloat && m * w.size(0) * w.size(1) >= min_work && Dnnl::get().usable();
-}
-
-// Whether this is an Intel CPU, where MKL (ATen's GEMM) runs its best code.
-inline bool intel_cpu() {
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-  static const bool v = __builtin_cpu_is("intel");
-  return v;
-#else
-  return false;
-#endif
 }
 
 // y (M, N) = x (M, K) · wᵀ (+ y when accumulate), as torch.nn.functional.linear without bias.

@@ -382,16 +382,6 @@ inline int isa_level() {
   }();
   return level;
 }
-inline bool cpu_is_intel() {
-  static const bool v = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_is("intel") != 0;
-  }();
-  return v;
-}
-// An AVX-512 CPU of a vendor other than Intel, whose defaults were measured on a Zen 5 EPYC (see
-// cpu_kind() in rnnfast/backends.py for the Python side's rules).
-inline bool avx512_other() { return isa_level() == 4 && !cpu_is_intel(); }
 #define RNNFAST_ISA_KERNEL(NAME, ARGS, CALL)                                                          \
   template <typename scalar_t>                                                                        \
   __attribute__((target("arch=x86-64-v4"))) void NAME##_v4(ARGS) {                                    \
@@ -431,8 +421,6 @@ int64_t half_packed_width() {
 }
 #else
 inline int isa_level() { return 0; }
-inline bool cpu_is_intel() { return false; }
-inline bool avx512_other() { return false; }
 #define RNNFAST_ISA_KERNEL(NAME, ARGS, CALL) \
   template <typename scalar_t>               \
   void NAME(ARGS) {                          \
@@ -497,12 +485,6 @@ void pack_panels(const scalar_t* w, int64_t sk, int64_t sm, int64_t K, int64_t M
   }
 }
 
-// A tuning knob: the environment variable `name` as an integer, else `fallback`.
-inline int64_t env_int(const char* name, int64_t fallback) {
-  const char* s = std::getenv(name);
-  return s ? std::atoll(s) : fallback;
-}
-
 // A core's L2 in bytes (1 MiB where the system does not say).
 inline int64_t l2_bytes() {
   static const int64_t v = [] {
@@ -520,95 +502,46 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // No limit (for the thresholds below; small enough to double).
 constexpr int64_t kNoLimit = int64_t{1} << 60;
 
-// Where a GEMM library (oneDNN, else ATen) takes over the per-step product from the blocked kernel: from
-// this many rows (env RNNFAST_CPU_BLAS_MIN_B, read at every call), or from small_max_work() multiply-adds
-// per row. With AVX2 the blocked kernel wins at every size measured and keeps them all; with AVX-512 the
-// limits set for an earlier, slower kernel (an add and a shuffle per broadcast, see block_step) stand,
-// 64 rows and 2^18 (W of 1 MiB in float32, beyond a core's L2): measured again on a 2-core Zen 5 EPYC
-// (T=20, op alone, paired rounds, no limits / these limits), the forward ran 1.11-1.27x slower without
-// them at B=16 with W beyond L2 (LSTM H=512-1024, GRU H=1024; even at B=64-256), so they stay for the
-// forward; the backward gained (0.87-0.94 at B=16) and has its own limit, bwd_small_max_work()
-// (benchmarks/results/cpu-avx512-zen5-blocked-everywhere-ab-867cf80.json).
-// Measured on a 2-core AMD EPYC with AVX2 (1 MiB L2, float32, 2 threads, T=20, the op alone, paired
-// rounds of benchmarks/cpu_env_ab.py, library time / blocked time, inference / training): LSTM B=16
-// H=512 0.98 / 1.13, B=16 H=1024 0.96 / 1.26, B=64 H=1024 1.00 / 1.08, B=256 H=1024 1.08 / 1.07; GRU
-// B=16 H=1024 1.00 / 1.22, B=256 H=512 1.07 / 1.02; RNN B=16 H=1024 1.24 / 1.25, B=256 H=1024 1.10 /
-// 1.01 (docs/cpu.md has the table).
-// Earlier, per step, GRU (K = H, M = 3H), float32, small_mm vs at::mm (MKL), 2 threads, AVX-512:
-//   H=64:  B=1 1.3 vs 2.2 µs, B=4 2.1 vs 3.6, B=16 6.9 vs 8.3, B=32 13 vs 15
-//   H=128: B=1 3.4 vs 4.9 µs, B=4 6.3 vs 9.8, B=16 20 vs 26, B=32 44 vs 58
-//   H=256: B=1 11 vs 21 µs, B=4 20 vs 58, B=16 69 vs 101, B=32 124 vs 181; H=1024, B=1: 1.6 vs 1.1 ms
-inline int64_t blas_min_rows() { return env_int("RNNFAST_CPU_BLAS_MIN_B", isa_level() == 3 ? kNoLimit : 64); }
-// The largest K·M the blocked kernel takes (env RNNFAST_CPU_SMALL_MAX_WORK, read at every call), see
-// blas_min_rows().
-inline int64_t small_max_work() {
-  return env_int("RNNFAST_CPU_SMALL_MAX_WORK", isa_level() == 3 ? kNoLimit : int64_t{1} << 18);
+// The thresholds of the per-step products: functions of the vector width and the sizes only (their
+// measurements: docs/cpu.md, "Thresholds").
+//
+// From how many rows, or beyond how many multiply-adds per row (K·M), a GEMM library (oneDNN, else ATen)
+// takes the per-step product from the blocked kernel. With AVX2 the blocked kernel runs at the libraries'
+// rate and keeps every size; with AVX-512 the libraries win from 64 rows or a W beyond a core's L2 (2^18
+// float32 values = 1 MiB). flags(gemm="blocked") keeps every product in the blocked kernel,
+// gemm="onednn" / "aten" gives the library these limits with any vector width.
+inline bool blocked_keeps_all() {
+  const GemmChoice g = forced_gemm();
+  return g == GemmChoice::kBlocked || (g == GemmChoice::kAuto && isa_level() == 3);
 }
-// The same for the backward's products dh_{t-1} = dgh·W_hh (env RNNFAST_CPU_BWD_SMALL_MAX_WORK, read at
-// every call; default: no limit, except on Intel's AVX-512 CPUs, not measured, which keep
-// small_max_work()). With AVX-512 the backward gained where the forward did not: on a 2-core AMD EPYC
-// with AVX-512 (Zen 5, float32, T=20, op alone, paired rounds, blocked products without limits against
-// the limits above, time ratio inference / training) LSTM B=16 H=512 1.11 / 0.87, H=1024 1.18 / 0.93; GRU
-// B=16 H=1024 1.27 / 0.94: oneDNN kept the forward's, the blocked kernel now the backward's.
-inline int64_t bwd_small_max_work() {
-  return env_int("RNNFAST_CPU_BWD_SMALL_MAX_WORK", isa_level() == 4 && cpu_is_intel() ? small_max_work() : kNoLimit);
-}
+inline int64_t blas_min_rows() { return blocked_keeps_all() ? kNoLimit : 64; }
+inline int64_t small_max_work() { return blocked_keeps_all() ? kNoLimit : int64_t{1} << 18; }
+// The same for the backward's products dh_{t-1} = dgh·W_hh.
+inline int64_t bwd_small_max_work() { return small_max_work(); }
 
-// Where oneDNN (gemm.h) takes the products the blocked kernel leaves to a GEMM library: from this many
-// rows (env RNNFAST_CPU_DNNL_MIN_B) and at least kDnnlMinWork multiply-adds per step. Measured per step,
-// 1 thread, oneDNN vs MKL: GRU B=4 H=1024 460 vs 1090 µs, B=4 H=512 107-133 vs 212; at B=1 (a matrix-
-// vector product, bound by reading W) no clear winner (GRU H=1024: 262-398 vs 290-302 µs).
-inline int64_t dnnl_min_rows() {
-  static const int64_t v = env_int("RNNFAST_CPU_DNNL_MIN_B", int64_t{2});
-  return v;
-}
+// oneDNN takes the library's products from 2 rows: a one-row product is bound by reading W, where
+// neither library is ahead.
+constexpr int64_t kDnnlMinRows = 2;
+inline int64_t dnnl_min_rows() { return kDnnlMinRows; }
 
-// From how many multiply-adds (B·K·M) a blocked product is split over threads (env
-// RNNFAST_CPU_PARALLEL_MIN_WORK). Waking a second thread costs a few µs, which a step must earn back: with
-// AVX-512 that takes 2^22 (measured, B=4 H=256 GRU, 0.8M: 20 µs on one thread vs 27 on two; B=32, 6.3M:
-// 146 vs 124); at half the vector width 2^19 (measured, whole step, AVX2: GRU B=4 H=256 59 vs 48 µs,
-// B=16 H=256 193 vs 148; LSTM B=4 H=256 78 vs 60).
-inline int64_t parallel_min_work() {
-  static const int64_t v =
-      env_int("RNNFAST_CPU_PARALLEL_MIN_WORK", isa_level() == 4 ? int64_t{1} << 22 : int64_t{1} << 19);
-  return v;
-}
+// From how many multiply-adds (B·K·M) a blocked product is split over threads: waking a second thread
+// costs a few µs, which a step must earn back; a vector of half the width earns it back sooner.
+inline int64_t parallel_min_work() { return isa_level() == 4 ? int64_t{1} << 22 : int64_t{1} << 19; }
 
-// From how many multiply-adds (K·M) a one-row product takes matvec() (env RNNFAST_CPU_MATVEC_MIN_WORK):
-// 2^18, W of 1 MiB in float32, beyond a 512 KiB L2. Measured per step, 2 threads (AVX2), inference,
-// whole step: LSTM H=256 (2^18) 33 µs blocked vs 23 matvec on two threads; RNN H=256 (2^16) 7.7 vs 6.0;
-// but LSTM H=128 (2^16) 7.0 vs 12.7, where the horizontal sums of the short rows (K = 128) dominate.
-inline int64_t matvec_min_work() {
-  static const int64_t v = env_int("RNNFAST_CPU_MATVEC_MIN_WORK", int64_t{1} << 18);
-  return v;
-}
-
-// Whether a one-row product with W in cache (K·M < matvec_min_work()) takes matvec_tree() (env
-// RNNFAST_CPU_MATVEC_TREE, 1 or 0, read at every call; default 1).
-inline bool matvec_tree_on() { return env_int("RNNFAST_CPU_MATVEC_TREE", 1) != 0; }
+// From how many multiply-adds (K·M) a one-row product takes matvec() on all threads: a W of 1 MiB in
+// float32, beyond a 512 KiB L2; below, the short rows' horizontal sums cost more than a second core saves.
+constexpr int64_t kMatvecMinWork = int64_t{1} << 18;
+inline int64_t matvec_min_work() { return kMatvecMinWork; }
 
 // From how many multiply-adds per row (K·M) a blocked product of 4 or more rows (2 or more with W beyond
-// L2, see StepMatmul) packs W in panels (env RNNFAST_CPU_PACKED_MIN_WORK): 2^17, W of 512 KiB in float32.
-// Measured per step (AVX2, inference, best of 28 runs), packed vs row-major: 1 thread LSTM B=16 H=256 292
-// vs 353 µs, GRU B=64 H=128 231 vs 248, LSTM B=16 H=128 91 vs 97; 2 threads LSTM B=16 H=256 185 vs 229,
-// but with each thread's half of a smaller W in its own L2, LSTM B=16 H=128 74 vs 68, GRU B=64 H=128 210
-// vs 189.
-inline int64_t packed_min_work() {
-  static const int64_t v = env_int("RNNFAST_CPU_PACKED_MIN_WORK", int64_t{1} << 17);
-  return v;
-}
+// L2, see StepMatmul) packs W in panels: a W of 512 KiB in float32, where row-major reads of W stop
+// hitting L1/L2 streams well.
+constexpr int64_t kPackedMinWork = int64_t{1} << 17;
+inline int64_t packed_min_work() { return kPackedMinWork; }
 
-// Whether mm_tn() computes in the blocked kernel (env RNNFAST_CPU_TN_BLOCKED, 1 or 0, read at every
-// call; default: with AVX-512 on CPUs other than Intel's, where MKL runs its best code, unless
-// RNNFAST_CPU_GEMM=aten). ATen's GEMM is MKL, which runs its AVX2 code on AMD CPUs: on a 2-core
-// AMD EPYC with AVX-512 (Zen 5, 2 threads, float32) it took 1.92 ms for the LSTM B=16 H=256 T=50
-// dW_hh (800 summed rows, 1024 × 256) against 1.00 ms in the blocked kernel.
-inline bool tn_blocked() {
-  static const bool by_default = avx512_other();
-  const char* gemm = std::getenv("RNNFAST_CPU_GEMM");  // =aten: every large product through ATen
-  const bool aten = gemm != nullptr && std::strcmp(gemm, "aten") == 0;
-  return env_int("RNNFAST_CPU_TN_BLOCKED", by_default && !aten ? 1 : 0) != 0;
-}
+// Whether mm_tn() (the weight gradients) computes in the blocked kernel: with flags(gemm="blocked");
+// else ATen's GEMM, which takes the transposed operand in place.
+inline bool tn_blocked() { return forced_gemm() == GemmChoice::kBlocked; }
 
 // Rows of b (terms of the sum) per pass over y: a chunk of b is packed at a time; fewer rows would read
 // and write y more often.
@@ -711,7 +644,7 @@ class StepMatmul {
     const bool big = K_ * M_ >= matvec_min_work(), in_place = w.t().is_contiguous();
     if (!serial && B == 1 && (in_place ? big || !copy_pays : big && steps >= kCopyMinSteps)) {
       matvec_ = true;
-      tree_ = !big && matvec_tree_on();  // a W in cache: matvec_tree()
+      tree_ = !big;  // a W in cache: matvec_tree()
       w_ = in_place ? w.t() : contiguous_2d(w.t());
       parallel_ = big && at::get_num_threads() > 1;
       return;

@@ -133,51 +133,45 @@ struct Steps {
 // the same units' pointwise gradients and their columns of dh_{t-1} = dgh·W_hh, which need every
 // unit's dgh: one barrier per step, between the two.
 
-// From how many multiply-adds per step (B·G·H²) a loop runs as a team (env RNNFAST_CPU_TEAM_MIN_WORK,
-// read at every call; a negative value turns teams off).
-inline int64_t team_min_work() { return env_int("RNNFAST_CPU_TEAM_MIN_WORK", int64_t{1} << 15); }
+// How a loop is split over threads: a team (team_parts()), a row split (row_parts()) or the plain loop
+// (1), from the call's sizes, the thread count, the vector width and L2 only; flags(path=...) forces one
+// where it can run. Each constant's reason is beside it; the measurements behind them: docs/cpu.md,
+// "Thresholds".
+
+// Forced paths (Options): a forced path that cannot run a call leaves it to the plain loop.
+inline bool path_is(PathChoice p) { return forced_path() == p; }
+inline bool path_forced() { return forced_path() != PathChoice::kAuto; }
 
 // Row split: with several threads and a W_hh that fits a core's L2, the plain loop runs on one thread per
-// slice of the batch rows, each its own time loop from start to end: rows do not interact within a
-// call, so nothing crosses between cores and no thread waits for another, where the plain loop forks
-// and joins threads twice a step (product and pointwise) and a team meets at a barrier every step.
-// Each thread reads the whole of W_hh (its own copy in its L2) through the blocked kernel. Taken from
-// RNNFAST_CPU_ROW_SPLIT_MIN_B rows (read at every call; a negative value turns it off), at least
-// kRowSplitMinRows rows a thread and kCopyMinSteps steps (a shorter sequence stays in the plain loop,
-// whose products read W_hhᵀ in place: the split's blocked kernel wants a copy of it), before a team
-// (team_parts()). Measured on a 2-core AVX2 EPYC (1 MiB L2, float32, T=50, the op alone, split against the loop it replaces, paired rounds in one process:
-// benchmarks/cpu_env_ab.py): 0.99-2.66x for RNN/GRU/LSTM at B=16-512, H=64-256, against the plain loop
-// (e.g. RNN B=128 H=128 inference 2.66x; LSTM B=64 H=256 0.99x) and 1.02-1.93x against a team (GRU B=16
-// H=128 1.40x / 1.36x inference / training, LSTM B=32 H=64 1.93x / 1.56x). From 2·RNNFAST_CPU_BLAS_MIN_B
-// rows, where the plain loop's products are GEMMs on all threads, only with W at most half the L2: at
-// B=256 a 1 MiB LSTM H=256 W_hh ran 0.89x / 0.91x of the plain loop, a 768 KiB GRU H=256 1.07x / 0.99x.
-// With AVX2 the plain loop keeps the blocked kernel at any batch (blas_min_rows() has no limit there), and
-// the split is ahead up to a whole L2 (B=128-256, H=128-256, plain / split 1.01-1.46).
-// Below 2·kRowSplitMinRows rows it takes kRowSplitFewRows rows a thread, and only a W_hh smaller than a
-// quarter of L2 (measured there, same machine and method, B=8-12, split / the loop it replaces, inference
-// and training: H=64 0.66-1.00 for all three cells (GRU B=8 0.66 / 0.81, against the plain loop; LSTM
-// B=8 0.79 / 0.84, against a team), H=128 GRU 0.86-0.98, LSTM 0.91-1.02, RNN 0.88-1.02; but at 256 KiB
-// and more, B=12: RNN H=256 1.13 / 1.03, GRU 1.07 / 1.02, LSTM 1.06 / 1.02 against a team). From 2 to 7
-// rows it lost to the teams at H=128 (GRU and LSTM B=2-4 inference 1.10-1.26) and is not taken.
+// slice of the batch rows, each its own time loop from start to end: nothing crosses between cores and no
+// thread waits for another. Each thread reads the whole of W_hh (its own copy in its L2) through the
+// blocked kernel, which wants a copy of W_hh (kCopyMinSteps). A slice takes kRowSplitMinRows rows (from
+// 16 rows: fewer lost to a team), or kRowSplitFewRows below that with a W_hh under a quarter of L2 (two
+// threads' shares of a small W then cost less than a team's barrier per step).
 constexpr int64_t kRowSplitMinRows = 8;
 constexpr int64_t kRowSplitFewRows = 4;
 // Whether weights of `bytes` take a split of fewer than 2·kRowSplitMinRows rows.
 inline bool few_rows_split_fits(int64_t bytes) { return 4 * bytes < l2_bytes(); }
-inline int64_t row_split_min_rows() { return env_int("RNNFAST_CPU_ROW_SPLIT_MIN_B", 2 * kRowSplitFewRows); }
+
+// Whether this process can split a loop over threads at all.
+inline bool threads_to_split() { return at::get_num_threads() > 1 && !at::in_parallel_region(); }
 
 template <typename scalar_t>
 int64_t row_parts(int64_t T, int64_t B, int64_t G, int64_t H, int64_t N, bool proj) {
-  const int64_t min_b = row_split_min_rows();
-  if (min_b < 0 || T < kCopyMinSteps || B < std::max(min_b, 2 * kRowSplitFewRows)) return 1;
-  const int64_t threads = at::get_num_threads();
-  if (threads < 2 || at::in_parallel_region()) return 1;
+  if (path_forced()) {
+    if (!path_is(PathChoice::kRows) || B < 2 || !threads_to_split()) return 1;
+    return std::min<int64_t>({at::get_num_threads(), B, kMaxTeam});
+  }
+  if (T < kCopyMinSteps || B < 2 * kRowSplitFewRows || !threads_to_split()) return 1;
   const int64_t work = G * H * N, pwork = proj ? N * H : 0;
   if (work > small_max_work() || pwork > small_max_work()) return 1;
   const int64_t bytes = (work + pwork) * static_cast<int64_t>(sizeof(scalar_t));
+  // From 2·blas_min_rows() rows the plain loop's products are GEMMs on all threads: the split only where
+  // two copies of W fit a core's L2.
   if (bytes > l2_bytes() || (B >= 2 * blas_min_rows() && 2 * bytes > l2_bytes())) return 1;
   const bool few = B < 2 * kRowSplitMinRows;
   if (few && !few_rows_split_fits(bytes)) return 1;
-  return std::min<int64_t>({threads, B / (few ? kRowSplitFewRows : kRowSplitMinRows), kMaxTeam});
+  return std::min<int64_t>({at::get_num_threads(), B / (few ? kRowSplitFewRows : kRowSplitMinRows), kMaxTeam});
 }
 
 // The first row of slice p of `parts`: near p·B/parts, on a multiple of 4 (the blocked kernel's rows)
@@ -202,98 +196,45 @@ void for_row_slices(int64_t B, int64_t parts, const F& f) {
   });
 }
 
-// How many slices a loop of B rows, G·H gates and T steps is split into: 1 runs the plain loop (its
-// products may still use several threads, see StepMatmul). Measured on a 2-core AVX-512 machine
-// (float32, T=100, forward and backward each, team against the plain loop): 1.1-1.7x for GRU and LSTM
-// from H=128 and RNN from H=256 at B <= 48, where a step is a few µs to a few hundred; not taken where
-// it did not win:
-// - G·H < 256 (an RNN of H=128): each step moves B·H values between cores for little arithmetic
-//   (B=16: 0.83x backward);
-// - a slice of W_hh beyond L2 at one row (LSTM B=1 H=1024, 8 MiB a thread: 0.85x forward, AVX-512) or
-//   from team_beyond_l2_max_rows() + 1 rows. From 2 to 8 rows the slices stream from L3 in panels and
-//   beat the plain loop, whose per-step products were oneDNN or MKL calls (2-core AVX2 EPYC, 1 MiB L2,
-//   float32, op alone, paired rounds of benchmarks/cpu_env_ab.py, team / plain: T=50 H=512 LSTM
-//   B=2/4/8 0.56/0.68/0.91 inference, 0.58/0.69/0.88 training, GRU 0.24/0.64/0.81 and 0.32/0.69/0.85;
-//   H=1024 0.63-0.98; T=8 H=2048 0.76-0.90; at B=12 0.92-1.07); against the plain loop on the blocked
-//   kernel, which now keeps those products with AVX2, 0.75-0.97 from 2 to 8 rows, and ahead up to 32
-//   rows (team_beyond_l2_max_rows());
-// - B >= 16 where the plain loop's products go to oneDNN (G·H² > small_max_work(): 2^18 except with
-//   AVX2, where there is no limit; LSTM B=32-48 H=512: 0.92-0.98x), except on AVX-512 CPUs other than
-//   Intel's (team_wide_w());
-// - a projected LSTM: its projection mixes every unit of a step into every unit of h, which would
-//   take a second barrier per step;
-// - from B=64 (team_max_rows(): 128 on AVX-512 CPUs other than Intel's), where the plain loop's
-//   products are GEMMs of oneDNN or ATen, except up to B=128 with a W_hh of at most 2^16 values (T=50,
-//   team vs plain: GRU H=128 B=64 2.30x / 1.35x forward / backward, B=128 1.19x / 0.98x; LSTM H=128
-//   B=128 1.22x / 1.07x; RNN H=256 B=128 1.17x / 1.02x; at B=256 0.95-0.97x backward, and LSTM H=256
-//   B=128 0.87x / 0.89x).
-// Slices are whole panels of the packed product (64 units in float32 with AVX-512): a part-filled
-// panel computes its zero columns too.
-// kTeamMaxRows was measured against a plain loop whose products from 64 rows were library calls. With
-// AVX2 that loop now keeps its own faster kernel (blas_min_rows()), so a team has less to win there and
-// the limit stands; slices beyond L2 run up to team_beyond_l2_max_rows() rows.
+// Teams. A team pays a barrier per step (~1 µs) and moves B·H values between cores; it wins where a step
+// is a few µs to a few hundred and each member's slice of W_hh stays in its own L2:
+// - kTeamMinWork multiply-adds a step at least, and G·H >= kTeamMinGates (an RNN of H=128 moves as many
+//   values as it computes);
+// - fewer than kTeamMaxRows rows (from there the plain loop's products are GEMMs on all threads), or up
+//   to kTeamSmallWMaxRows with a W_hh of at most kTeamSmallW values;
+// - with W_hh beyond the L2s, only 2 to team_beyond_l2_max_rows() rows (the slices stream from L3; the
+//   plain loop's GEMMs re-read W no worse from there at more rows), and not from 16 rows where the plain
+//   loop's products go to a library (G·H² > small_max_work());
+// - no projection (it mixes every unit into every unit of h: a second barrier per step), and T >= 4
+//   (packing the slices pays from a few steps).
+constexpr int64_t kTeamMinWork = int64_t{1} << 15;
+constexpr int64_t kTeamMinGates = 256;
 constexpr int64_t kTeamMaxRows = 64;
+constexpr int64_t kTeamSmallWMaxRows = 128;
+constexpr int64_t kTeamSmallW = int64_t{1} << 16;
+constexpr int64_t kTeamMinSteps = 4;
+// With AVX2 the blocked kernel keeps the plain loop's products at any size, so slices beyond L2 stay
+// ahead of it up to 32 rows; with AVX-512 up to 8.
+inline int64_t team_beyond_l2_max_rows() { return isa_level() == 3 ? 32 : 8; }
 
-// From how many rows the plain loop takes over from a team (env RNNFAST_CPU_TEAM_MAX_B, read at every
-// call; a W_hh of at most 2^16 values keeps its team up to 128 rows regardless): kTeamMaxRows, except on
-// AVX-512 CPUs other than Intel's, 128. There a team against the plain loop (oneDNN's per-step products)
-// at B=64-96 (2-core Zen 5 EPYC, float32, T=50, op alone, paired rounds; GRU and LSTM H=512-1024, RNN
-// H=1024; plain / team) ran 1.00-1.05 in inference, 1.02-1.05 in training (benchmarks/results/cpu-avx512-
-// zen5-team-64-rows-ab-ca372cc.json); at B=128 mixed (LSTM H=256 0.96-0.97, GRU 1.01-1.06): not taken.
-inline int64_t team_max_rows() { return env_int("RNNFAST_CPU_TEAM_MAX_B", avx512_other() ? 128 : kTeamMaxRows); }
-
-// Whether a team takes 16 rows or more with a W_hh of more than small_max_work() multiply-adds a row
-// (env RNNFAST_CPU_TEAM_WIDE_W, 1 or 0, read at every call; default 1 on AVX-512 CPUs other than Intel's,
-// 0 elsewhere, where that limit is 2^18 on Intel's AVX-512 CPUs, not measured, and none with AVX2). There
-// the plain loop's products are oneDNN calls (~10 µs of fixed cost each, and a pointwise pass after them).
-// Measured on a 2-core Zen 5 EPYC (float32, T=50, op alone, paired rounds of benchmarks/cpu_env_ab.py,
-// plain loop / team; GRU and LSTM H=512-1024, RNN H=1024, B=16-48): inference 1.01-1.24 (GRU B=16 H=512
-// 1.24), training 0.99-1.10 (benchmarks/results/cpu-avx512-zen5-team-wide-w-ab-8a62b4f.json).
-inline bool team_wide_w() { return env_int("RNNFAST_CPU_TEAM_WIDE_W", avx512_other() ? 1 : 0) != 0; }
-
-// Up to how many rows a team runs whose slices of W_hh are beyond a core's L2 (env
-// RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B, read at every call): on AVX-512 CPUs other than Intel's every batch a
-// team takes (below team_max_rows()), 32 with AVX2, 8 elsewhere. Measured on the 2-core AVX2 EPYC (T=20, op
-// alone, paired rounds of benchmarks/cpu_env_ab.py, the plain loop on the blocked kernel / team): LSTM and
-// GRU H=512-1024 B=12 0.97-1.40, B=16 1.04-1.28, B=32 0.99-1.10; B=48 mixed (team / plain 0.90-1.07). On
-// the 2-core Zen 5 EPYC (AVX-512, same method, the plain loop's products through oneDNN): B=12 1.02-1.23
-// (GRU H=512 inference 1.23), B=8 unchanged (benchmarks/results/cpu-avx512-zen5-team-beyond-l2-12-rows-ab-
-// 5390140.json); with team_wide_w() against a limit of 32 rows, B=40-48 (T=50, GRU and LSTM H=512-1024,
-// RNN H=1024) inference 1.02-1.09, training 0.98-1.06 (benchmarks/results/cpu-avx512-zen5-team-beyond-l2-
-// 48-rows-ab-8a62b4f.json).
-inline int64_t team_beyond_l2_max_rows() {
-  return env_int("RNNFAST_CPU_TEAM_BEYOND_L2_MAX_B", avx512_other() ? team_max_rows() : isa_level() == 3 ? 32 : 8);
-}
-
-// Whether a team may slice a small H in panels of half the width (env RNNFAST_CPU_TEAM_NARROW_PANELS, 1
-// or 0, read at every call; default 0). With AVX-512 a float32 panel is 64 units, so H=64-127 has a
-// single panel and no team. On a 2-core Zen 5 EPYC paired rounds in one process put narrow teams ahead
-// (LSTM H=64-96 B=2-4 1.02-1.55x, benchmarks/results/cpu-avx512-zen5-team-narrow-panels-ab-f9d5145.json),
-// but separate processes timed them behind the one-thread loop (LSTM B=4 H=64 T=200 0.26-0.30 vs 0.19 ms),
-// as the teams there flip between two speeds from process to process (B=4 H=128: 0.36 or 0.68 ms): off
-// until that is understood.
-inline bool narrow_team_panels() { return env_int("RNNFAST_CPU_TEAM_NARROW_PANELS", 0) != 0; }
-
-// The panel width of the forward team's products over its slices: packed_width(), or half of it where H
-// has fewer than two whole panels (narrow_team_panels()). The backward's products run over all H columns
-// and keep packed_width().
+// The panel width of the forward team's products over its slices: packed_width(), or half of it where a
+// forced team needs two slices of an H below two whole panels. The backward's products run over all H
+// columns and keep packed_width().
 template <typename scalar_t>
 int64_t team_panel_width(int64_t H) {
   const int64_t PW = packed_width<scalar_t>();
-  return H < 2 * PW && narrow_team_panels() ? half_packed_width<scalar_t>() : PW;
+  return H < 2 * PW && path_is(PathChoice::kTeam) ? half_packed_width<scalar_t>() : PW;
 }
 
 template <typename scalar_t>
 int64_t team_parts(int64_t T, int64_t B, int64_t G, int64_t H, bool proj) {
-  const int64_t min_work = team_min_work();
-  if (proj || min_work < 0 || T < 4 || B * G * H * H < min_work || G * H < 256) return 1;
+  if (proj || !team_available()) return 1;
+  const int64_t parts = std::min<int64_t>({at::get_num_threads(), H / team_panel_width<scalar_t>(H), kMaxTeam});
+  if (path_forced()) return path_is(PathChoice::kTeam) && parts >= 2 ? parts : 1;
+  if (T < kTeamMinSteps || B * G * H * H < kTeamMinWork || G * H < kTeamMinGates || parts < 2) return 1;
   if (row_parts<scalar_t>(T, B, G, H, H, proj) > 1) return 1;  // the row split goes first
-  if (B >= team_max_rows() && !(B <= 128 && G * H * H <= (int64_t{1} << 16))) return 1;
-  if (B >= 16 && G * H * H > small_max_work() && !team_wide_w()) return 1;
-  if (!team_available()) return 1;
-  const int64_t panels = H / team_panel_width<scalar_t>(H);
-  const int64_t parts = std::min<int64_t>({at::get_num_threads(), panels, kMaxTeam});
-  if (parts < 2) return 1;
+  if (B >= kTeamMaxRows && !(B <= kTeamSmallWMaxRows && G * H * H <= kTeamSmallW)) return 1;
+  if (B >= 16 && G * H * H > small_max_work()) return 1;
   const bool beyond_l2 = G * H * H * static_cast<int64_t>(sizeof(scalar_t)) / parts > l2_bytes();
   if (beyond_l2 && (B < 2 || B > team_beyond_l2_max_rows())) return 1;
   return parts;
@@ -301,30 +242,23 @@ int64_t team_parts(int64_t T, int64_t B, int64_t G, int64_t H, bool proj) {
 
 // The forward's team: as team_parts(), except for one row with a W_hh the matvec path takes (G·H² >=
 // matvec_min_work()) over fewer than kTeamMatvecMinSteps steps, where packing the slices costs more than
-// the team gains over matvec(), which reads W_hh in place on all threads. Measured (2-core Xeon, AVX-512,
-// float32, inference, vs torch.nn; team / matvec): T=50 GRU H=512 1.16x / 1.42x, RNN H=512 1.12x / 1.24x,
-// LSTM H=512 0.76x / 0.96x, RNN H=1024 0.84x / 1.20x, GRU and LSTM H=1024 and LSTM H=256 even; T=200 the
-// team ahead or even except RNN H=1024 (LSTM H=256 1.24x / 0.80x, RNN H=512 1.82x / 1.40x). The
-// backward keeps its team at any T (T=50 fwd+bwd, team / plain: GRU H=512 4.59x / 3.94x).
+// the team gains over matvec(), which reads W_hh in place on all threads. The backward keeps its team.
 constexpr int64_t kTeamMatvecMinSteps = 128;
 
 template <typename scalar_t>
 int64_t forward_team_parts(int64_t T, int64_t B, int64_t G, int64_t H, bool proj) {
-  if (B == 1 && T < kTeamMatvecMinSteps && G * H * H >= matvec_min_work()) return 1;
+  if (!path_forced() && B == 1 && T < kTeamMatvecMinSteps && G * H * H >= matvec_min_work()) return 1;
   return team_parts<scalar_t>(T, B, G, H, proj);
 }
 
 // The backward's row split also from 2 rows, one or more a thread, in place of a team and with a W_hh
-// below a quarter of L2 (as row_parts() below 16 rows). Measured on the 2-core AVX2 EPYC (float32, T=50,
-// the op alone, forward and backward, paired rounds of benchmarks/cpu_env_ab.py, B=2-6, split backward /
-// team): GRU H=128 0.83-0.88, LSTM H=64 0.90-0.95, LSTM H=128 1.00-1.01; against the plain loop (RNN,
-// GRU H=64) it lost (0.95-1.12) and is not taken there. The forward keeps its team at these sizes (the
-// split lost to it in inference, see row_parts()).
+// below a quarter of L2 (as row_parts() below 16 rows): there it beat the team in the backward, though
+// not in the forward.
 template <typename scalar_t>
 int64_t backward_row_parts(int64_t T, int64_t B, int64_t G, int64_t H, int64_t N, bool proj) {
   const int64_t parts = row_parts<scalar_t>(T, B, G, H, N, proj);
-  if (parts > 1 || B < 2 || B >= 2 * kRowSplitFewRows) return parts;
-  if (row_split_min_rows() < 0 || T < kCopyMinSteps) return 1;
+  if (path_forced() || parts > 1 || B < 2 || B >= 2 * kRowSplitFewRows) return parts;
+  if (T < kCopyMinSteps) return 1;
   if (!few_rows_split_fits(G * H * N * static_cast<int64_t>(sizeof(scalar_t)))) return 1;
   if (team_parts<scalar_t>(T, B, G, H, proj) < 2) return 1;  // only in place of a team
   return std::min<int64_t>({at::get_num_threads(), B, kMaxTeam});
@@ -334,26 +268,16 @@ template <typename scalar_t>
 int64_t backward_team_parts(int64_t T, int64_t B, int64_t G, int64_t H, bool proj) {
   return backward_row_parts<scalar_t>(T, B, G, H, H, proj) > 1 ? 1 : team_parts<scalar_t>(T, B, G, H, proj);
 }
-
 // Values of a 64-byte cache line.
 template <typename scalar_t>
 constexpr int64_t kLineUnits = 64 / static_cast<int64_t>(sizeof(scalar_t));
-
-// Whether team_slices() may even out the units (env RNNFAST_CPU_TEAM_EVEN_SLICES, read at every call; 0:
-// the multiples of PW, as before, for comparisons).
-inline bool even_slices() { return env_int("RNNFAST_CPU_TEAM_EVEN_SLICES", 1) != 0; }
 
 // The team's slices of H units: slice p of `parts` (parts <= H / PW) holds [u[p], u[p + 1]). A member's
 // product costs its slice's panels of PW columns (a part-filled panel computes its zero columns too) and
 // its pointwise pass and sums cost its units, and every step waits for the slowest member. The boundaries
 // are the multiples of `align` units (a cache line, so that no two members write one line of h) nearest
 // to p·H/parts, which even out the units; where that leaves a slice with more panels than the multiples
-// of PW nearest to p·H/parts would (fewer panels, uneven units), those are taken instead. On the 2-core
-// AVX2 EPYC (float32, PW 24) the multiples of PW split LSTM H=128 at 72 / 56 units (3 panels a gate
-// each): the member with 56 waited ~19% of every forward step for the other, and the boundary shared a
-// cache line of h. Measured there (op alone, paired rounds of benchmarks/cpu_env_ab.py, multiples of PW
-// / even): LSTM H=64 (24 / 40 units before) B=2-6 T=100 inference 1.00-1.31, training 1.01-1.08; H=128
-// 1.00-1.05; over RNN / GRU / LSTM B=1-12 H=64-512 T=50 0.92-1.09, within that machine's spread.
+// of PW nearest to p·H/parts would (fewer panels, uneven units), those are taken instead (docs/cpu.md).
 inline std::vector<int64_t> team_slices(int64_t H, int64_t parts, int64_t PW, int64_t align) {
   std::vector<int64_t> even(parts + 1), panels(parts + 1);
   for (int64_t p = 0; p <= parts; ++p) {
@@ -365,7 +289,7 @@ inline std::vector<int64_t> team_slices(int64_t H, int64_t parts, int64_t PW, in
     for (int64_t p = 0; p < parts; ++p) most = std::max(most, ceil_div(u[p + 1] - u[p], PW));
     return most;
   };
-  bool ok = even_slices() && most_panels(even) <= most_panels(panels);
+  bool ok = most_panels(even) <= most_panels(panels);
   for (int64_t p = 0; p < parts; ++p) ok = ok && even[p + 1] > even[p];
   return ok ? even : panels;
 }

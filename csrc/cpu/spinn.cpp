@@ -44,12 +44,9 @@ constexpr int64_t kShift = 3, kReduce = 2, kPad = 1;
 // after it reads directly (copying it into a preallocated buffer cost ~2 ms per batch at D=100). The
 // weight gradients (aᵀ·b) go through ATen, which takes the transposed operand as it is.
 //
-// On Intel CPUs MKL is as fast per product and has no ~25 µs primitive lookup per call, so there the
-// per-step products below 2^24 multiply-adds go to ATen: measured on a 2-core Xeon (AVX-512), B=128,
-// tracker 64, 2 threads, oneDNN vs MKL: D=100 (reduce ~53x264x500, tracker 128x264x256) forward
-// 14.6-14.7 vs 12.5-12.7 ms, forward+backward 40.4-40.7 vs 35.2-36.3 ms; D=300 (53x664x1500, 128x664x256,
-// above the threshold) even, 124-126 vs 120-125 ms forward+backward.
-inline int64_t step_dnnl_min_work() { return intel_cpu() ? int64_t{1} << 24 : kDnnlMinWork; }
+// Per-step products below 2^24 multiply-adds go to ATen, which has no ~25 µs primitive lookup per call
+// (2-core AVX-512 machine, B=128, D=100: ATen 14% ahead; D=300, above it, even: docs/spinn.md).
+inline int64_t step_dnnl_min_work() { return int64_t{1} << 24; }
 
 // ---------------------------------------------------------------------------------------------
 // The plan: every pointer of the loop, from the transitions alone (the C++ twin of build_plan).

@@ -118,8 +118,6 @@ class _FusedRNNMixin:
             raise TypeError(f"{name}: expected dtype {x.dtype} like the input, got {h.dtype}")
 
     def _plan_backend(self, x: Tensor, T: int, B: int, packed: bool, autocast: bool) -> str:
-        if torch.compiler.is_compiling():
-            T, B = _size_bucket(T), _size_bucket(B)
         sizes = {
             "cell": _cell(self),
             "T": T,
@@ -134,7 +132,9 @@ class _FusedRNNMixin:
         return backends.resolve("module", x.device, x.dtype, sizes, self.backend)
 
     def _auto_may_take_cpu(self, x: Tensor) -> bool:
-        return backends.requested_backend(self.backend) == "auto" and _cpu_serves(str(x.device), x.dtype)
+        if backends.requested_backend(self.backend) != "auto":
+            return False
+        return backends.REGISTRY["cpu"].supports("module", x.device, x.dtype, {})[0]
 
     def forward(self, input, hx=None):  # noqa: A002 (torch.nn's argument name)
         check_tracer(self)  # torch.jit.trace and ONNX export: a clear error naming what works
@@ -319,23 +319,6 @@ class _FusedRNNMixin:
         h_n = _stack(hs)
         c_n = _stack(cs) if is_lstm else None
         return x, h_n, c_n
-
-
-@torch.compiler.assume_constant_result
-def _cpu_serves(device: str, dtype: torch.dtype) -> bool:
-    # Under torch.compile evaluated at trace time, not traced (it may load the C++ kernels).
-    return backends.REGISTRY["cpu"].supports("module", torch.device(device), dtype, {})[0]
-
-
-def _size_bucket(n) -> int:
-    """A size under torch.compile as a Python int for the backend's choice: the power of two at or above
-    it, found by comparisons, which become guards where the size is symbolic (dynamic shapes): a
-    recompile only where the bucket changes. (Dynamo answers int to type() and isinstance() of a
-    symbolic size, so static sizes are bucketed too.)"""
-    b = 1
-    while n > b:
-        b *= 2
-    return b
 
 
 @torch.compiler.assume_constant_result
