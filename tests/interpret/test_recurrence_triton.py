@@ -330,3 +330,27 @@ def test_cost_model_picks_the_cheapest_runnable_schedule():
     name, why = _choose(lambda: (True, "fits"))
     assert est[name] == min(est[s] for s in rec_triton.SCHEDULES), (name, est)
     assert "cost model" in why
+
+
+def test_resident_programs_from_the_compiled_kernel(monkeypatch):
+    """Residency from a kernel's registers, shared memory and warps against an H100's per-SM limits:
+    128 registers x 4 warps use 16 Ki of the 64 Ki registers of an SM, so 4 programs fit per SM."""
+
+    class Compiled:
+        n_regs, metadata = 128, type("M", (), {"shared": 16384, "num_warps": 4})
+
+        def _init_handles(self):
+            pass
+
+    class Props:
+        regs_per_multiprocessor = 65536
+        max_threads_per_multi_processor = 2048
+        shared_memory_per_multiprocessor = 228 * 1024
+        multi_processor_count = 132
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props())
+    n, why = launch.resident_programs(Compiled(), torch.device("cuda"))
+    assert n == 4 * 132 and "bound by registers" in why
+    Compiled.metadata.shared = 100 * 1024  # two programs' shared memory (+1 KiB each) fill an SM
+    n, why = launch.resident_programs(Compiled(), torch.device("cuda"))
+    assert n == 2 * 132 and "bound by shared memory" in why

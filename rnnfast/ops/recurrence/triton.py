@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import logging
 from collections.abc import Callable, Iterator
 
 import torch
@@ -27,6 +28,8 @@ import torch
 from rnnfast.kernels import launch
 from rnnfast.ops.recurrence import common
 from rnnfast.ops.recurrence.common import acc_dtype, empty
+
+log = logging.getLogger("rnnfast")
 
 SCHEDULES = ("step", "graph", "persistent")
 _forced: str | None = None
@@ -150,7 +153,7 @@ def estimate(
     cfg = config(B, H, N, backward, costs.sms)
     nb = -(-B // cfg.block_b)
     programs = nb * -(-max(H, N) // cfg.block_h)
-    per_program = (G * cfg.block_h * N + cfg.block_b * N) * esz
+    per_program = (G * cfg.block_h * N + min(B, cfg.block_b) * N) * esz  # masked rows are not read
     waves = -(-programs // costs.sms)
     phase = waves * (costs.l2_latency_us + per_program / (costs.l2_tbs * 1e6 / costs.sms))
     n = phases(T, N != H, backward)
@@ -249,6 +252,10 @@ def supports(device: torch.device, dtype: torch.dtype, sizes) -> tuple[bool, str
     for what, n in (("B·G·H", B * G * H), ("B·S·H", B * S * H), ("G·H·N", G * H * N), ("B·N", B * N)):
         if n > INT32_MAX:
             return False, f"{what} = {n} > 2^31 - 1: the kernels index one step (and W_hh) in int32"
+    if device.type == "cuda" and forced == "persistent":
+        ok, fit_why = _persistent_fit(cell, dtype, sizes, device)
+        if not ok:
+            return False, f"schedule='persistent' cannot run: {fit_why}"
     cfg = config(B, H, N, False, Costs.of(device).sms)
     return True, f"split recurrence, {why}, forward tiles {cfg.block_b}x{cfg.block_h}"
 
@@ -321,6 +328,19 @@ def _fit(key, programs: int, device: torch.device, compile_fn) -> tuple[bool, st
     return _FITS[key]
 
 
+def _fit_kernel(kernel, tensors, scalars, consts, programs: int, n: int, device) -> tuple[bool, str]:
+    """Whether the persistent launch of ``kernel`` (``consts`` incl. the config) over ``programs``
+    programs can be resident; ``tensors`` only give the specialisation (dtypes, alignment)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    count = torch.zeros(1, dtype=torch.int32, device=device)
+
+    def compiled():
+        return kernel.warmup(*tensors, count, 0, n, *scalars, grid=(programs,), **consts)
+
+    key = (kernel.fn.__name__, tuple(t.dtype for t in tensors), scalars, tuple(sorted(consts.items())))
+    return _fit(key, programs, torch.device("cuda", index), compiled)
+
+
 def _execute(kernel, tensors, inputs, outputs, scalars, consts, cfg, tiles, n, cell, backward):
     """Run the n phases of one call with the schedule :func:`choose` picks."""
     if n == 0:
@@ -331,23 +351,49 @@ def _execute(kernel, tensors, inputs, outputs, scalars, consts, cfg, tiles, n, c
     nb = -(-B // cfg.block_b)
     consts = dict(consts, **cfg.launch_options())
     programs = nb * max(tiles)
-    count = torch.zeros(1, dtype=torch.int32, device=device)
-
-    def compiled():
-        return kernel.warmup(*tensors, count, 0, n, *scalars, grid=(programs,), **consts)
 
     def fit() -> tuple[bool, str]:
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        key = (kernel.fn.__name__, tuple(t.dtype for t in tensors), scalars, tuple(sorted(consts.items())))
-        return _fit(key, programs, torch.device("cuda", index), compiled)
+        return _fit_kernel(kernel, tensors, scalars, consts, programs, n, device)
 
-    schedule, _ = choose(cell, dtype, T, B, H, N, backward, device, fit)
+    schedule, why = choose(cell, dtype, T, B, H, N, backward, device, fit)
+    log.debug("rnnfast triton %s %s: %s", cell, "backward" if backward else "forward", why)
+    count = torch.zeros(1, dtype=torch.int32, device=device)
     if schedule == "persistent":
         launch.run(kernel, (programs,), *tensors, count, 0, n, *scalars, **consts)
     elif schedule == "graph":
         _run_graph(kernel, tensors, inputs, outputs, count, scalars, consts, nb, tiles, n, device)
     else:
         _step_launches(kernel, tensors, count, scalars, consts, nb, tiles, n)
+
+
+def _persistent_fit(cell: str, dtype: torch.dtype, sizes, device: torch.device) -> tuple[bool, str]:
+    """The residency check of both directions' persistent launches for ``sizes`` (what supports()
+    knows of a call: no tensors, so one-element stand-ins give the kernels' specialisation)."""
+    from rnnfast.kernels.recurrence import recurrence_bwd_kernel, recurrence_fwd_kernel
+
+    G, S = common.GATES[cell], common.SAVED[cell]
+    T, B, H, P = (int(sizes.get(k, d)) for k, d in (("T", 1), ("B", 1), ("H", 1), ("P", 0)))
+    N, proj, acc = P or H, bool(P), acc_dtype(dtype)
+    x, a, i64 = (torch.empty(1, dtype=t, device=device) for t in (dtype, acc, torch.int64))
+    flags = dict(CELL=common.CELL_CODE[cell], G=G, S=S, HAS_LEN=bool(sizes.get("lengths")))
+    flags.update(REVERSE=bool(sizes.get("reverse")), PROJ=proj)
+    sms = Costs.of(device).sms
+    for backward in (False, True):
+        cfg = config(B, H, N, backward, sms)
+        programs = -(-B // cfg.block_b) * max(_tiles(cfg, H, N, proj, backward))
+        if backward:
+            kernel, tensors = recurrence_bwd_kernel, [x, x, x, i64, x] + [a] * 8
+            consts = dict(flags, PREC=launch.dot_precision(acc, torch.backends.cudnn.allow_tf32))
+        else:
+            kernel, tensors = recurrence_fwd_kernel, [x, x, x, x, i64, x] + [a] * 4
+            consts = dict(flags, HAS_BIAS=True, NEED_WS=S > 0)
+            consts["PREC"] = launch.dot_precision(dtype, torch.backends.cudnn.allow_tf32)
+        consts.update(cfg.launch_options())
+        n = phases(max(T, 1), proj, backward)
+        ok, why = _fit_kernel(kernel, tensors, (max(T, 1), B, H, N), consts, programs, n, device)
+        if not ok:
+            return False, f"{'backward' if backward else 'forward'}: {why}"
+    return True, "persistent grids fit"
 
 
 def _tiles(cfg: Config, H: int, N: int, proj: bool, backward: bool) -> list[int]:
