@@ -200,9 +200,11 @@ def choose(
     backward: bool,
     device: torch.device,
     persistent_fit: Callable[[], tuple[bool, str]],
+    graph_seen: bool = True,
 ) -> tuple[str, str]:
     """(schedule, why) for one call; raises RuntimeError when the forced schedule cannot run it.
-    ``persistent_fit`` says whether the persistent grid can be resident (compiles the kernel)."""
+    ``persistent_fit`` says whether the persistent grid can be resident (compiles the kernel);
+    ``graph_seen`` whether this call's shapes came before (else the model leaves the graph out)."""
     forced = forced_schedule()
     if device.type != "cuda":
         # Under the interpreter only the per-step schedule runs: programs run one after another there.
@@ -222,6 +224,8 @@ def choose(
         ok, why = persistent_fit()
         if not ok:
             why_not["persistent"] = why
+    if forced is None and not graph_seen and "graph" not in why_not:
+        why_not["graph"] = "first call of these shapes (a graph is captured from the second)"
     if forced is not None:
         if forced in why_not:
             raise RuntimeError(f"rnnfast triton: schedule={forced!r} cannot run: {why_not[forced]}")
@@ -229,7 +233,8 @@ def choose(
     est = estimate(cell, dtype, T, B, H, N, backward, Costs.of(device))
     runnable = [s for s in SCHEDULES if s not in why_not]
     best = min(runnable, key=lambda s: est[s])
-    return best, f"{best} (cost model: " + ", ".join(f"{s} {est[s]:.0f} µs" for s in runnable) + ")"
+    why = f"{best} (cost model: " + ", ".join(f"{s} {est[s]:.0f} µs" for s in runnable)
+    return best, why + "".join(f"; not {s}: {r}" for s, r in why_not.items()) + ")"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -266,6 +271,10 @@ def supports(device: torch.device, dtype: torch.dtype, sizes) -> tuple[bool, str
 
 _GRAPHS: collections.OrderedDict = collections.OrderedDict()
 GRAPH_CACHE_SIZE = 8
+# Keys of recent calls: the cost model considers a graph from a shape's second call on, so a shape seen
+# once (e.g. one more sequence length) never pays for a capture.
+_SEEN: collections.OrderedDict = collections.OrderedDict()
+SEEN_SIZE = 64
 
 
 def _step_launches(kernel, tensors, count, scalars, consts, nb, tiles, n):
@@ -275,15 +284,14 @@ def _step_launches(kernel, tensors, count, scalars, consts, nb, tiles, n):
 
 def _graph_key(kernel, tensors, scalars, consts, n, device):
     shapes = tuple((tuple(t.shape), t.dtype) for t in tensors)
-    stream = torch.cuda.current_stream(device).cuda_stream
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
     return (kernel.fn.__name__, device.index, stream, shapes, scalars, tuple(sorted(consts.items())), n)
 
 
-def _run_graph(kernel, tensors, inputs, outputs, count, scalars, consts, nb, tiles, n, device):
+def _run_graph(key, kernel, tensors, inputs, outputs, count, scalars, consts, nb, tiles, n):
     """The step launches through a CUDA graph cached per shape, dtype, device and stream (two streams
     never share one graph's buffers). On a miss the launches run directly (compiling the kernels) and
     are then captured onto copies of the arguments; a hit copies the inputs in, replays, copies out."""
-    key = _graph_key(kernel, tensors, scalars, consts, n, device)
     entry = _GRAPHS.get(key)
     if entry is None:
         _step_launches(kernel, tensors, count, scalars, consts, nb, tiles, n)
@@ -310,35 +318,32 @@ def _run_graph(kernel, tensors, inputs, outputs, count, scalars, consts, nb, til
         tensors[i].copy_(static[i])
 
 
-_FITS: dict = {}
+_RESIDENT: dict = {}
 
 
-def _fit(key, programs: int, device: torch.device, compile_fn) -> tuple[bool, str]:
-    """Whether ``programs`` programs of the kernel ``compile_fn`` compiles can all be resident on
-    ``device``: the grid barrier's condition. Cached per kernel specialisation and device."""
-    key = (key, programs, device)
-    if key not in _FITS:
-        try:
-            resident, what = launch.resident_programs(compile_fn(), device)
-        except Exception as e:  # a Triton without these fields: the schedule is not used, never guessed
-            _FITS[key] = False, f"the compiled kernel's resources could not be read ({type(e).__name__}: {e})"
-        else:
-            ok = programs <= resident
-            _FITS[key] = ok, f"{programs} programs {'<=' if ok else '>'} {resident} resident at once ({what})"
-    return _FITS[key]
+def _int_class(v: int) -> int:
+    """What Triton specialises an int argument on: 1, a multiple of 16, or neither."""
+    return 1 if v == 1 else (16 if v % 16 == 0 else 0)
 
 
 def _fit_kernel(kernel, tensors, scalars, consts, programs: int, n: int, device) -> tuple[bool, str]:
     """Whether the persistent launch of ``kernel`` (``consts`` incl. the config) over ``programs``
-    programs can be resident; ``tensors`` only give the specialisation (dtypes, alignment)."""
+    programs can be resident: the grid barrier's condition. ``tensors`` only give the specialisation;
+    the resident count is cached per specialisation and device."""
     index = device.index if device.index is not None else torch.cuda.current_device()
-    count = torch.zeros(1, dtype=torch.int32, device=device)
-
-    def compiled():
-        return kernel.warmup(*tensors, count, 0, n, *scalars, grid=(programs,), **consts)
-
-    key = (kernel.fn.__name__, tuple(t.dtype for t in tensors), scalars, tuple(sorted(consts.items())))
-    return _fit(key, programs, torch.device("cuda", index), compiled)
+    device = torch.device("cuda", index)
+    spec = tuple(t.dtype for t in tensors), tuple(_int_class(v) for v in scalars)
+    key = (kernel.fn.__name__, spec, tuple(sorted(consts.items())), device)
+    if key not in _RESIDENT:
+        count = torch.zeros(1, dtype=torch.int32, device=device)
+        try:
+            compiled = kernel.warmup(*tensors, count, 0, n, *scalars, grid=(programs,), **consts)
+            _RESIDENT[key] = launch.resident_programs(compiled, device)
+        except Exception as e:  # a Triton without these fields: the schedule is not used, never guessed
+            _RESIDENT[key] = 0, f"the compiled kernel's resources could not be read ({type(e).__name__}: {e})"
+    resident, what = _RESIDENT[key]
+    ok = programs <= resident
+    return ok, f"{programs} programs {'<=' if ok else '>'} {resident} resident at once ({what})"
 
 
 def _execute(kernel, tensors, inputs, outputs, scalars, consts, cfg, tiles, n, cell, backward):
@@ -355,13 +360,19 @@ def _execute(kernel, tensors, inputs, outputs, scalars, consts, cfg, tiles, n, c
     def fit() -> tuple[bool, str]:
         return _fit_kernel(kernel, tensors, scalars, consts, programs, n, device)
 
-    schedule, why = choose(cell, dtype, T, B, H, N, backward, device, fit)
+    key = _graph_key(kernel, tensors, scalars, consts, n, device)
+    seen = key in _GRAPHS or key in _SEEN
+    schedule, why = choose(cell, dtype, T, B, H, N, backward, device, fit, graph_seen=seen)
+    _SEEN[key] = None
+    _SEEN.move_to_end(key)
+    while len(_SEEN) > SEEN_SIZE:
+        _SEEN.popitem(last=False)
     log.debug("rnnfast triton %s %s: %s", cell, "backward" if backward else "forward", why)
     count = torch.zeros(1, dtype=torch.int32, device=device)
     if schedule == "persistent":
         launch.run(kernel, (programs,), *tensors, count, 0, n, *scalars, **consts)
     elif schedule == "graph":
-        _run_graph(kernel, tensors, inputs, outputs, count, scalars, consts, nb, tiles, n, device)
+        _run_graph(key, kernel, tensors, inputs, outputs, count, scalars, consts, nb, tiles, n)
     else:
         _step_launches(kernel, tensors, count, scalars, consts, nb, tiles, n)
 
