@@ -134,6 +134,41 @@ def test_op_fp32_vs_oracle(cell, T, B, H, ragged, reverse, monkeypatch):
 
 
 # --------------------------------------------------------------------------------------------------
+# The three schedules launch the same kernels over the same tiles: bit-identical results.
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("cell,P", [("rnn_tanh", 0), ("gru", 0), ("lstm", 0), ("lstm", 48)])
+def test_schedules_agree_bit_for_bit(cell, P, dtype):
+    from rnnfast.ops.recurrence import triton as rec_triton
+
+    T, B, H = 11, 5, 96
+    a = recurrence_inputs(cell, T, B, H, P=P, lengths=[11, 3, 7, 0, 11], dtype=dtype, device="cuda")
+    keys = [k for k in ("gi", "h0", "c0", "w_hh", "b_hh", "w_hr") if a[k] is not None]
+    ups = None
+
+    def run(schedule):
+        nonlocal ups
+        with rec_triton.flags(schedule=schedule):
+            outs = [o for o in run_recurrence(cell, a, True, "triton") if o is not None]
+            if ups is None:
+                ups = [torch.randn_like(o) for o in outs]
+            grads = torch.autograd.grad(outs, [a[k] for k in keys], ups)
+        return [o.detach() for o in outs] + list(grads)
+
+    want = run("step")
+    sizes = {"cell": cell, "T": T, "B": B, "H": H, "P": P, "lengths": True, "reverse": True}
+    for schedule in ("graph", "persistent"):
+        with rec_triton.flags(schedule=schedule):
+            ok, why = rec_triton.supports(torch.device("cuda"), dtype, sizes)
+        assert ok, f"{schedule}: {why}"
+        for call in range(2):  # graph: the capture, then a replay
+            for i, (g, w) in enumerate(zip(run(schedule), want)):
+                assert torch.equal(g, w), f"{schedule} call {call}: output {i} differs from the step schedule"
+
+
+# --------------------------------------------------------------------------------------------------
 # Tree-LSTM composition and the fused reduce vs the unfused PyTorch ops at the same dtype.
 
 
@@ -199,7 +234,32 @@ def test_tree_lstm_vs_torch(R, H, dtype):
 # Compile check for an H100 target: runs on CPU-only machines.
 
 
-def _compile(fn, pointers: dict, scalars: dict, constexprs: dict) -> None:
+def _cuobjdump() -> str | None:
+    import os
+    import shutil
+
+    bundled = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    return bundled if os.path.exists(bundled) else shutil.which("cuobjdump")
+
+
+def _resources(cubin: bytes) -> dict[str, int]:
+    """REG, STACK, LOCAL, SHARED of the one function in ``cubin``, as ``cuobjdump -res-usage`` reads them
+    from the ELF's metadata (spilled registers live in the stack frame / local memory)."""
+    import re
+    import subprocess
+    import tempfile
+
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("cuobjdump is neither bundled with triton nor on PATH: cannot read spills")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+    return {k: int(v) for k, v in re.findall(r"\b(REG|STACK|LOCAL|SHARED):(\d+)", out)}
+
+
+def _compile(fn, pointers: dict, scalars: dict, constexprs: dict, **options):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -207,89 +267,122 @@ def _compile(fn, pointers: dict, scalars: dict, constexprs: dict) -> None:
     sig = {**pointers, **{k: "i32" for k in scalars}, **{k: "constexpr" for k in constexprs}}
     assert set(sig) == set(names), f"signature mismatch: {sorted(set(names) ^ set(sig))}"
     src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in constexprs.items()})
-    triton.compile(src, target=GPUTarget("cuda", 90, 32))
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+
+
+def _assert_no_spills(what: str, kernel) -> dict[str, int]:
+    res = _resources(kernel.asm["cubin"])
+    assert res.get("STACK", 0) == 0 and res.get("LOCAL", 0) == 0, f"{what}: spills at sm_90: {res}"
+    return res
+
+
+def _recurrence_cases():
+    """(cell, direction, config) for every config the launcher can pick for that cell and direction."""
+    from rnnfast.ops.recurrence import triton as rec_triton
+
+    return [
+        pytest.param(
+            cell, backward, cfg, id=f"{cell}-{'bwd' if backward else 'fwd'}-{cfg.block_h}x{cfg.num_warps}w"
+        )
+        for cell in ("rnn_tanh", "rnn_relu", "gru", "lstm", "lstm-proj")
+        for backward in (False, True)
+        for cfg in rec_triton.configs_in_use(backward, cell == "lstm-proj")
+    ]
+
+
+# dtype ids: fp32 with TF32 dots (torch's default) and exact fp32 (allow_tf32 off), fp16, bf16.
+COMPILE_DTYPES = {"fp32-tf32": ("fp32", "tf32"), "fp32": ("fp32", "ieee"), "fp16": ("fp16", "ieee")}
+COMPILE_DTYPES["bf16"] = ("bf16", "ieee")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("resident", [False, True], ids=["streamed", "resident"])
-@pytest.mark.parametrize("dt", ["fp32", "bf16"])
-@pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "lstm", "lstm-proj"])
-def test_kernels_compile_for_sm90(cell, dt, resident):
+@pytest.mark.parametrize("dt", list(COMPILE_DTYPES))
+@pytest.mark.parametrize("cell,backward,cfg", _recurrence_cases())
+def test_recurrence_kernels_compile_for_sm90_without_spills(cell, backward, cfg, dt):
+    """Each recurrence kernel, every cell, dtype and tile configuration the launcher uses, with the
+    launcher's warps and stages. The per-step and persistent schedules launch the same binary (the
+    grid barrier is a runtime branch), so this covers both; the barrier's release add and acquire load
+    must be in it."""
     from rnnfast.kernels import recurrence as K
     from rnnfast.ops.recurrence import common
 
     proj = cell == "lstm-proj"
     cell = "lstm" if proj else cell
     code, G, S = common.CELL_CODE[cell], common.GATES[cell], common.SAVED[cell]
-    prec = "tf32" if dt == "fp32" else "ieee"
-    block = 32 if resident else 64
-    tiles = dict(BLOCK_B=16, BLOCK_H=block, BLOCK_K=block, RESIDENT=resident, PREC=prec)
-    io = {
-        "gi_ptr": dt,
-        "w_ptr": dt,
-        "b_ptr": dt,
-        "wr_ptr": dt,
-        "len_ptr": "i64",
-        "y_ptr": dt,
-        "ws_ptr": "fp32",
-        "hbuf_ptr": "fp32",
-        "cbuf_ptr": "fp32",
-        "ubuf_ptr": "fp32",
-    }
-    _compile(
-        K.recurrence_fwd_kernel,
+    dt, prec = COMPILE_DTYPES[dt]
+    opts = cfg.launch_options()
+    warps, stages = opts.pop("num_warps"), opts.pop("num_stages")
+    scalars = {"q0": 0, "q1": 0, "T": 0, "B": 0, "H": 0, "N": 0}
+    if not backward:
+        io = {"gi_ptr": dt, "w_ptr": dt, "b_ptr": dt, "wr_ptr": dt, "len_ptr": "i64", "y_ptr": dt}
+        io.update({k: "fp32" for k in ("ws_ptr", "hbuf_ptr", "cbuf_ptr", "ubuf_ptr")}, count_ptr="i32")
+        fn = K.recurrence_fwd_kernel
+        consts = dict(CELL=code, G=G, S=S, HAS_BIAS=True, HAS_LEN=True, REVERSE=False, NEED_WS=S > 0)
+    else:
+        io = {"gy_ptr": dt, "w_ptr": dt, "wr_ptr": dt, "len_ptr": "i64", "y_ptr": dt, "dhr_ptr": "fp32"}
+        io.update(
+            {k: "fp32" for k in ("hprev_ptr", "cprev_ptr", "ws_ptr", "dgi_ptr", "dgh_ptr", "dhbuf_ptr")}
+        )
+        io.update(dcbuf_ptr="fp32", count_ptr="i32")
+        fn = K.recurrence_bwd_kernel
+        consts = dict(CELL=code, G=G, S=S, HAS_LEN=True, REVERSE=True)
+    kernel = _compile(
+        fn,
         {k: "*" + v for k, v in io.items()},
-        {"T": 0, "B": 0, "H": 0, "N": 0},
-        dict(
-            CELL=code, G=G, S=S, HAS_BIAS=True, HAS_LEN=True, REVERSE=False, NEED_WS=S > 0, PROJ=proj, **tiles
-        ),
+        scalars,
+        dict(consts, PROJ=proj, PREC=prec, **opts),
+        num_warps=warps,
+        num_stages=stages,
     )
-    io = {"gy_ptr": dt, "w_ptr": dt, "wr_ptr": dt, "len_ptr": "i64", "y_ptr": dt, "dhr_ptr": "fp32"}
-    io.update(
-        {
-            k: "fp32"
-            for k in ("hprev_ptr", "cprev_ptr", "ws_ptr", "dgi_ptr", "dgh_ptr", "dhbuf_ptr", "dcbuf_ptr")
-        }
+    _assert_no_spills(f"{fn.__name__} {cell}{'-proj' if proj else ''} {dt}/{prec} {cfg}", kernel)
+    ptx = kernel.asm["ptx"]
+    assert "atom.global.gpu.acq_rel.add" in ptx and "ld.global.gpu.acquire" in ptx, (
+        "the grid barrier's release add / acquire load are missing from the PTX"
     )
-    _compile(
-        K.recurrence_bwd_kernel,
-        {k: "*" + v for k, v in io.items()},
-        {"T": 0, "B": 0, "H": 0, "N": 0},
-        dict(CELL=code, G=G, S=S, HAS_LEN=True, REVERSE=True, PROJ=proj, **dict(tiles, PREC="tf32")),
-    )
-    if cell != "lstm" or proj or resident:
-        return
-    from rnnfast.kernels import tree_lstm as TK
 
-    _compile(
-        TK.tree_lstm_fwd_kernel,
-        {k: "*" + dt for k in ("x_ptr", "cl_ptr", "cr_ptr", "h_ptr", "c_ptr")},
-        {"R": 0, "H": 0},
-        dict(BLOCK_R=16, BLOCK_H=128),
-    )
-    ptrs = {k: "*" + dt for k in ("gh_ptr", "gc_ptr", "cl_ptr", "cr_ptr", "c_ptr", "dcl_ptr", "dcr_ptr")}
-    _compile(
-        TK.tree_lstm_bwd_kernel,
-        {**ptrs, "x_ptr": "*fp32", "d_ptr": "*fp32"},
-        {"R": 0, "H": 0},
-        dict(BLOCK_R=16, BLOCK_H=128),
-    )
-    names = (
-        "hl_ptr",
-        "cl_ptr",
-        "hr_ptr",
-        "cr_ptr",
-        "wl_ptr",
-        "bl_ptr",
-        "wr_ptr",
-        "ht_ptr",
-        "wt_ptr",
-        "h_ptr",
-        "c_ptr",
-    )
-    _compile(
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dt", ["fp32", "fp16", "bf16"])
+def test_tree_lstm_kernels_compile_for_sm90_without_spills(dt):
+    from rnnfast.kernels import tree_lstm as TK
+    from rnnfast.ops.tree_lstm_reduce import triton as reduce_launcher
+
+    prec = "tf32" if dt == "fp32" else "ieee"
+    kernels = {
+        "tree_lstm fwd": _compile(
+            TK.tree_lstm_fwd_kernel,
+            {k: "*" + dt for k in ("x_ptr", "cl_ptr", "cr_ptr", "h_ptr", "c_ptr")},
+            {"R": 0, "H": 0},
+            dict(BLOCK_R=16, BLOCK_H=128),
+        ),
+        "tree_lstm bwd": _compile(
+            TK.tree_lstm_bwd_kernel,
+            {
+                **{
+                    k: "*" + dt
+                    for k in ("gh_ptr", "gc_ptr", "cl_ptr", "cr_ptr", "c_ptr", "dcl_ptr", "dcr_ptr")
+                },
+                "x_ptr": "*fp32",
+                "d_ptr": "*fp32",
+            },
+            {"R": 0, "H": 0},
+            dict(BLOCK_R=16, BLOCK_H=128),
+        ),
+    }
+    names = ("hl_ptr", "cl_ptr", "hr_ptr", "cr_ptr", "wl_ptr", "bl_ptr", "wr_ptr", "ht_ptr", "wt_ptr")
+    kernels["tree_lstm_reduce fwd"] = _compile(
         TK.tree_lstm_reduce_fwd_kernel,
-        {**{k: "*" + dt for k in names}, "ws_ptr": "*fp32"},
+        {**{k: "*" + dt for k in names + ("h_ptr", "c_ptr")}, "ws_ptr": "*fp32"},
         {"R": 0, "H": 0, "HT": 0},
-        dict(HAS_BIAS=True, HAS_TRACK=True, BLOCK_R=16, BLOCK_H=32, BLOCK_K=64, PREC=prec),
+        dict(
+            HAS_BIAS=True,
+            HAS_TRACK=True,
+            BLOCK_R=16,
+            BLOCK_H=32,
+            BLOCK_K=reduce_launcher.BLOCK_K_MAX,
+            PREC=prec,
+        ),
+        num_stages=reduce_launcher.NUM_STAGES,
     )
+    for name, kernel in kernels.items():
+        _assert_no_spills(f"{name} {dt}", kernel)

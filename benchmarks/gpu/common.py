@@ -296,10 +296,22 @@ def _cuda_algo(algo: str) -> Callable[[], contextlib.AbstractContextManager]:
     return flags
 
 
+def _triton_schedule(schedule: str) -> Callable[[], contextlib.AbstractContextManager]:
+    def flags():
+        from rnnfast.ops.recurrence import triton
+
+        return triton.flags(schedule=schedule)
+
+    return flags
+
+
 VARIANTS: tuple[Variant, ...] = (
     Variant("persistent", "cuda", _cuda_algo("persistent")),
     Variant("stepwise", "cuda", _cuda_algo("stepwise")),
-    Variant("triton", "triton"),
+    Variant("triton", "triton"),  # the cost model's schedule
+    Variant("triton-step", "triton", _triton_schedule("step")),
+    Variant("triton-graph", "triton", _triton_schedule("graph")),
+    Variant("triton-persistent", "triton", _triton_schedule("persistent")),
 )
 
 

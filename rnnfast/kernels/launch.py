@@ -1,11 +1,14 @@
-"""What the Triton launchers share: where the kernels run, output allocation, tile sizes, dot precision.
+"""What the Triton launchers share: where the kernels run, output allocation, tile sizes, dot precision,
+the launch itself (recorded for tests) and how many programs of a compiled kernel can be resident.
 
 This module does not import ``triton``, so the backends' ``supports()`` can use it anywhere.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 
@@ -61,3 +64,55 @@ def dot_precision(dtype: torch.dtype, allow_tf32: bool) -> str:
     if dtype == torch.float32 and allow_tf32 and not interpreting():
         return "tf32"
     return "ieee"
+
+
+# --------------------------------------------------------------------------------------------------
+# Launches: one entry point, so that tests can read what was launched.
+
+_recorders: list[list] = []
+
+
+@contextlib.contextmanager
+def record_launches() -> Iterator[list]:
+    """Collect ``(kernel name, grid)`` of every launch made through :func:`run` in the block."""
+    log: list = []
+    _recorders.append(log)
+    try:
+        yield log
+    finally:
+        _recorders.remove(log)
+
+
+def run(kernel, grid: tuple[int, ...], *args, **kwargs):
+    """``kernel[grid](*args, **kwargs)``, recorded for :func:`record_launches`."""
+    for log in _recorders:
+        log.append((kernel.fn.__name__ if hasattr(kernel, "fn") else kernel.__name__, tuple(grid)))
+    return kernel[grid](*args, **kwargs)
+
+
+def resident_programs(compiled, device: torch.device) -> tuple[int, str]:
+    """How many programs of ``compiled`` (a Triton CompiledKernel) can be resident at once on ``device``,
+    from its registers, shared memory and warps and the device's per-SM limits, and what bounds it."""
+    compiled._init_handles()
+    regs = max(1, int(compiled.n_regs))
+    smem = int(compiled.metadata.shared)
+    warps = int(compiled.metadata.num_warps)
+    props = torch.cuda.get_device_properties(device)
+    # Registers are allocated per warp in units of 256.
+    warp_regs = -(-regs * 32 // 256) * 256
+    limits = {
+        "registers": getattr(props, "regs_per_multiprocessor", 65536) // (warp_regs * warps),
+        "threads": getattr(props, "max_threads_per_multi_processor", 2048) // (32 * warps),
+        "blocks": 32,  # sm_80 and later
+    }
+    if smem:
+        # Each block also holds 1 KiB of shared memory reserved by the driver.
+        per_sm = getattr(props, "shared_memory_per_multiprocessor", 228 * 1024)
+        limits["shared memory"] = per_sm // (smem + 1024)
+    bound = min(limits, key=limits.get)
+    per_sm = limits[bound]
+    sms = props.multi_processor_count
+    return per_sm * sms, (
+        f"{per_sm} programs per SM x {sms} SMs ({regs} registers, {smem} B shared memory, {warps} warps; "
+        f"bound by {bound})"
+    )

@@ -1,6 +1,10 @@
-"""Triton recurrence kernels under TRITON_INTERPRET=1 (CPU): against the plain-loop oracle in float64 and
-float32, float64 gradcheck through rnnfast.functional, the drop-in modules against torch.nn, and the
-configurations the backend refuses."""
+"""Triton recurrence kernels under TRITON_INTERPRET=1 (CPU): the split step kernels (tiles of rows x
+units, one launch per phase) against the plain-loop oracle in float64 and float32, float64 gradcheck
+through rnnfast.functional, the drop-in modules against torch.nn, the launch grids and phases, the
+schedule flags, and the configurations the backend refuses."""
+
+import collections
+import contextlib
 
 import pytest
 import torch
@@ -8,18 +12,20 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnfast
 from rnnfast import backends
+from rnnfast.kernels import launch
 from rnnfast.ops.recurrence import triton as rec_triton
 from tests.utils import CELLS, assert_close, case_id, oracle, recurrence_inputs, run_recurrence
 
-# (T, B, H, lengths, reverse): B=1 and H=1 edges, odd H inside one tile (7, 33) and across two (70),
-# ragged lengths including an empty sequence, both directions.
+# (T, B, H, lengths, reverse) through the split kernels (16 x 16 tiles here): H=1 and 33 (ragged last
+# tile), 130 (nine tiles, ragged), B=1/3/17 (17: two row blocks), T=1 and 7, ragged lengths including an
+# empty sequence, both directions.
 SHAPES = [
     (1, 1, 1, None, False),
-    (5, 3, 7, None, True),
-    (5, 3, 33, [5, 2, 0], False),
-    (5, 3, 33, [3, 5, 1], True),
-    (3, 2, 70, [3, 1], True),
-    (2, 17, 16, [2, 1] * 8 + [0], False),  # two programs of 16 rows
+    (7, 1, 33, None, True),
+    (7, 3, 33, [7, 2, 0], False),
+    (1, 3, 130, [1, 0, 1], True),
+    (4, 1, 130, None, False),
+    (3, 17, 33, [3, 1, 2] * 5 + [0, 3], True),
 ]
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
 
@@ -155,9 +161,16 @@ def test_lstm_projection_gradcheck():
     assert torch.autograd.gradcheck(f, [a[k] for k in keys], fast_mode=True)
 
 
-def test_refuses_large_h_on_cuda():
-    ok, why = rec_triton.supports(torch.device("cuda"), torch.float32, {"cell": "gru", "H": 4096, "P": 0})
-    assert not ok and "H=4096" in why
+def test_refuses_what_int32_indexing_cannot_address():
+    ok, why = rec_triton.supports(
+        torch.device("cuda"), torch.float32, {"cell": "lstm", "B": 1 << 20, "H": 1024}
+    )
+    assert not ok and "B·G·H" in why and "int32" in why
+
+
+def test_refuses_float64_on_cuda():
+    ok, why = rec_triton.supports(torch.device("cuda"), torch.float64, {"cell": "gru", "B": 1, "H": 8})
+    assert not ok and "float64" in why
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -186,3 +199,222 @@ def test_non_contiguous_inputs(cell):
     for name, g, w in zip(("y", "h_n", "c_n"), got, want):
         if w is not None:
             assert_close(name, g, w, atol=1e-10)
+
+
+# --------------------------------------------------------------------------------------------------
+# Launches: grids and phases, read from the launches themselves.
+
+
+def _launches(cell, T, B, H, P=0, grad=True):
+    a = recurrence_inputs(cell, T, B, H, P=P, dtype=torch.float64, grad=grad)
+    with launch.record_launches() as log:
+        out = [o for o in run_recurrence(cell, a, False, "triton") if o is not None]
+        fwd = list(log)
+        if grad:
+            torch.autograd.grad(out, [a["gi"]], [torch.ones_like(o) for o in out])
+    return fwd, log[len(fwd) :]
+
+
+def test_batch_of_one_spreads_over_programs():
+    """B=1, H=128: the hidden units are split over several programs in every launch."""
+    fwd, bwd = _launches("gru", 2, 1, 128)
+    assert fwd and bwd
+    for name, grid in fwd + bwd:
+        assert grid[0] >= 4, f"{name}: grid {grid} at B=1, H=128: expected >= 4 programs"
+
+
+@pytest.mark.parametrize("cell,P", [("gru", 0), ("lstm", 0), ("lstm", 20)], ids=["gru", "lstm", "lstm-proj"])
+def test_one_launch_per_phase(cell, P):
+    """Per-step schedule: T launches forward (2T with a projection), T+1 backward (2T+1), each over
+    every tile of its phase: 16 x 16 tiles of B=17 rows (2 row blocks) x H=33 units (3 tiles) or
+    P=20 columns (2 tiles)."""
+    T, B, H = 3, 17, 33
+    fwd, bwd = _launches(cell, T, B, H, P=P)
+    names = {n for n, _ in fwd + bwd}
+    assert names == {"recurrence_fwd_kernel", "recurrence_bwd_kernel"}, names
+    units, cols = 2 * 3, 2 * 2
+    if P:
+        assert [g[0] for _, g in fwd] == [units, cols] * T
+        assert [g[0] for _, g in bwd] == [cols, units] * T + [cols]
+    else:
+        assert [g[0] for _, g in fwd] == [units] * T
+        assert [g[0] for _, g in bwd] == [units] * (T + 1)
+
+
+@pytest.mark.parametrize("cell,P", [("rnn_tanh", 0), ("gru", 0), ("lstm", 0), ("lstm", 5)])
+def test_all_phases_in_one_launch(cell, P, monkeypatch):
+    """The persistent schedule's kernel loop (every phase in one launch, grid barrier between phases)
+    with a one-program grid, the only grid the interpreter can run it with (a barrier never waits for
+    itself): same results as the oracle."""
+    monkeypatch.setattr(rec_triton, "choose", lambda *a, **k: ("persistent", "test"))
+    a = recurrence_inputs(cell, 4, 3, 9, P=P, lengths=[4, 1, 2], dtype=torch.float64)
+    with launch.record_launches() as log:
+        got = run_recurrence(cell, a, True, "triton")
+        want = oracle(cell, a["gi"], a["h0"], a["c0"], a["w_hh"], a["b_hh"], a["w_hr"], a["lengths"], True)
+        keys = [k for k in ("gi", "h0", "c0", "w_hh", "b_hh", "w_hr") if a[k] is not None]
+        ups = [torch.randn(w.shape, dtype=torch.float64) for w in want if w is not None]
+        g_got = torch.autograd.grad([o for o in got if o is not None], [a[k] for k in keys], ups)
+    assert [g for _, g in log] == [(1,), (1,)], log
+    for name, g, w in zip(("y", "h_n", "c_n"), got, want):
+        if w is not None:
+            assert_close(name, g, w, atol=1e-10)
+    g_want = torch.autograd.grad([o for o in want if o is not None], [a[k] for k in keys], ups)
+    for k, g, w in zip(keys, g_got, g_want):
+        assert_close("d" + k, g, w, atol=1e-9)
+
+
+# --------------------------------------------------------------------------------------------------
+# Schedules
+
+
+def test_flags_rejects_unknown_schedule():
+    with pytest.raises(ValueError, match="schedule: expected one of"):
+        with rec_triton.flags(schedule="fused"):
+            pass
+
+
+def test_flags_restores_previous_schedule():
+    with rec_triton.flags(schedule="step"):
+        with rec_triton.flags(schedule="graph"):
+            assert rec_triton.forced_schedule() == "graph"
+        assert rec_triton.forced_schedule() == "step"
+    assert rec_triton.forced_schedule() is None
+
+
+@pytest.mark.parametrize("schedule,why", [("graph", "CUDA graphs"), ("persistent", "one after another")])
+def test_forced_schedule_the_interpreter_cannot_run(schedule, why):
+    a = recurrence_inputs("gru", 2, 1, 8, dtype=torch.float64, grad=False)
+    with rec_triton.flags(schedule=schedule):
+        ok, reason = rec_triton.supports(torch.device("cpu"), torch.float64, {"cell": "gru", "B": 1, "H": 8})
+        assert not ok and why in reason
+        with pytest.raises(RuntimeError, match=f"schedule='{schedule}'.*{why}"):
+            run_recurrence("gru", a, False, "triton")
+        # The launcher itself, called without asking supports() first.
+        args = (a["gi"], a["h0"], None, a["w_hh"], a["b_hh"], None, None, False, False)
+        with pytest.raises(RuntimeError, match=f"schedule='{schedule}' cannot run: .*{why}"):
+            rec_triton.forward("gru", *args)
+
+
+def test_forced_step_schedule_runs_under_the_interpreter():
+    a = recurrence_inputs("gru", 3, 2, 8, dtype=torch.float64, grad=False)
+    with rec_triton.flags(schedule="step"):
+        got = run_recurrence("gru", a, False, "triton")
+    want = oracle("gru", a["gi"], a["h0"], None, a["w_hh"], a["b_hh"], None, None, False)
+    assert_close("y", got[0], want[0], atol=1e-10)
+
+
+def _choose(fit, T=64, B=1, H=256, seen=True):
+    return rec_triton.choose("gru", torch.bfloat16, T, B, H, H, False, torch.device("cuda"), fit, seen)
+
+
+def test_graph_only_from_the_second_call_of_a_shape():
+    """A shape seen once (one more sequence length) is never captured unless forced."""
+    name, why = _choose(lambda: (False, "no"), seen=False)
+    assert name == "step" and "first call" in why
+    with rec_triton.flags(schedule="graph"):
+        assert _choose(lambda: (False, "no"), seen=False)[0] == "graph"
+
+
+def test_persistent_needs_a_resident_grid():
+    """The choice on a CUDA device (decided without one): a grid that cannot be resident is never
+    chosen, and forcing it raises with the reason the residency check gave."""
+
+    def no_fit():
+        return False, "300 programs > 264 resident"
+
+    assert _choose(no_fit)[0] in ("step", "graph")
+    with rec_triton.flags(schedule="persistent"), pytest.raises(RuntimeError, match="300 programs > 264"):
+        _choose(no_fit)
+
+
+def test_no_graph_of_our_own_inside_a_capture(monkeypatch):
+    """Inside a caller's capture the per-step launches go into the caller's graph, forced or not."""
+    monkeypatch.setattr(rec_triton, "_capturing", lambda: True)
+    assert _choose(lambda: (False, "no"))[0] == "step"
+    with rec_triton.flags(schedule="graph"):
+        name, why = _choose(lambda: (True, "yes"))
+    assert name == "step" and "capture" in why
+
+
+def test_cost_model_picks_the_cheapest_runnable_schedule():
+    est = rec_triton.estimate("gru", torch.bfloat16, 64, 1, 256, 256, False)
+    name, why = _choose(lambda: (True, "fits"))
+    assert est[name] == min(est[s] for s in rec_triton.SCHEDULES), (name, est)
+    assert "cost model" in why
+
+
+def test_resident_programs_from_the_compiled_kernel(monkeypatch):
+    """Residency from a kernel's registers, shared memory and warps against an H100's per-SM limits:
+    128 registers x 4 warps use 16 Ki of the 64 Ki registers of an SM, so 4 programs fit per SM."""
+
+    class Compiled:
+        n_regs, metadata = 128, type("M", (), {"shared": 16384, "num_warps": 4})
+
+        def _init_handles(self):
+            pass
+
+    class Props:
+        regs_per_multiprocessor = 65536
+        max_threads_per_multi_processor = 2048
+        shared_memory_per_multiprocessor = 228 * 1024
+        multi_processor_count = 132
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props())
+    n, why = launch.resident_programs(Compiled(), torch.device("cuda"))
+    assert n == 4 * 132 and "bound by registers" in why
+    Compiled.metadata.shared = 100 * 1024  # two programs' shared memory (+1 KiB each) fill an SM
+    n, why = launch.resident_programs(Compiled(), torch.device("cuda"))
+    assert n == 2 * 132 and "bound by shared memory" in why
+
+
+@pytest.mark.parametrize("cell,P", [("gru", 0), ("lstm", 4)], ids=["gru", "lstm-proj"])
+def test_graph_schedule_buffers(cell, P, monkeypatch):
+    """The graph schedule's bookkeeping, with a stand-in for CUDA graphs that records the launches made
+    during capture and reruns them on replay: the first call runs directly and captures; later calls
+    with new inputs of the same shapes only copy in, replay and copy out, and match the oracle."""
+
+    class Graph:
+        def __init__(self):
+            self.launches = []
+
+        def replay(self):
+            for kernel, grid, args, kwargs in self.launches:
+                kernel[grid](*args, **kwargs)
+
+    capturing: list[Graph] = []
+
+    @contextlib.contextmanager
+    def capture(graph):
+        capturing.append(graph)
+        yield
+        capturing.pop()
+
+    direct = launch.run
+
+    def run(kernel, grid, *args, **kwargs):
+        if capturing:
+            capturing[-1].launches.append((kernel, grid, args, kwargs))
+            return None
+        return direct(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", capture)
+    monkeypatch.setattr(launch, "run", run)
+    monkeypatch.setattr(rec_triton, "choose", lambda *a, **k: ("graph", "test"))
+    monkeypatch.setattr(rec_triton, "_GRAPHS", collections.OrderedDict())
+    for seed in range(3):
+        torch.manual_seed(seed)
+        a = recurrence_inputs(cell, 3, 17, 20, P=P, lengths=[3, 1, 2] * 5 + [0, 3], dtype=torch.float64)
+        keys = [k for k in ("gi", "h0", "c0", "w_hh", "b_hh", "w_hr") if a[k] is not None]
+        got = [o for o in run_recurrence(cell, a, seed == 2, "triton") if o is not None]
+        want = oracle(cell, *(a[k] for k in ("gi", "h0", "c0", "w_hh", "b_hh", "w_hr", "lengths")), seed == 2)
+        want = [o for o in want if o is not None]
+        ups = [torch.randn(w.shape, dtype=torch.float64) for w in want]
+        for name, g, w in zip(("y", "h_n", "c_n"), got, want):
+            assert_close(f"{name} (call {seed})", g, w, atol=1e-10)
+        g_got = torch.autograd.grad(got, [a[k] for k in keys], ups)
+        g_want = torch.autograd.grad(want, [a[k] for k in keys], ups)
+        for k, g, w in zip(keys, g_got, g_want):
+            assert_close(f"d{k} (call {seed})", g, w, atol=1e-9)
+    # One graph per direction and per `reverse` value; calls 0 and 1 share theirs.
+    assert len(rec_triton._GRAPHS) == 4

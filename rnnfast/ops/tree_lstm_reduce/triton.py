@@ -16,6 +16,10 @@ from rnnfast.ops.tree_lstm import triton as tree
 from rnnfast.ops.tree_lstm_reduce import reference
 
 BLOCK_R = 16
+# K-tiles of at most 32 and no software pipelining: with 64-wide K-tiles or a pipelined K-loop the five
+# accumulators spill at sm_90 (tests/test_triton_cuda.py compiles the kernel and checks).
+BLOCK_K_MAX = 32
+NUM_STAGES = 1
 
 
 def supports(device: torch.device, dtype: torch.dtype, sizes) -> tuple[bool, str]:
@@ -34,9 +38,9 @@ def forward(h_l, c_l, h_r, c_r, w_l, b_l, w_r, h_track, w_t):
     ws = launch.alloc((R, 5 * H), acc_dtype(dt), dev)
     w_l = w_l.contiguous()
     # A program holds five (16, 32) fp32 accumulators, one per gate chunk, so the epilogue has all five
-    # gates of its units at hand; K-tiles of 64 keep each W tile load a 64×32 block.
+    # gates of its units at hand.
     bh = launch.tile(H, lo=16, hi=32)
-    bk = launch.tile(max(H, HT), lo=16, hi=64)
+    bk = launch.tile(max(H, HT), lo=16, hi=BLOCK_K_MAX)
     grid = (-(-R // BLOCK_R), -(-H // bh))
     if R and H:  # an empty launch grid is not valid on every Triton version
         tree_lstm_reduce_fwd_kernel[grid](
@@ -46,7 +50,7 @@ def forward(h_l, c_l, h_r, c_r, w_l, b_l, w_r, h_track, w_t):
             w_t.contiguous() if w_t is not None else w_l,
             h, c, ws, R, H, HT,
             HAS_BIAS=b_l is not None, HAS_TRACK=h_track is not None,
-            BLOCK_R=BLOCK_R, BLOCK_H=bh, BLOCK_K=bk,
+            BLOCK_R=BLOCK_R, BLOCK_H=bh, BLOCK_K=bk, num_stages=NUM_STAGES,
             PREC=launch.dot_precision(dt, torch.backends.cuda.matmul.allow_tf32),
         )  # fmt: skip
     return h, c, ws
