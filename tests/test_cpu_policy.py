@@ -287,3 +287,11 @@ def test_compiled_module_reads_tuned_choice(monkeypatch, tmp_path):
         assert seen and seen[0] == tuned
     finally:
         cpu.clear_memory()
+
+
+def test_triton_flags_alias():
+    pytest.importorskip("triton")
+    from rnnfast.backends import triton
+    from rnnfast.ops.recurrence import triton as impl
+
+    assert triton.flags is impl.flags
