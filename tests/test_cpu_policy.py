@@ -295,3 +295,20 @@ def test_triton_flags_alias():
     from rnnfast.ops.recurrence import triton as impl
 
     assert triton.flags is impl.flags
+
+
+def test_choices_script_dumps_and_compares(tmp_path):
+    script = ROOT / "scripts" / "cpu_choices.py"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = tmp_path / "c.json"
+    subprocess.run([sys.executable, str(script), "--out", str(out)], env=env, check=True, timeout=600)
+    data = json.loads(out.read_text())
+    assert {v for k, v in data.items() if k.startswith("module ")} <= {"cpu", "torch"}
+    assert all(v >= 1 for k, v in data.items() if k.startswith(("team ", "rows ")))
+    other = dict(data, **{"input projection": "bogus"})
+    (tmp_path / "d.json").write_text(json.dumps(other))
+    r = subprocess.run(
+        [sys.executable, str(script), "--compare", str(out), str(tmp_path / "d.json")],
+        env=env, capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    assert f"1 of {len(data)} choices differ" in r.stdout
