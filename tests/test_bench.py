@@ -1092,7 +1092,7 @@ def test_sweep_summary_counts_the_targets():
     assert s["cell"] == "gru" and s["range"] == "0.90–4.00×"
     assert s["below"] == "1 of 4 (worst gru infer B16 T50 I256 H256 f32: 0.90×)"
     assert s["small"] == "3.00–3.00× / 4.00–4.00×"
-    assert s["b16h256"] == "0.90–0.90×" and s["b1h512"] == "2.00–2.00×" and s["floor"] == "1 of 2"
+    assert s["b16h256"] == "0.90–0.90×" and s["b1h512"] == "2.00–2.00×" and s["gemms"] == "1 of 2"
 
 
 def test_sweep_summary_targets_per_case():

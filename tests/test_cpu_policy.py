@@ -255,3 +255,60 @@ def test_cuda_flags_alias():
     from rnnfast.ops.recurrence import cuda as impl
 
     assert cuda.flags is impl.flags
+
+
+def test_compiled_module_reads_tuned_choice(monkeypatch, tmp_path):
+    """Under torch.compile(fullgraph=True) the policy, with autotuning on, is read from the results held
+    in memory (nothing is measured in the graph), with symbolic sizes: a tuned "torch" where the cost
+    model says "cpu"."""
+    tuned = "torch"
+    monkeypatch.setenv("RNNFAST_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cpu, "benchmark", True)
+    cpu.clear_memory()
+    cpu._loaded_file[:] = [cpu.cache_file()]
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(6, 10)
+    m = rnnfast.from_torch(ref)
+    seen = []
+    real = cpu.module_choice
+
+    def spy(sizes, dtype=torch.float32):
+        seen.append(real(sizes, dtype))
+        return seen[-1]
+
+    monkeypatch.setattr(cpu, "module_choice", spy)
+    x = torch.randn(7, 3, 6)
+    assert real(dict(cell="gru", T=7, B=3, H=10, P=0, grad=True)) == "cpu"
+    key = cpu.tune_key(dict(cell="gru", T=7, B=3, H=10, P=0, grad=True), torch.float32)
+    cpu._tuned[key] = tuned
+    try:
+        c = torch.compile(m, fullgraph=True, dynamic=True)
+        torch.testing.assert_close(c(x)[0], ref(x)[0], atol=1e-5, rtol=1e-5)
+        assert seen and seen[0] == tuned
+    finally:
+        cpu.clear_memory()
+
+
+def test_triton_flags_alias():
+    pytest.importorskip("triton")
+    from rnnfast.backends import triton
+    from rnnfast.ops.recurrence import triton as impl
+
+    assert triton.flags is impl.flags
+
+
+def test_choices_script_dumps_and_compares(tmp_path):
+    script = ROOT / "scripts" / "cpu_choices.py"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = tmp_path / "c.json"
+    subprocess.run([sys.executable, str(script), "--out", str(out)], env=env, check=True, timeout=600)
+    data = json.loads(out.read_text())
+    assert {v for k, v in data.items() if k.startswith("module ")} <= {"cpu", "torch"}
+    assert all(v >= 1 for k, v in data.items() if k.startswith(("team ", "rows ")))
+    other = dict(data, **{"input projection": "bogus"})
+    (tmp_path / "d.json").write_text(json.dumps(other))
+    r = subprocess.run(
+        [sys.executable, str(script), "--compare", str(out), str(tmp_path / "d.json")],
+        env=env, capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    assert f"1 of {len(data)} choices differ" in r.stdout

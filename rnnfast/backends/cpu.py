@@ -234,6 +234,16 @@ def _bucket(n) -> int:
     return b
 
 
+def _threads() -> int:
+    # Under torch.compile the thread count of trace time, as a constant (dynamo cannot trace the call).
+    return _threads_at_trace() if torch.compiler.is_compiling() else torch.get_num_threads()
+
+
+@torch.compiler.assume_constant_result
+def _threads_at_trace() -> int:
+    return torch.get_num_threads()
+
+
 def tune_key(sizes: Mapping[str, Any], dtype: torch.dtype | str) -> str:
     dt = str(dtype).removeprefix("torch.")
     return "|".join(
@@ -241,7 +251,7 @@ def tune_key(sizes: Mapping[str, Any], dtype: torch.dtype | str) -> str:
             str(sizes.get("cell", "")),
             "train" if sizes.get("grad") else "infer",
             dt,
-            f"threads{torch.get_num_threads()}",
+            f"threads{_threads()}",
             f"B{_bucket(sizes.get('B', 1))}",
             f"H{sizes.get('H', 0)}",
             f"P{sizes.get('P', 0)}",

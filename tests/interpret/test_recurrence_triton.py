@@ -3,6 +3,9 @@ units, one launch per phase) against the plain-loop oracle in float64 and float3
 through rnnfast.functional, the drop-in modules against torch.nn, the launch grids and phases, the
 schedule flags, and the configurations the backend refuses."""
 
+import collections
+import contextlib
+
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -300,8 +303,16 @@ def test_forced_step_schedule_runs_under_the_interpreter():
     assert_close("y", got[0], want[0], atol=1e-10)
 
 
-def _choose(fit, T=64, B=1, H=256):
-    return rec_triton.choose("gru", torch.bfloat16, T, B, H, H, False, torch.device("cuda"), fit)
+def _choose(fit, T=64, B=1, H=256, seen=True):
+    return rec_triton.choose("gru", torch.bfloat16, T, B, H, H, False, torch.device("cuda"), fit, seen)
+
+
+def test_graph_only_from_the_second_call_of_a_shape():
+    """A shape seen once (one more sequence length) is never captured unless forced."""
+    name, why = _choose(lambda: (False, "no"), seen=False)
+    assert name == "step" and "first call" in why
+    with rec_triton.flags(schedule="graph"):
+        assert _choose(lambda: (False, "no"), seen=False)[0] == "graph"
 
 
 def test_persistent_needs_a_resident_grid():
@@ -330,3 +341,80 @@ def test_cost_model_picks_the_cheapest_runnable_schedule():
     name, why = _choose(lambda: (True, "fits"))
     assert est[name] == min(est[s] for s in rec_triton.SCHEDULES), (name, est)
     assert "cost model" in why
+
+
+def test_resident_programs_from_the_compiled_kernel(monkeypatch):
+    """Residency from a kernel's registers, shared memory and warps against an H100's per-SM limits:
+    128 registers x 4 warps use 16 Ki of the 64 Ki registers of an SM, so 4 programs fit per SM."""
+
+    class Compiled:
+        n_regs, metadata = 128, type("M", (), {"shared": 16384, "num_warps": 4})
+
+        def _init_handles(self):
+            pass
+
+    class Props:
+        regs_per_multiprocessor = 65536
+        max_threads_per_multi_processor = 2048
+        shared_memory_per_multiprocessor = 228 * 1024
+        multi_processor_count = 132
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props())
+    n, why = launch.resident_programs(Compiled(), torch.device("cuda"))
+    assert n == 4 * 132 and "bound by registers" in why
+    Compiled.metadata.shared = 100 * 1024  # two programs' shared memory (+1 KiB each) fill an SM
+    n, why = launch.resident_programs(Compiled(), torch.device("cuda"))
+    assert n == 2 * 132 and "bound by shared memory" in why
+
+
+@pytest.mark.parametrize("cell,P", [("gru", 0), ("lstm", 4)], ids=["gru", "lstm-proj"])
+def test_graph_schedule_buffers(cell, P, monkeypatch):
+    """The graph schedule's bookkeeping, with a stand-in for CUDA graphs that records the launches made
+    during capture and reruns them on replay: the first call runs directly and captures; later calls
+    with new inputs of the same shapes only copy in, replay and copy out, and match the oracle."""
+
+    class Graph:
+        def __init__(self):
+            self.launches = []
+
+        def replay(self):
+            for kernel, grid, args, kwargs in self.launches:
+                kernel[grid](*args, **kwargs)
+
+    capturing: list[Graph] = []
+
+    @contextlib.contextmanager
+    def capture(graph):
+        capturing.append(graph)
+        yield
+        capturing.pop()
+
+    direct = launch.run
+
+    def run(kernel, grid, *args, **kwargs):
+        if capturing:
+            capturing[-1].launches.append((kernel, grid, args, kwargs))
+            return None
+        return direct(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", capture)
+    monkeypatch.setattr(launch, "run", run)
+    monkeypatch.setattr(rec_triton, "choose", lambda *a, **k: ("graph", "test"))
+    monkeypatch.setattr(rec_triton, "_GRAPHS", collections.OrderedDict())
+    for seed in range(3):
+        torch.manual_seed(seed)
+        a = recurrence_inputs(cell, 3, 17, 20, P=P, lengths=[3, 1, 2] * 5 + [0, 3], dtype=torch.float64)
+        keys = [k for k in ("gi", "h0", "c0", "w_hh", "b_hh", "w_hr") if a[k] is not None]
+        got = [o for o in run_recurrence(cell, a, seed == 2, "triton") if o is not None]
+        want = oracle(cell, *(a[k] for k in ("gi", "h0", "c0", "w_hh", "b_hh", "w_hr", "lengths")), seed == 2)
+        want = [o for o in want if o is not None]
+        ups = [torch.randn(w.shape, dtype=torch.float64) for w in want]
+        for name, g, w in zip(("y", "h_n", "c_n"), got, want):
+            assert_close(f"{name} (call {seed})", g, w, atol=1e-10)
+        g_got = torch.autograd.grad(got, [a[k] for k in keys], ups)
+        g_want = torch.autograd.grad(want, [a[k] for k in keys], ups)
+        for k, g, w in zip(keys, g_got, g_want):
+            assert_close(f"d{k} (call {seed})", g, w, atol=1e-9)
+    # One graph per direction and per `reverse` value; calls 0 and 1 share theirs.
+    assert len(rec_triton._GRAPHS) == 4

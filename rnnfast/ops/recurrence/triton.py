@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import logging
 from collections.abc import Callable, Iterator
 
 import torch
@@ -27,6 +28,8 @@ import torch
 from rnnfast.kernels import launch
 from rnnfast.ops.recurrence import common
 from rnnfast.ops.recurrence.common import acc_dtype, empty
+
+log = logging.getLogger("rnnfast")
 
 SCHEDULES = ("step", "graph", "persistent")
 _forced: str | None = None
@@ -150,7 +153,7 @@ def estimate(
     cfg = config(B, H, N, backward, costs.sms)
     nb = -(-B // cfg.block_b)
     programs = nb * -(-max(H, N) // cfg.block_h)
-    per_program = (G * cfg.block_h * N + cfg.block_b * N) * esz
+    per_program = (G * cfg.block_h * N + min(B, cfg.block_b) * N) * esz  # masked rows are not read
     waves = -(-programs // costs.sms)
     phase = waves * (costs.l2_latency_us + per_program / (costs.l2_tbs * 1e6 / costs.sms))
     n = phases(T, N != H, backward)
@@ -197,9 +200,11 @@ def choose(
     backward: bool,
     device: torch.device,
     persistent_fit: Callable[[], tuple[bool, str]],
+    graph_seen: bool = True,
 ) -> tuple[str, str]:
     """(schedule, why) for one call; raises RuntimeError when the forced schedule cannot run it.
-    ``persistent_fit`` says whether the persistent grid can be resident (compiles the kernel)."""
+    ``persistent_fit`` says whether the persistent grid can be resident (compiles the kernel);
+    ``graph_seen`` whether this call's shapes came before (else the model leaves the graph out)."""
     forced = forced_schedule()
     if device.type != "cuda":
         # Under the interpreter only the per-step schedule runs: programs run one after another there.
@@ -219,6 +224,8 @@ def choose(
         ok, why = persistent_fit()
         if not ok:
             why_not["persistent"] = why
+    if forced is None and not graph_seen and "graph" not in why_not:
+        why_not["graph"] = "first call of these shapes (a graph is captured from the second)"
     if forced is not None:
         if forced in why_not:
             raise RuntimeError(f"rnnfast triton: schedule={forced!r} cannot run: {why_not[forced]}")
@@ -226,7 +233,8 @@ def choose(
     est = estimate(cell, dtype, T, B, H, N, backward, Costs.of(device))
     runnable = [s for s in SCHEDULES if s not in why_not]
     best = min(runnable, key=lambda s: est[s])
-    return best, f"{best} (cost model: " + ", ".join(f"{s} {est[s]:.0f} µs" for s in runnable) + ")"
+    why = f"{best} (cost model: " + ", ".join(f"{s} {est[s]:.0f} µs" for s in runnable)
+    return best, why + "".join(f"; not {s}: {r}" for s, r in why_not.items()) + ")"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -249,6 +257,10 @@ def supports(device: torch.device, dtype: torch.dtype, sizes) -> tuple[bool, str
     for what, n in (("B·G·H", B * G * H), ("B·S·H", B * S * H), ("G·H·N", G * H * N), ("B·N", B * N)):
         if n > INT32_MAX:
             return False, f"{what} = {n} > 2^31 - 1: the kernels index one step (and W_hh) in int32"
+    if device.type == "cuda" and forced == "persistent":
+        ok, fit_why = _persistent_fit(cell, dtype, sizes, device)
+        if not ok:
+            return False, f"schedule='persistent' cannot run: {fit_why}"
     cfg = config(B, H, N, False, Costs.of(device).sms)
     return True, f"split recurrence, {why}, forward tiles {cfg.block_b}x{cfg.block_h}"
 
@@ -259,6 +271,10 @@ def supports(device: torch.device, dtype: torch.dtype, sizes) -> tuple[bool, str
 
 _GRAPHS: collections.OrderedDict = collections.OrderedDict()
 GRAPH_CACHE_SIZE = 8
+# Keys of recent calls: the cost model considers a graph from a shape's second call on, so a shape seen
+# once (e.g. one more sequence length) never pays for a capture.
+_SEEN: collections.OrderedDict = collections.OrderedDict()
+SEEN_SIZE = 64
 
 
 def _step_launches(kernel, tensors, count, scalars, consts, nb, tiles, n):
@@ -268,15 +284,14 @@ def _step_launches(kernel, tensors, count, scalars, consts, nb, tiles, n):
 
 def _graph_key(kernel, tensors, scalars, consts, n, device):
     shapes = tuple((tuple(t.shape), t.dtype) for t in tensors)
-    stream = torch.cuda.current_stream(device).cuda_stream
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
     return (kernel.fn.__name__, device.index, stream, shapes, scalars, tuple(sorted(consts.items())), n)
 
 
-def _run_graph(kernel, tensors, inputs, outputs, count, scalars, consts, nb, tiles, n, device):
+def _run_graph(key, kernel, tensors, inputs, outputs, count, scalars, consts, nb, tiles, n):
     """The step launches through a CUDA graph cached per shape, dtype, device and stream (two streams
     never share one graph's buffers). On a miss the launches run directly (compiling the kernels) and
     are then captured onto copies of the arguments; a hit copies the inputs in, replays, copies out."""
-    key = _graph_key(kernel, tensors, scalars, consts, n, device)
     entry = _GRAPHS.get(key)
     if entry is None:
         _step_launches(kernel, tensors, count, scalars, consts, nb, tiles, n)
@@ -303,22 +318,32 @@ def _run_graph(kernel, tensors, inputs, outputs, count, scalars, consts, nb, til
         tensors[i].copy_(static[i])
 
 
-_FITS: dict = {}
+_RESIDENT: dict = {}
 
 
-def _fit(key, programs: int, device: torch.device, compile_fn) -> tuple[bool, str]:
-    """Whether ``programs`` programs of the kernel ``compile_fn`` compiles can all be resident on
-    ``device``: the grid barrier's condition. Cached per kernel specialisation and device."""
-    key = (key, programs, device)
-    if key not in _FITS:
+def _int_class(v: int) -> int:
+    """What Triton specialises an int argument on: 1, a multiple of 16, or neither."""
+    return 1 if v == 1 else (16 if v % 16 == 0 else 0)
+
+
+def _fit_kernel(kernel, tensors, scalars, consts, programs: int, n: int, device) -> tuple[bool, str]:
+    """Whether the persistent launch of ``kernel`` (``consts`` incl. the config) over ``programs``
+    programs can be resident: the grid barrier's condition. ``tensors`` only give the specialisation;
+    the resident count is cached per specialisation and device."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    device = torch.device("cuda", index)
+    spec = tuple(t.dtype for t in tensors), tuple(_int_class(v) for v in scalars)
+    key = (kernel.fn.__name__, spec, tuple(sorted(consts.items())), device)
+    if key not in _RESIDENT:
+        count = torch.zeros(1, dtype=torch.int32, device=device)
         try:
-            resident, what = launch.resident_programs(compile_fn(), device)
+            compiled = kernel.warmup(*tensors, count, 0, n, *scalars, grid=(programs,), **consts)
+            _RESIDENT[key] = launch.resident_programs(compiled, device)
         except Exception as e:  # a Triton without these fields: the schedule is not used, never guessed
-            _FITS[key] = False, f"the compiled kernel's resources could not be read ({type(e).__name__}: {e})"
-        else:
-            ok = programs <= resident
-            _FITS[key] = ok, f"{programs} programs {'<=' if ok else '>'} {resident} resident at once ({what})"
-    return _FITS[key]
+            _RESIDENT[key] = 0, f"the compiled kernel's resources could not be read ({type(e).__name__}: {e})"
+    resident, what = _RESIDENT[key]
+    ok = programs <= resident
+    return ok, f"{programs} programs {'<=' if ok else '>'} {resident} resident at once ({what})"
 
 
 def _execute(kernel, tensors, inputs, outputs, scalars, consts, cfg, tiles, n, cell, backward):
@@ -331,23 +356,55 @@ def _execute(kernel, tensors, inputs, outputs, scalars, consts, cfg, tiles, n, c
     nb = -(-B // cfg.block_b)
     consts = dict(consts, **cfg.launch_options())
     programs = nb * max(tiles)
-    count = torch.zeros(1, dtype=torch.int32, device=device)
-
-    def compiled():
-        return kernel.warmup(*tensors, count, 0, n, *scalars, grid=(programs,), **consts)
 
     def fit() -> tuple[bool, str]:
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        key = (kernel.fn.__name__, tuple(t.dtype for t in tensors), scalars, tuple(sorted(consts.items())))
-        return _fit(key, programs, torch.device("cuda", index), compiled)
+        return _fit_kernel(kernel, tensors, scalars, consts, programs, n, device)
 
-    schedule, _ = choose(cell, dtype, T, B, H, N, backward, device, fit)
+    key = _graph_key(kernel, tensors, scalars, consts, n, device)
+    seen = key in _GRAPHS or key in _SEEN
+    schedule, why = choose(cell, dtype, T, B, H, N, backward, device, fit, graph_seen=seen)
+    _SEEN[key] = None
+    _SEEN.move_to_end(key)
+    while len(_SEEN) > SEEN_SIZE:
+        _SEEN.popitem(last=False)
+    log.debug("rnnfast triton %s %s: %s", cell, "backward" if backward else "forward", why)
+    count = torch.zeros(1, dtype=torch.int32, device=device)
     if schedule == "persistent":
         launch.run(kernel, (programs,), *tensors, count, 0, n, *scalars, **consts)
     elif schedule == "graph":
-        _run_graph(kernel, tensors, inputs, outputs, count, scalars, consts, nb, tiles, n, device)
+        _run_graph(key, kernel, tensors, inputs, outputs, count, scalars, consts, nb, tiles, n)
     else:
         _step_launches(kernel, tensors, count, scalars, consts, nb, tiles, n)
+
+
+def _persistent_fit(cell: str, dtype: torch.dtype, sizes, device: torch.device) -> tuple[bool, str]:
+    """The residency check of both directions' persistent launches for ``sizes`` (what supports()
+    knows of a call: no tensors, so one-element stand-ins give the kernels' specialisation)."""
+    from rnnfast.kernels.recurrence import recurrence_bwd_kernel, recurrence_fwd_kernel
+
+    G, S = common.GATES[cell], common.SAVED[cell]
+    T, B, H, P = (int(sizes.get(k, d)) for k, d in (("T", 1), ("B", 1), ("H", 1), ("P", 0)))
+    N, proj, acc = P or H, bool(P), acc_dtype(dtype)
+    x, a, i64 = (torch.empty(1, dtype=t, device=device) for t in (dtype, acc, torch.int64))
+    flags = dict(CELL=common.CELL_CODE[cell], G=G, S=S, HAS_LEN=bool(sizes.get("lengths")))
+    flags.update(REVERSE=bool(sizes.get("reverse")), PROJ=proj)
+    sms = Costs.of(device).sms
+    for backward in (False, True):
+        cfg = config(B, H, N, backward, sms)
+        programs = -(-B // cfg.block_b) * max(_tiles(cfg, H, N, proj, backward))
+        if backward:
+            kernel, tensors = recurrence_bwd_kernel, [x, x, x, i64, x] + [a] * 8
+            consts = dict(flags, PREC=launch.dot_precision(acc, torch.backends.cudnn.allow_tf32))
+        else:
+            kernel, tensors = recurrence_fwd_kernel, [x, x, x, x, i64, x] + [a] * 4
+            consts = dict(flags, HAS_BIAS=True, NEED_WS=S > 0)
+            consts["PREC"] = launch.dot_precision(dtype, torch.backends.cudnn.allow_tf32)
+        consts.update(cfg.launch_options())
+        n = phases(max(T, 1), proj, backward)
+        ok, why = _fit_kernel(kernel, tensors, (max(T, 1), B, H, N), consts, programs, n, device)
+        if not ok:
+            return False, f"{'backward' if backward else 'forward'}: {why}"
+    return True, "persistent grids fit"
 
 
 def _tiles(cfg: Config, H: int, N: int, proj: bool, backward: bool) -> list[int]:
