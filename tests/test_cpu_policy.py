@@ -113,9 +113,10 @@ def tuning(monkeypatch, tmp_path):
     calls = []
     times = {"cpu": 2.0, "torch": 1.0}
 
-    def measure(run):
-        calls.append(run)
-        return times[run]
+    def measure(runs):
+        calls.extend(runs)
+        assert all(runs[name] == name for name in runs)
+        return {name: times[name] for name in runs}
 
     monkeypatch.setattr(cpu, "_candidate", lambda name, sizes, dtype: name)
     monkeypatch.setattr(cpu, "measure", measure)
@@ -312,3 +313,24 @@ def test_choices_script_dumps_and_compares(tmp_path):
         env=env, capture_output=True, text=True, check=True, timeout=120,
     )  # fmt: skip
     assert f"1 of {len(data)} choices differ" in r.stdout
+
+
+def test_measure_interleaves_and_keeps_the_best(monkeypatch):
+    """On a fake clock: every candidate warms up once, then the rounds run them in turns; the best round
+    of each is returned."""
+    clock, order = [0.0], []
+    monkeypatch.setattr(cpu.time, "perf_counter", lambda: clock[0])
+    cost = {"a": [5.0, 3.0, 2.0, 4.0, 2.5, 9.0], "b": [1.0, 1.5, 1.2, 1.1, 0.9, 1.3]}
+
+    def run(name):
+        def f():
+            order.append(name)
+            clock[0] += cost[name][sum(1 for n in order if n == name) - 1]
+
+        return f
+
+    monkeypatch.setattr(cpu, "MAX_SECONDS", 100.0)
+    got = cpu.measure({"a": run("a"), "b": run("b")})
+    assert order == ["a", "b"] + ["a", "b"] * cpu.REPEATS
+    want = {"a": min(cost["a"][1 : 1 + cpu.REPEATS]), "b": min(cost["b"][1 : 1 + cpu.REPEATS])}
+    assert got == pytest.approx(want)

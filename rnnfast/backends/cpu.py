@@ -222,8 +222,8 @@ def module_choice(sizes: Mapping[str, Any], dtype: torch.dtype = torch.float32) 
 # ---------------------------------------------------------------------------------------------
 # Autotuning
 
-REPEATS = 3  # timed runs per candidate after one warm-up: the best of them is kept
-MAX_SECONDS = 2.0  # per candidate: fewer repeats where one run is long
+REPEATS = 5  # timed rounds after one warm-up: the best of each candidate's is kept
+MAX_SECONDS = 2.0  # per candidate: fewer rounds where one run is long
 
 
 def _bucket(n) -> int:
@@ -329,16 +329,22 @@ def save(key: str, choice: str, times: Mapping[str, float]) -> None:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def measure(run: Callable[[], object]) -> float:
-    """Seconds of one call of ``run``: the best of up to REPEATS after a warm-up (tests replace this)."""
-    t0 = time.perf_counter()
-    run()
-    first = time.perf_counter() - t0
-    best = float("inf")
-    for _ in range(max(1, min(REPEATS, int(MAX_SECONDS / max(first, 1e-9))))):
+def measure(runs: Mapping[str, Callable[[], object]]) -> dict[str, float]:
+    """Seconds of one call of each candidate: a warm-up each, then up to REPEATS rounds in which every
+    candidate runs once in turn (a drifting machine hits them alike), the best of its rounds kept (tests
+    replace this)."""
+    first = {}
+    for name, run in runs.items():
         t0 = time.perf_counter()
         run()
-        best = min(best, time.perf_counter() - t0)
+        first[name] = time.perf_counter() - t0
+    rounds = max(1, min(REPEATS, int(MAX_SECONDS / max(max(first.values()), 1e-9))))
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(rounds):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - t0)
     return best
 
 
@@ -384,10 +390,8 @@ def tune(sizes: Mapping[str, Any], dtype: torch.dtype) -> str:
     hit = _tuned.get(key)
     if hit is not None:
         return hit
-    times = {}
     with torch.enable_grad() if sizes.get("grad") else torch.no_grad():
-        for name in ("cpu", "torch"):
-            times[name] = measure(_candidate(name, sizes, dtype))
+        times = measure({name: _candidate(name, sizes, dtype) for name in ("cpu", "torch")})
     choice = min(times, key=times.__getitem__)
     _tuned[key] = choice
     log.debug("rnnfast: autotune %s -> %s (%s)", key, choice, times)
