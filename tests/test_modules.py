@@ -1,8 +1,9 @@
 """Drop-in parity of rnnfast.RNN/GRU/LSTM with torch.nn in float64: outputs, h_n (c_n), and gradients of
 the input, every parameter and h0 (c0), with injected upstream gradients on every output.
 
-The backend under test comes from RNNFAST_TEST_BACKENDS (comma-separated, default "reference,auto"), so the
-same suite checks each backend: e.g. RNNFAST_TEST_BACKENDS=cpu pytest tests/test_modules.py.
+The backend under test comes from RNNFAST_TEST_BACKENDS (comma-separated, default "reference,auto,cpu": auto
+may give a case to torch.nn, cpu always runs the C++ layer stack), so the same suite checks each backend:
+e.g. RNNFAST_TEST_BACKENDS=triton pytest tests/test_modules.py.
 """
 
 import os
@@ -13,9 +14,12 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnnfast
+from rnnfast import _ext
 from tests.utils import MODULE_KINDS, assert_close, kind_id
 
-BACKENDS = os.environ.get("RNNFAST_TEST_BACKENDS", "reference,auto").split(",")
+# cpu by default where its kernels are built (test_cpu_*.py say why they are not, where they skip).
+_DEFAULT = "reference,auto" + (",cpu" if _ext.status()[0] else "")
+BACKENDS = os.environ.get("RNNFAST_TEST_BACKENDS", _DEFAULT).split(",")
 INPUTS = ["padded", "packed-sorted", "packed-unsorted", "unbatched"]
 
 
