@@ -240,3 +240,44 @@ def test_compile_fullgraph_spinn(tracker):
     names = ["buffers", "null"] + [n for n, _ in model.named_parameters()]
     for name, a, b in zip(names, g_comp, g_eager):
         assert_close("d" + name, a, b, 1e-5)
+
+
+@pytest.mark.slow
+def test_compile_fullgraph_packed_per_op_backend():
+    """A per-op backend (the reference) on PackedSequence input under fullgraph: padding and packing are
+    the ops rnnfast::pad_packed / pack_padded (the batch a data-dependent size without a state), loss
+    and gradients as eager."""
+    torch._dynamo.reset()
+    torch.manual_seed(3)
+    m = rnnfast.GRU(3, 4, num_layers=2, bidirectional=True, backend="reference", dtype=torch.float64)
+    x = torch.randn(5, 3, 3, dtype=torch.float64, requires_grad=True)
+
+    def step(p):
+        y, h = m(p)
+        return (y.data**2).sum() + h.sum()
+
+    leaves = [x, *m.parameters()]
+    out = torch.compile(step, fullgraph=True, backend="aot_eager")(_packed(x, "packed-sorted"))
+    g_comp = torch.autograd.grad(out, leaves)
+    eager = step(_packed(x, "packed-sorted"))
+    g_eager = torch.autograd.grad(eager, leaves)
+    assert_close("loss", out, eager, 1e-12)
+    for n, a, b in zip(["input"] + [n for n, _ in m.named_parameters()], g_comp, g_eager):
+        assert_close("d" + n, a, b, 1e-12)
+
+
+def test_pad_and_pack_ops():
+    """rnnfast::pad_packed / pack_padded: torch.nn's padding and packing, each other's gradient (opcheck:
+    fake kernels, autograd)."""
+    import rnnfast.nn.rnn  # noqa: F401 (registers the ops)
+
+    x = torch.randn(4, 3, 2, dtype=torch.float64)
+    packed = pack_padded_sequence(x, torch.tensor([4, 2, 1]))
+    padded, lengths = torch.ops.rnnfast.pad_packed(packed.data, packed.batch_sizes, -1)
+    assert torch.equal(lengths, torch.tensor([4, 2, 1]))
+    assert torch.equal(padded, x * (torch.arange(4).view(4, 1, 1) < lengths.view(1, 3, 1)))
+    assert torch.equal(torch.ops.rnnfast.pack_padded(padded, packed.batch_sizes, 7), packed.data)
+    data = packed.data.clone().requires_grad_()
+    torch.library.opcheck(torch.ops.rnnfast.pad_packed.default, (data, packed.batch_sizes, 3))
+    y = padded.clone().requires_grad_()
+    torch.library.opcheck(torch.ops.rnnfast.pack_padded.default, (y, packed.batch_sizes, 7))

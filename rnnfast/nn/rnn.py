@@ -15,7 +15,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence
 
 from rnnfast import backends
 from rnnfast._guards import check_tracer, refuse_scripting
@@ -172,8 +172,9 @@ class _FusedRNNMixin:
                 x = data  # the C++ stack takes the packed rows and batch_sizes
             elif torch.compiler.is_compiling():
                 # The per-op backends take padded gi in the packed (length-sorted) order, and the lengths.
-                # Under torch.compile (no data-dependent index tensors) x is padded first.
-                x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
+                # Under torch.compile x is padded first, by an op whose batch may be data-dependent.
+                x, lengths = torch.ops.rnnfast.pad_packed(data, batch_sizes, B if hx is not None else -1)
+                B = x.shape[1]
             else:
                 # Eager: the input projections run on the packed rows (x stays `data`), padded afterwards.
                 *rows, lengths = _packed_rows(batch_sizes, data.device)
@@ -217,7 +218,7 @@ class _FusedRNNMixin:
             if name == "cpu":
                 data = y
             elif rows is None:
-                data = pack_padded_sequence(y, lengths).data
+                data = torch.ops.rnnfast.pack_padded(y, batch_sizes, data.shape[0])
             else:
                 data = y.flatten(0, 1).index_select(0, rows[0])
             out = PackedSequence(data, input.batch_sizes, sorted_indices, unsorted_indices)
@@ -367,6 +368,56 @@ def _pad_rows(data: Tensor, rows: tuple[Tensor, Tensor], T: int, B: int) -> Tens
     out = data.new_empty(T * B, data.shape[-1])
     out.index_fill_(0, rows[1], 0)
     return out.index_copy_(0, rows[0], data).view(T, B, -1)
+
+
+# PackedSequence <-> padded for the per-op backends under torch.compile, which cannot trace torch.nn's
+# pad_packed_sequence / pack_padded_sequence (they read batch_sizes' values). Each is the other's gradient.
+
+
+@torch.library.custom_op("rnnfast::pad_packed", mutates_args=())
+def _pad_packed(data: Tensor, batch_sizes: Tensor, batch: int) -> tuple[Tensor, Tensor]:
+    """(ΣL, C) packed rows -> (T, B, C) zero-padded and the lengths (B,) int64 on the CPU; ``batch`` is B
+    where the caller knows it (a given state), else -1."""
+    T, B = batch_sizes.shape[0], int(batch_sizes[0])
+    *rows, lengths = _packed_rows(batch_sizes, data.device)
+    return _pad_rows(data, rows, T, B), lengths
+
+
+@_pad_packed.register_fake
+def _(data, batch_sizes, batch):
+    B = batch if batch >= 0 else torch.library.get_ctx().new_dynamic_size()
+    return data.new_empty((batch_sizes.shape[0], B, data.shape[1])), batch_sizes.new_empty((B,))
+
+
+@torch.library.custom_op("rnnfast::pack_padded", mutates_args=())
+def _pack_padded(y: Tensor, batch_sizes: Tensor, total: int) -> Tensor:
+    """(T, B, C) padded -> its ``total`` = ΣL packed rows (C,) in PackedSequence order."""
+    rows = _packed_rows(batch_sizes, y.device)[0]
+    return y.flatten(0, 1).index_select(0, rows)
+
+
+@_pack_padded.register_fake
+def _(y, batch_sizes, total):
+    return y.new_empty((total, y.shape[2]))
+
+
+def _save_batch_sizes(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1])
+    ctx.shape = inputs[0].shape
+
+
+def _pad_packed_backward(ctx, grad, _grad_lengths):
+    (batch_sizes,) = ctx.saved_tensors
+    return torch.ops.rnnfast.pack_padded(grad, batch_sizes, ctx.shape[0]), None, None
+
+
+def _pack_padded_backward(ctx, grad):
+    (batch_sizes,) = ctx.saved_tensors
+    return torch.ops.rnnfast.pad_packed(grad, batch_sizes, ctx.shape[1])[0], None, None
+
+
+_pad_packed.register_autograd(_pad_packed_backward, setup_context=_save_batch_sizes)
+_pack_padded.register_autograd(_pack_padded_backward, setup_context=_save_batch_sizes)
 
 
 def _no_proj(cls_name: str, kwargs: dict) -> None:
