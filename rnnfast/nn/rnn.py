@@ -257,7 +257,7 @@ class _FusedRNNMixin:
         if grad or torch.compiler.is_compiling():
             y, h_n, c_n, _ = torch.ops.rnnfast_C.module_fwd(*args)
         else:
-            # Nothing to record: past the op's Python autograd kernel (~9 µs of CPU time a call).
+            # Nothing to record: past the op's Python autograd kernel, most of a short call's overhead.
             with torch._C._AutoDispatchBelowAutograd():
                 y, h_n, c_n, _ = torch.ops.rnnfast_C.module_fwd(*args)
         return y, h_n, (c_n if self.mode == "LSTM" else None)
