@@ -153,6 +153,8 @@ def _register_fakes() -> None:
             like(w_hr),
         )
 
+    _register_module_ops(gates, saved)
+
     @torch.library.register_fake("rnnfast_C::tree_lstm_fwd")
     def _(lstm_in, c_l, c_r):
         return lstm_in.new_empty(c_l.shape), lstm_in.new_empty(c_l.shape)
@@ -160,6 +162,104 @@ def _register_fakes() -> None:
     @torch.library.register_fake("rnnfast_C::tree_lstm_bwd")
     def _(grad_h, grad_c, lstm_in, c_l, c_r, c):
         return lstm_in.new_empty(lstm_in.shape), lstm_in.new_empty(c_l.shape), lstm_in.new_empty(c_r.shape)
+
+
+def _register_module_ops(gates: list[int], saved: list[int]) -> None:
+    """Fake kernels and autograd of ``module_fwd`` / ``module_bwd`` (argument and ``saved`` layout:
+    csrc/cpu/recurrence.cpp, module_fwd_impl()), so that autograd, torch.compile and export see the
+    layer stack as one op each way."""
+    half = (torch.float16, torch.bfloat16)
+
+    @torch.library.register_fake("rnnfast_C::module_fwd")
+    def _(
+        x,
+        h0,
+        c0,
+        weights,
+        masks,
+        batch_sizes,
+        cell,
+        num_layers,
+        bidirectional,
+        has_bias,
+        has_proj,
+        _lib,
+        need_ws,
+    ):
+        D, per = 2 if bidirectional else 1, 2 + 2 * has_bias + has_proj
+        H = weights[0].shape[0] // gates[cell]
+        N = weights[per - 1].shape[0] if has_proj else H
+        acc = torch.float32 if x.dtype in half else x.dtype
+        packed = batch_sizes is not None
+        if packed:
+            T, rows = batch_sizes.shape[0], x.shape[0]
+            # The batch is batch_sizes[0], a value: known from a given state, else data-dependent.
+            B = h0.shape[1] if h0 is not None else torch.library.get_ctx().new_dynamic_size()
+            y = x.new_empty((rows, D * N))
+        else:
+            T, B = x.shape[0], x.shape[1]
+            rows = T * B
+            y = x.new_empty((T, B, D * N))
+        L = num_layers
+        h_n = x.new_empty((L * D, B, N))
+        c_n = x.new_empty((L * D, B, H)) if cell == 3 else x.new_empty((0,))
+        out = []
+        if need_ws:
+            in_is_y = False
+            for layer in range(L):
+                skip = layer == 0 or in_is_y
+                out.append(x.new_empty((0,) if skip else (rows, D * N), dtype=acc))
+                for _d in range(D):
+                    is_y = layer == L - 1 and D == 1 and not packed and x.dtype not in half
+                    out.append(x.new_empty((0,) if is_y else (T, B, N), dtype=acc))
+                    out.append(x.new_empty((T, B, saved[cell] * H), dtype=acc))
+                in_is_y = D == 1 and not packed and not masks
+        return y, h_n, c_n, out
+
+    @torch.library.register_fake("rnnfast_C::module_bwd")
+    def _(grad_y, grad_hn, grad_cn, x, h0, c0, weights, masks, batch_sizes, saved_, y, *cfg):
+        need_dx = cfg[-1]
+
+        def like(t):
+            return x.new_empty((0,)) if t is None else t.new_empty(t.shape)
+
+        dx = x.new_empty(x.shape) if need_dx else x.new_empty((0,))
+        return dx, like(h0), like(c0), [w.new_empty(w.shape) for w in weights]
+
+    def setup_context(ctx, inputs, output):
+        x, h0, c0, weights, masks, batch_sizes, *cfg, need_ws = inputs
+        y, _h_n, c_n, saved_ = output
+        ctx.cfg, ctx.need_ws = tuple(cfg), need_ws
+        ctx.counts = (len(weights), len(masks), len(saved_))
+        ctx.save_for_backward(x, h0, c0, batch_sizes, y, *weights, *masks, *saved_)
+        if cfg[0] != 3:
+            ctx.mark_non_differentiable(c_n)
+        ctx.mark_non_differentiable(*saved_)
+
+    def backward(ctx, grad_y, grad_hn, grad_cn, _grad_saved):
+        if not ctx.need_ws:
+            raise RuntimeError(
+                "rnnfast_C::module_fwd: called with need_ws=False, it saved nothing to differentiate"
+            )
+        x, h0, c0, batch_sizes, y, *rest = ctx.saved_tensors
+        nw, nm, _ = ctx.counts
+        weights, masks, saved_ = rest[:nw], rest[nw : nw + nm], rest[nw + nm :]
+        need_dx = ctx.needs_input_grad[0]
+        dx, dh0, dc0, dws = torch.ops.rnnfast_C.module_bwd(
+            grad_y, grad_hn, grad_cn if ctx.cfg[0] == 3 else None, x, h0, c0, weights, masks, batch_sizes,
+            saved_, y, *ctx.cfg, need_dx,
+        )  # fmt: skip
+        return (
+            dx if need_dx else None,
+            dh0 if h0 is not None else None,
+            dc0 if c0 is not None else None,
+            list(dws),
+            [None] * nm,
+            None,
+            *([None] * (len(ctx.cfg) + 1)),
+        )
+
+    torch.library.register_autograd("rnnfast_C::module_fwd", backward, setup_context=setup_context)
 
 
 def _stale_prebuilt() -> str | None:

@@ -21,9 +21,11 @@ _empty, _empty_like, _new_empty = torch.empty, torch.empty_like, torch.Tensor.ne
 
 
 def _poison(t):
-    if isinstance(t, torch.Tensor) and (t.dtype.is_floating_point or t.dtype.is_complex) and t.numel():
-        if t.device.type != "meta":
-            t.fill_(float("nan"))
+    # Tracers' tensors (fake, functional) hold no data, and their sizes may be data-dependent symbols.
+    if type(t) is not torch.Tensor:
+        return t
+    if (t.dtype.is_floating_point or t.dtype.is_complex) and t.device.type != "meta":
+        t.fill_(float("nan"))
     return t
 
 

@@ -96,13 +96,9 @@ class LinearNT {
  public:
   // w (N, K) float32/float64, contiguous or a transposed view; m_hint: the rows of the products to
   // come; uses: how many products will be taken. min_work: the multiply-adds per product from which
-  // oneDNN takes them. Packing makes each product faster but costs from two products (AVX-512 EPYC,
-  // 2 threads, 16x512x2048: pack 427 µs, product 198 µs packed vs 344 µs unpacked) to five (AVX2 EPYC,
-  // 4x1536x512: pack 450 µs, product 97 vs 142 µs unpacked, 197 through MKL), and oneDNN wants its
-  // weight contiguous: a transposed view (the backward's W_hh) costs a copy of about as much again
-  // (contiguous_2d). So short sequences (token-by-token decoding: one step) run unpacked, a
-  // contiguous weight from kPackMinUses products, a transposed one from kPackCopyMinUses; below that a
-  // transposed weight goes to ATen, which reads it in place.
+  // oneDNN takes them. Packing costs two to five products (docs/cpu.md) and a transposed view a copy as
+  // much again, so a contiguous weight is packed from kPackMinUses products, a transposed one from
+  // kPackCopyMinUses; below that it runs unpacked, a transposed one through ATen, which reads it in place.
   static constexpr int64_t kPackMinUses = 8, kPackCopyMinUses = 16;
   LinearNT(const at::Tensor& w, int64_t m_hint, int64_t uses = kPackMinUses, int64_t min_work = kDnnlMinWork)
       : w_(w) {

@@ -252,9 +252,8 @@ RNNFAST_INLINE void matvec_body(int64_t K, const scalar_t* x, const scalar_t* wt
 // transposed copy, see StepMatmul): L rows at a time (a vector's lanes), one accumulator per row, each
 // x vector loaded once for all of them, their horizontal sums by rowsum_tree() and one vector store;
 // the rows past the last whole group as matvec_body(). With short rows (K = 64-128) the four-row
-// kernel's lane-by-lane sums took about as long as the products: a one-step call 1.13-1.19x faster at
-// H = 64-128 (GRU, LSTM; 2-core Zen 5 EPYC). Not for a W beyond L2: its 16 rows read at once ran
-// 0.75-0.94x as fast as the four-row kernel there (RNN H = 1024, LSTM H = 1024, B = 1).
+// kernel's lane-by-lane sums cost about as much as the products; not for a W beyond L2, where reading 16
+// rows at once is slower than four (docs/cpu.md).
 template <typename scalar_t, int VB>
 RNNFAST_INLINE void matvec_tree_body(int64_t K, const scalar_t* x, const scalar_t* wt, int64_t ldw, scalar_t* out,
                                      int64_t m0, int64_t m1) {

@@ -14,15 +14,16 @@ TORCH_LIBRARY(rnnfast_C, m) {
       "recurrence_bwd(Tensor grad_y, Tensor grad_hn, Tensor? grad_cn, Tensor h0, Tensor? c0, Tensor w_hh, "
       "Tensor? b_hh, Tensor? w_hr, Tensor? lengths, Tensor y, Tensor ws, int cell, bool reverse) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  // A module's whole layer stack in one call, forward and backward (recurrence.cpp, module_fwd()).
+  // A module's whole layer stack in one call, forward and backward (recurrence.cpp, module_fwd()); autograd
+  // and the fake kernels are registered from Python (rnnfast/_ext.py).
   m.def(
-      "module_fwd(Tensor x, Tensor? h0, Tensor? c0, Tensor[] weights, int cell, int num_layers, "
-      "bool bidirectional, bool has_bias, bool has_proj, int lib, bool need_ws) "
+      "module_fwd(Tensor x, Tensor? h0, Tensor? c0, Tensor[] weights, Tensor[] masks, Tensor? batch_sizes, "
+      "int cell, int num_layers, bool bidirectional, bool has_bias, bool has_proj, int lib, bool need_ws) "
       "-> (Tensor, Tensor, Tensor, Tensor[])");
   m.def(
       "module_bwd(Tensor grad_y, Tensor grad_hn, Tensor? grad_cn, Tensor x, Tensor? h0, Tensor? c0, "
-      "Tensor[] weights, Tensor[] saved, int cell, int num_layers, bool bidirectional, bool has_bias, "
-      "bool has_proj, int lib, bool need_dx) -> (Tensor, Tensor, Tensor, Tensor[])");
+      "Tensor[] weights, Tensor[] masks, Tensor? batch_sizes, Tensor[] saved, Tensor y, int cell, int num_layers, "
+      "bool bidirectional, bool has_bias, bool has_proj, int lib, bool need_dx) -> (Tensor, Tensor, Tensor, Tensor[])");
   m.def("gemm_path(int m, int k, int n, int steps=100) -> str");
   // op(a)·b (+ bias) in the blocked kernel: op(a) = a (M, R), or aᵀ with a_t (a (R, M)); b (R, N) -> (M, N).
   m.def("gemm(Tensor a, Tensor b, Tensor? bias=None, bool a_t=False) -> Tensor");

@@ -857,16 +857,16 @@ Tensor gemm_op(const Tensor& a, const Tensor& b, const c10::optional<Tensor>& bi
 
 // ---------------------------------------------------------------------------------------------
 // A module's whole layer stack in one call: forward, per layer and direction, the input projection and
-// the time loop; backward the reverse, with the projection's gradients. The Python layer stack costs
-// ~15 µs a call in inference (argument handling, a dispatch per op, stacking the states) and ~90 µs in
-// training (an autograd Function per layer and direction, the projection's autograd nodes): most of a
-// short call. rnnfast.nn.rnn's modules take this path (its _one_call()) for float32/float64 input
-// without PackedSequence, autocast, torch.compile or dropout between layers in training.
+// the time loop; backward the reverse, with the projection's gradients. The cpu backend's modules
+// (rnnfast.nn.rnn) run every call through it: PackedSequence rows, dropout masks between layers,
+// float16/bfloat16 through float32; one op per direction of autograd keeps a short call's overhead low.
 
-// The input projection's library (rnnfast/ops/linear.py, library()): the products of at least
-// kProjectMinWork multiply-adds (its _MIN_WORK; smaller ones are F.linear's, ATen) go to ATen, the blocked
-// kernel (a float32 forward of fewer than kProjectBlockedMinRows rows to oneDNN, where torch has it), or
-// oneDNN (float32 forward, and dX from kProjectDnnlDxMinRows rows; dW ATen), as input_projection() does.
+// The input projection's library (chosen by rnnfast/ops/linear.py, library()): the products of at least
+// kProjectMinWork multiply-adds (below, a library's fixed cost is most of the product) go to ATen, the
+// blocked kernel (a float32 forward of fewer than kProjectBlockedMinRows rows to oneDNN, where torch has
+// it: packing W_ihᵀ at every call does not pay there), or oneDNN (float32 forward, and dX from
+// kProjectDnnlDxMinRows rows, where its transposed copy of W pays; dW ATen). ATen's results go into
+// blocks of the cache (new_output): a fresh large result is page-faulted in at every call.
 enum ProjectLib : int64_t { kLibAten = 0, kLibBlocked = 1, kLibOnednn = 2 };
 constexpr int64_t kProjectMinWork = int64_t{1} << 21, kProjectBlockedMinRows = 768, kProjectDnnlDxMinRows = 128;
 
@@ -881,7 +881,7 @@ Tensor dnnl_product(const Tensor& x, const Tensor& w, const c10::optional<Tensor
   }
 }
 
-// gi (rows, G·H) = x (rows, I)·W_ihᵀ + b_ih, by `lib` as input_projection() computes it.
+// gi (rows, G·H) = x (rows, I)·W_ihᵀ + b_ih, by `lib`.
 Tensor project(const Tensor& x, const Tensor& w, const c10::optional<Tensor>& b, int64_t lib) {
   const int64_t rows = x.size(0);
   if (rows * w.size(0) * w.size(1) >= kProjectMinWork && lib != kLibAten) {
@@ -892,12 +892,12 @@ Tensor project(const Tensor& x, const Tensor& w, const c10::optional<Tensor>& b,
     }
     if (lib == kLibBlocked) return blocked_product(x, false, w.t(), b);
   }
-  return b.has_value() ? at::addmm(*b, x, w.t()) : at::mm(x, w.t());
+  Tensor y = new_output({rows, w.size(0)}, x.options());
+  return b.has_value() ? at::addmm_out(y, *b, x, w.t()) : at::mm_out(y, x, w.t());
 }
 
 // The projection's gradients from g (rows, G·H) = dgi: into dw (G·H, I) the sum gᵀ·x, and with need_dx
-// dX (rows, I) = g·W_ih (else undefined), as _Linear.backward (rnnfast/ops/linear.py) or F.linear's
-// autograd computes them.
+// dX (rows, I) = g·W_ih (else undefined).
 Tensor project_backward(const Tensor& g, const Tensor& x, const Tensor& w, int64_t lib, Tensor& dw, bool need_dx) {
   const int64_t rows = g.size(0);
   const bool big = rows * w.size(0) * w.size(1) >= kProjectMinWork;
@@ -911,14 +911,19 @@ Tensor project_backward(const Tensor& g, const Tensor& x, const Tensor& w, int64
     Tensor dx = dnnl_product(g, w.t(), c10::nullopt);
     if (dx.defined()) return dx;
   }
-  return at::mm(g, w);
+  Tensor dx = new_output({rows, w.size(1)}, g.options());
+  return at::mm_out(dx, g, w);
 }
 
-// The arguments shared by the forward and the backward of a module call.
+// The arguments shared by the forward and the backward of a module call. With batch_sizes (a
+// PackedSequence's) x and y hold the packed rows (ΣL, ·), rows sorted by length, and every layer's input
+// projection runs on those rows only; the time loops take them padded to (T, B, ·) with the lengths.
 struct ModuleArgs {
-  int64_t cell, G, L, D, per, T, B, H, N;
-  bool bias, proj;
+  int64_t cell, G, L, D, per, T, B, H, N, rows;
+  bool bias, proj, packed;
   const Tensor* weights;  // per layer and direction: w_ih, w_hh, then b_ih, b_hh (bias), then w_hr (proj)
+  std::vector<int64_t> step_rows;  // packed: the rows of each step (batch_sizes)
+  Tensor lengths;                  // packed: (B,) int64, the steps of each row; else undefined
 
   const Tensor* w(int64_t k) const { return weights + k * per; }
   c10::optional<Tensor> b_hh(int64_t k) const {
@@ -927,10 +932,12 @@ struct ModuleArgs {
   c10::optional<Tensor> w_hr(int64_t k) const {
     return proj ? c10::optional<Tensor>(w(k)[per - 1].contiguous()) : c10::nullopt;
   }
+  c10::optional<Tensor> lens() const { return packed ? c10::optional<Tensor>(lengths) : c10::nullopt; }
 };
 
-ModuleArgs module_args(const Tensor& x, at::TensorList weights, int64_t cell, int64_t num_layers,
-                       bool bidirectional, bool has_bias, bool has_proj) {
+ModuleArgs module_args(const Tensor& x, const c10::optional<Tensor>& batch_sizes, at::TensorList weights,
+                       at::TensorList masks, int64_t cell, int64_t num_layers, bool bidirectional, bool has_bias,
+                       bool has_proj) {
   ModuleArgs a{};
   a.cell = cell;
   a.G = gates(cell);
@@ -939,31 +946,68 @@ ModuleArgs module_args(const Tensor& x, at::TensorList weights, int64_t cell, in
   a.per = 2 + 2 * has_bias + has_proj;
   a.bias = has_bias;
   a.proj = has_proj;
+  a.packed = batch_sizes.has_value() && batch_sizes->defined();
   a.weights = weights.data();
-  TORCH_CHECK(x.dim() == 3, "rnnfast_C: x: expected (T, B, I), got ", x.sizes());
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
               "rnnfast_C: x: expected float32 or float64, got ", x.scalar_type());
   TORCH_CHECK(num_layers >= 1 && static_cast<int64_t>(weights.size()) == num_layers * a.D * a.per,
               "rnnfast_C: weights: expected ", num_layers * a.D * a.per, " tensors for ", num_layers,
               " layers, got ", weights.size());
   TORCH_CHECK(!has_proj || cell == kLstm, "rnnfast_C: has_proj: a projection exists only for the lstm cell");
-  a.T = x.size(0);
-  a.B = x.size(1);
+  if (a.packed) {
+    const Tensor& bs = *batch_sizes;
+    TORCH_CHECK(x.dim() == 2, "rnnfast_C: x: expected packed rows (ΣL, I) with batch_sizes, got ", x.sizes());
+    TORCH_CHECK(bs.dim() == 1 && bs.size(0) > 0 && bs.device().is_cpu() && bs.scalar_type() == at::kLong,
+                "rnnfast_C: batch_sizes: expected a non-empty 1-D int64 CPU tensor, got ", bs.sizes(), " ",
+                bs.scalar_type(), " on ", bs.device());
+    const Tensor bc = bs.contiguous();
+    const int64_t* p = bc.data_ptr<int64_t>();
+    a.step_rows.assign(p, p + bc.numel());
+    a.T = bc.numel();
+    a.B = a.step_rows[0];
+    int64_t total = 0;
+    for (int64_t t = 0; t < a.T; ++t) {
+      TORCH_CHECK(a.step_rows[t] > 0 && (t == 0 || a.step_rows[t] <= a.step_rows[t - 1]),
+                  "rnnfast_C: batch_sizes: expected positive, non-increasing sizes, got ", bs);
+      total += a.step_rows[t];
+    }
+    TORCH_CHECK(total == x.size(0), "rnnfast_C: x: expected ", total, " packed rows (the sum of batch_sizes), got ",
+                x.size(0));
+    a.lengths = at::zeros({a.B}, at::kLong);
+    int64_t* len = a.lengths.data_ptr<int64_t>();
+    for (int64_t t = 0; t < a.T; ++t) {
+      for (int64_t b = 0; b < a.step_rows[t]; ++b) ++len[b];
+    }
+    a.rows = total;
+  } else {
+    TORCH_CHECK(x.dim() == 3, "rnnfast_C: x: expected (T, B, I), got ", x.sizes());
+    a.T = x.size(0);
+    a.B = x.size(1);
+    a.rows = a.T * a.B;
+  }
   a.H = weights[0].size(0) / a.G;
   a.N = has_proj ? weights[a.per - 1].size(0) : a.H;
   TORCH_CHECK(a.T > 0 && a.H > 0 && weights[0].size(0) % a.G == 0,
               "rnnfast_C: x, weights: expected at least one step and G·H rows of w_ih, got T = ", a.T, " and ",
               weights[0].size(0), " rows for ", a.G, " gates");
+  const int64_t I = x.size(x.dim() - 1);
   for (int64_t k = 0; k < num_layers * a.D; ++k) {
     const Tensor* w = a.w(k);
-    const int64_t I = k < a.D ? x.size(2) : a.D * a.N;
-    check_like("w_ih", w[0], x, {a.G * a.H, I});
+    check_like("w_ih", w[0], x, {a.G * a.H, k < a.D ? I : a.D * a.N});
     check_like("w_hh", w[1], x, {a.G * a.H, a.N});
     if (has_bias) {
       check_like("b_ih", w[2], x, {a.G * a.H});
       check_like("b_hh", w[3], x, {a.G * a.H});
     }
     if (has_proj) check_like("w_hr", w[a.per - 1], x, {a.N, a.H});
+  }
+  TORCH_CHECK(masks.empty() || static_cast<int64_t>(masks.size()) == num_layers - 1,
+              "rnnfast_C: masks: expected none or one per layer but the last (", num_layers - 1, "), got ",
+              masks.size());
+  for (const Tensor& m : masks) {
+    TORCH_CHECK(m.numel() == a.rows * a.D * a.N, "rnnfast_C: masks: expected ", a.rows * a.D * a.N,
+                " elements each (a layer's output), got ", m.sizes());
+    check_like("masks", m, x, m.sizes());
   }
   return a;
 }
@@ -985,31 +1029,68 @@ void put_row(Tensor& dst, const Tensor& src, int64_t k) {
   std::memcpy(static_cast<char*>(dst.data_ptr()) + k * bytes, src.contiguous().data_ptr(), bytes);
 }
 
-// x (T, B, I) seq-first; h0, c0 (L·D, B, N / H) or none (zeros); weights as ModuleArgs; lib the input
-// projection's library (ProjectLib) -> y (T, B, D·N), h_n (L·D, B, N), c_n (L·D, B, H) (empty but for the
-// LSTM), and with need_ws what module_bwd needs: per layer its input (layer 0: undefined, the caller
-// keeps x) and per direction its outputs (T, B, N) and saved activations.
-std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> module_fwd(
+// Packed rows (ΣL, C) -> (T, B, C) with zeros past each row's length, and back. Identity (a view)
+// without batch_sizes.
+Tensor pad_rows(const Tensor& src, const ModuleArgs& a) {
+  const int64_t C = src.size(1);
+  if (!a.packed) return src.contiguous().view({a.T, a.B, C});
+  const Tensor s = src.contiguous();
+  Tensor out = at::zeros({a.T, a.B, C}, s.options());
+  const int64_t row = C * static_cast<int64_t>(s.element_size());
+  const char* in = static_cast<const char*>(s.data_ptr());
+  char* dst = static_cast<char*>(out.data_ptr());
+  for (int64_t t = 0, off = 0; t < a.T; off += a.step_rows[t++]) {
+    std::memcpy(dst + t * a.B * row, in + off * row, a.step_rows[t] * row);
+  }
+  return out;
+}
+
+Tensor pack_rows(const Tensor& src, const ModuleArgs& a) {
+  const int64_t C = src.size(2);
+  if (!a.packed) return src.contiguous().view({a.rows, C});
+  const Tensor s = src.contiguous();
+  Tensor out = new_output({a.rows, C}, s.options());
+  const int64_t row = C * static_cast<int64_t>(s.element_size());
+  const char* in = static_cast<const char*>(s.data_ptr());
+  char* dst = static_cast<char*>(out.data_ptr());
+  for (int64_t t = 0, off = 0; t < a.T; off += a.step_rows[t++]) {
+    std::memcpy(dst + off * row, in + t * a.B * row, a.step_rows[t] * row);
+  }
+  return out;
+}
+
+// x (T, B, I) seq-first, or packed rows (ΣL, I) with batch_sizes (T,); h0, c0 (L·D, B, N / H) or none
+// (zeros); masks none or one per layer but the last, multiplying its output (dropout: 0 or 1/(1-p), the
+// output's shape); weights as ModuleArgs; lib the input projection's library (ProjectLib) -> y (T, B, D·N)
+// or packed (ΣL, D·N), h_n (L·D, B, N), c_n (L·D, B, H) (empty but for the LSTM), and with need_ws what
+// module_bwd needs: per layer its input as rows (empty where it is the caller's x or the previous layer's
+// only output) and per direction its outputs (T, B, N; empty where it is y itself, with keep_y false) and
+// saved activations. No output aliases another.
+std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> module_fwd_impl(
     const Tensor& x, const c10::optional<Tensor>& h0, const c10::optional<Tensor>& c0, at::TensorList weights,
-    int64_t cell, int64_t num_layers, bool bidirectional, bool has_bias, bool has_proj, int64_t lib, bool need_ws) {
-  const ModuleArgs a = module_args(x, weights, cell, num_layers, bidirectional, has_bias, has_proj);
+    at::TensorList masks, const c10::optional<Tensor>& batch_sizes, int64_t cell, int64_t num_layers,
+    bool bidirectional, bool has_bias, bool has_proj, int64_t lib, bool need_ws, bool keep_y) {
+  const ModuleArgs a =
+      module_args(x, batch_sizes, weights, masks, cell, num_layers, bidirectional, has_bias, has_proj);
   const bool lstm = cell == kLstm;
   const auto opts = x.options();
   Tensor zeros;
   Tensor h_n = new_output({a.L * a.D, a.B, a.N}, opts);
   Tensor c_n = lstm ? new_output({a.L * a.D, a.B, a.H}, opts) : new_output({0}, opts);
-  const Steps fwd(a.T, a.B, false, c10::nullopt), rev(a.T, a.B, true, c10::nullopt);
+  const Steps fwd(a.T, a.B, false, a.lens()), rev(a.T, a.B, true, a.lens());
   std::vector<Tensor> saved;
-  Tensor in = x.contiguous();
+  const auto empty = [&] { return at::empty({0}, opts); };  // one each: no output aliases another
+  Tensor in2 = x.contiguous().view({a.rows, x.size(x.dim() - 1)});
+  Tensor y;
+  bool in_is_y = false;  // in2 is a view of the previous layer's only output (saved as that)
   for (int64_t layer = 0; layer < a.L; ++layer) {
-    if (need_ws) saved.push_back(layer == 0 ? at::empty({0}, opts) : in);  // layer 0: the caller's x
-    const Tensor x2 = in.view({a.T * a.B, in.size(2)});
+    if (need_ws) saved.push_back(layer == 0 || in_is_y ? empty() : in2);
     std::vector<Tensor> outs;
     for (int64_t d = 0; d < a.D; ++d) {
       const int64_t k = layer * a.D + d;
       const Tensor* w = a.w(k);
       const c10::optional<Tensor> b_ih = a.bias ? c10::optional<Tensor>(w[2]) : c10::nullopt;
-      const Tensor gi = project(x2, w[0], b_ih, lib).view({a.T, a.B, a.G * a.H});
+      const Tensor gi = pad_rows(project(in2, w[0], b_ih, lib), a);
       const Tensor hk = initial_state(h0, k, a.N, "h0", a, x, zeros);
       c10::optional<Tensor> ck;
       if (lstm) ck = initial_state(c0, k, a.H, "c0", a, x, zeros);
@@ -1022,28 +1103,46 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> module_fwd(
       if (lstm) put_row(c_n, std::get<2>(res), k);
       outs.push_back(std::get<0>(res));
       if (need_ws) {
-        saved.push_back(std::get<0>(res));
+        const bool is_y = layer == a.L - 1 && a.D == 1 && !a.packed && !keep_y;
+        saved.push_back(is_y ? empty() : std::get<0>(res));
         saved.push_back(std::get<3>(res));
       }
     }
-    in = a.D == 1 ? outs[0] : at::cat(outs, 2);
+    const Tensor out = a.D == 1 ? outs[0] : at::cat(outs, 2);
+    if (layer == a.L - 1) {
+      y = a.packed ? pack_rows(out, a) : out;
+    } else {
+      in2 = pack_rows(out, a);
+      in_is_y = a.D == 1 && !a.packed;
+      if (!masks.empty()) {
+        in2 = in2 * masks[layer].view({a.rows, a.D * a.N});
+        in_is_y = false;
+      }
+    }
   }
-  return {in, h_n, c_n, saved};
+  return {y, h_n, c_n, saved};
 }
 
-// The gradients of module_fwd's call: grad_y (T, B, D·N), grad_hn, grad_cn (L·D, B, ·); x, h0, c0,
-// weights, lib as the forward got them, saved as it returned them -> dx (T, B, I; empty without need_dx:
-// the first layer's dX product is skipped), dh0, dc0 (as h0, c0; empty without them), and the weights'
-// gradients in their order.
-std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> module_bwd(
+// The gradients of module_fwd's call: grad_y, grad_hn, grad_cn as its outputs; x, h0, c0, weights, masks,
+// batch_sizes, lib as the forward got them, saved and y as it returned them -> dx (as x; empty without
+// need_dx: the first layer's dX product is skipped), dh0, dc0 (as h0, c0; empty without them), and the
+// weights' gradients in their order.
+std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> module_bwd_impl(
     const Tensor& grad_y, const Tensor& grad_hn, const c10::optional<Tensor>& grad_cn, const Tensor& x,
-    const c10::optional<Tensor>& h0, const c10::optional<Tensor>& c0, at::TensorList weights, at::TensorList saved,
-    int64_t cell, int64_t num_layers, bool bidirectional, bool has_bias, bool has_proj, int64_t lib, bool need_dx) {
-  const ModuleArgs a = module_args(x, weights, cell, num_layers, bidirectional, has_bias, has_proj);
+    const c10::optional<Tensor>& h0, const c10::optional<Tensor>& c0, at::TensorList weights, at::TensorList masks,
+    const c10::optional<Tensor>& batch_sizes, at::TensorList saved, const Tensor& y, int64_t cell,
+    int64_t num_layers, bool bidirectional, bool has_bias, bool has_proj, int64_t lib, bool need_dx) {
+  const ModuleArgs a =
+      module_args(x, batch_sizes, weights, masks, cell, num_layers, bidirectional, has_bias, has_proj);
   const bool lstm = cell == kLstm;
-  TORCH_CHECK(static_cast<int64_t>(saved.size()) == a.L * (1 + 2 * a.D), "rnnfast_C: saved: expected ",
-              a.L * (1 + 2 * a.D), " tensors from module_fwd, got ", saved.size());
-  check_like("grad_y", grad_y, x, {a.T, a.B, a.D * a.N});
+  const int64_t per_layer = 1 + 2 * a.D;
+  TORCH_CHECK(static_cast<int64_t>(saved.size()) == a.L * per_layer, "rnnfast_C: saved: expected ",
+              a.L * per_layer, " tensors from module_fwd, got ", saved.size());
+  if (a.packed) {
+    check_like("grad_y", grad_y, x, {a.rows, a.D * a.N});
+  } else {
+    check_like("grad_y", grad_y, x, {a.T, a.B, a.D * a.N});
+  }
   check_like("grad_hn", grad_hn, x, {a.L * a.D, a.B, a.N});
   if (lstm) {
     TORCH_CHECK(grad_cn.has_value() && grad_cn->defined(), "rnnfast_C: grad_cn: required for the lstm cell");
@@ -1055,18 +1154,23 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> module_bwd(
   Tensor dh0 = has_h0 ? new_output({a.L * a.D, a.B, a.N}, opts) : new_output({0}, opts);
   Tensor dc0 = has_c0 ? new_output({a.L * a.D, a.B, a.H}, opts) : new_output({0}, opts);
   std::vector<Tensor> dw(weights.size());
-  const Steps fwd(a.T, a.B, false, c10::nullopt), rev(a.T, a.B, true, c10::nullopt);
-  Tensor g = grad_y.contiguous();  // the gradient of the current layer's output
+  const Steps fwd(a.T, a.B, false, a.lens()), rev(a.T, a.B, true, a.lens());
+  Tensor g = grad_y.contiguous().view({a.rows, a.D * a.N});  // the gradient of the current layer's output rows
   for (int64_t layer = a.L - 1; layer >= 0; --layer) {
-    const Tensor in = layer == 0 ? x.contiguous() : saved[layer * (1 + 2 * a.D)];
-    const Tensor x2 = in.view({a.T * a.B, in.size(2)});
+    const int64_t base = layer * per_layer;
+    Tensor in2;
+    if (layer == 0) {
+      in2 = x.contiguous().view({a.rows, x.size(x.dim() - 1)});
+    } else {
+      in2 = saved[base].numel() > 0 ? saved[base] : saved[base - per_layer + 1].view({a.rows, a.N});
+    }
     Tensor dx;
     for (int64_t d = 0; d < a.D; ++d) {
       const int64_t k = layer * a.D + d;
       const Tensor* w = a.w(k);
-      const Tensor& y = saved[layer * (1 + 2 * a.D) + 1 + 2 * d];
-      const Tensor& ws = saved[layer * (1 + 2 * a.D) + 2 + 2 * d];
-      const Tensor gy = a.D == 1 ? g : g.narrow(2, d * a.N, a.N).contiguous();
+      const Tensor& yk = saved[base + 1 + 2 * d].numel() > 0 ? saved[base + 1 + 2 * d] : y;
+      const Tensor& ws = saved[base + 2 + 2 * d];
+      const Tensor gy = pad_rows(a.D == 1 ? g : g.narrow(1, d * a.N, a.N), a);
       const Tensor hk = initial_state(h0, k, a.N, "h0", a, x, zeros);
       c10::optional<Tensor> ck, gck;
       if (lstm) {
@@ -1076,11 +1180,12 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> module_bwd(
       const Steps& st = d == 1 ? rev : fwd;
       auto r = with_cell(x.scalar_type(), cell, [&](auto c, auto s) {
         return backward_impl<decltype(c), decltype(s)>(gy, grad_hn.select(0, k).contiguous(), gck, hk, ck,
-                                                       w[1].contiguous(), a.b_hh(k), a.w_hr(k), y, ws, st);
+                                                       w[1].contiguous(), a.b_hh(k), a.w_hr(k), yk.contiguous(),
+                                                       ws, st);
       });
-      const Tensor dgi = std::get<0>(r).view({a.T * a.B, a.G * a.H});
+      const Tensor dgi = pack_rows(std::get<0>(r), a);
       Tensor* dwk = dw.data() + k * a.per;
-      const Tensor dxk = project_backward(dgi, x2, w[0], lib, dwk[0], layer > 0 || need_dx);
+      const Tensor dxk = project_backward(dgi, in2, w[0], lib, dwk[0], layer > 0 || need_dx);
       if (dxk.defined()) dx = d == 0 ? dxk : dx.add_(dxk);
       dwk[1] = std::get<3>(r);
       if (a.bias) {
@@ -1091,9 +1196,77 @@ std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> module_bwd(
       if (has_h0) put_row(dh0, std::get<1>(r), k);
       if (has_c0) put_row(dc0, std::get<2>(r), k);
     }
-    g = dx.defined() ? dx.view({a.T, a.B, in.size(2)}) : at::empty({0}, opts);
+    if (layer > 0 && !masks.empty()) dx = dx * masks[layer - 1].view({a.rows, a.D * a.N});
+    g = dx;
   }
-  return {g, dh0, dc0, dw};
+  Tensor gx = at::empty({0}, opts);
+  if (g.defined()) gx = a.packed ? g : g.view({a.T, a.B, x.size(2)});
+  return {gx, dh0, dc0, dw};
+}
+
+// float16 and bfloat16 run through float32: the arguments are converted on entry, the results back to
+// the caller's dtype; the saved activations stay float32.
+bool half_type(const Tensor& t) { return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16; }
+
+c10::optional<Tensor> to_float(const c10::optional<Tensor>& t) {
+  return t.has_value() && t->defined() ? c10::optional<Tensor>(t->to(at::kFloat)) : t;
+}
+
+std::vector<Tensor> to_float(at::TensorList ts) {
+  std::vector<Tensor> out;
+  out.reserve(ts.size());
+  for (const Tensor& t : ts) out.push_back(t.to(at::kFloat));
+  return out;
+}
+
+// The tensors of a half-precision call must all have x's dtype before they are converted.
+void check_dtypes(const Tensor& x, std::initializer_list<std::pair<const char*, const c10::optional<Tensor>*>> opt,
+                  at::TensorList weights) {
+  for (const auto& [name, t] : opt) {
+    if (t->has_value() && (*t)->defined()) {
+      TORCH_CHECK((*t)->scalar_type() == x.scalar_type(), "rnnfast_C: ", name, ": expected dtype ",
+                  x.scalar_type(), ", got ", (*t)->scalar_type());
+    }
+  }
+  for (const Tensor& w : weights) {
+    TORCH_CHECK(w.scalar_type() == x.scalar_type(), "rnnfast_C: weights: expected dtype ", x.scalar_type(),
+                ", got ", w.scalar_type());
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> module_fwd(
+    const Tensor& x, const c10::optional<Tensor>& h0, const c10::optional<Tensor>& c0, at::TensorList weights,
+    at::TensorList masks, const c10::optional<Tensor>& batch_sizes, int64_t cell, int64_t num_layers,
+    bool bidirectional, bool has_bias, bool has_proj, int64_t lib, bool need_ws) {
+  if (!half_type(x)) {
+    return module_fwd_impl(x, h0, c0, weights, masks, batch_sizes, cell, num_layers, bidirectional, has_bias,
+                           has_proj, lib, need_ws, false);
+  }
+  check_dtypes(x, {{"h0", &h0}, {"c0", &c0}}, weights);
+  const auto dt = x.scalar_type();
+  auto [y, h_n, c_n, saved] =
+      module_fwd_impl(x.to(at::kFloat), to_float(h0), to_float(c0), to_float(weights), to_float(masks),
+                      batch_sizes, cell, num_layers, bidirectional, has_bias, has_proj, lib, need_ws, true);
+  return {y.to(dt), h_n.to(dt), c_n.to(dt), saved};
+}
+
+std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>> module_bwd(
+    const Tensor& grad_y, const Tensor& grad_hn, const c10::optional<Tensor>& grad_cn, const Tensor& x,
+    const c10::optional<Tensor>& h0, const c10::optional<Tensor>& c0, at::TensorList weights, at::TensorList masks,
+    const c10::optional<Tensor>& batch_sizes, at::TensorList saved, const Tensor& y, int64_t cell,
+    int64_t num_layers, bool bidirectional, bool has_bias, bool has_proj, int64_t lib, bool need_dx) {
+  if (!half_type(x)) {
+    return module_bwd_impl(grad_y, grad_hn, grad_cn, x, h0, c0, weights, masks, batch_sizes, saved, y, cell,
+                           num_layers, bidirectional, has_bias, has_proj, lib, need_dx);
+  }
+  check_dtypes(x, {{"h0", &h0}, {"c0", &c0}}, weights);
+  const auto dt = x.scalar_type();
+  auto [dx, dh0, dc0, dw] = module_bwd_impl(
+      grad_y.to(at::kFloat), grad_hn.to(at::kFloat), to_float(grad_cn), x.to(at::kFloat), to_float(h0), to_float(c0),
+      to_float(weights), to_float(masks), batch_sizes, saved, y.to(at::kFloat), cell, num_layers, bidirectional,
+      has_bias, has_proj, lib, need_dx);
+  for (Tensor& g : dw) g = g.to(dt);
+  return {dx.to(dt), dh0.to(dt), dc0.to(dt), dw};
 }
 
 }  // namespace

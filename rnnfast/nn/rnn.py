@@ -10,7 +10,7 @@ device) calls torch.nn's forward itself, i.e. cuDNN on CUDA.
 
 from __future__ import annotations
 
-import os
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +19,8 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from rnnfast import backends
 from rnnfast._guards import check_tracer, refuse_scripting
-from rnnfast.ops.linear import input_projection, library_code
-from rnnfast.ops.recurrence.common import CELL_CODE, as_dtype
+from rnnfast.ops.linear import library_code
+from rnnfast.ops.recurrence.common import CELL_CODE, acc_dtype, as_dtype
 from rnnfast.ops.recurrence.function import recurrence
 
 __all__ = ["RNN", "GRU", "LSTM", "from_torch"]
@@ -131,6 +131,11 @@ class _FusedRNNMixin:
         }
         return backends.resolve("module", x.device, x.dtype, sizes, self.backend)
 
+    def _auto_may_take_cpu(self, x: Tensor) -> bool:
+        if backends.requested_backend(self.backend) != "auto":
+            return False
+        return backends.REGISTRY["cpu"].supports("module", x.device, x.dtype, {})[0]
+
     def forward(self, input, hx=None):  # noqa: A002 (torch.nn's argument name)
         check_tracer(self)  # torch.jit.trace and ONNX export: a clear error naming what works
         packed = isinstance(input, PackedSequence)
@@ -148,23 +153,29 @@ class _FusedRNNMixin:
         else:
             batched = True
             self._check_input(input.data, True)
-            T, B = input.batch_sizes.shape[0], int(input.batch_sizes[0])
+            T, B = input.batch_sizes.shape[0], _packed_batch(input, hx)
             x = input.data
 
         autocast = _autocast_on(x)
         name = self._plan_backend(x, T, B, packed, autocast)
+        if name == "torch" and packed and torch.compiler.is_compiling() and self._auto_may_take_cpu(x):
+            # torch.nn's forward reads batch_sizes[0], a value, which torch.compile(fullgraph=True)
+            # cannot trace; the cpu stack takes batch_sizes as a tensor.
+            name = "cpu"
         if name == "torch":
             return self._torch_forward(input, hx)
 
         sorted_indices = unsorted_indices = lengths = rows = None
         if packed:
             data, batch_sizes, sorted_indices, unsorted_indices = input
-            # The kernels take padded gi in the packed (length-sorted) order, and the lengths. The input
-            # projections run on the packed rows (x stays `data`), padded afterwards; under torch.compile
-            # (no data-dependent index tensors) x is padded first.
-            if torch.compiler.is_compiling():
+            if name == "cpu":
+                x = data  # the C++ stack takes the packed rows and batch_sizes
+            elif torch.compiler.is_compiling():
+                # The per-op backends take padded gi in the packed (length-sorted) order, and the lengths.
+                # Under torch.compile (no data-dependent index tensors) x is padded first.
                 x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
             else:
+                # Eager: the input projections run on the packed rows (x stays `data`), padded afterwards.
                 *rows, lengths = _packed_rows(batch_sizes, data.device)
                 x = data
         elif not batched:
@@ -174,7 +185,7 @@ class _FusedRNNMixin:
         N = self.proj_size if self.proj_size > 0 else self.hidden_size
         is_lstm = self.mode == "LSTM"
         if hx is None:
-            h0 = c0 = None  # zeros, made by _layers
+            h0 = c0 = None  # zeros, made by the layer stack
         else:
             if is_lstm:
                 if not (isinstance(hx, tuple) and len(hx) == 2):
@@ -195,25 +206,20 @@ class _FusedRNNMixin:
 
         # Under autocast, compute in the dtype torch.nn would use, with autocast itself off inside (the
         # input GEMMs and the recurrence must agree on one dtype).
-        fast = None
-        if name == "cpu" and not packed and not autocast:
-            fast = self._one_call(x, T, B, h0, c0)
-        if fast is not None:
-            y, h_n, c_n = fast
-        elif autocast:
-            with torch.autocast(x.device.type, enabled=False):
-                y, h_n, c_n = self._layers(
-                    x, T, B, h0, c0, lengths, rows, name, _autocast_dtype(self, x.device)
-                )
-        else:
-            y, h_n, c_n = self._layers(x, T, B, h0, c0, lengths, rows, name, None)
+        cast = _autocast_dtype(self, x.device) if autocast else None
+        with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
+            if name == "cpu":
+                y, h_n, c_n = self._cpu_stack(x, h0, c0, batch_sizes if packed else None, cast)
+            else:
+                y, h_n, c_n = self._layers(x, T, B, h0, c0, lengths, rows, name, cast)
 
         if packed:
-            data = (
-                pack_padded_sequence(y, lengths).data
-                if rows is None
-                else y.flatten(0, 1).index_select(0, rows[0])
-            )
+            if name == "cpu":
+                data = y
+            elif rows is None:
+                data = pack_padded_sequence(y, lengths).data
+            else:
+                data = y.flatten(0, 1).index_select(0, rows[0])
             out = PackedSequence(data, input.batch_sizes, sorted_indices, unsorted_indices)
             if unsorted_indices is not None:
                 h_n = h_n.index_select(1, unsorted_indices)
@@ -228,49 +234,39 @@ class _FusedRNNMixin:
                 out = out.transpose(0, 1)
         return (out, (h_n, c_n)) if is_lstm else (out, h_n)
 
-    def _one_call(self, x, T, B, h0, c0):
-        """The cpu backend's whole layer stack in one C++ call (``rnnfast_C::module_fwd``: per layer and
-        direction the input projection and the forward loop; in training one autograd node whose backward
-        is ``module_bwd``): (y, h_n, c_n), or None where it does not apply (torch.compile, dropout between
-        layers in training, float16/bfloat16, weights of another dtype than the input or a tensor
-        subclass; RNNFAST_CPU_ONE_CALL=0, read at every call) and _layers runs. It computes what _layers
-        does, each product in the same library, and saves its Python and autograd overheads: a one-step
-        GRU at B=1, H=64 took ~23 µs through _layers in inference, an RNN ~120 µs in training."""
-        dt = x.dtype
-        if (
-            dt not in _ONE_CALL_DTYPES
-            or os.environ.get("RNNFAST_CPU_ONE_CALL") == "0"
-            or (self.dropout and self.training and self.num_layers > 1)
-            or torch.compiler.is_compiling()
-            or type(x) is not Tensor
-        ):
-            return None
-        weights = [_param(self, n) for names in self._all_weights for n in names]
-        for w in weights:
-            if type(w) not in _PLAIN or w.dtype != dt:
-                return None
-        cfg = (
-            CELL_CODE[_cell(self)],
-            self.num_layers,
-            self.bidirectional,
-            self.bias,
-            self.proj_size > 0,
-            library_code(),
+    def _cpu_stack(self, x, h0, c0, batch_sizes, cast):
+        """The cpu backend's whole layer stack in one C++ op, ``rnnfast_C::module_fwd`` (per layer and
+        direction the input projection and the time loop; its autograd is ``module_bwd``, see
+        rnnfast/_ext.py): seq-first x (T, B, I), or the packed rows (ΣL, I) with ``batch_sizes``;
+        returns y (as x, D·N features), h_n, c_n (L·D, B, ·; c_n None but for the LSTM)."""
+        dt = cast or x.dtype
+        x, h0, c0 = as_dtype(x, dt), as_dtype(h0, dt), as_dtype(c0, dt)
+        weights = [as_dtype(_param(self, n), dt) for names in self._all_weights for n in names]
+        grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, h0, c0, *weights)
         )
-        if torch.is_grad_enabled() and (
-            x.requires_grad
-            or any(w.requires_grad for w in weights)
-            or any(s is not None and s.requires_grad for s in (h0, c0))
-        ):
-            if weights[1].numel() * weights[1].element_size() >= _ONE_CALL_TRAIN_MAX_W_HH_BYTES:
-                return None
-            y, h_n, c_n = _ModuleCall.apply(x, h0, c0, cfg, *weights)
-        else:
-            y, h_n, c_n, _ = torch.ops.rnnfast_C.module_fwd(x, h0, c0, weights, *cfg, False)
+        masks = []
+        if self.dropout and self.training and self.num_layers > 1:
+            D = 2 if self.bidirectional else 1
+            N = self.proj_size if self.proj_size > 0 else self.hidden_size
+            shape = (*x.shape[:-1], D * N)
+            masks = [self._dropout_mask(shape, acc_dtype(dt), x.device) for _ in range(self.num_layers - 1)]
+        cfg = (CELL_CODE[_cell(self)], self.num_layers, self.bidirectional, self.bias, self.proj_size > 0)
+        y, h_n, c_n, _ = torch.ops.rnnfast_C.module_fwd(
+            x, h0, c0, weights, masks, batch_sizes, *cfg, _project_lib(), grad
+        )
         return y, h_n, (c_n if self.mode == "LSTM" else None)
 
+    def _dropout_mask(self, shape, dtype, device) -> Tensor:
+        """The dropout mask multiplying a layer's output (torch.nn's dropout between layers: each element
+        kept with probability 1 - p and scaled by 1/(1 - p)), drawn from torch's generator."""
+        keep = 1.0 - self.dropout
+        return torch.empty(shape, dtype=dtype, device=device).bernoulli_(keep).div_(keep)
+
     def _layers(self, x, T, B, h0, c0, lengths, rows, backend, cast):
-        """Run the layer stack on seq-first x (T, B, I); returns y (T, B, D·N), h_n, c_n (L·D, B, ·).
+        """The layer stack op by op through the ``recurrence`` op, for the backends other than cpu (whose
+        stack is one C++ op, :meth:`_cpu_stack`): seq-first x (T, B, I); returns y (T, B, D·N), h_n, c_n
+        (L·D, B, ·).
 
         h0 and c0 are (L·D, B, ·), or None (no ``hx``): zeros, one tensor each for every layer (the
         kernels only read them; a zeros call costs ~1 µs, an index ~0.6, of a one-step call's ~30).
@@ -307,11 +303,10 @@ class _FusedRNNMixin:
                 b_ih = as_dtype(_param(self, "bias_ih_" + sfx), dt) if self.bias else None
                 b_hh = as_dtype(_param(self, "bias_hh_" + sfx), dt) if self.bias else None
                 w_hr = as_dtype(_param(self, "weight_hr_" + sfx), dt) if self.proj_size > 0 else None
-                project = input_projection if backend == "cpu" else F.linear
                 if rows is not None:
-                    gi = _pad_rows(project(x_rows, w_ih, b_ih), rows, T, B)
+                    gi = _pad_rows(F.linear(x_rows, w_ih, b_ih), rows, T, B)
                 else:
-                    gi = project(x, w_ih, b_ih)
+                    gi = F.linear(x, w_ih, b_ih)
                 h_k = zero_h if h0 is None else as_dtype(h0[k], dt)
                 c_k = None if not is_lstm else zero_c if c0 is None else as_dtype(c0[k], dt)
                 y, h, c = recurrence(cell, gi, h_k, c_k, w_hh, b_hh, w_hr, lengths, bool(d), backend)
@@ -326,46 +321,25 @@ class _FusedRNNMixin:
         return x, h_n, c_n
 
 
-class _ModuleCall(torch.autograd.Function):
-    """Autograd of the one-call layer stack: forward ``rnnfast_C::module_fwd`` keeping every layer's
-    activations, backward ``module_bwd`` (all layers, directions and the input projections at once)."""
-
-    @staticmethod
-    def forward(ctx, x, h0, c0, cfg, *weights):
-        y, h_n, c_n, saved = torch.ops.rnnfast_C.module_fwd(x, h0, c0, weights, *cfg, True)
-        ctx.cfg, ctx.n_weights = cfg, len(weights)
-        ctx.save_for_backward(x, h0, c0, *weights, *saved)
-        if cfg[0] != CELL_CODE["lstm"]:
-            ctx.mark_non_differentiable(c_n)
-        return y, h_n, c_n
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_y, grad_hn, grad_cn):
-        x, h0, c0, *rest = ctx.saved_tensors
-        weights, saved = rest[: ctx.n_weights], rest[ctx.n_weights :]
-        lstm = ctx.cfg[0] == CELL_CODE["lstm"]
-        need_dx = ctx.needs_input_grad[0]
-        dx, dh0, dc0, dws = torch.ops.rnnfast_C.module_bwd(
-            grad_y, grad_hn, grad_cn if lstm else None, x, h0, c0, weights, saved, *ctx.cfg, need_dx
-        )
-        return (
-            dx if need_dx else None,
-            dh0 if h0 is not None else None,
-            dc0 if c0 is not None else None,
-            None,
-            *dws,
-        )
+@torch.compiler.assume_constant_result
+def _project_lib() -> int:
+    # The input projection's library as module_fwd's code; under torch.compile read at trace time (it
+    # may look at the CPU), not traced.
+    return library_code()
 
 
-_ONE_CALL_DTYPES = (torch.float32, torch.float64)
-# Training takes the one call only below this W_hh size (the first layer's): what it saves is a fixed
-# ~20-90 µs a call, while with a W_hh of 1 MiB or more paired rounds on a 2-core Zen 5 EPYC put it behind
-# the per-op path at one step (GRU and LSTM H=512, B=4-16: 0.60-0.87x; B=1 0.77-1.15x) and level at 50
-# steps (0.97-1.04x), for reasons not pinned down (its time in the recurrence's backward varied more).
-# Inference takes it at every size (paired rounds: 1.03-1.22x at one step, 0.98-1.09x at 50 steps).
-_ONE_CALL_TRAIN_MAX_W_HH_BYTES = 1 << 20
-_PLAIN = (Tensor, nn.Parameter)
+def _packed_batch(input: PackedSequence, hx) -> int:
+    """The batch of a PackedSequence: batch_sizes[0], a value, which torch.compile cannot read without
+    a graph break; there it is the length of sorted_indices or of the given state, else (only for the
+    backend's choice: the kernels read batch_sizes) the mean rows per step, rounded up."""
+    if not torch.compiler.is_compiling():
+        return int(input.batch_sizes[0])
+    if input.sorted_indices is not None:
+        return input.sorted_indices.shape[0]
+    h = hx[0] if isinstance(hx, tuple) else hx
+    if isinstance(h, Tensor) and h.dim() == 3:
+        return h.shape[1]
+    return -(-input.data.shape[0] // input.batch_sizes.shape[0])
 
 
 def _stack(ts: list[Tensor]) -> Tensor:
