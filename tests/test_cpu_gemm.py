@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import rnnfast
 from rnnfast import _ext
@@ -147,68 +146,6 @@ def test_single_step_unpacked_weights_match_oracle(cell):
     want = [w for w in oracle(cell, *(a64[k] for k in keys), False) if w is not None]
     for name, o, w in zip(["y", "h_n", "c_n"], outs, want):
         assert_close(name, o.double(), w, atol=1e-4, rtol=1e-4)
-
-
-# Each library of the input projection on every CPU (flags(gemm=...)): the blocked kernel (its forward of
-# fewer than _BLOCKED_FWD_MIN_ROWS rows is oneDNN's where torch has oneDNN, "blocked-fwd" lowers that limit
-# to 0), oneDNN, and ATen into cached blocks. 800 rows
-# take oneDNN for dX too, 40 rows (below _DNNL_DX_MIN_ROWS) take ATen for it; with ATen the 40-row result
-# (120 KiB) is below the cache's blocks and is F.linear's.
-@pytest.mark.parametrize("lib", ["blocked", "blocked-fwd", "onednn", "aten"])
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-@pytest.mark.parametrize("T,B", [(50, 16), (20, 2)], ids=["800rows", "40rows"])
-def test_input_projection_matches_linear(bias, lib, T, B, monkeypatch):
-    with cpu_policy.flags(gemm=lib.removesuffix("-fwd")):
-        _projection_matches_linear(bias, lib, T, B, monkeypatch)
-
-
-def _projection_matches_linear(bias, lib, T, B, monkeypatch):
-    if lib == "blocked-fwd":
-        monkeypatch.setattr(linear, "_BLOCKED_FWD_MIN_ROWS", 0)
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(T, B, 256, generator=g).transpose(0, 1).requires_grad_()  # non-contiguous input
-    w = torch.randn(768, 256, generator=g).mul_(0.05).requires_grad_()
-    b = torch.randn(768, generator=g).requires_grad_() if bias else None
-    y = linear.input_projection(x, w, b)
-    own = lib.startswith("blocked") or (lib == "onednn" and ONEDNN)
-    own = own or T * B * 768 * 4 >= linear._CACHE_MIN_BYTES
-    assert (type(y.grad_fn).__name__ == "_LinearBackward") == own, type(y.grad_fn).__name__
-    x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
-    b64 = b.detach().double().requires_grad_() if bias else None
-    want = F.linear(x64, w64, b64)
-    assert_close("y", y.double(), want, atol=1e-4, rtol=1e-4)
-    with torch.no_grad():  # no gradient recorded: the product alone
-        y0 = linear.input_projection(x, w, b)
-    assert y0.grad_fn is None
-    assert_close("y (no grad)", y0.double(), want, atol=1e-4, rtol=1e-4)
-    up = torch.randn(y.shape, generator=g)
-    ins, ins64 = [x, w] + ([b] if bias else []), [x64, w64] + ([b64] if bias else [])
-    for name, a, e in zip(
-        ["dx", "dw", "db"], torch.autograd.grad(y, ins, up), torch.autograd.grad(want, ins64, up.double())
-    ):
-        assert_close(name, a.double(), e, atol=1e-3, rtol=1e-3)
-
-
-# float64 through the blocked kernel (forward, dX, dW): gradcheck of the Function itself.
-@cpu_policy.flags(gemm="blocked")
-def test_input_projection_blocked_gradcheck(monkeypatch):
-    monkeypatch.setattr(linear, "_MIN_WORK", 0)
-    g = torch.Generator().manual_seed(2)
-    x = torch.randn(5, 3, 7, generator=g, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(33, 7, generator=g, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(33, generator=g, dtype=torch.float64, requires_grad=True)
-    assert type(linear.input_projection(x, w, b).grad_fn).__name__ == "_LinearBackward"
-    assert torch.autograd.gradcheck(linear.input_projection, (x, w, b))
-    assert torch.autograd.gradcheck(linear.input_projection, (x, w, None))
-
-
-def test_input_projection_small_is_linear():
-    x = torch.randn(3, 2, 8, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(24, 8, dtype=torch.float64, requires_grad=True)
-    y = linear.input_projection(x, w, None)
-    assert type(y.grad_fn).__name__ != "_LinearBackward"
-    x32 = torch.randn(3, 2, 8, requires_grad=True)
-    assert type(linear.input_projection(x32, w.float(), None).grad_fn).__name__ != "_LinearBackward"
 
 
 def test_input_projection_library_choice():

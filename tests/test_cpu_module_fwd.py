@@ -18,7 +18,6 @@ import rnnfast
 import rnnfast.nn.rnn as rnn_mod
 from rnnfast import _ext
 from rnnfast.backends import cpu as cpu_policy
-from rnnfast.ops import linear
 from tests.utils import MODULE_KINDS, assert_close, kind_id
 
 ok, why = _ext.status()
@@ -355,14 +354,14 @@ def test_every_option_takes_the_stack(stack_calls):
 @pytest.mark.parametrize("T,B", [(200, 4), (40, 5)], ids=["800rows", "200rows"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_stack_projection_in_every_library(dtype, T, B, lib, grad, request):
-    """Projections of at least _MIN_WORK multiply-adds (96 inputs, LSTM H = 32: 800 and 200 rows) in each
-    library of the input projection (flags(gemm=...)): the blocked kernel (float32 below 768 rows: oneDNN
-    forward), ATen, oneDNN (float32 forward and dX from 128 rows); outputs and gradients against torch.nn,
-    computed in float64."""
+    """Projections of at least 2^21 multiply-adds (kProjectMinWork; 96 inputs, LSTM H = 32: 800 and 200
+    rows) in each library of the input projection (flags(gemm=...)): the blocked kernel (float32 below 768
+    rows: oneDNN forward), ATen into cached blocks, oneDNN (float32 forward and dX from 128 rows); outputs
+    and gradients against torch.nn, computed in float64."""
     stack = contextlib.ExitStack()
     request.addfinalizer(stack.close)
     stack.enter_context(cpu_policy.flags(gemm=lib))
-    assert T * B * 128 * 96 >= linear._MIN_WORK
+    assert T * B * 128 * 96 >= 1 << 21
     torch.manual_seed(5)
     ref = nn.LSTM(96, 32, num_layers=2, dtype=torch.float64)
     m = rnnfast.from_torch(ref, backend="cpu").to(dtype)

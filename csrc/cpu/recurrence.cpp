@@ -861,10 +861,12 @@ Tensor gemm_op(const Tensor& a, const Tensor& b, const c10::optional<Tensor>& bi
 // (rnnfast.nn.rnn) run every call through it: PackedSequence rows, dropout masks between layers,
 // float16/bfloat16 through float32; one op per direction of autograd keeps a short call's overhead low.
 
-// The input projection's library (rnnfast/ops/linear.py, library()): the products of at least
-// kProjectMinWork multiply-adds (its _MIN_WORK; smaller ones are F.linear's, ATen) go to ATen, the blocked
-// kernel (a float32 forward of fewer than kProjectBlockedMinRows rows to oneDNN, where torch has it), or
-// oneDNN (float32 forward, and dX from kProjectDnnlDxMinRows rows; dW ATen), as input_projection() does.
+// The input projection's library (chosen by rnnfast/ops/linear.py, library()): the products of at least
+// kProjectMinWork multiply-adds (below, a library's fixed cost is most of the product) go to ATen, the
+// blocked kernel (a float32 forward of fewer than kProjectBlockedMinRows rows to oneDNN, where torch has
+// it: packing W_ihᵀ at every call does not pay there), or oneDNN (float32 forward, and dX from
+// kProjectDnnlDxMinRows rows, where its transposed copy of W pays; dW ATen). ATen's results go into
+// blocks of the cache (new_output): a fresh large result is page-faulted in at every call.
 enum ProjectLib : int64_t { kLibAten = 0, kLibBlocked = 1, kLibOnednn = 2 };
 constexpr int64_t kProjectMinWork = int64_t{1} << 21, kProjectBlockedMinRows = 768, kProjectDnnlDxMinRows = 128;
 
@@ -879,7 +881,7 @@ Tensor dnnl_product(const Tensor& x, const Tensor& w, const c10::optional<Tensor
   }
 }
 
-// gi (rows, G·H) = x (rows, I)·W_ihᵀ + b_ih, by `lib` as input_projection() computes it.
+// gi (rows, G·H) = x (rows, I)·W_ihᵀ + b_ih, by `lib`.
 Tensor project(const Tensor& x, const Tensor& w, const c10::optional<Tensor>& b, int64_t lib) {
   const int64_t rows = x.size(0);
   if (rows * w.size(0) * w.size(1) >= kProjectMinWork && lib != kLibAten) {
@@ -890,12 +892,12 @@ Tensor project(const Tensor& x, const Tensor& w, const c10::optional<Tensor>& b,
     }
     if (lib == kLibBlocked) return blocked_product(x, false, w.t(), b);
   }
-  return b.has_value() ? at::addmm(*b, x, w.t()) : at::mm(x, w.t());
+  Tensor y = new_output({rows, w.size(0)}, x.options());
+  return b.has_value() ? at::addmm_out(y, *b, x, w.t()) : at::mm_out(y, x, w.t());
 }
 
 // The projection's gradients from g (rows, G·H) = dgi: into dw (G·H, I) the sum gᵀ·x, and with need_dx
-// dX (rows, I) = g·W_ih (else undefined), as _Linear.backward (rnnfast/ops/linear.py) or F.linear's
-// autograd computes them.
+// dX (rows, I) = g·W_ih (else undefined).
 Tensor project_backward(const Tensor& g, const Tensor& x, const Tensor& w, int64_t lib, Tensor& dw, bool need_dx) {
   const int64_t rows = g.size(0);
   const bool big = rows * w.size(0) * w.size(1) >= kProjectMinWork;
@@ -909,7 +911,8 @@ Tensor project_backward(const Tensor& g, const Tensor& x, const Tensor& w, int64
     Tensor dx = dnnl_product(g, w.t(), c10::nullopt);
     if (dx.defined()) return dx;
   }
-  return at::mm(g, w);
+  Tensor dx = new_output({rows, w.size(1)}, g.options());
+  return at::mm_out(dx, g, w);
 }
 
 // The arguments shared by the forward and the backward of a module call. With batch_sizes (a
