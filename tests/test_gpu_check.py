@@ -668,3 +668,15 @@ def test_a_stage_stopped_by_its_time_limit_records_the_rest_as_cut(tmp_path):
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
     assert [(r["i"], r["status"]) for r in common.read_records(path)] == [(1, "cut"), (2, "cut")]
+
+
+def test_pytest_stage_leaves_the_offline_compile_tests_to_the_cpu_run():
+    # The sm_90 compile checks need no GPU and run in every CPU test run; the stage's minute goes to the
+    # tests that do need one.
+    rec = pytests.Recorder(None, common.Budget.of(60.0))
+    args = [a for a in pytests.pytest_args(None) if a not in ("-q", "-rfEs")]
+    rc = pytest.main([*args, "--collect-only", "-qq"], plugins=[rec])
+    names = {pytests.function_of(i.nodeid) for i in rec.items}
+    assert rc == 0 and names, names
+    assert not any("compile_for_sm90" in n for n in names), names
+    assert "test_module_vs_cudnn" in names

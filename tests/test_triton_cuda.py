@@ -282,7 +282,7 @@ def _recurrence_cases():
 
     return [
         pytest.param(
-            cell, backward, cfg, id=f"{cell}-{'bwd' if backward else 'fwd'}-{cfg.block_h}x{cfg.num_warps}w"
+            cell, backward, cfg, id=f"{cell}-{'bwd' if backward else 'fwd'}-{cfg.block_h}x{cfg.block_k}"
         )
         for cell in ("rnn_tanh", "rnn_relu", "gru", "lstm", "lstm-proj")
         for backward in (False, True)
@@ -309,7 +309,7 @@ def test_recurrence_kernels_compile_for_sm90_without_spills(cell, backward, cfg,
     proj = cell == "lstm-proj"
     cell = "lstm" if proj else cell
     code, G, S = common.CELL_CODE[cell], common.GATES[cell], common.SAVED[cell]
-    dt, prec = COMPILE_DTYPES[dt]
+    dt, id_prec = COMPILE_DTYPES[dt]
     opts = cfg.launch_options()
     warps, stages = opts.pop("num_warps"), opts.pop("num_stages")
     scalars = {"q0": 0, "q1": 0, "T": 0, "B": 0, "H": 0, "N": 0}
@@ -326,19 +326,21 @@ def test_recurrence_kernels_compile_for_sm90_without_spills(cell, backward, cfg,
         io.update(dcbuf_ptr="fp32", count_ptr="i32")
         fn = K.recurrence_bwd_kernel
         consts = dict(CELL=code, G=G, S=S, HAS_LEN=True, REVERSE=True)
-    kernel = _compile(
-        fn,
-        {k: "*" + v for k, v in io.items()},
-        scalars,
-        dict(consts, PROJ=proj, PREC=prec, **opts),
-        num_warps=warps,
-        num_stages=stages,
-    )
-    _assert_no_spills(f"{fn.__name__} {cell}{'-proj' if proj else ''} {dt}/{prec} {cfg}", kernel)
-    ptx = kernel.asm["ptx"]
-    assert "atom.global.gpu.acq_rel.add" in ptx and "ld.global.gpu.acquire" in ptx, (
-        "the grid barrier's release add / acquire load are missing from the PTX"
-    )
+    # The backward's dots run on fp32 operands: TF32 or exact for every input dtype.
+    for prec in (id_prec,) if dt == "fp32" or not backward else ("tf32", "ieee"):
+        kernel = _compile(
+            fn,
+            {k: "*" + v for k, v in io.items()},
+            scalars,
+            dict(consts, PROJ=proj, PREC=prec, **opts),
+            num_warps=warps,
+            num_stages=stages,
+        )
+        _assert_no_spills(f"{fn.__name__} {cell}{'-proj' if proj else ''} {dt}/{prec} {cfg}", kernel)
+        ptx = kernel.asm["ptx"]
+        assert "atom.global.gpu.acq_rel.add" in ptx and "ld.global.gpu.acquire" in ptx, (
+            "the grid barrier's release add / acquire load are missing from the PTX"
+        )
 
 
 @pytest.mark.slow

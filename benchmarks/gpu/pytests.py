@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import sys
 
+import pytest
+
 from benchmarks.gpu import common
 
 FILES = ("tests/test_cuda_backend.py", "tests/test_cuda_modules.py", "tests/test_triton_cuda.py")
 LAST = ("test_matches_fp64_within_torch_nn_error", "test_long_sequence")  # in this order, after the rest
 RESERVE_S = 10.0  # the session's own end: summary and junit XML
+# Tests that need no GPU (they compile for sm_90 offline) and run in every CPU test run: not worth this
+# stage's minute.
+DESELECT = "not compile_for_sm90"
 
 
 def function_of(nodeid: str) -> str:
@@ -41,6 +46,7 @@ class Recorder:
     def pytest_sessionstart(self, session):
         self.session = session
 
+    @pytest.hookimpl(trylast=True)  # after -k has deselected: the items that will run
     def pytest_collection_modifyitems(self, session, config, items):
         items.sort(key=lambda item: rank(function_of(item.nodeid)))
         self.items = list(items)
@@ -94,19 +100,19 @@ class Recorder:
 
 
 def pytest_args(junit: str | None) -> list[str]:
-    args = [*FILES, "-q", "-rfEs", "--tb=short", "-p", "no:cacheprovider"]
+    args = [*FILES, "-k", DESELECT, "-q", "-rfEs", "--tb=short", "-p", "no:cacheprovider"]
     return args + ([f"--junitxml={junit}", "-o", "junit_family=xunit2"] if junit else [])
 
 
 def main(argv: list[str] | None = None) -> int:
-    import pytest
-
     argv = sys.argv[1:] if argv is None else argv
     args = common.parser(__doc__, budget_s=60).parse_args(argv)
     budget = common.budget_from_args(args)
     if args.dry_run:
         recorder = Recorder(None, budget)
-        rc = pytest.main([*FILES, "--collect-only", "-qq", "-p", "no:cacheprovider"], plugins=[recorder])
+        rc = pytest.main(
+            [*FILES, "-k", DESELECT, "--collect-only", "-qq", "-p", "no:cacheprovider"], plugins=[recorder]
+        )
         by_rank = [sum(1 for i in recorder.items if rank(function_of(i.nodeid)) == r) for r in (0, 1, 2)]
         print(f"benchmarks.gpu.pytests: {len(recorder.items)} tests in {len(FILES)} files, in this order:")
         print(f"   {by_rank[0]} others, then {by_rank[1]} {LAST[0]}, then {by_rank[2]} {LAST[1]}")

@@ -95,7 +95,7 @@ def _packed(x, lengths):
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 def test_module_parity(cls, packed):
     """2 layers, bidirectional, with h0: outputs, final states and every parameter's gradient."""
-    T, B, I, H = 4, 3, 5, 7
+    T, B, I, H = 4, 3, 5, 20  # H: two tiles of units per program row block
     kw = dict(num_layers=2, bidirectional=True, dtype=torch.float64)
     if cls == "LSTM-proj":
         cls, kw["proj_size"] = "LSTM", 4

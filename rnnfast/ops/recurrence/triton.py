@@ -81,8 +81,8 @@ class Config:
 # programs), K-tiles of 16, no software pipelining, 4 warps forward and 8 backward. The tile's width
 # follows the number of programs: BLOCK_H = 32 while the grid still fills the GPU's SMs with it, else 16
 # (the smallest tl.dot N), so B=1 runs on ⌈H/16⌉ programs up to H = 16·SMs; the backward with an LSTM
-# projection always takes 16. Wider tiles or K-tiles, more rows, 4 warps backward or a pipelined K-loop
-# spill (the LSTM first) at sm_90.
+# projection always takes 16 with K-tiles of 32. Wider tiles or K-tiles, more rows, 4 warps backward or a
+# pipelined K-loop spill (the LSTM first) at sm_90.
 BLOCK_B = 16
 BLOCK_K = 16
 BLOCK_HS = (16, 32)
@@ -95,17 +95,19 @@ INT32_MAX = 2**31 - 1
 
 def config(B: int, H: int, N: int, backward: bool, sms: int = DEFAULT_SMS) -> Config:
     """The tile configuration for B rows, H units, state width N on a GPU of ``sms`` SMs."""
+    if backward and N != H:
+        return Config(BLOCK_B, BLOCK_HS[0], 2 * BLOCK_K, NUM_WARPS[True], NUM_STAGES)
     nb = -(-B // BLOCK_B)
-    width = max(H, N)
-    wide = nb * -(-width // BLOCK_HS[-1]) >= sms and not (backward and N != H)
+    wide = nb * -(-max(H, N) // BLOCK_HS[-1]) >= sms
     bh = BLOCK_HS[-1] if wide else BLOCK_HS[0]
     return Config(BLOCK_B, bh, BLOCK_K, NUM_WARPS[backward], NUM_STAGES)
 
 
 def configs_in_use(backward: bool, proj: bool) -> tuple[Config, ...]:
     """Every configuration :func:`config` can return for a direction (the compile check covers each)."""
-    widths = BLOCK_HS[:1] if backward and proj else BLOCK_HS
-    return tuple(Config(BLOCK_B, bh, BLOCK_K, NUM_WARPS[backward], NUM_STAGES) for bh in widths)
+    if backward and proj:
+        return (config(1, 1, 2, True),)
+    return tuple(Config(BLOCK_B, bh, BLOCK_K, NUM_WARPS[backward], NUM_STAGES) for bh in BLOCK_HS)
 
 
 # --------------------------------------------------------------------------------------------------
