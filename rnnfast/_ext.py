@@ -228,38 +228,67 @@ def _register_module_ops(gates: list[int], saved: list[int]) -> None:
 
     def setup_context(ctx, inputs, output):
         x, h0, c0, weights, masks, batch_sizes, *cfg, need_ws = inputs
-        y, _h_n, c_n, saved_ = output
-        ctx.cfg, ctx.need_ws = tuple(cfg), need_ws
-        ctx.counts = (len(weights), len(masks), len(saved_))
-        ctx.save_for_backward(x, h0, c0, batch_sizes, y, *weights, *masks, *saved_)
-        if cfg[0] != 3:
-            ctx.mark_non_differentiable(c_n)
-        ctx.mark_non_differentiable(*saved_)
+        _save_module_ctx(ctx, x, h0, c0, weights, masks, batch_sizes, tuple(cfg), need_ws, output)
 
     def backward(ctx, grad_y, grad_hn, grad_cn, _grad_saved):
-        if not ctx.need_ws:
-            raise RuntimeError(
-                "rnnfast_C::module_fwd: called with need_ws=False, it saved nothing to differentiate"
-            )
-        x, h0, c0, batch_sizes, y, *rest = ctx.saved_tensors
-        nw, nm, _ = ctx.counts
-        weights, masks, saved_ = rest[:nw], rest[nw : nw + nm], rest[nw + nm :]
-        need_dx = ctx.needs_input_grad[0]
-        dx, dh0, dc0, dws = torch.ops.rnnfast_C.module_bwd(
-            grad_y, grad_hn, grad_cn if ctx.cfg[0] == 3 else None, x, h0, c0, weights, masks, batch_sizes,
-            saved_, y, *ctx.cfg, need_dx,
-        )  # fmt: skip
-        return (
-            dx if need_dx else None,
-            dh0 if h0 is not None else None,
-            dc0 if c0 is not None else None,
-            list(dws),
-            [None] * nm,
-            None,
-            *([None] * (len(ctx.cfg) + 1)),
-        )
+        dx, dh0, dc0, dws = _module_backward(ctx, grad_y, grad_hn, grad_cn)
+        return dx, dh0, dc0, dws, [None] * ctx.counts[1], None, *([None] * (len(ctx.cfg) + 1))
 
     torch.library.register_autograd("rnnfast_C::module_fwd", backward, setup_context=setup_context)
+
+
+def _save_module_ctx(ctx, x, h0, c0, weights, masks, batch_sizes, cfg, need_ws, output) -> None:
+    """What module_fwd's backward needs, kept on ``ctx`` (the op's registered autograd and
+    :class:`ModuleStack` alike)."""
+    y, _h_n, c_n, saved_ = output
+    ctx.cfg, ctx.need_ws = cfg, need_ws
+    ctx.counts = (len(weights), len(masks), len(saved_))
+    ctx.save_for_backward(x, h0, c0, batch_sizes, y, *weights, *masks, *saved_)
+    if cfg[0] != 3:
+        ctx.mark_non_differentiable(c_n)
+    ctx.mark_non_differentiable(*saved_)
+
+
+def _module_backward(ctx, grad_y, grad_hn, grad_cn):
+    """(dx, dh0, dc0, weight grads) of module_fwd through ``module_bwd``, None where not wanted."""
+    if not ctx.need_ws:
+        raise RuntimeError(
+            "rnnfast_C::module_fwd: called with need_ws=False, it saved nothing to differentiate"
+        )
+    x, h0, c0, batch_sizes, y, *rest = ctx.saved_tensors
+    nw, nm, _ = ctx.counts
+    weights, masks, saved_ = rest[:nw], rest[nw : nw + nm], rest[nw + nm :]
+    need_dx = ctx.needs_input_grad[0]
+    dx, dh0, dc0, dws = torch.ops.rnnfast_C.module_bwd(
+        grad_y, grad_hn, grad_cn if ctx.cfg[0] == 3 else None, x, h0, c0, weights, masks, batch_sizes,
+        saved_, y, *ctx.cfg, need_dx,
+    )  # fmt: skip
+    return (
+        dx if need_dx else None,
+        dh0 if h0 is not None else None,
+        dc0 if c0 is not None else None,
+        list(dws),
+    )
+
+
+class ModuleStack(torch.autograd.Function):
+    """Eager training through module_fwd: the op below autograd, with the context and backward of its
+    registered autograd but without torch.library's per-call wrapping of every argument (a few hundred
+    µs a call, most of a short sequence's time). torch.compile and direct calls of the op use the
+    registered autograd."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, batch_sizes, cfg, nw, *tensors):
+        weights, masks = list(tensors[:nw]), list(tensors[nw:])
+        with torch._C._AutoDispatchBelowAutograd():
+            out = torch.ops.rnnfast_C.module_fwd(x, h0, c0, weights, masks, batch_sizes, *cfg, True)
+        _save_module_ctx(ctx, x, h0, c0, weights, masks, batch_sizes, cfg, True, out)
+        return out[0], out[1], out[2]
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_hn, grad_cn):
+        dx, dh0, dc0, dws = _module_backward(ctx, grad_y, grad_hn, grad_cn)
+        return dx, dh0, dc0, None, None, None, *dws, *([None] * ctx.counts[1])
 
 
 def _stale_prebuilt() -> str | None:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from rnnfast import backends
+from rnnfast._ext import ModuleStack
 from rnnfast._guards import check_tracer, refuse_scripting
 from rnnfast.ops.linear import library_code
 from rnnfast.ops.recurrence.common import CELL_CODE, acc_dtype, as_dtype
@@ -254,8 +255,12 @@ class _FusedRNNMixin:
             masks = [self._dropout_mask(shape, acc_dtype(dt), x.device) for _ in range(self.num_layers - 1)]
         cfg = (CELL_CODE[_cell(self)], self.num_layers, self.bidirectional, self.bias, self.proj_size > 0)
         args = (x, h0, c0, weights, masks, batch_sizes, *cfg, _project_lib(), grad)
-        if grad or torch.compiler.is_compiling():
+        if torch.compiler.is_compiling():
             y, h_n, c_n, _ = torch.ops.rnnfast_C.module_fwd(*args)
+        elif grad:
+            y, h_n, c_n = ModuleStack.apply(
+                x, h0, c0, batch_sizes, args[6:-1], len(weights), *weights, *masks
+            )
         else:
             # Nothing to record: past the op's Python autograd kernel, most of a short call's overhead.
             with torch._C._AutoDispatchBelowAutograd():
