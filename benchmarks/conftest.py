@@ -1,7 +1,7 @@
 """pytest-benchmark suite over the registry in ``rnnfast.bench.registry``.
 
 Each test is one case × provider; ``benchmark.group`` is the case, so ``--benchmark-only`` prints the
-providers of a case side by side. Device: CUDA if present, else CPU (``RNNFAST_BENCH_DEVICE``
+providers of a case side by side. Device: CUDA if present, else CPU (``--bench-device``
 overrides). Grid: ``--bench-grid`` or ``RNNFAST_BENCH_GRID``; by default ``quick``, and ``tiny`` under
 ``--benchmark-disable`` (the smoke run, one call per test).
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 
 from rnnfast.bench import registry
-from rnnfast.bench.runner import default_device
+from rnnfast.bench.runner import default_device, set_default_device
 
 
 def pytest_addoption(parser):
@@ -25,9 +25,14 @@ def pytest_addoption(parser):
         default=None,
         help="benchmark grid (default: quick; tiny with --benchmark-disable)",
     )
+    parser.addoption("--bench-device", default=None, help="cpu or cuda[:N] (default: cuda if present)")
     parser.addoption(
         "--bench-compile", action="store_true", help="add the torch.compile provider (slow compiles)"
     )
+
+
+def pytest_configure(config):
+    set_default_device(config.getoption("--bench-device"))
 
 
 def bench_grid(config) -> str:

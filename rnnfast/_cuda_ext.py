@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import importlib.util
+import logging
 import os
 import sys
 import time
@@ -83,7 +84,7 @@ def _jit_build() -> str:
                 extra_cuda_cflags=["-O3", f"-gencode=arch=compute_{arch},code=sm_{arch}", "-lineinfo"],
                 build_directory=str(build),
                 is_python_module=False,
-                verbose=os.environ.get("RNNFAST_VERBOSE_BUILD") == "1",
+                verbose=logging.getLogger("rnnfast").isEnabledFor(logging.DEBUG),
             )
             if fresh:
                 took = time.perf_counter() - start

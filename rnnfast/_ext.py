@@ -12,8 +12,9 @@ loads nothing; the first use of the ``cpu`` backend (its availability check) doe
 3. if that fails too: one warning, and :func:`status` reports the reason, so ``auto`` moves on to the
    next backend.
 
-Environment: ``RNNFAST_NO_JIT=1`` skips step 2; ``RNNFAST_NO_PREBUILT=1`` skips step 1 (forces the JIT
-path); ``RNNFAST_CSRC_DIR`` points the JIT build at another ``csrc`` directory.
+Environment: ``RNNFAST_NO_JIT=1`` skips step 2; ``RNNFAST_CSRC_DIR`` points the JIT build at another
+``csrc`` directory and skips step 1 (the prebuilt module is built from the package's own sources). The
+compiler's output shows with the ``rnnfast`` logger at DEBUG level.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import fcntl
 import hashlib
 import importlib
 import importlib.util
+import logging
 import os
 import sys
 import sysconfig
@@ -114,7 +116,7 @@ def jit_build(build_root: Path | None = None) -> Path:
                 extra_ldflags=LD_FLAGS,
                 build_directory=str(build_dir),
                 is_python_module=False,
-                verbose=_flag("RNNFAST_VERBOSE_BUILD"),
+                verbose=logging.getLogger("rnnfast").isEnabledFor(logging.DEBUG),
             )
             print(f"rnnfast: CPU kernels built in {build_dir}", file=sys.stderr, flush=True)
         elif not _ops_present():
@@ -311,7 +313,7 @@ def _load() -> tuple[bool, str]:
     how = None
     if _ops_present():
         how = "already loaded"
-    if how is None and not _flag("RNNFAST_NO_PREBUILT"):
+    if how is None and not os.environ.get("RNNFAST_CSRC_DIR"):
         stale = _stale_prebuilt()
         if stale:
             reasons.append(stale)

@@ -963,7 +963,7 @@ def test_figures_without_matplotlib(monkeypatch, tmp_path, capsys):
 def test_benchmark_suite_smoke_run():
     """``pytest benchmarks --benchmark-disable`` collects the tiny grid and runs each case once
     (restricted to the bare-op and tree tests to keep it short; the modules run the same code path)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RNNFAST_BENCH_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     env.pop("RNNFAST_BENCH_GRID", None)
     cmd = [
         sys.executable,
@@ -971,6 +971,8 @@ def test_benchmark_suite_smoke_run():
         "pytest",
         "benchmarks",
         "--benchmark-disable",
+        "--bench-device",
+        "cpu",
         "-q",
         "-p",
         "no:cacheprovider",
@@ -987,9 +989,10 @@ def test_benchmark_suite_smoke_run():
 
 
 def test_benchmark_suite_covers_spinn():
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RNNFAST_BENCH_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     env.pop("RNNFAST_BENCH_GRID", None)
     cmd = [sys.executable, "-m", "pytest", "benchmarks/test_bench_spinn.py", "--benchmark-disable", "-q"]
+    cmd += ["--bench-device", "cpu"]
     proc = subprocess.run(
         cmd + ["-p", "no:cacheprovider"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )

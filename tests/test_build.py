@@ -6,6 +6,7 @@ prebuilt ``rnnfast._C`` -> just-in-time build of csrc/cpu -> one warning and the
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -71,7 +72,8 @@ def test_import_does_not_load_the_kernels():
 def test_no_kernels_warns_once_and_auto_falls_back(tmp_path):
     """No prebuilt module and no JIT: a single warning, status() False with the reason, reference serves."""
     out = _run(
-        CHECK_GRU, {"RNNFAST_NO_PREBUILT": "1", "RNNFAST_NO_JIT": "1", "RNNFAST_CACHE_DIR": str(tmp_path)}
+        CHECK_GRU,
+        {"RNNFAST_CSRC_DIR": str(ROOT / "csrc"), "RNNFAST_NO_JIT": "1", "RNNFAST_CACHE_DIR": str(tmp_path)},
     )
     assert _field(out, "STATUS").startswith("False | ") and "RNNFAST_NO_JIT" in _field(out, "STATUS")
     assert _field(out, "BACKEND") == "reference"
@@ -84,7 +86,6 @@ def test_broken_sources_warn_once_and_auto_falls_back(tmp_path):
     (csrc / "cpu").mkdir(parents=True)
     (csrc / "cpu" / "broken.cpp").write_text("this is not C++;\n")
     env = {
-        "RNNFAST_NO_PREBUILT": "1",
         "RNNFAST_CSRC_DIR": str(csrc),
         "RNNFAST_CACHE_DIR": str(tmp_path / "cache"),
     }
@@ -100,7 +101,7 @@ def test_broken_sources_warn_once_and_auto_falls_back(tmp_path):
 def test_jit_build_from_sources(tmp_path):
     """Without the prebuilt module the kernels are built into the cache dir, then reused without a build.
     Two processes start at once: the file lock makes one build and the other wait and load it."""
-    env = {"RNNFAST_NO_PREBUILT": "1", "RNNFAST_CACHE_DIR": str(tmp_path)}
+    env = {"RNNFAST_CSRC_DIR": str(ROOT / "csrc"), "RNNFAST_CACHE_DIR": str(tmp_path)}
     full = dict(os.environ, **env, PYTHONPATH=str(ROOT))
     procs = [
         subprocess.Popen(
@@ -154,3 +155,17 @@ def test_setup_py_builds_importable_extension(tmp_path):
     out = _run(CHECK_GRU, {"RNNFAST_NO_JIT": "1"}, cwd=tmp_path)
     assert _field(out, "STATUS") == "True | C++ CPU kernels (prebuilt rnnfast._C)"
     assert _field(out, "BACKEND") == "cpu"
+
+
+def test_environment_variables_read_are_the_documented_few():
+    """The package and its kernels read only these variables (choices are flags and a cost model, not
+    environment switches); every one of them is named in the README."""
+    pattern = re.compile(r'(?:getenv\(|environ(?:\.get)?[(\[]\s*|_flag\()"(RNNFAST_[A-Z0-9_]+)"')
+    files = [*ROOT.joinpath("rnnfast").rglob("*.py"), *ROOT.joinpath("csrc").rglob("*.[ch]*")]
+    read = {m for f in files for m in pattern.findall(f.read_text(errors="replace"))}
+    allowed = {"RNNFAST_BACKEND", "RNNFAST_AUTOTUNE", "RNNFAST_CACHE_DIR", "RNNFAST_NO_JIT"}
+    allowed |= {"RNNFAST_CSRC_DIR", "RNNFAST_DEBUG_POISON"}  # development: other sources, poisoned outputs
+    assert {"RNNFAST_BACKEND", "RNNFAST_AUTOTUNE", "RNNFAST_DEBUG_POISON"} <= read, read  # pattern works
+    assert read <= allowed, sorted(read - allowed)
+    readme = ROOT.joinpath("README.md").read_text()
+    assert all(name in readme for name in read), sorted(n for n in read if n not in readme)

@@ -8,7 +8,6 @@ is run once and compared with the case's baseline before it is timed; one that d
 from __future__ import annotations
 
 import gc
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -44,11 +43,17 @@ def tf32_enabled() -> bool:
     return bool(torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32)
 
 
+_DEVICE: list[str] = []  # set by the benchmark suite's --bench-device
+
+
+def set_default_device(name: str | None) -> None:
+    _DEVICE[:] = [name] if name else []
+
+
 def default_device() -> torch.device:
-    """``RNNFAST_BENCH_DEVICE`` if set, else CUDA when present, else the CPU."""
-    return torch.device(
-        os.environ.get("RNNFAST_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    """The device set by :func:`set_default_device` (``pytest benchmarks --bench-device``), else CUDA when
+    present, else the CPU."""
+    return torch.device(_DEVICE[0] if _DEVICE else ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def synchronize(device: torch.device) -> None:
