@@ -1,11 +1,12 @@
-"""The results files of the paired A/B scripts (cpu_flags_ab.py, cpu_gemm_ab.py): <name>.json holds the
-machine (with versions and commit) and one row per case; <name>.csv the same rows, the machine's columns
-repeated on each."""
+"""What the paired A/B scripts (cpu_flags_ab.py, cpu_gemm_ab.py) share: the paired timing, and the results
+files: <name>.json holds the machine (with versions and commit) and one row per case; <name>.csv the same
+rows, the machine's columns repeated on each."""
 
 from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -24,3 +25,22 @@ def write_results(out: str | Path, name: str, rows: list[dict], **meta) -> None:
         for row in rows:
             w.writerow({**meta, **row})
     print(f"wrote {out / name}.json, .csv")
+
+
+def time_pair(fa, fb, rounds: int, round_s: float) -> tuple[list[float], list[float]]:
+    """Milliseconds per call of fa (A) and fb (B), per round, the two in turns (the order alternating each
+    round, one untimed call before each turn), so that a drifting machine hits both alike."""
+    for _ in range(3):
+        fa(), fb()
+    t0 = time.perf_counter()
+    fa()
+    reps = max(1, int(round_s / max(time.perf_counter() - t0, 1e-6)))
+    a, b = [], []
+    for r in range(rounds):
+        for side, f in (("a", fa), ("b", fb)) if r % 2 == 0 else (("b", fb), ("a", fa)):
+            f()
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                f()
+            (a if side == "a" else b).append((time.perf_counter() - t0) / reps * 1e3)
+    return a, b

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -25,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.ab_results import write_results  # noqa: E402
+from benchmarks.ab_results import time_pair, write_results  # noqa: E402
 from rnnfast import _ext  # noqa: E402
 from rnnfast.backends import cpu  # noqa: E402
 from tests.utils import recurrence_inputs, row_parts, run_recurrence, team_parts  # noqa: E402
@@ -55,24 +54,6 @@ def under(flags: dict[str, str], fn):
             fn()
 
     return run
-
-
-def time_pair(fa, fb, rounds: int, round_s: float) -> tuple[list[float], list[float]]:
-    """Milliseconds per call of fa (A) and fb (B), per round, the two in turns."""
-    for _ in range(3):
-        fa(), fb()
-    t0 = time.perf_counter()
-    fa()
-    reps = max(1, int(round_s / max(time.perf_counter() - t0, 1e-6)))
-    a, b = [], []
-    for r in range(rounds):
-        for name, f in (("a", fa), ("b", fb)) if r % 2 == 0 else (("b", fb), ("a", fa)):
-            f()
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                f()
-            (a if name == "a" else b).append((time.perf_counter() - t0) / reps * 1e3)
-    return a, b
 
 
 def module_call(cell: str, T: int, B: int, H: int, mode: str, backend: str = "cpu"):

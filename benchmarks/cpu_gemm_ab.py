@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -25,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.ab_results import write_results  # noqa: E402
+from benchmarks.ab_results import time_pair, write_results  # noqa: E402
 from rnnfast import _ext  # noqa: E402
 
 
@@ -35,23 +34,6 @@ def shapes(s: str) -> list[tuple[int, int, int]]:
         m, k, n = (int(v) for v in item.split("x"))
         out.append((m, k, n))
     return out
-
-
-def time_pair(fa, fb, rounds: int, round_s: float) -> tuple[list[float], list[float]]:
-    """Milliseconds per call of fa (A) and fb (B), per round, the two in turns."""
-    for _ in range(3):
-        fa(), fb()
-    t0 = time.perf_counter()
-    fa()
-    reps = max(1, int(round_s / max(time.perf_counter() - t0, 1e-6)))
-    a, b = [], []
-    for r in range(rounds):
-        for side, f in (("a", fa), ("b", fb)) if r % 2 == 0 else (("b", fb), ("a", fa)):
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                f()
-            (a if side == "a" else b).append((time.perf_counter() - t0) / reps * 1e3)
-    return a, b
 
 
 def products(M: int, K: int, N: int):
