@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -269,6 +270,12 @@ _loaded_file: list[Path] = []
 
 def cache_file() -> Path:
     """The per-machine autotune cache: CPU model, torch and rnnfast versions in its name."""
+    # Looked up on every autotuned call: the path is built once per cache directory.
+    return _cache_file(os.environ.get("RNNFAST_CACHE_DIR", ""))
+
+
+@functools.lru_cache(maxsize=8)
+def _cache_file(_env: str) -> Path:
     from rnnfast._ext import cache_dir
     from rnnfast._version import __version__
 
