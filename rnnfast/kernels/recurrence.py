@@ -132,6 +132,17 @@ def _grid_barrier(count_ptr, target):
 
 
 @triton.jit
+def _program_tile(B, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """This program's tile: its unit-block index, batch rows and hidden units (row blocks vary fastest)."""
+    pid = tl.program_id(0)
+    nb = tl.cdiv(B, BLOCK_B)
+    th = pid // nb
+    rows = (pid % nb) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = th * BLOCK_H + tl.arange(0, BLOCK_H)
+    return th, rows, cols
+
+
+@triton.jit
 def _fwd_cell_tile(
     gi_ptr, w_ptr, b_ptr, len_ptr, y_ptr, ws_ptr, hbuf_ptr, cbuf_ptr, ubuf_ptr,
     s, T, B, H, N, rows, cols,
@@ -287,12 +298,7 @@ def recurrence_fwd_kernel(
     PREC: tl.constexpr,
 ):
     PHASES: tl.constexpr = 2 if PROJ else 1
-    pid = tl.program_id(0)
-    nb = tl.cdiv(B, BLOCK_B)
-    tb = pid % nb
-    th = pid // nb
-    rows = tb * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = th * BLOCK_H + tl.arange(0, BLOCK_H)
+    th, rows, cols = _program_tile(B, BLOCK_B, BLOCK_H)
     for q in range(q0, q1):
         s = q // PHASES
         if q % PHASES == 0:
@@ -489,12 +495,7 @@ def recurrence_bwd_kernel(
 ):
     acc_ty = dhbuf_ptr.dtype.element_ty
     PHASES: tl.constexpr = 2 if PROJ else 1
-    pid = tl.program_id(0)
-    nb = tl.cdiv(B, BLOCK_B)
-    tb = pid % nb
-    th = pid // nb
-    rows = tb * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = th * BLOCK_H + tl.arange(0, BLOCK_H)
+    th, rows, cols = _program_tile(B, BLOCK_B, BLOCK_H)
     for q in range(q0, q1):
         k = q // PHASES
         if q % PHASES == 0:
